@@ -1,0 +1,85 @@
+"""Credential spec security options (rules S21–S26) and the port that reads them.
+
+Parsing and the containment check of ``file://`` paths are pure and live here, so every
+caller gets the same messages. Reading a file or the Windows registry is an adapter's job
+(:class:`CredentialSpecReader`); swarm configs arrive already resolved in the request.
+"""
+
+from __future__ import annotations
+
+import ntpath
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from controller.errors import SpecError
+from controller.winpath import host_join, is_absolute
+
+Scheme = Literal["file", "registry", "config", "raw"]
+_SCHEMES: frozenset[str] = frozenset({"file", "registry", "config", "raw"})
+
+CREDENTIAL_SPEC_DIR = "CredentialSpecs"
+INVALID_VALUE = (
+    "invalid credential spec security option - value must be prefixed by 'file://', "
+    "'registry://', or 'raw://' followed by a non-empty value"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSpecOption:
+    """One parsed ``credentialspec=<scheme>://<value>`` security option."""
+
+    scheme: Scheme
+    value: str
+
+
+class CredentialSpecReader(Protocol):
+    """Reads credential specs that live on the node (file and registry schemes)."""
+
+    def read_file(self, parts: tuple[str, ...], *, base: str, container_id: str) -> str:
+        """Contents of ``base`` joined with ``parts`` (already checked to stay under it)."""
+        ...
+
+    def read_registry(self, name: str, *, container_id: str) -> str:
+        """The registry value ``name`` under Docker's CredentialSpecs key."""
+        ...
+
+
+def parse_security_options(options: list[str]) -> list[CredentialSpecOption]:
+    """Parse ``HostConfig.SecurityOpt`` into credential spec options, in order (S21, S22)."""
+    parsed: list[CredentialSpecOption] = []
+    for opt in options:
+        if "=" not in opt:
+            raise SpecError(f"invalid security option: no equals sign in supplied value {opt}")
+        key, value = opt.split("=", 1)
+        if key.lower() != "credentialspec":
+            raise SpecError(f"security option not supported: {key}")
+        scheme, sep, rest = value.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in _SCHEMES or rest == "":
+            raise SpecError(INVALID_VALUE)
+        parsed.append(CredentialSpecOption(scheme=scheme, value=rest))  # type: ignore[arg-type]
+    return parsed
+
+
+def credential_spec_base(daemon_root: str) -> str:
+    """The directory ``file://`` credential specs must be under (``<root>\\CredentialSpecs``)."""
+    return host_join(daemon_root, CREDENTIAL_SPEC_DIR)
+
+
+def check_file_path(value: str, *, daemon_root: str) -> tuple[str, ...]:
+    """The path components of a ``file://`` value below the base directory (S23).
+
+    Windows path rules apply whatever host runs this: both separators, drive and UNC
+    paths are absolute. Unlike moby's string-prefix test the check is a real, case-insensitive
+    containment check on the cleaned path.
+    """
+    if is_absolute(value):
+        raise SpecError("invalid credential spec - file:// path cannot be absolute")
+    base = credential_spec_base(daemon_root)
+    base_win = ntpath.normpath(base.replace("/", "\\"))
+    full = ntpath.normpath(ntpath.join(base_win, value))
+    prefix = ntpath.normcase(base_win).rstrip("\\") + "\\"
+    if not ntpath.normcase(full).startswith(prefix) or len(full) <= len(prefix):
+        raise SpecError(f"invalid credential spec - file:// path must be under {base}")
+    rest = full[len(prefix) :]
+    return tuple(p for p in rest.split("\\") if p)

@@ -1,0 +1,33 @@
+"""winspec's own error hierarchy.
+
+The reconcile loop decides what to do with a failure by its type alone: a
+:class:`PermanentError` is bad input, reported once and never retried; a
+:class:`TransientError` is retried with backoff. Adapters wrap their libraries' exceptions in
+these (``raise … from``) so the core never sees an HTTP library's types.
+"""
+
+from __future__ import annotations
+
+
+class WinspecError(Exception):
+    """Base class of every error winspec raises on purpose."""
+
+
+class PermanentError(WinspecError):
+    """Bad input: retrying cannot help. The message is the exact text users see."""
+
+
+class SpecError(PermanentError):
+    """The request cannot become a spec (a rule of spec-rules.md refused it)."""
+
+
+class RequestDecodeError(PermanentError):
+    """The request document is not valid JSON or has a field of the wrong type."""
+
+
+class TransientError(WinspecError):
+    """A remote call failed in a way that may pass (connection lost, 5xx, 429)."""
+
+
+class NotFoundError(WinspecError):
+    """The object asked for does not exist (any more)."""

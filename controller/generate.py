@@ -1,0 +1,526 @@
+"""The spec generator: a request in, the OCI runtime spec Docker's Windows daemon would write.
+
+A pure function of its inputs (no I/O but what the injected credential spec reader does, no
+clock, no randomness): the same request always gives byte-identical output (S32). Each step
+names the rule of ``spec-rules.md`` it implements.
+"""
+
+from __future__ import annotations
+
+import ntpath
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from controller import oci
+from controller.capabilities import DEFAULT_CAPABILITIES, tweak_capabilities
+from controller.credspec import (
+    INVALID_VALUE,
+    CredentialSpecReader,
+    check_file_path,
+    credential_spec_base,
+    parse_security_options,
+)
+from controller.errors import SpecError
+from controller.escape import escape_args
+from controller.models import GO_ZERO_TIME, Request
+from controller.validation import CpuSettings, validate_resources
+from controller.winpath import depth, host_join, is_absolute
+
+SECRET_MOUNT_DIR = "C:\\ProgramData\\Docker\\secrets"
+INTERNAL_SECRETS_DIR = "C:\\ProgramData\\Docker\\internal\\secrets"
+INTERNAL_CONFIGS_DIR = "C:\\ProgramData\\Docker\\internal\\configs"
+CONFIG_ROOT = "C:\\"
+LCOW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RS5_BUILD = 17763
+_CGROUP_RULE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$")
+_INT64_MAX = 2**63 - 1
+_UINT16_MASK = 0xFFFF
+
+
+class Link(msgspec.Struct, kw_only=True, frozen=True):
+    """A link the runtime creates inside the container: ``target`` points at ``source`` (S5)."""
+
+    kind: Literal["secret", "config"]
+    target: str
+    source: str
+
+
+@dataclass(slots=True)
+class Generated:
+    """What the generator produced for one container."""
+
+    spec: oci.Spec
+    links: list[Link]
+    warnings: list[str] = field(default_factory=list)
+
+
+def generate(request: Request, *, reader: CredentialSpecReader | None = None) -> Generated:
+    """Generate the OCI runtime spec for a request; bad input raises :class:`SpecError`."""
+    c = request.container
+    os_name = request.image.os
+    # S2: the platform decides everything else.
+    if os_name not in ("windows", "linux"):
+        raise SpecError(f'Unsupported platform "{os_name}"')
+    lcow = os_name == "linux"
+    if lcow and not request.node.lcow_supported:
+        raise SpecError("Linux containers on Windows are not supported")
+    if request.node.cpu_count < 1:
+        raise SpecError("invalid node facts: cpuCount must be at least 1")
+
+    hyperv = _is_hyperv(request, lcow=lcow)  # S3
+    warnings: list[str] = []
+    cpu = validate_resources(
+        c.host_config, hyperv=hyperv, node_cpus=request.node.cpu_count, warnings=warnings
+    )  # S20
+
+    spec = _default_spec(lcow)  # S1
+    assert spec.windows is not None and spec.process is not None
+    if hyperv:
+        spec.windows.hyperv = oci.WindowsHyperV()
+
+    links = _links(request)
+    spec.mounts = spec.mounts + _mounts(request, lcow=lcow)  # S5, S6
+    _process(request, spec.process, lcow=lcow)  # S7–S11
+    spec.windows.layerFolders = _layer_folders(request)  # S12
+    spec.windows.network = _network(request)  # S15
+    spec.windows.resources = _resources(request, cpu, hyperv=hyperv)  # S16–S19
+
+    if lcow:
+        _linux_fields(request, spec)  # S4, S29–S31
+    else:
+        _windows_fields(request, spec, hyperv=hyperv, reader=reader)  # S4, S13, S14, S21–S28
+    return Generated(spec=spec, links=links, warnings=warnings)
+
+
+def _is_hyperv(request: Request, *, lcow: bool) -> bool:
+    """S3: the isolation mode, from the container or the node default."""
+    isolation = request.container.host_config.isolation.lower()
+    if isolation in ("", "default"):
+        isolation = request.node.default_isolation.lower()
+        if isolation in ("", "default"):
+            isolation = "process"
+    if isolation not in ("process", "hyperv"):
+        raise SpecError(
+            f'invalid isolation "{request.container.host_config.isolation or isolation}": '
+            "Windows supports 'default', 'process' and 'hyperv'"
+        )
+    if lcow:
+        if request.container.host_config.isolation.lower() == "process":
+            raise SpecError("process isolation is invalid for Linux containers on Windows")
+        return True
+    return isolation == "hyperv"
+
+
+def _default_spec(lcow: bool) -> oci.Spec:
+    """S1: Docker's default spec for the image's OS."""
+    process = oci.Process(cwd="", user=oci.User(uid=0, gid=0))
+    windows = oci.Windows(layerFolders=[])
+    if not lcow:
+        return oci.Spec(
+            ociVersion=oci.OCI_VERSION, process=process, root=oci.Root(path=""), windows=windows
+        )
+    caps = list(DEFAULT_CAPABILITIES)
+    process.capabilities = oci.LinuxCapabilities(
+        bounding=caps, effective=list(caps), inheritable=list(caps), permitted=list(caps)
+    )
+    mounts = [
+        oci.Mount(
+            destination="/proc", type="proc", source="proc", options=["nosuid", "noexec", "nodev"]
+        ),
+        oci.Mount(
+            destination="/dev",
+            type="tmpfs",
+            source="tmpfs",
+            options=["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        oci.Mount(
+            destination="/dev/pts",
+            type="devpts",
+            source="devpts",
+            options=["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        oci.Mount(
+            destination="/sys",
+            type="sysfs",
+            source="sysfs",
+            options=["nosuid", "noexec", "nodev", "ro"],
+        ),
+        oci.Mount(
+            destination="/sys/fs/cgroup",
+            type="cgroup",
+            source="cgroup",
+            options=["ro", "nosuid", "noexec", "nodev"],
+        ),
+        oci.Mount(
+            destination="/dev/mqueue",
+            type="mqueue",
+            source="mqueue",
+            options=["nosuid", "noexec", "nodev"],
+        ),
+        oci.Mount(
+            destination="/dev/shm",
+            type="tmpfs",
+            source="shm",
+            options=["nosuid", "noexec", "nodev", "mode=1777"],
+        ),
+    ]
+    linux = oci.Linux(
+        maskedPaths=[
+            "/proc/asound",
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+        ],
+        readonlyPaths=["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        namespaces=[oci.LinuxNamespace(type=t) for t in ("mount", "network", "uts", "pid", "ipc")],
+        resources=oci.LinuxResources(devices=_default_device_cgroups()),
+    )
+    return oci.Spec(
+        ociVersion=oci.OCI_VERSION,
+        process=process,
+        root=oci.Root(path=""),
+        mounts=mounts,
+        linux=linux,
+        windows=windows,
+    )
+
+
+def _default_device_cgroups() -> list[oci.LinuxDeviceCgroup]:
+    """moby's default device cgroup list (replaced by DeviceCgroupRules, S31)."""
+    allowed = [(1, 5), (1, 3), (1, 9), (1, 8), (5, 0), (5, 1)]
+    return [
+        oci.LinuxDeviceCgroup(allow=False, access="rwm"),
+        *(
+            oci.LinuxDeviceCgroup(allow=True, type="c", major=ma, minor=mi, access="rwm")
+            for ma, mi in allowed
+        ),
+        oci.LinuxDeviceCgroup(allow=False, type="c", major=10, minor=229, access="rwm"),
+    ]
+
+
+def _payload_dir(request: Request, kind: str) -> str:
+    """Host directory holding the secret or config payloads the internal mount points at."""
+    c = request.container
+    if request.bundle_dir:
+        return host_join(request.bundle_dir, kind)
+    return host_join(request.node.daemon_root, "containers", c.id, kind)
+
+
+def _mounts(request: Request, *, lcow: bool) -> list[oci.Mount]:
+    """S5, S6: volumes and binds by depth, then the secrets and configs mounts."""
+    c = request.container
+    entries: list[tuple[str, str, bool]] = [
+        (m.source, m.destination, m.rw) for m in (c.mounts or [])
+    ]
+    entries.sort(key=lambda e: (depth(e[1]), e[1]))
+    if request.secrets:
+        entries.append((_payload_dir(request, "secrets"), INTERNAL_SECRETS_DIR, False))
+    if request.configs:
+        entries.append((_payload_dir(request, "configs"), INTERNAL_CONFIGS_DIR, False))
+    mounts: list[oci.Mount] = []
+    for source, destination, writable in entries:
+        options = [] if writable else ["ro"]
+        mount_type = ""
+        if lcow:
+            mount_type = "bind"
+            options += ["rbind", f"uvmpath=/tmp/gcs/{c.id}/binds"]
+        mounts.append(
+            oci.Mount(destination=destination, type=mount_type, source=source, options=options)
+        )
+    return mounts
+
+
+def _links(request: Request) -> list[Link]:
+    """S5: where each secret and config appears inside the container."""
+    links: list[Link] = []
+    for s in request.secrets:
+        if not s.target:
+            continue
+        target = s.target if is_absolute(s.target) else ntpath.join(SECRET_MOUNT_DIR, s.target)
+        links.append(
+            Link(
+                kind="secret", target=target, source=ntpath.join(INTERNAL_SECRETS_DIR, s.secret_id)
+            )
+        )
+    for cf in request.configs:
+        if not cf.target:
+            continue
+        target = cf.target if is_absolute(cf.target) else ntpath.join(CONFIG_ROOT, cf.target)
+        links.append(
+            Link(
+                kind="config",
+                target=target,
+                source=ntpath.join(INTERNAL_CONFIGS_DIR, cf.config_id),
+            )
+        )
+    return links
+
+
+def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:
+    """S7–S11: command, working directory, environment, terminal and user."""
+    c = request.container
+    cfg = c.config
+    args = c.args or []
+    process.cwd = cfg.working_dir or ("/" if lcow else "C:\\")  # S7
+    if lcow or not cfg.args_escaped:  # S8
+        process.args = [c.path, *args]
+    else:
+        process.commandLine = c.path + (" " + escape_args(args) if args else "")
+    hostname = cfg.hostname
+    start: list[str] = []
+    if lcow:  # S10
+        start = [f"PATH={LCOW_PATH}", f"HOSTNAME={hostname}"]
+        if cfg.tty:
+            start.append("TERM=xterm")
+    process.env = _apply_env(start, cfg.env or [])
+    process.terminal = cfg.tty  # S11
+    if cfg.tty:
+        height, width = c.host_config.console_size or (0, 0)
+        if height < 0 or width < 0:
+            raise SpecError("invalid ConsoleSize: height and width cannot be negative")
+        process.consoleSize = oci.Box(height=height, width=width)
+    process.user = oci.User(uid=0, gid=0, username=cfg.user)
+
+
+def _apply_env(start: list[str], overrides: list[str]) -> list[str]:
+    """S10: Docker's ReplaceOrAppendEnvValues (only the starting keys are matched)."""
+    env: list[str | None] = list(start)
+    index = {e.split("=", 1)[0]: i for i, e in enumerate(start)}
+    for value in overrides:
+        if "=" not in value:
+            if value in index:
+                env[index[value]] = None
+            continue
+        key = value.split("=", 1)[0]
+        if key in index:
+            env[index[key]] = value
+        else:
+            env.append(value)
+    return [e for e in env if e is not None]
+
+
+def _layer_folders(request: Request) -> list[str]:
+    """S12: image layers topmost first, then the scratch layer; none is an error."""
+    if not request.layer_folders:
+        raise SpecError(f"container {request.container.id}: no layer folders")
+    return list(request.layer_folders)
+
+
+def _network(request: Request) -> oci.WindowsNetwork:
+    """S15: endpoints, unqualified DNS queries, DNS search list, shared container."""
+    c = request.container
+    endpoints: list[str] = []
+    gateway = ""
+    allow_unqualified = False
+    networks = (c.network_settings.networks if c.network_settings else None) or {}
+    for name in sorted(networks):
+        data = request.endpoints.get(name)
+        if data is None:
+            continue  # endpoint not found: skipped, as Docker does
+        gw_info = data.get("GW_INFO")
+        if gw_info is not None:
+            if not isinstance(gw_info, dict):
+                raise SpecError(f"endpoint data of network {name}: GW_INFO must be an object")
+            gw = gw_info.get("hnsid")
+            if gw is not None:
+                gateway = _string(gw, f"endpoint data of network {name}: GW_INFO.hnsid")
+        hnsid = data.get("hnsid")
+        if hnsid is not None:
+            endpoints.append(_string(hnsid, f"endpoint data of network {name}: hnsid"))
+        if data.get("AllowUnqualifiedDNSQuery") is not None:
+            allow_unqualified = True
+    shared_name = ""
+    mode = c.host_config.network_mode
+    if mode.startswith("container:"):
+        shared_name = request.network_shared_container_id or mode.split(":", 1)[1]
+        endpoints.extend(request.shared_endpoints)
+    if gateway:
+        endpoints.append(gateway)
+    dns = c.host_config.dns_search or request.node.dns_search or []
+    return oci.WindowsNetwork(
+        endpointList=endpoints,
+        allowUnqualifiedDNSQuery=allow_unqualified,
+        DNSSearchList=list(dns),
+        networkSharedContainerName=shared_name,
+    )
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{what} must be a string")
+    return value
+
+
+def _resources(request: Request, cpu: CpuSettings, *, hyperv: bool) -> oci.WindowsResources | None:
+    """S16–S19: CPU, memory and storage limits (uint16 arithmetic as Go does it)."""
+    hc = request.container.host_config
+    shares = cpu.shares & _UINT16_MASK
+    maximum = (cpu.percent * 100) & _UINT16_MASK
+    count = cpu.count
+    nano = cpu.nano_cpus
+    if nano > 0:  # S17
+        if hyperv:
+            count = nano // 1_000_000_000
+            if nano % 1_000_000_000:
+                count += 1
+                maximum = max((nano // count // 100_000) & _UINT16_MASK, 1)
+        else:
+            maximum = max((nano // request.node.cpu_count // 100_000) & _UINT16_MASK, 1)
+    resources = oci.WindowsResources()
+    if maximum or shares or count:  # S18
+        resources.cpu = oci.WindowsCPUResources(count=count, shares=shares, maximum=maximum)
+    if hc.memory < 0 or hc.memory > _INT64_MAX:
+        raise SpecError("invalid Memory: must be between 0 and 2^63-1")
+    if hc.memory:  # S19
+        resources.memory = oci.WindowsMemoryResources(limit=hc.memory)
+    if hc.io_maximum_bandwidth < 0 or hc.io_maximum_iops < 0:
+        raise SpecError("invalid IOMaximumBandwidth/IOMaximumIOps: cannot be negative")
+    if hc.io_maximum_bandwidth or hc.io_maximum_iops:
+        resources.storage = oci.WindowsStorageResources(
+            iops=hc.io_maximum_iops, bps=hc.io_maximum_bandwidth
+        )
+    if resources.cpu is None and resources.memory is None and resources.storage is None:
+        return None
+    return resources
+
+
+def _windows_fields(
+    request: Request, spec: oci.Spec, *, hyperv: bool, reader: CredentialSpecReader | None
+) -> None:
+    """Windows images: hostname, root, first boot, credential spec, devices."""
+    c = request.container
+    assert spec.windows is not None and spec.root is not None
+    cfg = c.config
+    spec.hostname = cfg.hostname + ("." + cfg.domainname if cfg.domainname else "")  # S4
+    # S13: Windows has no read-only root; an unmounted volume leaves the path to the runtime.
+    if not hyperv and request.volume_path:
+        path = request.volume_path
+        spec.root.path = path if path.endswith("\\") else path + "\\"
+    started = c.state.started_at
+    spec.windows.ignoreFlushesDuringBoot = started in ("", GO_ZERO_TIME) or started.startswith(
+        "0001-01-01T00:00:00"
+    )  # S14
+    if c.host_config.security_opt:
+        spec.windows.credentialSpec = _credential_spec(request, reader)
+    if c.host_config.devices:
+        spec.windows.devices = _devices(request, hyperv=hyperv)
+
+
+def _credential_spec(request: Request, reader: CredentialSpecReader | None) -> str:
+    """S21–S26: the credential spec's JSON text; every option is checked, the last wins."""
+    c = request.container
+    resolved = request.credential_specs
+    spec = ""
+    for opt in parse_security_options(c.host_config.security_opt or []):
+        if opt.scheme == "raw":
+            spec = opt.value
+        elif opt.scheme == "file":
+            parts = check_file_path(opt.value, daemon_root=request.node.daemon_root)
+            if opt.value in resolved.file:
+                spec = resolved.file[opt.value]
+            elif reader is not None:
+                base = credential_spec_base(request.node.daemon_root)
+                spec = reader.read_file(parts, base=base, container_id=c.id)
+            else:
+                raise SpecError(f"credential spec file://{opt.value} was not resolved")
+        elif opt.scheme == "registry":
+            if opt.value in resolved.registry:
+                spec = resolved.registry[opt.value]
+            elif reader is not None:
+                spec = reader.read_registry(opt.value, container_id=c.id)
+            else:
+                raise SpecError(f"credential spec registry://{opt.value} was not resolved")
+        else:  # config: only swarm-managed containers have a config store (S25)
+            if not request.is_swarm_managed:
+                raise SpecError(INVALID_VALUE)
+            if opt.value not in resolved.config:
+                raise SpecError(
+                    f"error getting value from config store: config {opt.value} not found"
+                )
+            spec = resolved.config[opt.value]
+    return spec
+
+
+def _devices(request: Request, *, hyperv: bool) -> list[oci.WindowsDevice]:
+    """S27, S28: device assignment (process isolation on RS5+ only)."""
+    if hyperv:
+        raise SpecError("device assignment is not supported for HyperV containers")
+    if request.node.windows_build < RS5_BUILD:
+        raise SpecError("device assignment requires Windows builds RS5 (17763+) or later")
+    devices: list[oci.WindowsDevice] = []
+    for mapping in request.container.host_config.devices or []:
+        path = mapping.path_on_host
+        if path.startswith("class/"):
+            devices.append(oci.WindowsDevice(id=path[len("class/") :], idType="class"))
+            continue
+        id_type, sep, dev_id = path.partition("://")
+        if sep and id_type:
+            devices.append(oci.WindowsDevice(id=dev_id, idType=id_type))
+            continue
+        if "/" not in path:
+            raise SpecError("invalid device assignment path")
+        raise SpecError(
+            f"invalid device assignment type: '{path.split('/', 1)[0]}' should be 'class'"
+        )
+    return devices
+
+
+def _linux_fields(request: Request, spec: oci.Spec) -> None:
+    """LCOW: hostname and domain sysctl (S4), root (S29), capabilities (S30), devices (S31)."""
+    c = request.container
+    hc = c.host_config
+    assert spec.linux is not None and spec.process is not None
+    spec.hostname = c.config.hostname
+    if c.config.domainname:
+        spec.linux.sysctl = {"kernel.domainname": c.config.domainname}
+    spec.root = oci.Root(path="rootfs", readonly=hc.readonly_rootfs)
+    caps = tweak_capabilities(
+        adds=hc.cap_add, drops=hc.cap_drop, explicit=hc.capabilities, privileged=hc.privileged
+    )
+    spec.process.capabilities = oci.LinuxCapabilities(
+        bounding=caps, effective=list(caps), inheritable=list(caps), permitted=list(caps)
+    )
+    spec.linux.resources = oci.LinuxResources(devices=_device_cgroup_rules(hc.device_cgroup_rules))
+
+
+def _device_cgroup_rules(rules: list[str] | None) -> list[oci.LinuxDeviceCgroup]:
+    """S31: ``DeviceCgroupRules`` as device cgroup entries (no rules: no list at all)."""
+    out: list[oci.LinuxDeviceCgroup] = []
+    for rule in rules or []:
+        m = _CGROUP_RULE.match(rule)
+        if m is None:
+            raise SpecError(
+                f"linux runtime spec devices: invalid device cgroup rule format: '{rule}'"
+            )
+        numbers: list[int] = []
+        for what, raw in (("major", m.group(2)), ("minor", m.group(3))):
+            value = -1 if raw == "*" else int(raw)
+            if value > _INT64_MAX:
+                raise SpecError(
+                    f"linux runtime spec devices: invalid {what} value in device cgroup rule "
+                    f"format: '{rule}'"
+                )
+            numbers.append(value)
+        out.append(
+            oci.LinuxDeviceCgroup(
+                allow=True, type=m.group(1), major=numbers[0], minor=numbers[1], access=m.group(4)
+            )
+        )
+    return out
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_spec(spec: oci.Spec) -> bytes:
+    """The ``config.json`` bytes of a spec (stable field order, S32)."""
+    return _encoder.encode(spec)

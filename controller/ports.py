@@ -1,0 +1,49 @@
+"""The ports the core needs, as Protocols; adapters implement them.
+
+Each port is owned by its consumer and kept small: the reconciler needs to resolve a key into
+a request, write or remove a bundle, and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from controller.bundle import BundleContent
+from controller.models import Request
+
+
+class RequestResolver(Protocol):
+    """Turns a key into the full generator request, resolving every dependency."""
+
+    async def resolve(self, key: str) -> Request | None:
+        """The request for ``key``, or ``None`` when the object no longer exists.
+
+        Raises :class:`~controller.errors.TransientError` for failures worth retrying and
+        :class:`~controller.errors.PermanentError` for bad input.
+        """
+        ...
+
+
+class BundleWriter(Protocol):
+    """Makes bundles durable where the container will run."""
+
+    async def write(self, bundle_id: str, content: BundleContent) -> bool:
+        """Write the bundle atomically; ``False`` when the same content was already there."""
+        ...
+
+    async def remove(self, bundle_id: str) -> bool:
+        """Remove the bundle; ``False`` when there was none."""
+        ...
+
+    async def list_ids(self) -> list[str]:
+        """The ids of every bundle present."""
+        ...
+
+
+class KeySource(Protocol):
+    """A source of keys to reconcile (events, lists and resyncs); it only enqueues keys."""
+
+    def keys(self) -> AsyncIterator[str]:
+        """Yield keys until the source is closed."""
+        ...
