@@ -237,10 +237,30 @@ _request_decoder = msgspec.json.Decoder(Request)
 
 
 def decode_request(data: bytes | str) -> Request:
-    """Decode a request document; a malformed one raises :class:`RequestDecodeError`."""
+    """Decode a request document; a malformed one raises :class:`RequestDecodeError`.
+
+    ``docker inspect`` prints a one-element array; pasted as ``container`` or ``image`` it is
+    accepted and unwrapped.
+    """
     try:
         return _request_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        first_error = exc
     except msgspec.DecodeError as exc:
+        raise RequestDecodeError(f"invalid request: {exc}") from exc
+    raw = msgspec.json.decode(data)
+    unwrapped = False
+    if isinstance(raw, dict):
+        for member in ("container", "image"):
+            value = raw.get(member)
+            if isinstance(value, list) and len(value) == 1:
+                raw[member] = value[0]
+                unwrapped = True
+    if not unwrapped:
+        raise RequestDecodeError(f"invalid request: {first_error}") from first_error
+    try:
+        return msgspec.convert(raw, Request)
+    except msgspec.ValidationError as exc:
         raise RequestDecodeError(f"invalid request: {exc}") from exc
 
 
