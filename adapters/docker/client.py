@@ -1,0 +1,362 @@
+"""A small Docker Engine API client on aiohttp.
+
+It speaks to ``unix://``, ``npipe://`` (Windows named pipe) and ``tcp://`` endpoints (TLS from
+``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``), negotiates the API version once, retries
+transient failures with tenacity (exponential backoff with jitter, bounded attempts, 429's
+``Retry-After`` honoured) and maps every library error onto winspec's own errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import tenacity
+
+from controller.errors import NotFoundError, PermanentError, TransientError
+
+DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
+DEFAULT_NPIPE_HOST = "npipe:////./pipe/docker_engine"
+#: Newest API version this client speaks; older engines are spoken to in their own version.
+MAX_API_VERSION = (1, 41)
+MIN_API_VERSION = (1, 24)
+
+
+class DockerAPIError(PermanentError):
+    """The engine refused a request (4xx other than 404 and 429)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the engine listens, parsed from ``DOCKER_HOST``-style text."""
+
+    scheme: str  # unix, npipe or tcp
+    address: str  # socket path, pipe path, or host:port
+
+    @property
+    def display(self) -> str:
+        """The endpoint as the user wrote it."""
+        return f"{self.scheme}://{self.address}"
+
+
+def default_host() -> str:
+    """The platform's default engine endpoint."""
+    return DEFAULT_NPIPE_HOST if sys.platform == "win32" else DEFAULT_UNIX_HOST
+
+
+def parse_host(value: str | None) -> Endpoint:
+    """Parse ``unix:///path``, ``npipe:////./pipe/name`` or ``tcp://host:port``."""
+    text = value or default_host()
+    parts = urlsplit(text)
+    if parts.scheme == "unix":
+        path = parts.path or parts.netloc
+        if not path:
+            raise PermanentError(f"invalid Docker host {text!r}: no socket path")
+        return Endpoint("unix", path)
+    if parts.scheme == "npipe":
+        # npipe:////./pipe/docker_engine -> \\.\pipe\docker_engine
+        raw = text[len("npipe://") :]
+        pipe = raw.replace("/", "\\")
+        if not pipe.startswith("\\\\"):
+            raise PermanentError(f"invalid Docker host {text!r}: expected npipe:////./pipe/NAME")
+        return Endpoint("npipe", pipe)
+    if parts.scheme in ("tcp", "http", "https"):
+        if not parts.hostname:
+            raise PermanentError(f"invalid Docker host {text!r}: no host name")
+        port = parts.port or (2376 if os.environ.get("DOCKER_TLS_VERIFY") else 2375)
+        return Endpoint("tcp", f"{parts.hostname}:{port}")
+    raise PermanentError(
+        f"invalid Docker host {text!r}: expected unix://, npipe:// or tcp:// (got {parts.scheme!r})"
+    )
+
+
+def tls_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
+    """The TLS context ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` ask for, if any."""
+    cert_path = env.get("DOCKER_CERT_PATH")
+    verify = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
+    if not verify and not cert_path:
+        return None
+    base = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
+    ctx = ssl.create_default_context(cafile=os.path.join(base, "ca.pem") if verify else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How remote calls are retried."""
+
+    attempts: int = 5
+    initial: float = 0.1
+    maximum: float = 5.0
+    max_retry_after: float = 30.0
+
+
+class _RetryableError(TransientError):
+    """A transient failure inside the retry loop; carries the server's Retry-After."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _wait_with_retry_after(
+    policy: RetryPolicy,
+) -> Callable[[tenacity.RetryCallState], float]:
+    backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableError) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.max_retry_after)
+        return float(backoff(state))
+
+    return wait
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+class DockerClient:
+    """An Engine API client bound to one endpoint (use as an async context manager)."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.endpoint = parse_host(host)
+        self._env = dict(os.environ if env is None else env)
+        self._retry = retry or RetryPolicy()
+        self._on_retry = on_retry
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._base = ""
+        self.api_version: str | None = None
+
+    async def __aenter__(self) -> DockerClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Create the HTTP session for the endpoint."""
+        if self._session is not None:
+            return
+        ep = self.endpoint
+        connector: aiohttp.BaseConnector
+        if ep.scheme == "unix":
+            connector = aiohttp.UnixConnector(path=ep.address)
+            self._base = "http://docker"
+        elif ep.scheme == "npipe":
+            if sys.platform != "win32":
+                raise PermanentError(
+                    f"Docker host {ep.display} is a Windows named pipe; this is not Windows"
+                )
+            connector = aiohttp.NamedPipeConnector(path=ep.address)
+            self._base = "http://docker"
+        else:
+            ctx = tls_context(self._env)
+            connector = aiohttp.TCPConnector(ssl=ctx if ctx is not None else False)
+            self._base = f"{'https' if ctx else 'http'}://{ep.address}"
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, path: str, *, versioned: bool = True) -> str:
+        if versioned and self.api_version:
+            return f"{self._base}/v{self.api_version}{path}"
+        return f"{self._base}{path}"
+
+    async def negotiate(self) -> str:
+        """Ask the engine its API version and speak the newest both sides know."""
+        data = await self.get_json("/version", api="version", versioned=False)
+        server = str(data.get("ApiVersion", "1.24"))
+        major, minor = (int(x) for x in server.split(".")[:2])
+        if (major, minor) < MIN_API_VERSION:
+            raise PermanentError(f"Docker engine API {server} is older than the minimum 1.24")
+        chosen = min((major, minor), MAX_API_VERSION)
+        self.api_version = f"{chosen[0]}.{chosen[1]}"
+        return self.api_version
+
+    async def get_json(
+        self,
+        path: str,
+        *,
+        api: str,
+        params: Mapping[str, str] | None = None,
+        versioned: bool = True,
+    ) -> Any:
+        """GET a JSON document, with retries; 404 raises :class:`NotFoundError`."""
+        return await self.request_json("GET", path, api=api, params=params, versioned=versioned)
+
+    async def get_raw(self, path: str, *, api: str) -> bytes:
+        """GET a body as bytes (for typed decoding by the caller), with retries."""
+        return await self._with_retries("GET", path, api=api, params=None, body=None)
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        api: str,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        versioned: bool = True,
+    ) -> Any:
+        """Make one API call with retries around transient failures."""
+        raw = await self._with_retries(
+            method, path, api=api, params=params, body=body, versioned=versioned
+        )
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise TransientError(f"{method} {path}: invalid JSON from the engine") from exc
+
+    async def _with_retries(
+        self,
+        method: str,
+        path: str,
+        *,
+        api: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        versioned: bool = True,
+    ) -> bytes:
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self._retry.attempts),
+            wait=_wait_with_retry_after(self._retry),
+            retry=tenacity.retry_if_exception_type(_RetryableError),
+            before_sleep=lambda _state: self._on_retry(api) if self._on_retry else None,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(method, path, params, body, versioned)
+        except _RetryableError as exc:
+            raise TransientError(
+                f"Docker engine at {self.endpoint.display}: {exc} "
+                f"(gave up after {self._retry.attempts} attempts)"
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        versioned: bool,
+    ) -> bytes:
+        session = self._require_session()
+        try:
+            async with session.request(
+                method,
+                self._url(path, versioned=versioned),
+                params=params,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            ) as resp:
+                raw = await resp.read()
+                if resp.status < 300:
+                    return raw
+                message = _error_message(raw) or resp.reason or ""
+                if resp.status == 404:
+                    raise NotFoundError(f"{method} {path}: {message}")
+                if resp.status == 429 or resp.status >= 500:
+                    raise _RetryableError(
+                        f"{method} {path}: HTTP {resp.status} {message}",
+                        _retry_after(resp.headers) if resp.status == 429 else None,
+                    )
+                raise DockerAPIError(f"{method} {path}: HTTP {resp.status} {message}")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise _RetryableError(f"cannot reach the engine: {exc}") from exc
+        except TimeoutError as exc:
+            raise _RetryableError(f"{method} {path} timed out after {self._timeout}s") from exc
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("DockerClient used before open()")
+        return self._session
+
+    async def events(
+        self, *, filters: Mapping[str, list[str]], since: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream ``/events`` as decoded objects (one connection; the caller reconnects).
+
+        Yields an empty dict once the stream is established, so the caller can list only
+        after the stream is open and miss nothing in between.
+        """
+        session = self._require_session()
+        params = {"filters": json.dumps(filters)}
+        if since is not None:
+            params["since"] = since
+        try:
+            async with session.get(
+                self._url("/events"),
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+            ) as resp:
+                if resp.status != 200:
+                    raw = await resp.read()
+                    raise TransientError(
+                        f"GET /events: HTTP {resp.status} {_error_message(raw) or ''}"
+                    )
+                yield {}
+                async for line in resp.content:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise TransientError(f"event stream from {self.endpoint.display} lost: {exc}") from exc
+        except TimeoutError as exc:
+            raise TransientError("event stream timed out") from exc
+
+
+def _error_message(raw: bytes) -> str | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip() or None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])
+    return None
