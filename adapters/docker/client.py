@@ -12,7 +12,7 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -314,7 +314,7 @@ class DockerClient:
 
     async def events(
         self, *, filters: Mapping[str, list[str]], since: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Stream ``/events`` as decoded objects (one connection; the caller reconnects).
 
         Yields an empty dict once the stream is established, so the caller can list only
