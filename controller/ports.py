@@ -47,3 +47,11 @@ class KeySource(Protocol):
     def keys(self) -> AsyncIterator[str]:
         """Yield keys until the source is closed."""
         ...
+
+
+class StatusReporter(Protocol):
+    """Tells the owner of a key how its last reconcile went (a resource's status, events)."""
+
+    async def report(self, key: str, *, ok: bool, message: str) -> None:
+        """Record the outcome of reconciling ``key``; ``message`` is shown to users."""
+        ...

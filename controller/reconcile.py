@@ -1,0 +1,98 @@
+"""The reconciler every mode shares: from a key to a bundle on disk, through the ports.
+
+It reads the current state of the key (the resolver), generates the spec, and writes the
+bundle only if its content changed (the writer decides and says so); a key whose object is
+gone has its bundle removed. It knows nothing of Docker or Kubernetes: the modes differ only
+in the resolver, writer and status reporter they plug in. Retries are not its business: it
+raises, and the loop (:mod:`controller.loop`) decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from controller.bundle import build_bundle, check_bundle_id
+from controller.credspec import CredentialSpecReader
+from controller.errors import WinspecError
+from controller.generate import generate
+from controller.loop import Result
+from controller.metrics import BUNDLE_REMOVED, BUNDLE_UNCHANGED, BUNDLE_WRITTEN, Metrics
+from controller.ports import BundleWriter, RequestResolver, StatusReporter
+
+_log = logging.getLogger(__name__)
+
+
+class BundleReconciler:
+    """Reconciles one key: resolve, generate, write (or remove) its bundle, report."""
+
+    def __init__(
+        self,
+        *,
+        resolver: RequestResolver,
+        writer: BundleWriter,
+        metrics: Metrics,
+        reader: CredentialSpecReader | None = None,
+        status: StatusReporter | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._writer = writer
+        self._reader = reader
+        self._status = status
+        self._written = metrics.bundles_written.labels(result=BUNDLE_WRITTEN)
+        self._unchanged = metrics.bundles_written.labels(result=BUNDLE_UNCHANGED)
+        self._removed = metrics.bundles_written.labels(result=BUNDLE_REMOVED)
+        self._write_seconds = metrics.bundle_write_seconds
+
+    async def reconcile(self, key: str) -> Result:
+        """Bring the bundle of ``key`` in line with the current state of its object."""
+        # An id that is not a container id or object name never becomes a path.
+        check_bundle_id(key)
+        try:
+            message = await self._reconcile(key)
+        except Exception as exc:
+            await self._report(key, ok=False, message=_user_message(exc))
+            raise
+        if message is not None:
+            await self._report(key, ok=True, message=message)
+        return Result()
+
+    async def _reconcile(self, key: str) -> str | None:
+        """Do the work; the status message, or ``None`` when the object is gone."""
+        request = await self._resolver.resolve(key)
+        if request is None:
+            if await self._writer.remove(key):
+                self._removed.inc()
+                _log.info("bundle removed", extra={"key": key})
+            return None
+
+        generated = generate(request, reader=self._reader)
+        for warning in generated.warnings:
+            _log.warning("spec generated with a warning", extra={"key": key, "warning": warning})
+        content = build_bundle(request, generated)
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        changed = await self._writer.write(key, content)
+        self._write_seconds.observe(loop.time() - started)
+        if changed:
+            self._written.inc()
+            _log.info("bundle written", extra={"key": key, "digest": content.digest})
+            message = "bundle written"
+        else:
+            self._unchanged.inc()
+            message = "bundle up to date"
+        if generated.warnings:
+            message += "; warnings: " + "; ".join(generated.warnings)
+        return message
+
+    async def _report(self, key: str, *, ok: bool, message: str) -> None:
+        if self._status is not None:
+            await self._status.report(key, ok=ok, message=message)
+
+
+def _user_message(exc: Exception) -> str:
+    """What users see: our own errors' text; nothing of an unexpected one's internals."""
+    if isinstance(exc, WinspecError):
+        return str(exc) or type(exc).__name__
+    return f"internal error ({type(exc).__name__}); see the controller's log"
