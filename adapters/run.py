@@ -1,16 +1,174 @@
-"""``winspec run``: the controller, wired from settings (filled in by the Docker mode)."""
+"""``winspec run``: settings from flags, environment and a config file, then the controller.
+
+Precedence, lowest first: built-in defaults, the TOML config file (``--config`` or
+``WINSPEC_CONFIG``), ``WINSPEC_*`` environment variables (and ``DOCKER_HOST``), flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import sys
+import tomllib
 from typing import Any
+
+from adapters.compose import DockerMode, EngineUnreachableError, run_until_signalled
+from adapters.logs import configure_logging
+from controller.errors import PermanentError, WinspecError
+from controller.settings import env_settings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+_RUN_HELP = """\
+Run winspec as a controller. In Docker mode it watches the engine's container create and
+destroy events, resolves each container's image layers, networks, swarm secrets, configs and
+credential specs, and keeps an OCI bundle for every container under --bundle-root (removed
+when the container is). It lists all containers at start, after every reconnect and every
+--resync-interval, so no container is missed. /metrics, /healthz and /readyz are served on
+--listen.
+
+Every option can also be set as WINSPEC_<OPTION> (e.g. WINSPEC_BUNDLE_ROOT) or in a TOML file
+given with --config (keys as the option names with underscores, e.g. bundle_root = "...").
+"""
 
 
 def add_run_parser(sub: Any) -> None:
-    """Register the ``run`` sub-command."""
-    sub.add_parser("run", help="run the controller (Docker mode)")
+    """Register the ``run`` sub-command and its options."""
+    p = sub.add_parser(
+        "run",
+        help="run the controller (Docker mode)",
+        description=_RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (WINSPEC_CONFIG)")
+    p.add_argument(
+        "--source", choices=["docker"], help="where containers come from (default: docker)"
+    )
+    p.add_argument(
+        "--docker-host",
+        metavar="URL",
+        help="engine endpoint: unix:///path, npipe:////./pipe/NAME or tcp://HOST:PORT "
+        "(default: DOCKER_HOST, else the platform's default)",
+    )
+    p.add_argument(
+        "--bundle-root",
+        metavar="DIR",
+        help=r"where bundles are written (default: C:\ProgramData\winspec\bundles on Windows, "
+        "/var/lib/winspec/bundles elsewhere)",
+    )
+    p.add_argument(
+        "--secrets-dir",
+        metavar="DIR",
+        help="where the swarm mounts the secrets granted to winspec's own service "
+        r"(default: C:\ProgramData\Docker\secrets or /run/secrets)",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="concurrent reconciles (default: 4)")
+    p.add_argument(
+        "--resync-interval",
+        type=float,
+        metavar="SECONDS",
+        help="list every container this often (default: 300)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="restart an event stream silent for this long (default: 600)",
+    )
+    p.add_argument(
+        "--retry-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per remote call before the reconcile fails and backs off (default: 5)",
+    )
+    p.add_argument(
+        "--api-timeout", type=float, metavar="SECONDS", help="timeout of one API call (default: 30)"
+    )
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address of /metrics, /healthz, /readyz (default: 0.0.0.0:8080)",
+    )
+    p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="(default: info)"
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long in-flight reconciles may finish after SIGTERM (default: 30)",
+    )
+    p.add_argument(
+        "--windows-build",
+        type=int,
+        metavar="N",
+        help="node's Windows build (default: from the engine; 17763 on a Linux engine)",
+    )
+    p.add_argument("--cpu-count", type=int, metavar="N", help="node CPUs (default: engine's NCPU)")
+    p.add_argument(
+        "--default-isolation",
+        choices=["process", "hyperv"],
+        help="node default isolation (default: the engine's, else process)",
+    )
+    lcow = p.add_mutually_exclusive_group()
+    lcow.add_argument(
+        "--lcow",
+        dest="lcow",
+        action="store_true",
+        help="the node runs Linux containers (default: only when the engine is Linux)",
+    )
+    lcow.add_argument("--no-lcow", dest="lcow", action="store_false")
+    p.add_argument(
+        "--dns-search",
+        action="append",
+        metavar="DOMAIN",
+        help="node default DNS search domain (repeatable)",
+    )
+    p.add_argument(
+        "--daemon-root",
+        metavar="DIR",
+        help="engine data root, base of file:// credential specs (default: engine's)",
+    )
+
+
+def _file_settings(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise PermanentError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PermanentError(f"invalid config file {path}: {exc}") from exc
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the controller until stopped."""
-    raise SystemExit("winspec run: not available yet")
+    """Run the controller until stopped; the process exit code."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        file_layer = _file_settings(
+            getattr(args, "config", None) or os.environ.get("WINSPEC_CONFIG")
+        )
+        settings = load_settings(file_layer, env_settings(os.environ), flags)
+    except PermanentError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    mode = DockerMode(settings)
+    try:
+        asyncio.run(run_until_signalled(mode))
+    except EngineUnreachableError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except PermanentError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except WinspecError as exc:
+        logging.getLogger("winspec").error("controller failed: %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
