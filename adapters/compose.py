@@ -75,6 +75,7 @@ class DockerMode:
         self.health = HealthState([READY_CONDITION, INITIAL_LIST_CONDITION])
         self._stop = asyncio.Event()
         self.http_port: int | None = None
+        self._bundle_root = os.path.abspath(settings.bundle_root)
         self.started = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -129,7 +130,7 @@ class DockerMode:
     async def _serve(self, client: DockerClient, node: NodeFacts) -> None:
         s = self.settings
         m = self.metrics
-        root = Path(s.bundle_root)
+        root = Path(self._bundle_root)
         writer = LocalBundleWriter(
             root,
             metrics_hook=lambda outcome, seconds: _observe_bundle(m, outcome, seconds),
@@ -142,7 +143,7 @@ class DockerMode:
         resolver = DockerRequestResolver(
             client,
             node=node,
-            bundle_root=os.path.abspath(root),
+            bundle_root=self._bundle_root,
             secrets_dir=Path(s.secrets_dir),
             observe=lambda kind, seconds: m.dependency_fetch_seconds.labels(kind=kind).observe(
                 seconds

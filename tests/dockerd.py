@@ -3,11 +3,17 @@
 :class:`DockerDaemon` starts Debian's ``docker.io`` dockerd (20.10) with its own socket, data
 root, exec root, pid file, log file and a config file holding ``{}`` (so
 ``/etc/docker/daemon.json`` is never read; ``--config-file /dev/null`` is rejected with
-``EOF``). dockerd launches its own containerd under the exec root. The engine is isolated from
-the host's networking as far as dockerd allows: ``--bridge=none --iptables=false
---ip6tables=false --ip-forward=false --ip-masq=false --userland-proxy=false``. Swarm still
-needs a ``docker_gwbridge`` bridge on the host for its ingress sandbox; :meth:`init_swarm`
-pre-creates it under a per-daemon interface name and :meth:`DockerDaemon.stop` deletes it.
+``EOF``). dockerd launches its own containerd under the exec root (unless a system containerd
+listens on /run/containerd/containerd.sock: dockerd 20.10 then uses that one, which is why each
+daemon gets its own containerd namespaces).
+
+dockerd runs in a private network namespace (``unshare(CLONE_NEWNET)``, loopback up; its unix
+socket is reachable from the host all the same). Swarm mode creates a ``docker_gwbridge``
+bridge, veths and an ingress sandbox, and binds fixed ports (2377, gossip on 7946, VXLAN 4789);
+in the private namespace none of that touches the host, and several private daemons can be
+swarm managers at once. The namespace disappears with the daemon's last process. dockerd's own
+networking is kept minimal anyway: ``--bridge=none --iptables=false --ip6tables=false
+--ip-forward=false --ip-masq=false --userland-proxy=false``.
 
 Everything here is synchronous and stdlib-only: a small ``http.client`` connection over the
 unix socket (:meth:`DockerDaemon.api`) is enough for tests to set up containers, secrets,
@@ -30,6 +36,7 @@ import http.client
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -76,7 +83,7 @@ _PR_SET_PDEATHSIG = 1
 _MNT_DETACH = 2
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
-_SIOCBRDELBR = 0x89A1
+_CLONE_NEWNET = 0x40000000
 _IFF_UP = 0x1
 
 
@@ -121,7 +128,7 @@ def wait_for(
     interval: float = 0.1,
     message: str = "condition",
 ) -> T:
-    """Call ``predicate`` until it returns something truthy and return that; time out with an error."""
+    """Call ``predicate`` until it returns something truthy, and return that; or TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
@@ -144,9 +151,13 @@ def _static_unavailable_reason() -> str | None:
     if not sys.platform.startswith("linux"):
         return f"dockerd needs Linux, this is {sys.platform}"
     if os.geteuid() != 0:
-        return "dockerd needs root (euid is %d)" % os.geteuid()
+        return f"dockerd needs root (euid is {os.geteuid()})"
     if find_dockerd() is None:
-        return "dockerd not found at " + " or ".join(DOCKERD_CANDIDATES) + " (apt-get install docker.io)"
+        return (
+            "dockerd not found at "
+            + " or ".join(DOCKERD_CANDIDATES)
+            + " (apt-get install docker.io)"
+        )
     return None
 
 
@@ -219,7 +230,8 @@ def _hello_program() -> bytes:
     """write(1, "hello\\n", 6); exit_group(0)."""
     message = b"hello\n"
     tail = (
-        b"\xba" + struct.pack("<I", len(message))  # mov edx, len
+        b"\xba"
+        + struct.pack("<I", len(message))  # mov edx, len
         + b"\x0f\x05"  # syscall
         + b"\xb8\xe7\x00\x00\x00"  # mov eax, 231 (exit_group)
         + b"\x31\xff"  # xor edi, edi
@@ -228,7 +240,8 @@ def _hello_program() -> bytes:
     code = (
         b"\xb8\x01\x00\x00\x00"  # mov eax, 1 (write)
         + b"\xbf\x01\x00\x00\x00"  # mov edi, 1
-        + b"\x48\x8d\x35" + struct.pack("<i", len(tail))  # lea rsi, [rip + message]
+        + b"\x48\x8d\x35"
+        + struct.pack("<i", len(tail))  # lea rsi, [rip + message]
         + tail
         + message
     )
@@ -249,12 +262,13 @@ def _pause_program() -> bytes:
     padding = b"\x00" * (-body_len % 8)
     action_offset = body_len + len(padding)
     handler_address = _ELF_BASE + _ELF_HEADERS + handler_offset
-    sa_restorer = 0x04000000  # x86-64 needs SA_RESTORER; the handler never returns
-    action = struct.pack("<QQQQ", handler_address, sa_restorer, handler_address, 0)
+    sa_flags = 0x04000000  # SA_RESTORER, required on x86-64 (the handler never returns)
+    action = struct.pack("<QQQQ", handler_address, sa_flags, handler_address, 0)
     prologue = (
         b"\xb8\x0d\x00\x00\x00"  # mov eax, 13 (rt_sigaction)
         + b"\xbf\x0f\x00\x00\x00"  # mov edi, 15 (SIGTERM)
-        + b"\x48\x8d\x35" + struct.pack("<i", action_offset - 17)  # lea rsi, [rip + action]
+        + b"\x48\x8d\x35"
+        + struct.pack("<i", action_offset - 17)  # lea rsi, [rip + action]
         + b"\x31\xd2"  # xor edx, edx (no old action)
         + b"\x41\xba\x08\x00\x00\x00"  # mov r10d, 8 (sizeof sigset_t)
         + b"\x0f\x05"  # syscall
@@ -277,22 +291,35 @@ def image_rootfs_tar() -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# Host clean-up helpers (all best effort).
-
-
-def _free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# Process and host helpers.
 
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _set_parent_death_signal() -> None:
-    _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _child_setup(*, death_signal: bool) -> Callable[[], None]:
+    """What the forked child does before exec'ing dockerd (see the module docstring)."""
+    libc = _libc()
+
+    def setup() -> None:
+        if death_signal:
+            # SIGTERM dockerd if we die. This fires when the forking *thread* ends, hence
+            # only requested from the main thread.
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+        _set_interface_up("lo")
+
+    return setup
+
+
+def _set_interface_up(name: str) -> None:
+    """``ip link set <name> up`` in the current network namespace."""
+    request = struct.pack("16sH22x", name.encode(), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | _IFF_UP))
 
 
 def _unmount_under(root: str) -> None:
@@ -312,19 +339,6 @@ def _unmount_under(root: str) -> None:
     libc = _libc()
     for target in sorted(set(targets), key=len, reverse=True):
         libc.umount2(target.encode(), _MNT_DETACH)
-
-
-def _delete_bridge(name: str) -> None:
-    """Take a Linux bridge down and delete it (``ip link delete``), if it exists."""
-    if not os.path.exists(f"/sys/class/net/{name}"):
-        return
-    request = struct.pack("16sH22x", name.encode(), 0)
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags & ~_IFF_UP))
-        fcntl.ioctl(sock, _SIOCBRDELBR, name.encode() + b"\x00")
-    if os.path.exists(f"/sys/class/net/{name}") and shutil.which("ip"):
-        subprocess.run(["ip", "link", "delete", name], check=False, capture_output=True)
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -378,19 +392,28 @@ class DockerDaemon:
         self.pidfile: str = os.path.join(self.base_dir, "docker.pid")
         self.config_file: str = os.path.join(self.base_dir, "daemon.json")
         self.log_path: str = os.path.join(self.base_dir, "dockerd.log")
-        #: Interface name of this daemon's ``docker_gwbridge`` (see :meth:`init_swarm`).
-        self.gwbridge_name: str = "wsgw" + os.urandom(4).hex()
+        #: containerd namespace of this daemon's containers; unique in case dockerd finds a
+        #: system containerd at /run/containerd/containerd.sock and shares it.
+        self.containerd_namespace: str = "winspec-" + os.urandom(4).hex()
         self.pid: int | None = None
         #: Seconds the last start()/restart() took until /_ping answered.
         self.start_seconds: float | None = None
+        #: dockerd's exit status the last time it ended (0 after a clean SIGTERM shutdown).
+        self.last_exit_status: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
         self._removed = False
         if len(os.path.join(self.exec_root, "containerd", "containerd.sock.ttrpc")) > 100:
             raise DockerdError(f"base_dir {self.base_dir!r} is too long for unix socket paths")
 
     def __repr__(self) -> str:
         return f"<DockerDaemon {self.host} pid={self.pid}>"
+
+    def __enter__(self) -> DockerDaemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -408,6 +431,10 @@ class DockerDaemon:
             self.exec_root,
             "--pidfile",
             self.pidfile,
+            "--containerd-namespace",
+            self.containerd_namespace,
+            "--containerd-plugins-namespace",
+            self.containerd_namespace + "-plugins",
             "--storage-driver",
             "vfs",
             "--bridge=none",
@@ -419,7 +446,7 @@ class DockerDaemon:
         ]
 
     def start(self, timeout: float = 60.0) -> None:
-        """Launch dockerd and wait until it answers ``/_ping``; raise DockerdError with its log tail."""
+        """Launch dockerd, wait until it answers ``/_ping``; DockerdError (with log tail) if not."""
         if self.running:
             return
         reason = _static_unavailable_reason()
@@ -433,18 +460,23 @@ class DockerDaemon:
             os.unlink(self.socket_path)
         began = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            in_main_thread = threading.current_thread() is threading.main_thread()
-            self._process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a terminal's Ctrl-C reaches pytest, not dockerd
-                # The death signal fires when the forking *thread* ends, so only from main.
-                preexec_fn=_set_parent_death_signal if in_main_thread else None,
-                env={"PATH": _DOCKERD_PATH, "LANG": "C.UTF-8"},
-            )
+            log.write(f"=== winspec tests: {shlex.join(self.command())}\n".encode())
+            log.flush()
+            death_signal = threading.current_thread() is threading.main_thread()
+            try:
+                self._process = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a terminal's Ctrl-C reaches pytest, not dockerd
+                    preexec_fn=_child_setup(death_signal=death_signal),
+                    env={"PATH": _DOCKERD_PATH, "LANG": "C.UTF-8"},
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise DockerdError(
+                    f"could not launch {self.binary} in a private network namespace: {exc}"
+                ) from exc
         self.pid = self._process.pid
         _live_daemons.add(self)
         try:
@@ -505,7 +537,6 @@ class DockerDaemon:
             return
         self._removed = True
         _live_daemons.discard(self)
-        _delete_bridge(self.gwbridge_name)
         _unmount_under(self.base_dir)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
@@ -521,14 +552,17 @@ class DockerDaemon:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        # After a clean shutdown nothing is left; after SIGKILL (or a crash) containerd, its
-        # shims and container processes can be. They all name our exec root or live under it.
-        leftovers = _processes_mentioning(self.exec_root)
-        for init_pid in Path(self.exec_root).glob("containerd/daemon/*/*/*/init.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                leftovers.append(int(init_pid.read_text().strip()))
-        for pid in leftovers:
-            _kill(pid)
+        self.last_exit_status = process.returncode
+        if process.returncode != 0:
+            # A clean shutdown stops every container and containerd; after SIGKILL or a crash
+            # containerd, its shims and the containers' processes can be left. They all name
+            # our exec root on their command line or have a pid file under it.
+            leftovers = _processes_mentioning(self.exec_root)
+            for init_pid in Path(self.exec_root).glob("containerd/daemon/*/*/*/init.pid"):
+                with contextlib.suppress(OSError, ValueError):
+                    leftovers.append(int(init_pid.read_text().strip()))
+            for pid in leftovers:
+                _kill(pid)
         _unmount_under(self.exec_root)
 
     @property
@@ -646,47 +680,24 @@ class DockerDaemon:
     # -- swarm -------------------------------------------------------------------------------
 
     def init_swarm(self) -> str:
-        """Make this engine a single-node swarm manager on 127.0.0.1; return the node id.
+        """Make this engine a single-node swarm manager on 127.0.0.1:2377; return the node id.
 
-        First creates the local ``docker_gwbridge`` network under this daemon's own interface
-        name (the ingress sandbox needs it) and picks a free swarm port and VXLAN data-path
-        port, so that several private daemons can be swarm managers on one host at once.
+        A no-op (returning the node id) when the swarm is already active.
         """
         if self.swarm_state() == "active":
             node_id: str = self.info()["Swarm"]["NodeID"]
             return node_id
-        status, networks = self.api("GET", "/networks", query={"filters": {"name": ["docker_gwbridge"]}})
-        if status == 200 and not any(n["Name"] == "docker_gwbridge" for n in networks):
-            self.call(
-                "POST",
-                "/networks/create",
-                {
-                    "Name": "docker_gwbridge",
-                    "Driver": "bridge",
-                    "CheckDuplicate": True,
-                    "Options": {
-                        "com.docker.network.bridge.name": self.gwbridge_name,
-                        "com.docker.network.bridge.enable_icc": "false",
-                        "com.docker.network.bridge.enable_ip_masquerade": "false",
-                    },
-                },
-            )
-        node_id = self.call(
+        created = self.call(
             "POST",
             "/swarm/init",
-            {
-                "ListenAddr": f"127.0.0.1:{_free_port(socket.SOCK_STREAM)}",
-                "AdvertiseAddr": "127.0.0.1",
-                "DataPathPort": _free_port(socket.SOCK_DGRAM),
-                "ForceNewCluster": False,
-            },
+            {"ListenAddr": "127.0.0.1:2377", "AdvertiseAddr": "127.0.0.1"},
         )
-        return node_id
+        return str(created)
 
     # -- images and containers -----------------------------------------------------------
 
     def import_image(self, tag: str = TEST_IMAGE) -> str:
-        """``docker import`` the test image (``/hello``, ``/pause``; ``CMD ["/hello"]``); return its id."""
+        """``docker import`` the test image (``/hello``, ``/pause``, ``CMD ["/hello"]``); its id."""
         repo, _, version = tag.rpartition(":")
         if not repo or "/" in version:
             repo, version = tag, "latest"
@@ -760,7 +771,9 @@ class DockerDaemon:
             return []
         known: list[dict[str, Any]] = self.call("GET", f"/{kind}s")
         by_key = {obj["Spec"]["Name"]: obj for obj in known} | {obj["ID"]: obj for obj in known}
-        id_key, name_key = ("SecretID", "SecretName") if kind == "secret" else ("ConfigID", "ConfigName")
+        id_key, name_key = (
+            ("SecretID", "SecretName") if kind == "secret" else ("ConfigID", "ConfigName")
+        )
         references = []
         for item in items:
             key, target = (item, None) if isinstance(item, str) else item
