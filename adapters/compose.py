@@ -131,10 +131,8 @@ class DockerMode:
         s = self.settings
         m = self.metrics
         root = Path(self._bundle_root)
-        writer = LocalBundleWriter(
-            root,
-            metrics_hook=lambda outcome, seconds: _observe_bundle(m, outcome, seconds),
-        )
+        # The reconciler counts written/unchanged/removed bundles and times the writes.
+        writer = LocalBundleWriter(root)
         # Leftover temp directories from a crash go now; dead bundles go through the
         # relist, which enqueues every bundle whose container no longer exists.
         removed = await writer.sweep(set(await writer.list_ids()))
@@ -215,13 +213,6 @@ class DockerMode:
                 await controller_task
             await stop_http_server(runner)
             log.info("stopped")
-
-
-def _observe_bundle(metrics: Metrics, outcome: str, seconds: float) -> None:
-    if outcome in ("written", "unchanged", "removed"):
-        metrics.bundles_written.labels(result=outcome).inc()
-    if outcome == "written":
-        metrics.bundle_write_seconds.observe(seconds)
 
 
 async def run_until_signalled(mode: DockerMode) -> None:
