@@ -1,0 +1,58 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
+
+
+def _dockerd_unavailable(reason: str) -> NoReturn:
+    """Skip, or on CI (``CI=true``) fail: CI must really run the dockerd tests."""
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"dockerd is required when CI=true but unavailable: {reason}", pytrace=False)
+    pytest.skip(f"dockerd unavailable: {reason}")
+
+
+def _start_dockerd() -> DockerDaemon:
+    """A started private dockerd with an active single-node swarm and the test image."""
+    reason = dockerd_unavailable_reason(probe=False)
+    if reason is not None:
+        _dockerd_unavailable(reason)
+    daemon = DockerDaemon()
+    try:
+        daemon.start()
+        daemon.init_swarm()
+        daemon.import_image()
+    except (DockerdError, DockerAPIError, OSError, TimeoutError) as exc:
+        daemon.stop()
+        _dockerd_unavailable(str(exc))
+    return daemon
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[DockerDaemon]:
+    """One private dockerd for the whole session (swarm active, ``winspec-test:latest`` imported).
+
+    Shared: tests must not stop or restart it (use ``fresh_dockerd``) and should give their
+    objects unique names.
+    """
+    daemon = _start_dockerd()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def fresh_dockerd() -> Iterator[DockerDaemon]:
+    """A private dockerd for one test (swarm active, test image imported) to restart or stop."""
+    daemon = _start_dockerd()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
