@@ -1,0 +1,1 @@
+"""Unit tests of the HTTP endpoints and the readiness state."""
