@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -272,10 +273,11 @@ async def test_invalid_bundle_ids_are_refused_before_any_path(tmp_path: Path, ba
     root = tmp_path / "bundles"
     writer = LocalBundleWriter(root)
 
-    for attempt in (
+    attempts: list[Callable[[], Awaitable[bool]]] = [
         lambda: writer.write(bad_id, _content()),
         lambda: writer.remove(bad_id),
-    ):
+    ]
+    for attempt in attempts:
         try:
             await attempt()
         except PermanentError:
