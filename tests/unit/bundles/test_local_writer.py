@@ -9,13 +9,15 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from adapters.bundles import local
 from adapters.bundles.local import (
+    BundleMetricsHook,
     LocalBundleWriter,
     atomic_replace_supported,
     remove_bundle_sync,
@@ -28,6 +30,23 @@ BUNDLE_ID = "3f" * 32
 OTHER_ID = "web-1"
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX modes and directory handles")
+
+
+WriterFactory = Callable[..., LocalBundleWriter]
+
+
+@pytest.fixture
+def make_writer() -> Iterator[WriterFactory]:
+    """Builds writers and closes them (their fsync threads) after the test."""
+    writers: list[LocalBundleWriter] = []
+
+    def make(root: Path, *, metrics_hook: BundleMetricsHook | None = None) -> LocalBundleWriter:
+        writers.append(LocalBundleWriter(root, metrics_hook=metrics_hook))
+        return writers[-1]
+
+    yield make
+    for writer in writers:
+        writer.close()
 
 
 def _content(version: int = 0, *, secret: str = "s1", config: str | None = "c1") -> BundleContent:
@@ -62,22 +81,26 @@ def _snapshot(bundle: Path) -> dict[str, tuple[int, int, int]]:
     }
 
 
-async def test_write_creates_the_layout_byte_for_byte(tmp_path: Path) -> None:
+async def test_write_creates_the_layout_byte_for_byte(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """A first write creates exactly the content's files plus .digest, and no leftovers."""
     root = tmp_path / "bundles"
     content = _content()
 
-    assert await LocalBundleWriter(root).write(BUNDLE_ID, content) is True
+    assert await make_writer(root).write(BUNDLE_ID, content) is True
 
     assert _tree(root / BUNDLE_ID) == _expected_tree(content)
     assert os.listdir(root) == [BUNDLE_ID]
 
 
 @posix_only
-async def test_written_files_and_directories_are_owner_only(tmp_path: Path) -> None:
+async def test_written_files_and_directories_are_owner_only(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """Every file of a bundle is mode 0600 and every directory, the root included, 0700."""
     root = tmp_path / "bundles"
-    await LocalBundleWriter(root).write(BUNDLE_ID, _content())
+    await make_writer(root).write(BUNDLE_ID, _content())
 
     bundle = root / BUNDLE_ID
     for path in [root, bundle, *bundle.rglob("*")]:
@@ -85,9 +108,9 @@ async def test_written_files_and_directories_are_owner_only(tmp_path: Path) -> N
         assert mode == (0o700 if path.is_dir() else 0o600), path
 
 
-async def test_same_content_is_not_rewritten(tmp_path: Path) -> None:
+async def test_same_content_is_not_rewritten(tmp_path: Path, make_writer: WriterFactory) -> None:
     """Writing the same content again returns False and touches no file (inode, mtime, ctime)."""
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content())
     before = _snapshot(tmp_path / BUNDLE_ID)
 
@@ -96,9 +119,11 @@ async def test_same_content_is_not_rewritten(tmp_path: Path) -> None:
     assert _snapshot(tmp_path / BUNDLE_ID) == before
 
 
-async def test_changed_content_replaces_the_whole_bundle(tmp_path: Path) -> None:
+async def test_changed_content_replaces_the_whole_bundle(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """New content replaces the bundle: files it no longer has disappear, nothing is left over."""
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content(1, secret="old", config="gone"))
     new = _content(2, secret="new", config=None)
 
@@ -109,11 +134,13 @@ async def test_changed_content_replaces_the_whole_bundle(tmp_path: Path) -> None
 
 
 async def test_rename_aside_fallback_replaces_the_bundle(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_writer: WriterFactory,
 ) -> None:
     """Without an atomic exchange the old bundle is renamed aside, replaced, then deleted."""
     monkeypatch.setattr(local, "_exchange", lambda first, second: False)
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content(1))
 
     assert await writer.write(BUNDLE_ID, _content(2)) is True
@@ -183,8 +210,10 @@ def test_concurrent_reader_never_sees_a_missing_or_mixed_bundle(tmp_path: Path) 
     reader = threading.Thread(target=read_until_stopped)
     reader.start()
     try:
-        for content in contents[1:]:
-            assert write_bundle_sync(tmp_path, BUNDLE_ID, content) is True
+        with ThreadPoolExecutor(8) as fsyncs:
+            for content in contents[1:]:
+                written = write_bundle_sync(tmp_path, BUNDLE_ID, content, fsync_executor=fsyncs)
+                assert written is True
     finally:
         stop.set()
         reader.join()
@@ -194,9 +223,9 @@ def test_concurrent_reader_never_sees_a_missing_or_mixed_bundle(tmp_path: Path) 
     assert len(set(seen)) >= 2, f"reader saw too little to mean anything: {len(seen)} reads"
 
 
-async def test_remove_deletes_the_bundle_once(tmp_path: Path) -> None:
+async def test_remove_deletes_the_bundle_once(tmp_path: Path, make_writer: WriterFactory) -> None:
     """remove deletes the whole bundle and returns True, then False when there is none."""
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content())
 
     assert await writer.remove(BUNDLE_ID) is True
@@ -204,9 +233,11 @@ async def test_remove_deletes_the_bundle_once(tmp_path: Path) -> None:
     assert await writer.remove(BUNDLE_ID) is False
 
 
-async def test_list_ids_ignores_temporary_and_foreign_entries(tmp_path: Path) -> None:
+async def test_list_ids_ignores_temporary_and_foreign_entries(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """list_ids lists bundle directories only: no temp or old dirs, stray files or bad names."""
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content())
     await writer.write(OTHER_ID, _content())
     (tmp_path / f".tmp-{BUNDLE_ID}-abcd1234").mkdir()
@@ -217,15 +248,19 @@ async def test_list_ids_ignores_temporary_and_foreign_entries(tmp_path: Path) ->
     assert await writer.list_ids() == sorted([BUNDLE_ID, OTHER_ID])
 
 
-async def test_list_ids_of_a_missing_root_is_empty(tmp_path: Path) -> None:
+async def test_list_ids_of_a_missing_root_is_empty(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """A root that does not exist yet holds no bundles (and is not created by listing)."""
-    assert await LocalBundleWriter(tmp_path / "absent").list_ids() == []
+    assert await make_writer(tmp_path / "absent").list_ids() == []
     assert not (tmp_path / "absent").exists()
 
 
-async def test_sweep_removes_dead_bundles_and_leftovers(tmp_path: Path) -> None:
+async def test_sweep_removes_dead_bundles_and_leftovers(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """sweep deletes bundles that are not live and every .tmp-/.old- leftover, nothing else."""
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content())
     await writer.write(OTHER_ID, _content())
     partial = tmp_path / f".tmp-{BUNDLE_ID}-abcd1234"
@@ -268,10 +303,12 @@ BAD_IDS = [
 
 
 @pytest.mark.parametrize("bad_id", BAD_IDS)
-async def test_invalid_bundle_ids_are_refused_before_any_path(tmp_path: Path, bad_id: str) -> None:
+async def test_invalid_bundle_ids_are_refused_before_any_path(
+    tmp_path: Path, bad_id: str, make_writer: WriterFactory
+) -> None:
     """A bad id raises PermanentError from every entry point and nothing is created anywhere."""
     root = tmp_path / "bundles"
-    writer = LocalBundleWriter(root)
+    writer = make_writer(root)
 
     attempts: list[Callable[[], Awaitable[bool]]] = [
         lambda: writer.write(bad_id, _content()),
@@ -311,27 +348,31 @@ BAD_FILES: list[dict[str, bytes]] = [
 
 
 @pytest.mark.parametrize("files", BAD_FILES, ids=lambda files: "|".join(files))
-async def test_path_shaped_file_names_are_refused(tmp_path: Path, files: dict[str, bytes]) -> None:
+async def test_path_shaped_file_names_are_refused(
+    tmp_path: Path, files: dict[str, bytes], make_writer: WriterFactory
+) -> None:
     """A content whose file names leave the known shapes raises PermanentError, creating nothing."""
     with pytest.raises(PermanentError):
-        await LocalBundleWriter(tmp_path / "bundles").write(BUNDLE_ID, BundleContent(files=files))
+        await make_writer(tmp_path / "bundles").write(BUNDLE_ID, BundleContent(files=files))
     assert os.listdir(tmp_path) == []
 
 
-async def test_file_system_failures_are_transient(tmp_path: Path) -> None:
+async def test_file_system_failures_are_transient(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
     """A root that cannot be a directory makes write raise TransientError from the OSError."""
     root = tmp_path / "bundles"
     root.write_bytes(b"a file where the root should be")
 
     with pytest.raises(TransientError) as caught:
-        await LocalBundleWriter(root).write(BUNDLE_ID, _content())
+        await make_writer(root).write(BUNDLE_ID, _content())
     assert isinstance(caught.value.__cause__, OSError)
 
 
-async def test_metrics_hook_sees_every_outcome(tmp_path: Path) -> None:
+async def test_metrics_hook_sees_every_outcome(tmp_path: Path, make_writer: WriterFactory) -> None:
     """The hook is called with written, unchanged, removed, absent and failed, and a duration."""
     calls: list[tuple[str, float]] = []
-    writer = LocalBundleWriter(tmp_path, metrics_hook=lambda outcome, s: calls.append((outcome, s)))
+    writer = make_writer(tmp_path, metrics_hook=lambda outcome, s: calls.append((outcome, s)))
 
     await writer.write(BUNDLE_ID, _content())
     await writer.write(BUNDLE_ID, _content())
@@ -351,7 +392,9 @@ async def test_metrics_hook_sees_every_outcome(tmp_path: Path) -> None:
 
 
 async def test_cancelled_write_holds_the_id_until_its_thread_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_writer: WriterFactory,
 ) -> None:
     """Cancelling a write does not let the next write of the same id run beside its thread."""
     started = threading.Event()
@@ -360,7 +403,7 @@ async def test_cancelled_write_holds_the_id_until_its_thread_ends(
     running = 0
     most = 0
 
-    def slow_write(root: Path, bundle_id: str, content: BundleContent) -> bool:
+    def slow_write(root: Path, bundle_id: str, content: BundleContent, **_: object) -> bool:
         nonlocal running, most
         with lock:
             running += 1
@@ -372,7 +415,7 @@ async def test_cancelled_write_holds_the_id_until_its_thread_ends(
         return True
 
     monkeypatch.setattr(local, "write_bundle_sync", slow_write)
-    writer = LocalBundleWriter(tmp_path)
+    writer = make_writer(tmp_path)
     first = asyncio.create_task(writer.write(BUNDLE_ID, _content()))
     await asyncio.to_thread(started.wait, 10)
     first.cancel()
@@ -386,3 +429,28 @@ async def test_cancelled_write_holds_the_id_until_its_thread_ends(
         await first
     assert await second is True
     assert most == 1
+
+
+def test_sync_write_without_fsync_threads(tmp_path: Path) -> None:
+    """write_bundle_sync with no executor fsyncs serially and writes the same tree."""
+    assert write_bundle_sync(tmp_path, BUNDLE_ID, _content()) is True
+    assert write_bundle_sync(tmp_path, BUNDLE_ID, _content()) is False
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content())
+
+
+async def test_failed_write_keeps_the_old_bundle_and_no_leftovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+) -> None:
+    """When an fsync fails the old bundle stays whole, the write is transient, nothing is left."""
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content(1))
+
+    def failing_fsync(path: Path) -> None:
+        raise OSError(5, "I/O error", str(path))
+
+    monkeypatch.setattr(local, "_fsync_file", failing_fsync)
+    with pytest.raises(TransientError):
+        await writer.write(BUNDLE_ID, _content(2))
+
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(1))
+    assert os.listdir(tmp_path) == [BUNDLE_ID]

@@ -1,0 +1,1 @@
+"""Benchmarks, run as scripts (``python -m tests.benchmarks.<name>``), not collected by pytest."""
