@@ -64,6 +64,7 @@ class DockerEventSource:
         self._hooks = hooks or EventSourceHooks()
         self._since: str | None = None
         self._stopping = asyncio.Event()
+        self._listed_at: float | None = None  # loop time the current stream was listed
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""
@@ -87,9 +88,11 @@ class DockerEventSource:
     async def run(self) -> None:
         """Watch until stopped: stream, relist on (re)connect, resync periodically."""
         resync = asyncio.create_task(self._resync_loop(), name="docker-resync")
+        loop = asyncio.get_running_loop()
         delay = self._settings.reconnect_initial
         try:
             while not self._stopping.is_set():
+                self._listed_at = None
                 try:
                     await self._watch_once()
                     reason = "closed"
@@ -103,6 +106,13 @@ class DockerEventSource:
                     break
                 if self._hooks.on_restart:
                     self._hooks.on_restart(reason)
+                if (
+                    self._listed_at is not None
+                    and loop.time() - self._listed_at >= self._settings.reconnect_max
+                ):
+                    # A stream that worked for a while starts the backoff afresh, rather than
+                    # where an earlier outage left it; one that keeps failing fast still backs off.
+                    delay = self._settings.reconnect_initial
                 log.info("restarting docker event stream (%s) in %.1fs", reason, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
@@ -144,6 +154,7 @@ class DockerEventSource:
                     # The stream is open: list now, so nothing between list and stream is lost.
                     first = False
                     await self.relist()
+                    self._listed_at = asyncio.get_running_loop().time()
                     self._set_ready(True)
                     continue
                 self._handle(event)

@@ -1,21 +1,18 @@
 """Tests of the Docker Engine API client against a real local HTTP server (no mocks).
 
-The server is aiohttp's, on 127.0.0.1 (any free port) or a unix socket in a temporary
-directory; each test scripts the answers of the routes it needs and reads back what the client
-asked for.
+The server (tests/unit/docker/scripted.py) is aiohttp's, on 127.0.0.1 (any free port) or a
+unix socket in a temporary directory; each test scripts the answers of the routes it needs and
+reads back what the client asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -32,80 +29,9 @@ from adapters.docker.client import (
     tls_context,
 )
 from controller.errors import NotFoundError, PermanentError, TransientError
+from tests.unit.docker.scripted import ScriptedEngine, answer_json
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
-
-Handler = Callable[[web.Request], web.StreamResponse | Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class ScriptedEngine:
-    """A real HTTP server whose answers the test scripts, one list of responses per path."""
-
-    host: str = ""
-    script: dict[str, list[Handler]] = field(default_factory=dict)
-    seen: list[str] = field(default_factory=list)
-
-    def on(self, path: str, *answers: Handler) -> None:
-        """Answer requests for ``path`` with ``answers`` in turn, repeating the last one."""
-        self.script[path] = list(answers)
-
-    def hits(self, path: str) -> int:
-        """How many requests arrived for ``path``."""
-        return self.seen.count(path)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
-        self.seen.append(path)
-        answers = self.script.get(path)
-        if not answers:
-            return web.json_response({"message": f"no route {path}"}, status=404)
-        answer = answers.pop(0) if len(answers) > 1 else answers[0]
-        result = answer(request)
-        return await result if inspect.isawaitable(result) else result
-
-
-def answer_json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
-    """A handler that answers ``body`` as JSON with ``status``."""
-
-    def handler(_request: web.Request) -> web.StreamResponse:
-        return web.json_response(body, status=status, headers=headers)
-
-    return handler
-
-
-async def _serve(engine: ScriptedEngine, site_factory: Callable[[web.AppRunner], Any]) -> Any:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", engine.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await site_factory(runner).start()
-    return runner
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[ScriptedEngine]:
-    """A scripted engine on 127.0.0.1 at a free TCP port."""
-    scripted = ScriptedEngine()
-    runner = await _serve(scripted, lambda r: web.TCPSite(r, "127.0.0.1", 0))
-    scripted.host = f"tcp://127.0.0.1:{runner.addresses[0][1]}"
-    try:
-        yield scripted
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def unix_engine(tmp_path: Path) -> AsyncIterator[ScriptedEngine]:
-    """A scripted engine on a unix socket in a temporary directory."""
-    scripted = ScriptedEngine()
-    path = tmp_path / "docker.sock"
-    runner = await _serve(scripted, lambda r: web.UnixSite(r, str(path)))
-    scripted.host = f"unix://{path}"
-    try:
-        yield scripted
-    finally:
-        await runner.cleanup()
 
 
 def client_for(

@@ -1,0 +1,92 @@
+"""A scripted Docker engine: a real aiohttp server whose answers each test sets per path.
+
+Real HTTP (over TCP on 127.0.0.1 or a unix socket), so the client under test goes through its
+whole stack: connector, request, status mapping, retries. Handlers are cancelled when the
+client goes away, so a held-open ``/events`` stream never delays the server's shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], web.StreamResponse | Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ScriptedEngine:
+    """A real HTTP server whose answers the test scripts, one list of handlers per path."""
+
+    host: str = ""
+    script: dict[str, list[Handler]] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
+    #: (path, monotonic time the request arrived, time its handler returned) per request.
+    timings: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def on(self, path: str, *answers: Handler) -> None:
+        """Answer requests for ``path`` with ``answers`` in turn, repeating the last one."""
+        self.script[path] = list(answers)
+
+    def hits(self, path: str) -> int:
+        """How many requests arrived for ``path``."""
+        return self.seen.count(path)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Dispatch one request to the next scripted handler of its path (404 when none)."""
+        path = request.path
+        self.seen.append(path)
+        arrived = time.monotonic()
+        answers = self.script.get(path)
+        if not answers:
+            return web.json_response({"message": f"no route {path}"}, status=404)
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        result = answer(request)
+        response = await result if inspect.isawaitable(result) else result
+        self.timings.append((path, arrived, time.monotonic()))
+        return response
+
+
+def answer_json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
+    """A handler that answers ``body`` as JSON with ``status``."""
+
+    def handler(_request: web.Request) -> web.StreamResponse:
+        return web.json_response(body, status=status, headers=headers)
+
+    return handler
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    engine: ScriptedEngine, *, unix_socket: Path | None = None
+) -> AsyncIterator[None]:
+    """Serve ``engine`` on 127.0.0.1 at a free port, or on ``unix_socket``; sets its host."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", engine.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
+    await runner.setup()
+    try:
+        if unix_socket is not None:
+            await web.UnixSite(runner, str(unix_socket)).start()
+            engine.host = f"unix://{unix_socket}"
+        else:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            engine.host = f"tcp://127.0.0.1:{runner.addresses[0][1]}"
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def eventually(condition: Callable[[], bool], *, within: float = 1.0) -> None:
+    """Wait until ``condition()`` holds, checking every few milliseconds; fail after ``within``."""
+    async with asyncio.timeout(within):
+        # Polling is the point: the conditions are on recorded callbacks, with no event to await.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
