@@ -74,8 +74,8 @@ _DIR_MODE = 0o700
 _O_BINARY: int = getattr(os, "O_BINARY", 0)
 _O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 
-# The payload ids controller.bundle accepts, minus what Windows would not keep as written: a
-# trailing dot or space is dropped, and device names (NUL, COM1, …) are not files at all.
+# The payload ids controller.bundle accepts, minus what Windows would not keep as written: it
+# drops a trailing dot, and device names (NUL, COM1.txt, …) are not files at all.
 _PAYLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 _WINDOWS_DEVICES = frozenset(
     ["con", "prn", "aux", "nul"]
