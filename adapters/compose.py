@@ -212,6 +212,7 @@ class DockerMode:
             with contextlib.suppress(asyncio.CancelledError):
                 await controller_task
             await stop_http_server(runner)
+            writer.close()
             log.info("stopped")
 
 
