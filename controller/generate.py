@@ -35,8 +35,10 @@ INTERNAL_CONFIGS_DIR = "C:\\ProgramData\\Docker\\internal\\configs"
 CONFIG_ROOT = "C:\\"
 LCOW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RS5_BUILD = 17763
-_CGROUP_RULE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$")
+# \Z, not $: Go's $ is the end of the text, Python's also matches before a final "\n".
+_CGROUP_RULE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})\Z")
 _INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
 _UINT16_MASK = 0xFFFF
 
 
@@ -287,6 +289,8 @@ def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:
         height, width = c.host_config.console_size or (0, 0)
         if height < 0 or width < 0:
             raise SpecError("invalid ConsoleSize: height and width cannot be negative")
+        if height > _UINT64_MAX or width > _UINT64_MAX:  # Go's uint: larger fails to decode
+            raise SpecError("invalid ConsoleSize: height and width must be below 2^64")
         process.consoleSize = oci.Box(height=height, width=width)
     process.user = oci.User(uid=0, gid=0, username=cfg.user)
 
@@ -384,6 +388,8 @@ def _resources(request: Request, cpu: CpuSettings, *, hyperv: bool) -> oci.Windo
         resources.memory = oci.WindowsMemoryResources(limit=hc.memory)
     if hc.io_maximum_bandwidth < 0 or hc.io_maximum_iops < 0:
         raise SpecError("invalid IOMaximumBandwidth/IOMaximumIOps: cannot be negative")
+    if hc.io_maximum_bandwidth > _UINT64_MAX or hc.io_maximum_iops > _UINT64_MAX:  # Go's uint64
+        raise SpecError("invalid IOMaximumBandwidth/IOMaximumIOps: must be below 2^64")
     if hc.io_maximum_bandwidth or hc.io_maximum_iops:
         resources.storage = oci.WindowsStorageResources(
             iops=hc.io_maximum_iops, bps=hc.io_maximum_bandwidth

@@ -9,14 +9,19 @@ driver data and the resolved dependencies.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from controller.errors import RequestDecodeError
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
 SWARM_TASK_LABEL = "com.docker.swarm.task.id"
+
+# Docker's Go types: a number outside them is a JSON decode error for Docker, and so for us.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+UInt16 = Annotated[int, msgspec.Meta(ge=0, le=2**16 - 1)]
 
 
 class ContainerConfig(msgspec.Struct, rename="pascal", kw_only=True):
@@ -57,15 +62,15 @@ class HostConfig(msgspec.Struct, rename="pascal", kw_only=True):
     capabilities: list[str] | None = None
     device_cgroup_rules: list[str] | None = None
     # Windows resources.
-    cpu_shares: int = 0
-    cpu_percent: int = 0
-    cpu_count: int = 0
-    nano_cpus: int = 0
-    memory: int = 0
+    cpu_shares: Int64 = 0
+    cpu_percent: Int64 = 0
+    cpu_count: Int64 = 0
+    nano_cpus: Int64 = 0
+    memory: Int64 = 0
     io_maximum_bandwidth: int = msgspec.field(default=0, name="IOMaximumBandwidth")
     io_maximum_iops: int = msgspec.field(default=0, name="IOMaximumIOps")
     # Linux-only options, refused for Windows containers (S20).
-    blkio_weight: int = 0
+    blkio_weight: UInt16 = 0
     blkio_weight_device: list[Any] | None = None
     blkio_device_read_bps: list[Any] | None = None
     blkio_device_write_bps: list[Any] | None = None
@@ -76,15 +81,15 @@ class HostConfig(msgspec.Struct, rename="pascal", kw_only=True):
         default=None, name="BlkioDeviceWriteIOps"
     )
     cgroup_parent: str = ""
-    cpu_period: int = 0
+    cpu_period: Int64 = 0
     cpuset_cpus: str = ""
     cpuset_mems: str = ""
-    kernel_memory: int = 0
-    memory_reservation: int = 0
-    memory_swap: int = 0
-    memory_swappiness: int | None = None
+    kernel_memory: Int64 = 0
+    memory_reservation: Int64 = 0
+    memory_swap: Int64 = 0
+    memory_swappiness: Int64 | None = None
     oom_kill_disable: bool | None = None
-    pids_limit: int | None = None
+    pids_limit: Int64 | None = None
     ulimits: list[Any] | None = None
 
 
@@ -173,7 +178,7 @@ class NodeFacts(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fie
     """Facts about the Windows node that will run the container."""
 
     windows_build: int = 17763
-    cpu_count: int = 1
+    cpu_count: Int64 = 1
     default_isolation: str = "process"
     lcow_supported: bool = False
     dns_search: list[str] | None = None
@@ -248,7 +253,11 @@ def decode_request(data: bytes | str) -> Request:
         first_error = exc
     except msgspec.DecodeError as exc:
         raise RequestDecodeError(f"invalid request: {exc}") from exc
-    raw = msgspec.json.decode(data)
+    try:
+        # A typed decode can fail on the type before it reaches a syntax error (``[``).
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise RequestDecodeError(f"invalid request: {exc}") from exc
     unwrapped = False
     if isinstance(raw, dict):
         for member in ("container", "image"):

@@ -1,0 +1,1 @@
+"""Unit tests: the pure parts of winspec, no engine and no network."""

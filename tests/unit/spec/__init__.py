@@ -1,0 +1,1 @@
+"""Tests of the pure spec generator against spec-rules.md (S1–S32)."""
