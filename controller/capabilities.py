@@ -74,11 +74,16 @@ def _unknown(cap: str) -> SpecError:
     return SpecError(f'linux spec capabilities: unknown capability: "{cap}"')
 
 
+def _go_upper(text: str) -> str:
+    """Go's ``strings.ToUpper``: rune by rune, so "ß" or "ﬆ" stay (Python would expand them)."""
+    return "".join(up if len(up := ch.upper()) == 1 else ch for ch in text)
+
+
 def _normalize(caps: Sequence[str]) -> list[str]:
     """Upper-case, add ``CAP_``, keep ``ALL``; refuse unknown names."""
     out: list[str] = []
     for raw in caps:
-        cap = raw.upper()
+        cap = _go_upper(raw)
         if cap == _ALL:
             out.append(cap)
             continue

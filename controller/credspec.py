@@ -44,6 +44,13 @@ class CredentialSpecReader(Protocol):
         ...
 
 
+def _go_lower(text: str) -> str:
+    """Go's ``strings.ToLower``: rune by rune with the simple mapping ("İ" → "i", not "i̇")."""
+    return "".join(
+        low if len(low := ch.lower()) == 1 else ("i" if ch == "\u0130" else ch) for ch in text
+    )
+
+
 def parse_security_options(options: list[str]) -> list[CredentialSpecOption]:
     """Parse ``HostConfig.SecurityOpt`` into credential spec options, in order (S21, S22)."""
     parsed: list[CredentialSpecOption] = []
@@ -51,10 +58,11 @@ def parse_security_options(options: list[str]) -> list[CredentialSpecOption]:
         if "=" not in opt:
             raise SpecError(f"invalid security option: no equals sign in supplied value {opt}")
         key, value = opt.split("=", 1)
-        if key.lower() != "credentialspec":
+        # Go's strings.EqualFold: simple case folding, so "ſ" matches "s" (casefold agrees here).
+        if key.casefold() != "credentialspec":
             raise SpecError(f"security option not supported: {key}")
         scheme, sep, rest = value.partition("://")
-        scheme = scheme.lower()
+        scheme = _go_lower(scheme)
         if not sep or scheme not in _SCHEMES or rest == "":
             raise SpecError(INVALID_VALUE)
         parsed.append(CredentialSpecOption(scheme=scheme, value=rest))  # type: ignore[arg-type]

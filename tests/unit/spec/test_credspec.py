@@ -356,3 +356,13 @@ def test_node_reader_registry_elsewhere_is_a_clear_error() -> None:
     """S24: registry:// outside a Windows host is a clear permanent error, not a crash."""
     with pytest.raises(SpecError, match="only available on a Windows host"):
         NodeCredentialSpecReader().read_registry("web", container_id="c")
+
+
+def test_case_rules_follow_go() -> None:
+    """S21/S22: key matched as Go's EqualFold ("ſ" is "s"), scheme lowered as Go's ToLower."""
+    assert _credential_spec(_container("credentialſpec=raw://x")) == "x"
+    assert _credential_spec(_container("credentialspec=RAW://x")) == "x"
+    request = _container("credentialspec=F\u0130LE://web.json")
+    request = merge(request, {"credentialSpecs": {"file": {"web.json": DUMMY}}})
+    assert _credential_spec(request) == DUMMY
+    assert _error(_container("credentialspec=ra\u1e86://x")) == INVALID_VALUE
