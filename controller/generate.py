@@ -27,7 +27,7 @@ from controller.errors import SpecError
 from controller.escape import escape_args
 from controller.models import GO_ZERO_TIME, Request
 from controller.validation import CpuSettings, validate_resources
-from controller.winpath import depth, host_join, is_absolute
+from controller.winpath import depth, host_join
 
 SECRET_MOUNT_DIR = "C:\\ProgramData\\Docker\\secrets"
 INTERNAL_SECRETS_DIR = "C:\\ProgramData\\Docker\\internal\\secrets"
@@ -247,7 +247,12 @@ def _links(request: Request) -> list[Link]:
     for s in request.secrets:
         if not s.target:
             continue
-        target = s.target if is_absolute(s.target) else ntpath.join(SECRET_MOUNT_DIR, s.target)
+        # Go's filepath.IsAbs (a drive with a root, or UNC) keeps the target; anything else
+        # (also "\\x" and "C:x") goes under the secrets directory, joined as Go's Join does
+        # (concatenate, then clean: ntpath.join would let "\\x" replace the directory).
+        target = ntpath.normpath(
+            s.target if _go_is_abs(s.target) else SECRET_MOUNT_DIR + "\\" + s.target
+        )
         links.append(
             Link(
                 kind="secret", target=target, source=ntpath.join(INTERNAL_SECRETS_DIR, s.secret_id)
@@ -256,7 +261,8 @@ def _links(request: Request) -> list[Link]:
     for cf in request.configs:
         if not cf.target:
             continue
-        target = cf.target if is_absolute(cf.target) else ntpath.join(CONFIG_ROOT, cf.target)
+        # moby resolves a config target inside the container: relative or rooted means on C:.
+        target = ntpath.normpath(ntpath.join(CONFIG_ROOT, cf.target))
         links.append(
             Link(
                 kind="config",
@@ -265,6 +271,14 @@ def _links(request: Request) -> list[Link]:
             )
         )
     return links
+
+
+def _go_is_abs(path: str) -> bool:
+    """Go's ``filepath.IsAbs`` on Windows: UNC, or a drive followed by a separator."""
+    drive, rest = ntpath.splitdrive(path)
+    if drive[:2] in ("\\\\", "//"):
+        return True
+    return bool(drive) and rest[:1] in ("\\", "/")
 
 
 def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.escape import escape_arg, escape_args
+from tests.unit.spec.argv import command_line_to_argv
 
 # Go's TestEscapeArg table (src/syscall/exec_windows_test.go), input → syscall.EscapeArg output.
 GO_ESCAPE_ARG_TABLE = [
@@ -60,54 +61,6 @@ def test_escape_args_joins_with_spaces() -> None:
     """S9: escape_args escapes each argument and joins them with single spaces."""
     assert escape_args(["a b", "", 'c"']) == '"a b" "" c\\"'
     assert escape_args([]) == ""
-
-
-def command_line_to_argv(command_line: str) -> list[str]:
-    """Split a command line as CommandLineToArgvW / msvcrt (2008 and later) split arguments.
-
-    Outside quotes a space or tab ends an argument. 2n backslashes before a quote give n
-    backslashes and the quote toggles quoting; 2n+1 give n backslashes and a literal quote;
-    other backslashes are literal. Inside quotes, ``""`` is a literal quote and quoting goes
-    on (the post-2008 rule). Every argument is parsed with these rules, the first included
-    (``commandLine``'s program name is never escaped, so it is not parsed here).
-    """
-    args: list[str] = []
-    i, n = 0, len(command_line)
-    while True:
-        while i < n and command_line[i] in " \t":
-            i += 1
-        if i >= n:
-            return args
-        current: list[str] = []
-        quoted = False
-        while i < n:
-            ch = command_line[i]
-            if ch in " \t" and not quoted:
-                break
-            if ch == "\\":
-                j = i
-                while j < n and command_line[j] == "\\":
-                    j += 1
-                count = j - i
-                if j < n and command_line[j] == '"':
-                    current.append("\\" * (count // 2))
-                    if count % 2:
-                        current.append('"')
-                        j += 1
-                else:
-                    current.append("\\" * count)
-                i = j
-            elif ch == '"':
-                if quoted and i + 1 < n and command_line[i + 1] == '"':
-                    current.append('"')
-                    i += 2
-                else:
-                    quoted = not quoted
-                    i += 1
-            else:
-                current.append(ch)
-                i += 1
-        args.append("".join(current))
 
 
 def test_parser_reads_known_command_lines() -> None:
