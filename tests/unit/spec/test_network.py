@@ -76,7 +76,7 @@ def test_gateway_without_own_endpoint() -> None:
 
 
 def test_empty_gateway_ignored() -> None:
-    """S15: an empty gateway hnsid adds nothing (and does not override an earlier one)."""
+    """S15: an empty GW_INFO.hnsid still wins as the last one, leaving no gateway (as Go)."""
     networks = {"a": {"hnsid": "A", "GW_INFO": {"hnsid": "GW-A"}}, "b": {"GW_INFO": {"hnsid": ""}}}
     assert _network(_on(networks))["endpointList"] == ["A"]
 
