@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,6 @@ class ScriptedEngine:
     host: str = ""
     script: dict[str, list[Handler]] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
-    #: (path, monotonic time the request arrived, time its handler returned) per request.
-    timings: list[tuple[str, float, float]] = field(default_factory=list)
 
     def on(self, path: str, *answers: Handler) -> None:
         """Answer requests for ``path`` with ``answers`` in turn, repeating the last one."""
@@ -43,15 +40,12 @@ class ScriptedEngine:
         """Dispatch one request to the next scripted handler of its path (404 when none)."""
         path = request.path
         self.seen.append(path)
-        arrived = time.monotonic()
         answers = self.script.get(path)
         if not answers:
             return web.json_response({"message": f"no route {path}"}, status=404)
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
         result = answer(request)
-        response = await result if inspect.isawaitable(result) else result
-        self.timings.append((path, arrived, time.monotonic()))
-        return response
+        return await result if inspect.isawaitable(result) else result
 
 
 def answer_json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Handler:
