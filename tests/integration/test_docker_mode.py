@@ -57,7 +57,6 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 INTERNAL_SECRETS = "C:\\ProgramData\\Docker\\internal\\secrets"
 INTERNAL_CONFIGS = "C:\\ProgramData\\Docker\\internal\\configs"
-WATCH_RESTART_REASONS = ("closed", "error", "expired", "idle")
 
 
 def _unique(prefix: str) -> str:
