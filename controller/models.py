@@ -16,7 +16,6 @@ import msgspec
 from controller.errors import RequestDecodeError
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
-
 SWARM_TASK_LABEL = "com.docker.swarm.task.id"
 
 # Docker's Go types: a number outside them is a JSON decode error for Docker, and so for us.
