@@ -40,16 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.compose import CONTROLLER_NAME, DockerMode
 from controller.settings import load_settings
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
-
-try:
-    from tests.schema import SKIP_REASON, schema_available, validate_spec
-except ImportError:  # tests/schema.py is another engineer's and may not be there yet
-    validate_spec = None  # type: ignore[assignment]
-    SKIP_REASON = "tests/schema.py (OCI schema validation) is not available"
-
-    def schema_available() -> bool:
-        return False
-
+from tests.schema import SKIP_REASON, schema_available, strict_roundtrip, validate_spec
 
 pytestmark = pytest.mark.docker
 
@@ -233,8 +224,8 @@ def _assert_owner_only(directory: Path) -> None:
 
 
 def _validate(config: dict[str, Any]) -> bool:
-    """Validate against the OCI schema when tests/schema.py has it; whether it did."""
-    if validate_spec is None or not schema_available():
+    """Validate against the OCI schema when its files are there; whether it did."""
+    if not schema_available():
         return False
     validate_spec(config)
     return True
@@ -290,6 +281,7 @@ async def test_plain_create_writes_a_valid_bundle(dockerd: DockerDaemon, tmp_pat
 
             files = _files(bundle)
             assert _visible(files) == {"config.json", "links.json"}
+            strict_roundtrip(files["config.json"].read_bytes())
             config = json.loads(files["config.json"].read_bytes())
             assert config["hostname"] == inspected["Config"]["Hostname"] == "winspec-plain"
             assert config["process"]["args"] == inspected["Config"]["Cmd"]
