@@ -101,9 +101,8 @@ class DockerMode:
                 await client.negotiate()
                 info = await client.get_json("/info", api="version")
             except WinspecError as exc:
-                raise EngineUnreachableError(
-                    f"cannot reach the Docker engine at {client.endpoint.display}: {exc}"
-                ) from exc
+                # The client's errors already name the endpoint.
+                raise EngineUnreachableError(f"cannot reach the Docker engine: {exc}") from exc
             node = node_facts_from_info(
                 info,
                 NodeOverrides(

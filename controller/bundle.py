@@ -16,7 +16,7 @@ import msgspec
 
 from controller.errors import PermanentError
 from controller.generate import Generated, Link, encode_spec
-from controller.models import Request
+from controller.models import Request, check_payload_id
 
 CONFIG_FILE = "config.json"
 LINKS_FILE = "links.json"
@@ -27,7 +27,6 @@ CONFIGS_DIR = "configs"
 # (DNS-1123 subdomain); nothing that could climb out of the bundle root.
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_PAYLOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
 
 def is_valid_bundle_id(bundle_id: str) -> bool:
@@ -78,14 +77,8 @@ def build_bundle(request: Request, generated: Generated) -> BundleContent:
     files[LINKS_FILE] = _links_encoder.encode(LinksDocument(links=generated.links))
     for secret in request.secrets:
         if secret.data is not None:
-            files[f"{SECRETS_DIR}/{_payload_id(secret.secret_id)}"] = secret.data
+            files[f"{SECRETS_DIR}/{check_payload_id(secret.secret_id, 'secret')}"] = secret.data
     for config in request.configs:
         if config.data is not None:
-            files[f"{CONFIGS_DIR}/{_payload_id(config.config_id)}"] = config.data
+            files[f"{CONFIGS_DIR}/{check_payload_id(config.config_id, 'config')}"] = config.data
     return BundleContent(files=files)
-
-
-def _payload_id(payload_id: str) -> str:
-    if not _PAYLOAD_ID.match(payload_id):
-        raise PermanentError(f"invalid secret or config id {payload_id!r}")
-    return payload_id

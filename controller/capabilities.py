@@ -76,6 +76,8 @@ def _unknown(cap: str) -> SpecError:
 
 def _go_upper(text: str) -> str:
     """Go's ``strings.ToUpper``: rune by rune, so "ß" or "ﬆ" stay (Python would expand them)."""
+    if text.isascii():
+        return text.upper()
     return "".join(up if len(up := ch.upper()) == 1 else ch for ch in text)
 
 

@@ -25,9 +25,9 @@ from controller.credspec import (
 )
 from controller.errors import SpecError
 from controller.escape import escape_args
-from controller.models import GO_ZERO_TIME, Request
+from controller.models import GO_ZERO_TIME, Request, check_payload_id
 from controller.validation import CpuSettings, validate_resources
-from controller.winpath import depth, host_join
+from controller.winpath import clean, depth, host_join
 
 SECRET_MOUNT_DIR = "C:\\ProgramData\\Docker\\secrets"
 INTERNAL_SECRETS_DIR = "C:\\ProgramData\\Docker\\internal\\secrets"
@@ -245,40 +245,33 @@ def _links(request: Request) -> list[Link]:
     """S5: where each secret and config appears inside the container."""
     links: list[Link] = []
     for s in request.secrets:
+        check_payload_id(s.secret_id, "secret")
         if not s.target:
             continue
         # Go's filepath.IsAbs (a drive with a root, or UNC) keeps the target; anything else
         # (also "\\x" and "C:x") goes under the secrets directory, joined as Go's Join does
         # (concatenate, then clean: ntpath.join would let "\\x" replace the directory).
-        target = ntpath.normpath(
-            s.target if _go_is_abs(s.target) else SECRET_MOUNT_DIR + "\\" + s.target
-        )
+        target = clean(s.target if _go_is_abs(s.target) else SECRET_MOUNT_DIR + "\\" + s.target)
         links.append(
-            Link(
-                kind="secret", target=target, source=ntpath.join(INTERNAL_SECRETS_DIR, s.secret_id)
-            )
+            Link(kind="secret", target=target, source=INTERNAL_SECRETS_DIR + "\\" + s.secret_id)
         )
     for cf in request.configs:
+        check_payload_id(cf.config_id, "config")
         if not cf.target:
             continue
         # moby resolves a config target inside the container: relative or rooted means on C:.
-        target = ntpath.normpath(ntpath.join(CONFIG_ROOT, cf.target))
+        target = clean(ntpath.join(CONFIG_ROOT, cf.target))
         links.append(
-            Link(
-                kind="config",
-                target=target,
-                source=ntpath.join(INTERNAL_CONFIGS_DIR, cf.config_id),
-            )
+            Link(kind="config", target=target, source=INTERNAL_CONFIGS_DIR + "\\" + cf.config_id)
         )
     return links
 
 
 def _go_is_abs(path: str) -> bool:
     """Go's ``filepath.IsAbs`` on Windows: UNC, or a drive followed by a separator."""
-    drive, rest = ntpath.splitdrive(path)
-    if drive[:2] in ("\\\\", "//"):
-        return True
-    return bool(drive) and rest[:1] in ("\\", "/")
+    if path[:2] in ("\\\\", "//"):
+        return ntpath.splitdrive(path)[0] != ""
+    return path[1:2] == ":" and path[2:3] in ("\\", "/")
 
 
 def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:

@@ -50,6 +50,7 @@ WATCH_RESTART_REASONS = (
     "closed",  # the server ended the stream (timeout, restart)
     "error",  # connection lost or a malformed event
     "expired",  # the resume point is gone (410 Gone, Docker's 256-event window)
+    "idle",  # the stream was silent for longer than the inactivity watchdog allows
 )
 
 # controller-runtime's reconcile time buckets (pkg/internal/controller/metrics).
@@ -196,7 +197,7 @@ class Metrics:
         self.watch_restarts = Counter(
             "winspec_watch_restarts",
             "Times a source had to list and watch again, by source and reason "
-            "(closed, error, expired)",
+            "(closed, error, expired, idle)",
             ["source", "reason"],
             registry=r,
         )

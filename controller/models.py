@@ -9,6 +9,7 @@ driver data and the resolved dependencies.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -16,6 +17,8 @@ import msgspec
 from controller.errors import RequestDecodeError
 
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+# Swarm object ids (25 base-36 characters) and anything else safe as one file name.
+_PAYLOAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
 SWARM_TASK_LABEL = "com.docker.swarm.task.id"
 
 # Docker's Go types: a number outside them is a JSON decode error for Docker, and so for us.
@@ -286,3 +289,10 @@ def decode_image(data: bytes | str) -> Image:
         return msgspec.json.decode(data, type=Image)
     except msgspec.DecodeError as exc:
         raise RequestDecodeError(f"invalid image inspect: {exc}") from exc
+
+
+def check_payload_id(payload_id: str, kind: str) -> str:
+    """A secret or config id, refused unless it is safe as one file name and path component."""
+    if not _PAYLOAD_ID.match(payload_id) or ".." in payload_id:
+        raise RequestDecodeError(f"invalid {kind} id {payload_id!r}")
+    return payload_id

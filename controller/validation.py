@@ -72,6 +72,26 @@ def validate_resources(
 
 def _refuse_linux_only(hc: HostConfig) -> None:
     """Linux-only resource options are an error on Windows, named by their Go field."""
+    if not (
+        hc.blkio_device_read_bps
+        or hc.blkio_device_read_iops
+        or hc.blkio_device_write_bps
+        or hc.blkio_device_write_iops
+        or hc.blkio_weight
+        or hc.blkio_weight_device
+        or hc.cgroup_parent
+        or hc.cpu_period
+        or hc.cpuset_cpus
+        or hc.cpuset_mems
+        or hc.kernel_memory
+        or hc.memory_reservation
+        or hc.memory_swap
+        or hc.memory_swappiness is not None
+        or hc.oom_kill_disable
+        or hc.pids_limit
+        or hc.ulimits
+    ):
+        return  # the common case: none is set
     checks: tuple[tuple[str, bool], ...] = (
         ("BlkioDeviceReadBps", bool(hc.blkio_device_read_bps)),
         ("BlkioDeviceReadIOps", bool(hc.blkio_device_read_iops)),

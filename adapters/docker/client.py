@@ -303,7 +303,7 @@ class DockerClient:
                     )
                 raise DockerAPIError(f"{method} {path}: HTTP {resp.status} {message}")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _RetryableError(f"cannot reach the engine: {exc}") from exc
+            raise _RetryableError(f"connection failed: {exc}") from exc
         except TimeoutError as exc:
             raise _RetryableError(f"{method} {path} timed out after {self._timeout}s") from exc
 
