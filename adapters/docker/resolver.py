@@ -41,6 +41,7 @@ from controller.models import (
 from controller.winpath import host_join
 
 Observe = Callable[[str, float], None]
+IMAGE_CACHE_SIZE = 256
 _BUILD = re.compile(r"^\d+\.\d+ (\d+)")
 
 
@@ -102,6 +103,8 @@ class DockerRequestResolver:
         self._bundle_root = bundle_root
         self._secrets_dir = secrets_dir
         self._observe = observe
+        # Image inspects by id never change: keep the most recent ones (insertion order).
+        self._images: dict[str, Image] = {}
 
     async def _timed(self, kind: str, path: str, api: str) -> bytes:
         start = time.perf_counter()
@@ -118,15 +121,7 @@ class DockerRequestResolver:
         except NotFoundError:
             return None
         container: Container = _decode(raw, Container, "container inspect")
-        try:
-            raw_image = await self._timed(
-                "image", f"/images/{container.image}/json", "image_inspect"
-            )
-        except NotFoundError as exc:
-            raise PermanentError(
-                f"image {container.image} of container {key} does not exist"
-            ) from exc
-        image: Image = _decode(raw_image, Image, "image inspect")
+        image = await self._image(container.image, key)
         layers = await self._layer_folders(container, image)
         endpoints = {
             name: {"hnsid": ep.endpoint_id}
@@ -157,6 +152,22 @@ class DockerRequestResolver:
             credential_specs=credspecs,
             bundle_dir=host_join(self._bundle_root, key),
         )
+
+    async def _image(self, image_id: str, key: str) -> Image:
+        """The image inspect of ``image_id`` (an immutable content id), cached."""
+        cached = self._images.get(image_id)
+        if cached is not None:
+            return cached
+        try:
+            raw = await self._timed("image", f"/images/{image_id}/json", "image_inspect")
+        except NotFoundError as exc:
+            raise PermanentError(f"image {image_id} of container {key} does not exist") from exc
+        image: Image = _decode(raw, Image, "image inspect")
+        if image_id.startswith("sha256:"):
+            if len(self._images) >= IMAGE_CACHE_SIZE:
+                del self._images[next(iter(self._images))]
+            self._images[image_id] = image
+        return image
 
     async def _layer_folders(self, container: Container, image: Image) -> list[str]:
         """Layer folders topmost first, the container's read-write layer last (S12)."""
