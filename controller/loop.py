@@ -33,14 +33,17 @@ from controller.metrics import (
 from controller.workqueue import QueueShutDown, WorkQueue
 
 _log = logging.getLogger(__name__)
+# How many keys' last permanent errors are remembered for de-duplicating their log lines; past
+# this the oldest is forgotten (and would be logged at error level again).
+_MAX_REMEMBERED_TERMINAL = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     """What a successful reconcile asks of the loop; the default means "done"."""
 
-    requeue: bool = False
-    requeue_after: float | None = None
+    requeue: bool = False  # run again after the key's backoff
+    requeue_after: float | None = None  # run again after this many seconds (wins if > 0)
 
 
 class Reconciler(Protocol):
@@ -155,7 +158,7 @@ class Controller:
             self._count_error(terminal=True)
             message = str(exc)
             level = logging.DEBUG if self._terminal.get(key) == message else logging.ERROR
-            self._terminal[key] = message
+            self._remember_terminal(key, message)
             self._log.log(
                 level,
                 "reconcile failed permanently; not retrying",
@@ -193,6 +196,12 @@ class Controller:
         else:
             self._queue.forget(key)
             self._reconcile_total[RESULT_SUCCESS].inc()
+
+    def _remember_terminal(self, key: str, message: str) -> None:
+        self._terminal.pop(key, None)
+        self._terminal[key] = message
+        if len(self._terminal) > _MAX_REMEMBERED_TERMINAL:
+            del self._terminal[next(iter(self._terminal))]
 
     def _count_error(self, *, terminal: bool) -> None:
         if terminal:

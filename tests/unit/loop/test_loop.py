@@ -231,6 +231,25 @@ async def test_a_repeated_permanent_error_is_logged_at_error_once(
     assert h.sample("controller_runtime_terminal_reconcile_errors_total") == 3
 
 
+async def test_remembered_permanent_errors_are_bounded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the memory limit the oldest key is forgotten and its error logged at error again."""
+    monkeypatch.setattr("controller.loop._MAX_REMEMBERED_TERMINAL", 2)
+
+    async def behaviour(key: str, attempt: int) -> Result:
+        raise PermanentError("bad input")
+
+    h = Harness(behaviour)
+    with caplog.at_level(logging.ERROR, logger="controller.loop"):
+        async with h.running():
+            for count, key in enumerate(["a", "b", "c", "a"], start=1):
+                h.queue.add(key)
+                await h.wait_for_total("error", count)
+    logged = [r.__dict__["key"] for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged == ["a", "b", "c", "a"]
+
+
 async def test_workers_bound_the_concurrency() -> None:
     """With workers=N, at most N reconciles run at once, and N do when there is enough work."""
 
