@@ -14,6 +14,8 @@ import sys
 import tomllib
 from typing import Any
 
+import prometheus_client
+
 from adapters.compose import DockerMode, EngineUnreachableError, run_until_signalled
 from adapters.logs import configure_logging
 from controller.errors import PermanentError, WinspecError
@@ -159,6 +161,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    # controller-runtime exports no *_created series; dashboards built for it expect none.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     mode = DockerMode(settings)
     try:
         asyncio.run(run_until_signalled(mode))
