@@ -9,11 +9,22 @@ from typing import NoReturn
 import pytest
 
 from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
+from tests.schema import SKIP_REASON, schema_available
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On CI the OCI schema must be there: schema checks may skip locally, never on CI."""
+    if _on_ci() and not schema_available():
+        raise pytest.UsageError(f"CI=true but {SKIP_REASON}")
 
 
 def _dockerd_unavailable(reason: str) -> NoReturn:
     """Skip, or on CI (``CI=true``) fail: CI must really run the dockerd tests."""
-    if os.environ.get("CI", "").strip().lower() == "true":
+    if _on_ci():
         pytest.fail(f"dockerd is required when CI=true but unavailable: {reason}", pytrace=False)
     pytest.skip(f"dockerd unavailable: {reason}")
 
