@@ -165,19 +165,18 @@ class Controller:
                 extra={"controller": self.name, "key": key, "error": message},
             )
             return
-        except TransientError as exc:
-            self._queue.add_rate_limited(key)
-            self._count_error(terminal=False)
-            self._log.warning(
-                "reconcile failed; retrying with backoff",
-                extra=self._retry_fields(key, exc),
-            )
-            return
         except Exception as exc:
+            # Transient or unexpected: both are retried; only the unexpected one earns a
+            # traceback in the log.
             self._queue.add_rate_limited(key)
             self._count_error(terminal=False)
-            self._log.exception(
-                "reconcile failed unexpectedly; retrying with backoff",
+            expected = isinstance(exc, TransientError)
+            self._log.log(
+                logging.WARNING if expected else logging.ERROR,
+                "reconcile failed; retrying with backoff"
+                if expected
+                else "reconcile failed unexpectedly; retrying with backoff",
+                exc_info=not expected,
                 extra=self._retry_fields(key, exc),
             )
             return
