@@ -19,7 +19,6 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from adapters.bundles.local import LocalBundleWriter
-from adapters.credspecs import NodeCredentialSpecReader
 from adapters.docker.client import DockerClient, RetryPolicy
 from adapters.docker.events import (
     EVENT_FILTERS,
@@ -29,6 +28,7 @@ from adapters.docker.events import (
     EventSourceSettings,
 )
 from adapters.docker.resolver import DockerRequestResolver, NodeOverrides, node_facts_from_info
+from adapters.docker.types import Info, decode
 from adapters.http import bound_port, build_app, start_http_server, stop_http_server
 from controller.errors import WinspecError
 from controller.health import HealthState
@@ -89,20 +89,41 @@ class DockerMode:
         for api in DOCKER_APIS:
             m.declare_api(api)
         m.declare_source("docker", event_types=EVENT_FILTERS["event"])
-        client = DockerClient(
-            s.docker_host,
-            retry=RetryPolicy(attempts=s.retry_attempts),
-            on_retry=lambda api: m.api_retries.labels(api=api).inc(),
-            timeout=s.api_timeout,
-        )
+
+        def engine_client(host: str | None) -> DockerClient:
+            # The same TLS settings (DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), retries and timeout.
+            return DockerClient(
+                host,
+                retry=RetryPolicy(attempts=s.retry_attempts),
+                on_retry=lambda api: m.api_retries.labels(api=api).inc(),
+                timeout=s.api_timeout,
+            )
+
+        client = engine_client(s.docker_host)
+        # Tasks and configs come from a swarm manager: --swarm-host, else the node's engine.
+        swarm_client = engine_client(s.swarm_host) if s.swarm_host else None
         await client.open()
         try:
             try:
                 await client.negotiate()
-                info = await client.get_json("/info", api="version")
+                raw_info = await client.get_raw("/info", api="version")
             except WinspecError as exc:
                 # The client's errors already name the endpoint.
                 raise EngineUnreachableError(f"cannot reach the Docker engine: {exc}") from exc
+            info = decode(raw_info, Info, "/info")
+            if swarm_client is not None:
+                await swarm_client.open()
+                try:
+                    await swarm_client.negotiate()
+                except WinspecError as exc:
+                    raise EngineUnreachableError(
+                        f"cannot reach the swarm manager (--swarm-host): {exc}"
+                    ) from exc
+            elif info.swarm_worker:
+                log.warning(
+                    "this node is a swarm worker and no --swarm-host is set: containers of "
+                    "swarm tasks will be refused (workers cannot inspect tasks or configs)"
+                )
             node = node_facts_from_info(
                 info,
                 NodeOverrides(
@@ -119,14 +140,28 @@ class DockerMode:
                 extra={
                     "docker_host": client.endpoint.display,
                     "api_version": client.api_version,
-                    "os_type": info.get("OSType"),
+                    "os_type": info.os_type,
+                    "swarm_node_state": info.swarm.local_node_state if info.swarm else "",
+                    "swarm_manager": bool(info.swarm and info.swarm.control_available),
+                    "swarm_host": swarm_client.endpoint.display if swarm_client else None,
                 },
             )
-            await self._serve(client, node)
+            await self._serve(
+                client, node, swarm_client=swarm_client, swarm_worker=info.swarm_worker
+            )
         finally:
+            if swarm_client is not None:
+                await swarm_client.close()
             await client.close()
 
-    async def _serve(self, client: DockerClient, node: NodeFacts) -> None:
+    async def _serve(
+        self,
+        client: DockerClient,
+        node: NodeFacts,
+        *,
+        swarm_client: DockerClient | None = None,
+        swarm_worker: bool = False,
+    ) -> None:
         s = self.settings
         m = self.metrics
         root = Path(self._bundle_root)
@@ -145,17 +180,16 @@ class DockerMode:
             observe=lambda kind, seconds: m.dependency_fetch_seconds.labels(kind=kind).observe(
                 seconds
             ),
+            swarm_client=swarm_client,
+            swarm_worker=swarm_worker,
         )
         queue = WorkQueue(CONTROLLER_NAME, metrics=m.queue_metrics(CONTROLLER_NAME))
         controller = Controller(
             CONTROLLER_NAME,
             queue=queue,
-            reconciler=BundleReconciler(
-                resolver=resolver,
-                writer=writer,
-                metrics=m,
-                reader=NodeCredentialSpecReader(),
-            ),
+            # No credential spec reader: the resolver reads file:// and registry:// specs in a
+            # worker thread and fills the request's map, so nothing blocks the event loop.
+            reconciler=BundleReconciler(resolver=resolver, writer=writer, metrics=m),
             workers=s.workers,
             metrics=m,
         )

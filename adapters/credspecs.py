@@ -2,7 +2,9 @@
 
 The containment rule for ``file://`` paths (S23) is checked in the core
 (:func:`controller.credspec.check_file_path`); here the file is read, and a link inside the
-directory that points outside it is refused too.
+directory that points outside it is refused too. A Windows daemon root is refused on any other
+OS (``winspec generate`` on Linux reads a request whose daemon root is ``C:\\ProgramData\\docker``):
+the file lives on that Windows host, and the request must carry its contents.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 
 from controller.errors import SpecError
+from controller.winpath import looks_windows
 
 REGISTRY_KEY = (
     r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization\Containers\CredentialSpecs"
@@ -21,7 +24,18 @@ class NodeCredentialSpecReader:
     """Reads ``file://`` and ``registry://`` credential specs on the host winspec runs on."""
 
     def read_file(self, parts: tuple[str, ...], *, base: str, container_id: str) -> str:
-        """Read ``base/parts…``, refusing a file that resolves outside ``base`` (S23)."""
+        """Read ``base/parts…``, refusing a file that resolves outside ``base`` (S23).
+
+        A Windows base (``C:\\ProgramData\\docker\\CredentialSpecs``) can only be read on
+        Windows: elsewhere it would be taken as a relative path under the current directory.
+        """
+        if os.name != "nt" and looks_windows(base):
+            value = "\\".join(parts)
+            raise SpecError(
+                f"file:// credential spec {value} is under a Windows daemon root ({base}); it "
+                "can only be read on that Windows host — resolve it into the request's "
+                "credentialSpecs.file map"
+            )
         full = os.path.join(base, *parts)
         real_base = os.path.normcase(os.path.realpath(base))
         real_full = os.path.normcase(os.path.realpath(full))

@@ -56,6 +56,12 @@ def add_run_parser(sub: Any) -> None:
         "(default: DOCKER_HOST, else the platform's default)",
     )
     p.add_argument(
+        "--swarm-host",
+        metavar="URL",
+        help="a swarm manager's Engine API (same forms and TLS settings as --docker-host), "
+        "asked for swarm tasks and configs; needed on worker nodes (default: --docker-host)",
+    )
+    p.add_argument(
         "--bundle-root",
         metavar="DIR",
         help=r"where bundles are written (default: C:\ProgramData\winspec\bundles on Windows, "

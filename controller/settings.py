@@ -31,6 +31,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     source: Literal["docker"] = "docker"
     docker_host: str | None = None
+    #: A swarm manager's Engine API for tasks and configs (default: the node's own engine).
+    swarm_host: str | None = None
     bundle_root: str = msgspec.field(default_factory=_default_bundle_root)
     secrets_dir: str = msgspec.field(default_factory=_default_secrets_dir)
     workers: int = 4

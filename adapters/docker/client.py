@@ -3,7 +3,8 @@
 It speaks to ``unix://``, ``npipe://`` (Windows named pipe) and ``tcp://`` endpoints (TLS from
 ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``), negotiates the API version once, retries
 transient failures with tenacity (exponential backoff with jitter, bounded attempts, 429's
-``Retry-After`` honoured) and maps every library error onto winspec's own errors.
+``Retry-After`` honoured) and maps every library error onto winspec's own errors. A 503 that
+says the engine is not a swarm manager is permanent (:class:`NotSwarmManagerError`), not retried.
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ MIN_API_VERSION = (1, 24)
 
 class DockerAPIError(PermanentError):
     """The engine refused a request (4xx other than 404 and 429)."""
+
+
+class NotSwarmManagerError(DockerAPIError):
+    """A swarm-only call (tasks, configs) reached an engine that is not a swarm manager.
+
+    The engine answers 503, which would otherwise be retried; it will not become a manager by
+    being asked again, so this is permanent.
+    """
+
+
+#: What an engine's 503 says when it is not a swarm manager (a worker, or no swarm at all).
+NOT_SWARM_MANAGER = "not a swarm manager"
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +309,11 @@ class DockerClient:
                 message = _error_message(raw) or resp.reason or ""
                 if resp.status == 404:
                     raise NotFoundError(f"{method} {path}: {message}")
+                if resp.status == 503 and NOT_SWARM_MANAGER in message.lower():
+                    raise NotSwarmManagerError(
+                        f"Docker engine at {self.endpoint.display}: {method} {path}: "
+                        f"HTTP 503 {message}"
+                    )
                 if resp.status == 429 or resp.status >= 500:
                     raise _RetryableError(
                         f"{method} {path}: HTTP {resp.status} {message}",

@@ -2,13 +2,15 @@
 
 What the Engine API shows goes in verbatim (container and image inspect). What it does not
 show is resolved here: node facts (``/info`` plus settings), layer folders, network endpoints,
-and for swarm tasks their secrets, configs and ``config://`` credential specs.
+for swarm tasks their secrets and configs, and credential specs (``config://`` from the swarm,
+``file://`` and ``registry://`` from this host, read in a worker thread so the event loop never
+blocks on them). Swarm tasks and configs come from a swarm manager: the node's own engine, or
+``swarm_client`` (``--swarm-host``) when the node is a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -16,19 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import msgspec
-
+from adapters.credspecs import NodeCredentialSpecReader
 from adapters.docker.client import DockerClient
-from controller.credspec import parse_security_options
-from controller.errors import (
-    NotFoundError,
-    PermanentError,
-    RequestDecodeError,
-    SpecError,
-    TransientError,
+from adapters.docker.types import Config, Info, Task, decode
+from controller.credspec import (
+    CredentialSpecReader,
+    check_file_path,
+    credential_spec_base,
+    parse_security_options,
 )
+from controller.errors import NotFoundError, PermanentError, SpecError, TransientError
 from controller.models import (
     ConfigRef,
     Container,
@@ -43,6 +44,12 @@ from controller.winpath import host_join
 Observe = Callable[[str, float], None]
 IMAGE_CACHE_SIZE = 256
 _BUILD = re.compile(r"^\d+\.\d+ (\d+)")
+_T = TypeVar("_T")
+
+NOT_A_MANAGER = (
+    "container {id} is a swarm task but this node is not a swarm manager; "
+    "set --swarm-host to a manager's Engine API"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,37 +64,41 @@ class NodeOverrides:
     daemon_root: str | None = None
 
 
-def node_facts_from_info(info: dict[str, Any], overrides: NodeOverrides) -> NodeFacts:
-    """Node facts from ``GET /info``, with the operator's overrides applied.
+def node_facts_from_info(info: Info, overrides: NodeOverrides) -> NodeFacts:
+    """Node facts from ``GET /info`` (decoded as :class:`Info`), with the operator's overrides.
 
     A Linux engine (a development host) is treated as a node that supports LCOW, so Linux
     images there get the LCOW variant of the spec.
     """
-    os_type = str(info.get("OSType") or "windows")
-    match = _BUILD.match(str(info.get("KernelVersion") or ""))
+    os_type = info.os_type or "windows"
+    match = _BUILD.match(info.kernel_version)
     build = int(match.group(1)) if (match and os_type == "windows") else 17763
-    isolation = str(info.get("Isolation") or "process")
     return NodeFacts(
         windows_build=overrides.windows_build or build,
-        cpu_count=overrides.cpu_count or int(info.get("NCPU") or 1),
-        default_isolation=overrides.default_isolation or isolation,
+        cpu_count=overrides.cpu_count or info.ncpu or 1,
+        default_isolation=overrides.default_isolation or info.isolation or "process",
         lcow_supported=(
             overrides.lcow_supported if overrides.lcow_supported is not None else os_type == "linux"
         ),
         dns_search=list(overrides.dns_search) or None,
-        daemon_root=overrides.daemon_root or str(info.get("DockerRootDir") or ""),
+        daemon_root=overrides.daemon_root or info.docker_root_dir,
     )
 
 
-def _decode(raw: bytes, typ: type[Any], what: str) -> Any:
-    try:
-        return msgspec.json.decode(raw, type=typ)
-    except msgspec.DecodeError as exc:
-        raise RequestDecodeError(f"invalid {what} from the engine: {exc}") from exc
-
-
 class DockerRequestResolver:
-    """Implements :class:`controller.ports.RequestResolver` against a Docker engine."""
+    """Implements :class:`controller.ports.RequestResolver` against a Docker engine.
+
+    ``swarm_client`` answers ``/tasks`` and ``/configs`` (a manager's engine; default: the
+    node's own). ``swarm_worker`` says the node is a swarm worker and no manager was given:
+    its swarm-task containers are then refused with a permanent error saying so, instead of
+    asking an engine that can only answer 503.
+
+    Every dependency fetch is timed through ``observe(kind, seconds)``; the kinds are those of
+    :data:`controller.metrics.DEPENDENCY_KINDS`: ``container``, ``image``, ``task``, ``secret``,
+    ``config`` (mounted configs), ``credential_spec`` (``config://``, ``file://`` and
+    ``registry://``), ``layers`` (``layerchain.json``) and ``endpoints`` (the inspect of the
+    container whose network is shared).
+    """
 
     def __init__(
         self,
@@ -97,22 +108,43 @@ class DockerRequestResolver:
         bundle_root: str,
         secrets_dir: Path,
         observe: Observe | None = None,
+        swarm_client: DockerClient | None = None,
+        swarm_worker: bool = False,
+        reader: CredentialSpecReader | None = None,
     ) -> None:
         self._client = client
+        self._swarm = swarm_client or client
+        self._swarm_worker = swarm_worker and swarm_client is None
         self._node = node
         self._bundle_root = bundle_root
         self._secrets_dir = secrets_dir
         self._observe = observe
+        self._reader: CredentialSpecReader = reader or NodeCredentialSpecReader()
         # Image inspects by id never change: keep the most recent ones (insertion order).
         self._images: dict[str, Image] = {}
 
-    async def _timed(self, kind: str, path: str, api: str) -> bytes:
+    def _record(self, kind: str, start: float) -> None:
+        if self._observe is not None:
+            self._observe(kind, time.perf_counter() - start)
+
+    async def _timed(
+        self, kind: str, path: str, api: str, *, client: DockerClient | None = None
+    ) -> bytes:
         start = time.perf_counter()
         try:
-            return await self._client.get_raw(path, api=api)
+            return await (client or self._client).get_raw(path, api=api)
         finally:
-            if self._observe is not None:
-                self._observe(kind, time.perf_counter() - start)
+            self._record(kind, start)
+
+    async def _in_thread(
+        self, kind: str, func: Callable[..., _T], /, *args: object, **kwargs: object
+    ) -> _T:
+        """``func(*args, **kwargs)`` in a worker thread (blocking file or registry I/O), timed."""
+        start = time.perf_counter()
+        try:
+            return await asyncio.to_thread(func, *args, **kwargs)
+        finally:
+            self._record(kind, start)
 
     async def resolve(self, key: str) -> Request | None:
         """The request for container ``key``, or ``None`` when it no longer exists."""
@@ -120,7 +152,9 @@ class DockerRequestResolver:
             raw = await self._timed("container", f"/containers/{key}/json", "container_inspect")
         except NotFoundError:
             return None
-        container: Container = _decode(raw, Container, "container inspect")
+        container: Container = decode(raw, Container, "container inspect")
+        if container.swarm_task_id and self._swarm_worker:
+            raise PermanentError(NOT_A_MANAGER.format(id=container.id))
         image = await self._image(container.image, key)
         layers = await self._layer_folders(container, image)
         endpoints = {
@@ -135,10 +169,9 @@ class DockerRequestResolver:
         shared_id, shared_endpoints = await self._shared_network(container)
         secrets: list[SecretRef] = []
         configs: list[ConfigRef] = []
-        credspecs = ResolvedCredentialSpecs()
         if container.swarm_task_id:
             secrets, configs = await self._task_dependencies(container.swarm_task_id)
-        await self._config_credential_specs(container, credspecs)
+        credspecs = await self._credential_specs(container, image)
         return Request(
             container=container,
             image=image,
@@ -162,7 +195,7 @@ class DockerRequestResolver:
             raw = await self._timed("image", f"/images/{image_id}/json", "image_inspect")
         except NotFoundError as exc:
             raise PermanentError(f"image {image_id} of container {key} does not exist") from exc
-        image: Image = _decode(raw, Image, "image inspect")
+        image: Image = decode(raw, Image, "image inspect")
         if image_id.startswith("sha256:"):
             if len(self._images) >= IMAGE_CACHE_SIZE:
                 del self._images[next(iter(self._images))]
@@ -176,7 +209,7 @@ class DockerRequestResolver:
         name = driver.name if driver else ""
         if name == "windowsfilter" and data.get("dir"):
             rw = data["dir"]
-            chain = await asyncio.to_thread(_read_layer_chain, rw)
+            chain = await self._in_thread("layers", _read_layer_chain, rw)
             return [*chain, rw]
         if data.get("UpperDir"):
             lower = [p for p in data.get("LowerDir", "").split(":") if p]
@@ -199,7 +232,7 @@ class DockerRequestResolver:
             raise PermanentError(
                 f"container {container.id} shares the network of {ref}, which does not exist"
             ) from exc
-        shared: Container = _decode(raw, Container, "container inspect")
+        shared: Container = decode(raw, Container, "container inspect")
         networks = (shared.network_settings.networks if shared.network_settings else None) or {}
         return shared.id, [
             networks[n].endpoint_id  # type: ignore[union-attr]
@@ -210,37 +243,32 @@ class DockerRequestResolver:
     async def _task_dependencies(self, task_id: str) -> tuple[list[SecretRef], list[ConfigRef]]:
         """Secrets and configs the swarm task references, with their payloads."""
         try:
-            raw = await self._timed("task", f"/tasks/{task_id}", "task_inspect")
+            raw = await self._timed("task", f"/tasks/{task_id}", "task_inspect", client=self._swarm)
         except NotFoundError as exc:
             raise TransientError(f"swarm task {task_id} not found (yet)") from exc
-        task = json.loads(raw)
-        spec = ((task.get("Spec") or {}).get("ContainerSpec")) or {}
+        task = decode(raw, Task, f"swarm task {task_id}")
+        spec = task.spec.container_spec
         secrets: list[SecretRef] = []
-        for ref in spec.get("Secrets") or []:
-            file = ref.get("File") or {}
-            name = str(ref.get("SecretName") or "")
-            secret_id = str(ref.get("SecretID") or "")
-            data = await self._secret_payload(name, secret_id)
+        for sref in (spec.secrets if spec else None) or []:
+            data = await self._secret_payload(sref.secret_name, sref.secret_id)
             secrets.append(
                 SecretRef(
-                    secret_id=secret_id,
-                    secret_name=name,
-                    target=str(file.get("Name") or ""),
+                    secret_id=sref.secret_id,
+                    secret_name=sref.secret_name,
+                    target=sref.file.name if sref.file else "",
                     data=data,
                 )
             )
         configs: list[ConfigRef] = []
-        for ref in spec.get("Configs") or []:
-            file = ref.get("File")
-            if not file:
+        for cref in (spec.configs if spec else None) or []:
+            if cref.file is None:
                 continue  # runtime-only configs (credential specs) are not mounted
-            config_id = str(ref.get("ConfigID") or "")
             configs.append(
                 ConfigRef(
-                    config_id=config_id,
-                    config_name=str(ref.get("ConfigName") or ""),
-                    target=str(file.get("Name") or ""),
-                    data=await self._config_payload(config_id),
+                    config_id=cref.config_id,
+                    config_name=cref.config_name,
+                    target=cref.file.name,
+                    data=await self._config_payload(cref.config_id, kind="config"),
                 )
             )
         return secrets, configs
@@ -250,9 +278,8 @@ class DockerRequestResolver:
         path = self._secrets_dir / name
         if not name or os.sep in name or name in (".", ".."):
             raise PermanentError(f"secret {secret_id} has an unusable name {name!r}")
-        start = time.perf_counter()
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return await self._in_thread("secret", path.read_bytes)
         except FileNotFoundError as exc:
             raise PermanentError(
                 f"secret {name!r} ({secret_id}) is not granted to winspec: grant it to the "
@@ -260,35 +287,67 @@ class DockerRequestResolver:
             ) from exc
         except OSError as exc:
             raise TransientError(f"cannot read secret {name!r}: {exc.strerror}") from exc
-        finally:
-            if self._observe is not None:
-                self._observe("secret", time.perf_counter() - start)
 
-    async def _config_payload(self, config_id: str) -> bytes:
+    async def _config_payload(self, config_id: str, *, kind: str) -> bytes:
+        """A swarm config's data, from a manager (``kind``: what it is for, for the timing)."""
         try:
-            raw = await self._timed("config", f"/configs/{config_id}", "config_inspect")
+            raw = await self._timed(
+                kind, f"/configs/{config_id}", "config_inspect", client=self._swarm
+            )
         except NotFoundError as exc:
             raise PermanentError(f"swarm config {config_id} does not exist") from exc
-        data = ((json.loads(raw).get("Spec") or {}).get("Data")) or ""
-        try:
-            return base64.b64decode(data, validate=True)
-        except ValueError as exc:
-            raise PermanentError(f"swarm config {config_id} has invalid data") from exc
+        config = decode(raw, Config, f"swarm config {config_id}")
+        return config.spec.data or b""
 
-    async def _config_credential_specs(
-        self, container: Container, credspecs: ResolvedCredentialSpecs
-    ) -> None:
-        """Fetch ``config://`` credential specs of swarm tasks (S25)."""
-        if not container.swarm_task_id or not container.host_config.security_opt:
-            return
+    async def _credential_specs(
+        self, container: Container, image: Image
+    ) -> ResolvedCredentialSpecs:
+        """The credential specs the generator will look up (S21–S25), resolved in advance.
+
+        ``config://`` comes from the swarm; ``file://`` and ``registry://`` are read on this
+        host in a worker thread, keyed by the value after the scheme as the generator looks
+        them up. Options the generator refuses (S21–S23, ``config://`` outside a swarm task) are
+        not reported here: resolving stops at the first of them, and the generator, which
+        checks every option again in the same order, reports it with the rule's exact message.
+        A file or registry value that cannot be read is the reader's permanent error.
+        """
+        resolved = ResolvedCredentialSpecs()
+        options = container.host_config.security_opt
+        if not options or image.os != "windows":
+            return resolved  # LCOW ignores credential specs; other platforms are refused
         try:
-            options = parse_security_options(container.host_config.security_opt)
+            parsed = parse_security_options(options)
         except SpecError:
-            return  # the generator reports the bad option with its exact message
-        for opt in options:
-            if opt.scheme == "config" and opt.value not in credspecs.config:
-                data = await self._config_payload(opt.value)
-                credspecs.config[opt.value] = data.decode("utf-8", "replace")
+            return resolved
+        for opt in parsed:
+            if opt.scheme == "config":
+                if not container.swarm_task_id:
+                    break  # S25: the generator reports the S22 error
+                if opt.value not in resolved.config:
+                    data = await self._config_payload(opt.value, kind="credential_spec")
+                    resolved.config[opt.value] = data.decode("utf-8", "replace")
+            elif opt.scheme == "file":
+                if opt.value in resolved.file:
+                    continue
+                try:
+                    parts = check_file_path(opt.value, daemon_root=self._node.daemon_root)
+                except SpecError:
+                    break  # S23: the generator reports it
+                resolved.file[opt.value] = await self._in_thread(
+                    "credential_spec",
+                    self._reader.read_file,
+                    parts,
+                    base=credential_spec_base(self._node.daemon_root),
+                    container_id=container.id,
+                )
+            elif opt.scheme == "registry" and opt.value not in resolved.registry:
+                resolved.registry[opt.value] = await self._in_thread(
+                    "credential_spec",
+                    self._reader.read_registry,
+                    opt.value,
+                    container_id=container.id,
+                )
+        return resolved
 
 
 def _read_layer_chain(rw_dir: str) -> list[str]:
