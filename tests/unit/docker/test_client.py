@@ -23,6 +23,7 @@ from adapters.docker.client import (
     DockerAPIError,
     DockerClient,
     Endpoint,
+    NotSwarmManagerError,
     RetryPolicy,
     default_host,
     parse_host,
@@ -160,6 +161,33 @@ async def test_persistent_500_gives_up_with_a_chained_transient_error(
     cause = caught.value.__cause__
     assert isinstance(cause, TransientError)
     assert "HTTP 500 boom" in str(cause)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster "
+        "state. Please run this command on a manager node or promote the current node to a "
+        "manager.",
+        'This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" to '
+        "connect this node to swarm and try again.",
+    ],
+)
+async def test_503_not_a_swarm_manager_is_permanent_and_not_retried(
+    engine: ScriptedEngine, message: str
+) -> None:
+    """A 503 saying "not a swarm manager" raises NotSwarmManagerError at once, naming the engine."""
+    engine.on("/tasks/t1", answer_json({"message": message}, 503))
+    retried: list[str] = []
+
+    async with client_for(engine, on_retry=retried.append) as client:
+        with pytest.raises(NotSwarmManagerError) as caught:
+            await client.get_raw("/tasks/t1", api="task_inspect")
+
+    assert isinstance(caught.value, PermanentError)
+    assert str(caught.value) == f"Docker engine at {engine.host}: GET /tasks/t1: HTTP 503 {message}"
+    assert engine.hits("/tasks/t1") == 1
+    assert retried == []
 
 
 async def test_connection_refused_is_transient() -> None:
