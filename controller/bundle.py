@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -51,21 +51,29 @@ class LinksDocument(msgspec.Struct, kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class BundleContent:
-    """The files of one bundle, by relative POSIX path, and a digest of all of them."""
+    """The files of one bundle, by relative POSIX path, and a digest of all of them.
+
+    ``digest`` is a SHA-256 over every path and content, in path order, computed once when the
+    content is built (it hashes every payload); ``files`` must not be changed afterwards.
+    """
 
     files: dict[str, bytes]
+    digest: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def digest(self) -> str:
-        """A SHA-256 over every path and content, in path order."""
-        h = hashlib.sha256()
-        for name in sorted(self.files):
-            data = self.files[name]
-            h.update(name.encode())
-            h.update(b"\0")
-            h.update(len(data).to_bytes(8, "big"))
-            h.update(data)
-        return h.hexdigest()
+    def __post_init__(self) -> None:
+        # Frozen: the one assignment goes around the generated __setattr__.
+        object.__setattr__(self, "digest", _digest(self.files))
+
+
+def _digest(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name]
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
 
 
 _links_encoder = msgspec.json.Encoder()
