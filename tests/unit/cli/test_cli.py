@@ -80,6 +80,26 @@ def test_refused_request_prints_the_rule_error_and_exits_2() -> None:
     assert proc.stderr.decode().strip() == 'winspec: Unsupported platform "plan9"'
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="checks the non-Windows behaviour")
+def test_unresolved_file_credential_spec_under_a_windows_root_exits_2() -> None:
+    """S23: off Windows, a file:// spec under the default Windows daemon root is refused clearly."""
+    doc = {
+        "container": {
+            "Id": "a" * 64,
+            "HostConfig": {"SecurityOpt": ["credentialspec=file://w.json"]},
+        },
+        "image": {"Os": "windows"},
+        "layerFolders": ["C:\\layers\\base", "C:\\layers\\rw"],
+    }
+    proc = _winspec("generate", stdin=json.dumps(doc).encode())
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == (
+        "winspec: file:// credential spec w.json is under a Windows daemon root "
+        "(C:\\ProgramData\\docker\\CredentialSpecs); it can only be read on that Windows "
+        "host — resolve it into the request's credentialSpecs.file map"
+    )
+
+
 def test_wrong_type_names_the_field_and_exits_2() -> None:
     """A field of the wrong type is reported with its JSON path, exit code 2."""
     doc = {"container": {"Id": "x", "HostConfig": {"CpuShares": "lots"}}, "image": {}}

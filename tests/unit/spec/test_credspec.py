@@ -358,6 +358,28 @@ def test_node_reader_registry_elsewhere_is_a_clear_error() -> None:
         NodeCredentialSpecReader().read_registry("web", container_id="c")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="checks the non-Windows behaviour")
+def test_node_reader_refuses_a_windows_daemon_root_off_windows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S23: off Windows, a Windows base is refused clearly, never read under the current dir."""
+    # A directory that the base would name if it were taken as a relative POSIX path.
+    monkeypatch.chdir(tmp_path)
+    relative = tmp_path / BASE
+    relative.mkdir()
+    (relative / "web.json").write_text(DUMMY, encoding="utf-8")
+    with pytest.raises(SpecError) as caught:
+        NodeCredentialSpecReader().read_file(("sub", "web.json"), base=BASE, container_id="c")
+    assert str(caught.value) == (
+        f"file:// credential spec sub\\web.json is under a Windows daemon root ({BASE}); it can "
+        "only be read on that Windows host — resolve it into the request's "
+        "credentialSpecs.file map"
+    )
+    for base in ("D:/docker/CredentialSpecs", "\\\\server\\share\\CredentialSpecs"):
+        with pytest.raises(SpecError, match="under a Windows daemon root"):
+            NodeCredentialSpecReader().read_file(("web.json",), base=base, container_id="c")
+
+
 def test_case_rules_follow_go() -> None:
     """S21/S22: key matched as Go's EqualFold ("ſ" is "s"), scheme lowered as Go's ToLower."""
     assert _credential_spec(_container("credentialſpec=raw://x")) == "x"
