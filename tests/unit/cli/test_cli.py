@@ -172,6 +172,15 @@ def test_docker_host_environment_variable_is_honoured() -> None:
     assert env_settings({"DOCKER_HOST": "tcp://h:2376"})["docker_host"] == "tcp://h:2376"
 
 
+def test_swarm_host_from_flag_or_environment() -> None:
+    """--swarm-host and WINSPEC_SWARM_HOST set the manager endpoint; by default there is none."""
+    assert load_settings().swarm_host is None
+    from_env = load_settings(env_settings({"WINSPEC_SWARM_HOST": "tcp://manager:2376"}))
+    assert from_env.swarm_host == "tcp://manager:2376"
+    run = _winspec("run", "--help").stdout.decode()
+    assert "--swarm-host" in run
+
+
 def test_example_settings_file_loads() -> None:
     """examples/winspec.toml is a valid settings file."""
     settings = load_settings(_file_settings(str(EXAMPLES / "winspec.toml")))
