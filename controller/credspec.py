@@ -8,8 +8,9 @@ caller gets the same messages. Reading a file or the Windows registry is an adap
 from __future__ import annotations
 
 import ntpath
-from dataclasses import dataclass
 from typing import Literal, Protocol
+
+import msgspec
 
 from controller.errors import SpecError
 from controller.winpath import host_join, is_absolute
@@ -24,9 +25,11 @@ INVALID_VALUE = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialSpecOption:
-    """One parsed ``credentialspec=<scheme>://<value>`` security option."""
+class CredentialSpecOption(msgspec.Struct, frozen=True, kw_only=True):
+    """One parsed ``credentialspec=<scheme>://<value>`` security option.
+
+    A frozen msgspec Struct: as immutable as a frozen dataclass, much cheaper to build.
+    """
 
     scheme: Scheme
     value: str
@@ -46,6 +49,8 @@ class CredentialSpecReader(Protocol):
 
 def _go_lower(text: str) -> str:
     """Go's ``strings.ToLower``: rune by rune with the simple mapping ("İ" → "i", not "i̇")."""
+    if text.isascii():
+        return text.lower()  # ASCII letters map one to one: Python and Go agree
     return "".join(
         low if len(low := ch.lower()) == 1 else ("i" if ch == "\u0130" else ch) for ch in text
     )

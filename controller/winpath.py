@@ -1,4 +1,9 @@
-"""Windows path rules, applied whatever OS runs winspec (the bundles are for a Windows node)."""
+"""Windows path rules, applied whatever OS runs winspec (the bundles are for a Windows node).
+
+``ntpath`` is the reference for every function here. It is slow (a join or a normpath costs
+about a microsecond), so each function first checks cheaply whether the input is one whose
+result is known without it, and calls ``ntpath`` for everything else.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import re
 # A path ntpath.normpath would return unchanged: a drive root and components that are not
 # empty, "." or "..", with backslashes only. Most Docker paths are; they skip normpath.
 _CLEAN = re.compile(r"^[A-Za-z]:(\\(?!\.\.?(?:\\|$))[^\\/]+)*\\?\Z")
+# A rooted path with forward slashes whose components are not empty, "." or ".." and have no
+# ":" (ntpath reads "/:x" as drive "/:"): normpath only turns its slashes into backslashes.
+# LCOW mount destinations look like this.
+_CLEAN_SLASHED = re.compile(r"^(/(?!\.\.?(?:/|\Z))[^\\/:]+)+\Z")
 
 
 def is_absolute(path: str) -> bool:
@@ -17,16 +26,32 @@ def is_absolute(path: str) -> bool:
     return path[1:2] == ":" or path[:1] in ("\\", "/")
 
 
+def has_drive_root(path: str) -> bool:
+    """Whether a path starts with a drive and a root (``C:\\``, ``c:/``).
+
+    ``ntpath.join(anything, path)`` returns such a path unchanged.
+    """
+    return path[1:2] == ":" and path[2:3] in ("\\", "/")
+
+
+def _is_clean(path: str) -> bool:
+    """Whether ``ntpath.normpath`` would return a drive path unchanged (see ``_CLEAN``)."""
+    # normpath drops a trailing backslash, except the one of a drive root ("C:\\").
+    return _CLEAN.match(path) is not None and not (path.endswith("\\") and len(path) > 3)
+
+
 def depth(path: str) -> int:
     """The number of separators in the cleaned path (moby sorts mounts by this)."""
-    if _CLEAN.match(path) and not (path.endswith("\\") and len(path) > 3):
+    if _is_clean(path):
         return path.count("\\")
+    if _CLEAN_SLASHED.match(path):
+        return path.count("/")
     return ntpath.normpath(path).count("\\")
 
 
 def clean(path: str) -> str:
     """``ntpath.normpath``, skipped for paths it would not change."""
-    if _CLEAN.match(path) and not (path.endswith("\\") and len(path) > 3):
+    if _is_clean(path):
         return path
     return ntpath.normpath(path)
 
@@ -36,8 +61,21 @@ def looks_windows(path: str) -> bool:
     return "\\" in path or bool(ntpath.splitdrive(path)[0])
 
 
+def is_plain_name(part: str) -> bool:
+    """Whether ``part`` is one path component ``ntpath`` treats as a name, nothing more.
+
+    Not empty, no separator, and no ``:`` (``ntpath`` would read a drive into ``"x:y"``).
+    ``"."`` and ``".."`` are plain names to ``ntpath.join`` (only ``normpath`` resolves them).
+    """
+    return part != "" and "\\" not in part and "/" not in part and ":" not in part
+
+
 def host_join(base: str, *parts: str) -> str:
     """Join onto a host path with that path's own separator (Windows node or dev host)."""
+    if parts and has_drive_root(base) and all(is_plain_name(p) for p in parts):
+        # The common case, ("C:\\ProgramData\\docker", "containers", id, "secrets"): for a
+        # drive-rooted base and plain names, ntpath.join only puts a backslash between them.
+        return base + ("" if base[-1] in ("\\", "/") else "\\") + "\\".join(parts)
     if looks_windows(base):
         return ntpath.join(base, *parts)
     return posixpath.join(base, *parts)
