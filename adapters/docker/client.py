@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgspec
 import tenacity
 
 from controller.errors import NotFoundError, PermanentError, TransientError
@@ -28,6 +30,7 @@ DEFAULT_NPIPE_HOST = "npipe:////./pipe/docker_engine"
 #: Newest API version this client speaks; older engines are spoken to in their own version.
 MAX_API_VERSION = (1, 41)
 MIN_API_VERSION = (1, 24)
+_API_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
 
 
 class DockerAPIError(PermanentError):
@@ -83,27 +86,49 @@ def parse_host(value: str | None) -> Endpoint:
     if parts.scheme in ("tcp", "http", "https"):
         if not parts.hostname:
             raise PermanentError(f"invalid Docker host {text!r}: no host name")
-        port = parts.port or (2376 if os.environ.get("DOCKER_TLS_VERIFY") else 2375)
-        return Endpoint("tcp", f"{parts.hostname}:{port}")
+        try:
+            given = parts.port
+        except ValueError:  # not a number, or out of 0..65535
+            given = 0
+        hostport = parts.netloc.rpartition("@")[2]
+        if not given and ":" in hostport.rpartition("]")[2]:  # a port given, but not a valid one
+            raise PermanentError(
+                f"invalid Docker host {text!r}: the port must be a number from 1 to 65535"
+            )
+        port = given or (2376 if os.environ.get("DOCKER_TLS_VERIFY") else 2375)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return Endpoint("tcp", f"{host}:{port}")
     raise PermanentError(
         f"invalid Docker host {text!r}: expected unix://, npipe:// or tcp:// (got {parts.scheme!r})"
     )
 
 
 def tls_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
-    """The TLS context ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` ask for, if any."""
+    """The TLS context ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` ask for, if any; a
+    certificate file that is missing or unusable raises :class:`PermanentError` naming it."""
     cert_path = env.get("DOCKER_CERT_PATH")
     verify = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
     if not verify and not cert_path:
         return None
     base = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
-    ctx = ssl.create_default_context(cafile=os.path.join(base, "ca.pem") if verify else None)
+    ca = os.path.join(base, "ca.pem")
+    try:
+        ctx = ssl.create_default_context(cafile=ca if verify else None)
+    except OSError as exc:  # missing, unreadable or not PEM (ssl.SSLError is an OSError)
+        raise PermanentError(
+            f"cannot load the CA certificate {ca} (DOCKER_TLS_VERIFY): {exc.strerror or exc}"
+        ) from exc
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
     if os.path.exists(cert) and os.path.exists(key):
-        ctx.load_cert_chain(cert, key)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except OSError as exc:
+            raise PermanentError(
+                f"cannot load the client certificate {cert} and key {key}: {exc.strerror or exc}"
+            ) from exc
     return ctx
 
 
@@ -215,9 +240,22 @@ class DockerClient:
 
     async def negotiate(self) -> str:
         """Ask the engine its API version and speak the newest both sides know."""
-        data = await self.get_json("/version", api="version", versioned=False)
-        server = str(data.get("ApiVersion", "1.24"))
-        major, minor = (int(x) for x in server.split(".")[:2])
+        raw = await self.get_raw("/version", api="version", versioned=False)
+        try:
+            server = msgspec.json.decode(raw, type=_Version).ApiVersion
+        except msgspec.ValidationError as exc:  # JSON, but not a version object
+            raise PermanentError(
+                f"{self.endpoint.display} did not answer GET /version like a Docker engine: {exc}"
+            ) from exc
+        except msgspec.DecodeError as exc:  # not JSON at all (cut short?), as for any call
+            raise TransientError("GET /version: invalid JSON from the engine") from exc
+        match = _API_VERSION.match(server)
+        if match is None:
+            raise PermanentError(
+                f"Docker engine at {self.endpoint.display} reports API version {server!r}, "
+                "expected MAJOR.MINOR"
+            )
+        major, minor = int(match.group(1)), int(match.group(2))
         if (major, minor) < MIN_API_VERSION:
             raise PermanentError(f"Docker engine API {server} is older than the minimum 1.24")
         chosen = min((major, minor), MAX_API_VERSION)
@@ -235,9 +273,18 @@ class DockerClient:
         """GET a JSON document, with retries; 404 raises :class:`NotFoundError`."""
         return await self.request_json("GET", path, api=api, params=params, versioned=versioned)
 
-    async def get_raw(self, path: str, *, api: str) -> bytes:
+    async def get_raw(
+        self,
+        path: str,
+        *,
+        api: str,
+        params: Mapping[str, str] | None = None,
+        versioned: bool = True,
+    ) -> bytes:
         """GET a body as bytes (for typed decoding by the caller), with retries."""
-        return await self._with_retries("GET", path, api=api, params=None, body=None)
+        return await self._with_retries(
+            "GET", path, api=api, params=params, body=None, versioned=versioned
+        )
 
     async def request_json(
         self,
@@ -368,6 +415,12 @@ class DockerClient:
             raise TransientError(f"event stream from {self.endpoint.display} lost: {exc}") from exc
         except TimeoutError as exc:
             raise TransientError("event stream timed out") from exc
+
+
+class _Version(msgspec.Struct):
+    """``GET /version``: only the API version is read (engines before 1.24 omit it)."""
+
+    ApiVersion: str = "1.24"
 
 
 def _error_message(raw: bytes) -> str | None:

@@ -1,10 +1,21 @@
-"""The Docker event source: container ``create``/``destroy`` events, lists and resyncs.
+"""The Docker event source: the container and network events a bundle depends on, lists and
+resyncs.
+
+A bundle depends on state that changes after a container is created: its endpoints appear and
+its ``State.StartedAt`` is set when it starts (S14), ``docker update`` changes its resources,
+``docker rename`` its name, ``docker network connect``/``disconnect`` its endpoints. So the
+source watches container ``create``, ``start``, ``update``, ``rename`` and ``destroy`` and
+network ``connect`` and ``disconnect`` events, and enqueues the id of the container each one is
+about (a network event names it in ``Actor.Attributes.container``).
 
 It never trusts the stream alone. The stream is opened first, then the containers are listed
-(so nothing created in between is missed); after every reconnect it asks for the events since
+(so nothing created in between is missed); after every reconnect it asks for the events after
 the last one seen (the engine keeps only 256) and lists again; a periodic resync lists too;
 and a silent stream is restarted by an inactivity watchdog. Every path only enqueues
 container ids: what to do with them is the reconciler's business.
+
+:meth:`DockerEventSource.stop` is honoured at once wherever the source is waiting: for the
+next event, in a list, or in the delay before a reconnect.
 """
 
 from __future__ import annotations
@@ -14,15 +25,27 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from adapters.docker.client import DockerClient
-from controller.errors import WinspecError
+from controller.errors import RequestDecodeError, WinspecError
 
 log = logging.getLogger(__name__)
 
-EVENT_FILTERS = {"type": ["container"], "event": ["create", "destroy"]}
+T = TypeVar("T")
+
+#: Container actions that change what the bundle of the container must be.
+CONTAINER_ACTIONS = ("create", "start", "update", "rename", "destroy")
+#: Network actions that change the endpoints of the container they name.
+NETWORK_ACTIONS = ("connect", "disconnect")
+#: Every action watched: the ``type`` label values of ``winspec_events_received_total``.
+EVENT_TYPES = CONTAINER_ACTIONS + NETWORK_ACTIONS
+EVENT_FILTERS = {"type": ["container", "network"], "event": list(EVENT_TYPES)}
 READY_CONDITION = "docker-events"
+
+_NANOS = 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +66,53 @@ class EventSourceHooks:
     on_restart: Callable[[str], None] | None = None
     on_synced: Callable[[], None] | None = None
     on_ready: Callable[[bool], None] | None = None
+
+
+class ContainerSummary(msgspec.Struct):
+    """One entry of ``GET /containers/json``: only the id is read (an entry without one is
+    skipped)."""
+
+    Id: str = ""
+
+
+class _Actor(msgspec.Struct, rename="pascal"):
+    id: str = msgspec.field(default="", name="ID")
+    attributes: dict[str, Any] | None = None
+
+
+class _Event(msgspec.Struct, rename="pascal"):
+    """One message of ``GET /events``: the fields the source reads."""
+
+    type: str = ""
+    action: str = ""
+    actor: _Actor | None = None
+    time: int = msgspec.field(default=0, name="time")
+    time_nano: int = msgspec.field(default=0, name="timeNano")
+
+
+def resume_since(time_nano: int) -> str:
+    """The ``since`` that resumes a stream just after an event seen at ``time_nano``.
+
+    The engine sends again every buffered event whose ``timeNano`` is at or after ``since``
+    (``SECONDS.NANOSECONDS``), so asking from one nanosecond later skips the last event seen.
+    """
+    after = time_nano + 1
+    return f"{after // _NANOS}.{after % _NANOS:09d}"
+
+
+def container_of(event: _Event) -> str | None:
+    """The id of the container a watched event is about; None for any other event."""
+    actor = event.actor or _Actor()
+    cid: object = None
+    if event.type == "container" and event.action in CONTAINER_ACTIONS:
+        cid = actor.id
+    elif event.type == "network" and event.action in NETWORK_ACTIONS:
+        cid = (actor.attributes or {}).get("container")
+    return cid if isinstance(cid, str) and cid else None
+
+
+class _Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Stop was asked while the source was waiting for something."""
 
 
 class DockerEventSource:
@@ -67,15 +137,25 @@ class DockerEventSource:
         self._listed_at: float | None = None  # loop time the current stream was listed
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return."""
+        """Ask :meth:`run` to return (promptly, whatever it is waiting for)."""
         self._stopping.set()
 
     async def relist(self) -> int:
-        """List every container and enqueue it, and every bundle whose container is gone."""
-        listed = await self._client.get_json(
+        """List every container and enqueue it, and every bundle whose container is gone.
+
+        A body that is not a list of containers raises :class:`RequestDecodeError`.
+        """
+        raw = await self._client.get_raw(
             "/containers/json", api="container_list", params={"all": "1"}
         )
-        live = {str(c["Id"]) for c in listed if isinstance(c, dict) and "Id" in c}
+        try:
+            listed = msgspec.json.decode(raw, type=list[ContainerSummary])
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise RequestDecodeError(
+                f"invalid container list from the Docker engine at "
+                f"{self._client.endpoint.display}: {exc}"
+            ) from exc
+        live = {c.Id for c in listed if c.Id}
         for cid in sorted(live):
             self._enqueue(cid)
         for bid in await self._bundle_ids():
@@ -86,7 +166,12 @@ class DockerEventSource:
         return len(live)
 
     async def run(self) -> None:
-        """Watch until stopped: stream, relist on (re)connect, resync periodically."""
+        """Watch until stopped: stream, relist on (re)connect, resync periodically.
+
+        Readiness: true once a stream is open and listed; false when a stream fails or is
+        closed by the engine, and when stopped. An idle restart of a stream that was working
+        keeps it true: the stream is re-opened at once.
+        """
         resync = asyncio.create_task(self._resync_loop(), name="docker-resync")
         loop = asyncio.get_running_loop()
         delay = self._settings.reconnect_initial
@@ -96,16 +181,23 @@ class DockerEventSource:
                 try:
                     await self._watch_once()
                     reason = "closed"
+                except _Stopped:
+                    break
                 except TimeoutError:
                     reason = "idle"
                 except WinspecError as exc:
                     reason = "error"
-                    log.warning("docker event stream failed: %s", exc)
-                self._set_ready(False)
+                    log.warning("docker event stream failed", extra={"error": str(exc)})
                 if self._stopping.is_set():
                     break
                 if self._hooks.on_restart:
                     self._hooks.on_restart(reason)
+                if reason == "idle" and self._listed_at is not None:
+                    # The stream worked and was only quiet: re-open it now, still ready.
+                    delay = self._settings.reconnect_initial
+                    log.info("restarting docker event stream", extra={"reason": reason})
+                    continue
+                self._set_ready(False)
                 if (
                     self._listed_at is not None
                     and loop.time() - self._listed_at >= self._settings.reconnect_max
@@ -113,65 +205,84 @@ class DockerEventSource:
                     # A stream that worked for a while starts the backoff afresh, rather than
                     # where an earlier outage left it; one that keeps failing fast still backs off.
                     delay = self._settings.reconnect_initial
-                log.info("restarting docker event stream (%s) in %.1fs", reason, delay)
+                log.info(
+                    "restarting docker event stream",
+                    extra={"reason": reason, "delay_seconds": delay},
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
                 delay = min(delay * 2, self._settings.reconnect_max)
-                if reason == "idle":
-                    delay = self._settings.reconnect_initial
         finally:
+            self._set_ready(False)
             resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await resync
 
-    async def _watch_once(self) -> None:
-        stream = self._client.events(filters=EVENT_FILTERS, since=self._since)
+    async def _unless_stopping(self, aw: Awaitable[T], *, idle: float | None = None) -> T:
+        """The result of ``aw``, unless stop is asked first (:class:`_Stopped`) or ``idle``
+        seconds pass (:class:`TimeoutError`); then ``aw`` is cancelled and has ended on return."""
+        task = asyncio.ensure_future(aw)
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         try:
-            first = True
+            done, _ = await asyncio.wait(
+                {task, stop_wait}, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+            )
+            if task in done:
+                return task.result()
+            raise _Stopped if stop_wait in done else TimeoutError
+        finally:
+            stop_wait.cancel()
+            if not task.done():
+                task.cancel()
+                # Wait for it to unwind (an event stream must not be closed while it runs).
+                await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: raised above or deliberately dropped
+
+    async def _watch_once(self) -> None:
+        stream = self._client.events(filters=EVENT_FILTERS, since=self._since)
+        try:
+            opened = False
             while True:
-                nxt = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait(
-                    {nxt, stop_wait},
-                    timeout=self._settings.idle_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if stop_wait in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
-                    return
-                if not done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
-                    raise TimeoutError
                 try:
-                    event = nxt.result()
+                    event = await self._unless_stopping(
+                        anext(stream), idle=self._settings.idle_timeout
+                    )
                 except StopAsyncIteration:
                     return
-                if first:
+                if not opened:
                     # The stream is open: list now, so nothing between list and stream is lost.
-                    first = False
-                    await self.relist()
+                    opened = True
+                    await self._unless_stopping(self.relist())
                     self._listed_at = asyncio.get_running_loop().time()
                     self._set_ready(True)
                     continue
                 self._handle(event)
         finally:
-            stop_wait.cancel()
+            # Never running here: _unless_stopping has let the pending read end.
             await stream.aclose()
 
-    def _handle(self, event: dict[str, Any]) -> None:
-        actor = event.get("Actor") or {}
-        cid = actor.get("ID") or event.get("id")
-        action = str(event.get("Action") or event.get("status") or "")
-        if event.get("time") is not None:
-            self._since = str(event["time"])
-        if not isinstance(cid, str) or not cid:
+    def _handle(self, raw: dict[str, Any]) -> None:
+        try:
+            event = msgspec.convert(raw, _Event)
+        except msgspec.ValidationError as exc:
+            log.warning("ignoring a malformed docker event", extra={"error": str(exc)})
             return
+        if event.time_nano > 0:
+            self._since = resume_since(event.time_nano)
+        elif event.time > 0:
+            # Seconds only (never from engines of API 1.24 and later): events of that second
+            # come again, which costs a reconcile each and loses nothing.
+            self._since = str(event.time)
+        cid = container_of(event)
+        if cid is None:
+            return
+        log.debug(
+            "docker event",
+            extra={"event_type": event.type, "action": event.action, "container": cid},
+        )
         if self._hooks.on_event:
-            self._hooks.on_event(action)
+            self._hooks.on_event(event.action)
         self._enqueue(cid)
 
     async def _resync_loop(self) -> None:
@@ -180,7 +291,10 @@ class DockerEventSource:
             try:
                 await self.relist()
             except WinspecError as exc:
-                log.warning("periodic resync failed: %s", exc)
+                log.warning("periodic resync failed", extra={"error": str(exc)})
+            except Exception as exc:
+                # Whatever went wrong, the next resync may work: never let this task die.
+                log.exception("periodic resync failed unexpectedly", extra={"error": repr(exc)})
 
     def _set_ready(self, ready: bool) -> None:
         if self._hooks.on_ready:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,34 @@ async def serving(
         yield
     finally:
         await runner.cleanup()
+
+
+def event_stream(
+    events: list[dict[str, Any]], *, hold: float, ended: list[str] | None = None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An /events handler: send ``events`` as JSON lines, keep the stream open ``hold`` s, end.
+
+    When the client goes away first the handler is cancelled; ``ended`` then gets "cancelled"
+    (else "finished"), so a test can tell that the client really closed its stream.
+    """
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            for event in events:
+                await response.write(json.dumps(event).encode() + b"\n")
+            await asyncio.sleep(hold)
+            await response.write_eof()
+        except asyncio.CancelledError:
+            if ended is not None:
+                ended.append("cancelled")
+            raise
+        if ended is not None:
+            ended.append("finished")
+        return response
+
+    return handler
 
 
 async def eventually(condition: Callable[[], bool], *, within: float = 1.0) -> None:

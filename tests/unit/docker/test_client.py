@@ -76,6 +76,30 @@ async def test_negotiate_refuses_an_engine_older_than_1_24(engine: ScriptedEngin
             await client.negotiate()
 
 
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        (None, PermanentError, "did not answer GET /version like a Docker engine"),
+        (["1.41"], PermanentError, "did not answer GET /version like a Docker engine"),
+        ({"ApiVersion": 1.41}, PermanentError, "did not answer GET /version like a Docker engine"),
+        ({"ApiVersion": "latest"}, PermanentError, "reports API version 'latest'"),
+        ({"ApiVersion": "1"}, PermanentError, "reports API version '1'"),
+    ],
+)
+async def test_negotiate_refuses_an_answer_that_is_not_a_version(
+    engine: ScriptedEngine, body: object, error: type[Exception], message: str
+) -> None:
+    """A /version body that is not an object with a MAJOR.MINOR ApiVersion is a PermanentError
+    naming the endpoint, not an AttributeError or ValueError."""
+    engine.on("/version", answer_json(body))
+
+    async with client_for(engine) as client:
+        with pytest.raises(error, match=message) as caught:
+            await client.negotiate()
+    assert engine.host in str(caught.value)
+    assert client.api_version is None
+
+
 async def test_negotiate_over_a_unix_socket(unix_engine: ScriptedEngine) -> None:
     """The client reaches an engine on a unix:// socket and negotiates there too."""
     unix_engine.on("/version", answer_json({"ApiVersion": "1.41"}))
@@ -277,6 +301,7 @@ async def test_events_error_status_is_transient(engine: ScriptedEngine) -> None:
         ("tcp://10.0.0.5:2376", Endpoint("tcp", "10.0.0.5:2376")),
         ("tcp://docker.example:2375", Endpoint("tcp", "docker.example:2375")),
         ("http://127.0.0.1:9999", Endpoint("tcp", "127.0.0.1:9999")),
+        ("tcp://[::1]:2376", Endpoint("tcp", "[::1]:2376")),
     ],
 )
 def test_parse_host_accepts_docker_host_forms(text: str, expected: Endpoint) -> None:
@@ -310,6 +335,10 @@ def test_parse_host_defaults_to_the_platform_endpoint() -> None:
         ("unix://", "no socket path"),
         ("tcp://:2375", "no host name"),
         ("npipe://pipe/docker_engine", "expected npipe:////./pipe/NAME"),
+        ("tcp://docker.example:abc", "the port must be a number from 1 to 65535"),
+        ("tcp://docker.example:65536", "the port must be a number from 1 to 65535"),
+        ("tcp://docker.example:0", "the port must be a number from 1 to 65535"),
+        ("tcp://docker.example:", "the port must be a number from 1 to 65535"),
     ],
 )
 def test_parse_host_refuses_bad_values(text: str, reason: str) -> None:
@@ -331,6 +360,20 @@ async def test_npipe_on_linux_is_refused_at_open() -> None:
 def test_tls_context_is_none_without_tls_settings(env: dict[str, str]) -> None:
     """Without DOCKER_TLS_VERIFY (or with it empty or 0) and no cert path there is no TLS."""
     assert tls_context(env) is None
+
+
+async def test_missing_tls_files_are_a_permanent_error_at_open(tmp_path: Path) -> None:
+    """DOCKER_TLS_VERIFY=1 with no ca.pem in DOCKER_CERT_PATH (or an unusable one) is a
+    PermanentError naming the file when the client opens, not a FileNotFoundError."""
+    env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)}
+    client = DockerClient("tcp://127.0.0.1:2376", env=env)
+    with pytest.raises(PermanentError, match="cannot load the CA certificate") as caught:
+        await client.open()
+    assert str(tmp_path / "ca.pem") in str(caught.value)
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(PermanentError, match="cannot load the CA certificate"):
+        await client.open()
+    await client.close()
 
 
 def test_tls_context_with_cert_path_but_no_verify_skips_verification(tmp_path: Path) -> None:

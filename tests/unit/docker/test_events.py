@@ -16,30 +16,16 @@ from aiohttp import web
 from adapters.docker.client import DockerClient, RetryPolicy
 from adapters.docker.events import (
     EVENT_FILTERS,
+    EVENT_TYPES,
     DockerEventSource,
     EventSourceHooks,
     EventSourceSettings,
+    resume_since,
 )
-from tests.unit.docker.scripted import ScriptedEngine, answer_json, eventually
+from controller.errors import RequestDecodeError
+from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
 
 LIVE_A, LIVE_B, GONE = "a" * 64, "b" * 64, "c" * 64
-
-
-def event_stream(
-    events: list[dict[str, Any]], *, hold: float
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """An /events handler: send ``events`` as JSON lines, keep the stream open ``hold`` s, end."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        for event in events:
-            await response.write(json.dumps(event).encode() + b"\n")
-        await asyncio.sleep(hold)
-        await response.write_eof()
-        return response
-
-    return handler
 
 
 @dataclass
@@ -153,14 +139,11 @@ async def test_stream_lists_first_then_enqueues_events_and_resumes_since(
 
 
 def _delays(caplog: pytest.LogCaptureFixture) -> list[float]:
-    """The reconnect delays the source logged, in order."""
+    """The reconnect delays the source logged (as the record's delay_seconds field), in order."""
     delays = []
     for record in caplog.records:
-        if record.name == "adapters.docker.events" and str(record.msg).startswith(
-            "restarting docker event stream"
-        ):
-            assert isinstance(record.args, tuple)
-            delay = record.args[1]
+        if record.name == "adapters.docker.events" and hasattr(record, "delay_seconds"):
+            delay = record.delay_seconds
             assert isinstance(delay, float)
             delays.append(delay)
     return delays
@@ -198,3 +181,305 @@ async def test_backoff_grows_while_streams_keep_failing_fast(
         await eventually(lambda: len(_delays(caplog)) >= 5, within=10)
 
     assert _delays(caplog)[:5] == pytest.approx([0.02, 0.04, 0.08, 0.1, 0.1])
+
+
+# -- review fixes: since, watched events, robustness, readiness, stopping, logs ----------------
+
+NETWORK = "e" * 64
+
+
+@pytest.mark.parametrize(
+    ("time_nano", "since"),
+    [
+        (1700000002000000123, "1700000002.000000124"),
+        (1700000002999999999, "1700000003.000000000"),
+        (1700000002000000000, "1700000002.000000001"),
+    ],
+)
+def test_resume_since_is_one_nanosecond_after_the_last_event(time_nano: int, since: str) -> None:
+    """The since of a reconnect is the last event's timeNano plus 1 ns, as SECONDS.NANOSECONDS."""
+    assert resume_since(time_nano) == since
+
+
+async def test_reconnect_asks_for_events_after_the_last_one_to_the_nanosecond(
+    engine: ScriptedEngine,
+) -> None:
+    """After a reconnect the source asks for events from 1 ns after the last event's timeNano,
+    not from the start of its second (which would deliver that event again)."""
+    events = [
+        {
+            "Type": "container",
+            "Action": "create",
+            "Actor": {"ID": LIVE_B},
+            "time": 1700000002,
+            "timeNano": 1700000002123456789,
+        }
+    ]
+    queries: list[dict[str, str]] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        queries.append(dict(request.query))
+        # The first stream sends the event and ends; the next one stays open.
+        first = len(queries) == 1
+        return await event_stream(events if first else [], hold=0.0 if first else 30.0)(request)
+
+    engine.on("/events", answer)
+    engine.on("/containers/json", answer_json([]))
+    async with watching(engine, EventSourceSettings(reconnect_initial=0.01)):
+        await eventually(lambda: len(queries) >= 2, within=5)
+
+    assert "since" not in queries[0]
+    assert queries[1]["since"] == "1700000002.123456790"
+
+
+async def test_start_update_rename_and_network_events_enqueue_their_container(
+    engine: ScriptedEngine,
+) -> None:
+    """Container start/update/rename and network connect/disconnect events are asked for and
+    enqueue the container they are about (a network event's Actor.Attributes.container); other
+    and malformed events are skipped."""
+
+    def container(action: str, cid: str) -> dict[str, Any]:
+        return {"Type": "container", "Action": action, "Actor": {"ID": cid}}
+
+    def network(action: str, cid: str | None) -> dict[str, Any]:
+        attributes = {"name": "net", "type": "bridge"} | ({"container": cid} if cid else {})
+        return {
+            "Type": "network",
+            "Action": action,
+            "Actor": {"ID": NETWORK, "Attributes": attributes},
+        }
+
+    events = [
+        container("start", LIVE_A),
+        container("update", LIVE_A),
+        container("rename", LIVE_B),
+        network("create", None),  # the filter lets network create/destroy through too
+        network("connect", LIVE_B),
+        network("disconnect", LIVE_A),
+        network("destroy", None),
+        container("die", LIVE_A),  # not watched
+        {"Type": "container", "Action": "start", "Actor": ["not", "an", "object"]},
+        {"Type": "container", "Action": "start", "Actor": {"ID": 42}},
+        {"Type": "network", "Action": "connect", "Actor": {"ID": NETWORK}},
+    ]
+    queries: list[dict[str, str]] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        queries.append(dict(request.query))
+        return await event_stream(events, hold=30.0)(request)
+
+    engine.on("/events", answer)
+    engine.on("/containers/json", answer_json([]))
+    async with watching(engine, EventSourceSettings()) as recorded:
+        await eventually(lambda: len(recorded.events) >= 5, within=5)
+        await asyncio.sleep(0.05)  # nothing else is coming from the skipped events
+
+    assert recorded.events == ["start", "update", "rename", "connect", "disconnect"]
+    assert recorded.enqueued == [LIVE_A, LIVE_A, LIVE_B, LIVE_B, LIVE_A]
+    assert json.loads(queries[0]["filters"]) == {
+        "type": ["container", "network"],
+        "event": ["create", "start", "update", "rename", "destroy", "connect", "disconnect"],
+    }
+    assert EVENT_TYPES == (
+        "create",
+        "start",
+        "update",
+        "rename",
+        "destroy",
+        "connect",
+        "disconnect",
+    )
+
+
+@pytest.mark.parametrize("body", [None, {"Id": LIVE_A}, [{"Id": 5}], "containers"])
+async def test_relist_refuses_a_body_that_is_not_a_container_list(
+    engine: ScriptedEngine, body: object
+) -> None:
+    """A container list that is null, an object, has a non-string Id or is a string raises a
+    RequestDecodeError naming the engine, not a TypeError (nor silently lists nothing)."""
+    engine.on("/containers/json", answer_json(body))
+    recorded = Recorded()
+
+    async def bundle_ids() -> list[str]:
+        return []
+
+    async with DockerClient(engine.host, env={}) as client:
+        source = DockerEventSource(client, enqueue=recorded.enqueued.append, bundle_ids=bundle_ids)
+        with pytest.raises(RequestDecodeError, match="invalid container list") as caught:
+            await source.relist()
+    assert engine.host in str(caught.value)
+    assert recorded.enqueued == []
+
+
+async def test_periodic_resync_survives_an_unexpected_exception(
+    engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resync that fails with an exception that is not a WinspecError is logged with its
+    traceback and the next resync still runs."""
+    engine.on("/events", event_stream([], hold=30.0))
+    engine.on("/containers/json", answer_json([{"Id": LIVE_A}]))
+    calls = 0
+
+    async def bundle_ids() -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first periodic resync (the first call is the stream's list)
+            raise OSError("bundle root unreadable")
+        return []
+
+    recorded = Recorded()
+    async with DockerClient(engine.host, env={}) as client:
+        source = DockerEventSource(
+            client,
+            enqueue=recorded.enqueued.append,
+            bundle_ids=bundle_ids,
+            settings=EventSourceSettings(resync_interval=0.05),
+            hooks=recorded.hooks(),
+        )
+        task = asyncio.create_task(source.run())
+        try:
+            await eventually(lambda: recorded.synced >= 3, within=5)
+        finally:
+            source.stop()
+            await asyncio.wait_for(task, timeout=5)
+
+    failures = [
+        r for r in caplog.records if r.getMessage() == "periodic resync failed unexpectedly"
+    ]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert "bundle root unreadable" in getattr(failures[0], "error", "")
+
+
+async def test_idle_restart_keeps_the_source_ready(engine: ScriptedEngine) -> None:
+    """A working stream restarted for being idle is re-opened at once and never reported not
+    ready; stopping reports not ready."""
+    engine.on("/events", event_stream([], hold=30.0))
+    engine.on("/containers/json", answer_json([]))
+    settings = EventSourceSettings(idle_timeout=0.1, reconnect_initial=5.0)
+
+    async with watching(engine, settings) as recorded:
+        await eventually(lambda: recorded.restarts.count("idle") >= 2, within=5)
+        ready_while_running = list(recorded.ready)
+
+    assert ready_while_running
+    assert all(ready_while_running)
+    assert recorded.ready[-1] is False
+
+
+async def test_a_failed_stream_reports_not_ready_until_listed_again(engine: ScriptedEngine) -> None:
+    """A stream that fails (HTTP 500) makes the source not ready; the next good stream and list
+    make it ready again."""
+    engine.on(
+        "/events",
+        event_stream([], hold=0.0),
+        answer_json({"message": "boom"}, status=500),
+        event_stream([], hold=30.0),
+    )
+    engine.on("/containers/json", answer_json([]))
+    settings = EventSourceSettings(reconnect_initial=0.01)
+
+    async with watching(engine, settings) as recorded:
+        await eventually(lambda: recorded.restarts == ["closed", "error"] and recorded.synced == 2)
+        await eventually(lambda: recorded.ready[-1:] == [True])
+
+    assert recorded.ready[:5] == [True, False, False, True, False]
+
+
+async def _start_source(
+    engine: ScriptedEngine, client: DockerClient, settings: EventSourceSettings, recorded: Recorded
+) -> tuple[DockerEventSource, asyncio.Task[None]]:
+    async def bundle_ids() -> list[str]:
+        return []
+
+    source = DockerEventSource(
+        client,
+        enqueue=recorded.enqueued.append,
+        bundle_ids=bundle_ids,
+        settings=settings,
+        hooks=recorded.hooks(),
+    )
+    return source, asyncio.create_task(source.run())
+
+
+async def test_stop_during_a_slow_list_returns_at_once(engine: ScriptedEngine) -> None:
+    """Stopping while the list after (re)connecting hangs returns within a moment, not when the
+    list answers."""
+
+    async def slow_list(_request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.json_response([])
+
+    engine.on("/events", event_stream([], hold=30.0))
+    engine.on("/containers/json", slow_list)
+    recorded = Recorded()
+    async with DockerClient(engine.host, env={}, timeout=60.0) as client:
+        source, task = await _start_source(engine, client, EventSourceSettings(), recorded)
+        await eventually(lambda: engine.hits("/containers/json") == 1, within=5)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        source.stop()
+        await asyncio.wait_for(task, timeout=5)
+        took = loop.time() - asked
+
+    assert took < 0.5
+    assert recorded.synced == 0
+
+
+async def test_stop_during_the_reconnect_delay_returns_at_once(engine: ScriptedEngine) -> None:
+    """Stopping while waiting to reconnect returns within a moment, not after the delay."""
+    engine.on("/events", event_stream([], hold=0.0))
+    engine.on("/containers/json", answer_json([]))
+    recorded = Recorded()
+    async with DockerClient(engine.host, env={}) as client:
+        settings = EventSourceSettings(reconnect_initial=30.0)
+        source, task = await _start_source(engine, client, settings, recorded)
+        await eventually(lambda: recorded.restarts == ["closed"], within=5)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        source.stop()
+        await asyncio.wait_for(task, timeout=5)
+        took = loop.time() - asked
+
+    assert took < 0.5
+
+
+async def test_cancelling_the_source_mid_stream_cancels_cleanly(engine: ScriptedEngine) -> None:
+    """Cancelling run() while it waits for the next event ends it cancelled (no RuntimeError
+    from closing a stream still being read) and closes the stream's connection."""
+    ended: list[str] = []
+    engine.on("/events", event_stream([], hold=30.0, ended=ended))
+    engine.on("/containers/json", answer_json([]))
+    recorded = Recorded()
+    async with DockerClient(engine.host, env={}) as client:
+        _source, task = await _start_source(engine, client, EventSourceSettings(), recorded)
+        await eventually(lambda: recorded.ready == [True], within=5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        await eventually(lambda: ended == ["cancelled"], within=5)
+
+
+async def test_log_records_carry_their_values_as_fields(
+    engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The source's log lines have constant messages and put the reason, delay and error in
+    fields (so JSON logs keep them structured), not in %-formatted text."""
+    caplog.set_level(logging.INFO, logger="adapters.docker.events")
+    engine.on("/events", answer_json({"message": "boom"}, status=500))
+    engine.on("/containers/json", answer_json([]))
+
+    async with watching(engine, EventSourceSettings(reconnect_initial=0.01)) as recorded:
+        await eventually(lambda: len(recorded.restarts) >= 2, within=5)
+
+    mine = [r for r in caplog.records if r.name == "adapters.docker.events"]
+    assert mine
+    assert all(not r.args for r in mine)
+    failed = [r for r in mine if r.getMessage() == "docker event stream failed"]
+    restarting = [r for r in mine if r.getMessage() == "restarting docker event stream"]
+    assert failed
+    assert "HTTP 500 boom" in getattr(failed[0], "error", "")
+    assert restarting
+    assert getattr(restarting[0], "reason", None) == "error"
+    assert getattr(restarting[0], "delay_seconds", None) == 0.01
