@@ -34,15 +34,15 @@ BUNDLE_RESULTS = (BUNDLE_WRITTEN, BUNDLE_UNCHANGED, BUNDLE_REMOVED)
 
 # winspec_dependency_fetch_seconds{kind}: what a resolver fetched to build one request.
 DEPENDENCY_KINDS = (
-    "container",
-    "image",
-    "task",
-    "secret",
-    "config",
-    "credential_spec",
-    "layers",
-    "endpoints",
-    "resource",
+    "container",  # the container's inspect
+    "image",  # the image's inspect (not observed when cached)
+    "task",  # a swarm task's inspect
+    "secret",  # reading a secret's payload
+    "config",  # a mounted config's payload
+    "credential_spec",  # config://, file:// and registry:// credential specs
+    "layers",  # reading the layer chain (windowsfilter's layerchain.json)
+    "endpoints",  # the inspect of the container whose network is shared (container:<name>)
+    "resource",  # a custom resource (cluster mode)
 )
 
 # winspec_watch_restarts_total{reason}: why a source had to list and watch again.
