@@ -1,4 +1,4 @@
-"""Bundles written into a directory on this host (Docker mode, and the node agent).
+"""Bundles written into a directory on this host (Docker mode).
 
 Layout: ``<root>/<bundle id>/`` holds exactly the files of a
 :class:`~controller.bundle.BundleContent` (``config.json``, ``links.json``, ``secrets/<id>``,
@@ -20,16 +20,54 @@ another), and only then does one rename publish it:
   :func:`atomic_replace_supported`), the old bundle is renamed aside to ``.old-<id>-<random>``
   and the new one renamed in: for that instant ``<root>/<id>`` is absent, never partial.
 
+Payload directories are carried over, not copied. ``secrets/`` and ``configs/`` are the
+sources of a running container's bind mounts, and a bundle is rewritten after every
+container's first start (S14 changes ``config.json``). Deleting the old directories would leave
+the mounts showing deleted files (Linux) or fail with a sharing violation (Windows). So a
+payload directory whose files are byte for byte the new ones is moved into the new version:
+same directory, nothing rewritten; only a changed payload set is written fresh. A directory
+cannot be in two bundles at once, and neither version may be without it while it is at
+``<root>/<id>``, so the move depends on the platform:
+
+* With exchange, the new version gets a *stand-in* in place of each carried directory: a
+  symbolic link ``secrets -> ../.tmp-<id>-<random>/secrets``, the temporary directory's own
+  name. The bundles are swapped (the new version is live; the link leads, by path, into the old
+  version, which now has that temporary name and still holds the original), then each stand-in
+  is exchanged with the original it points at. ``<root>/<id>`` is a complete bundle at every
+  step, and its payloads are the original files: a container started meanwhile mounts, through
+  the link, the original directory (a copy as stand-in would be deleted with the old version
+  under its mount). A lookup that follows the link at the very instant of its exchange may fail
+  with ``ELOOP`` (the link, now in the old version, leads to itself); a retry finds the original
+  in place. A reader holding the old version's handle may find its payloads gone (``ENOENT``,
+  or that ``ELOOP``). Being a link, never a directory, a stand-in is told from an original
+  without doubt, which is what makes the crash repair below unambiguous.
+* Without it, when every payload directory is carried over (the usual rewrite: only
+  ``config.json`` changed), no directory is renamed at all, which a Windows mount could refuse:
+  ``.digest`` is deleted, ``links.json`` and ``config.json`` are replaced one file at a time
+  (each atomically), then the new ``.digest`` is put in place. A reader may see one of these
+  files new and the other old for an instant (only if both changed); it never misses a file.
+  When a payload set changed, the old bundle is renamed aside, the carried directories are moved
+  from it into the new version, and the new version renamed in: absent for an instant, never
+  partial.
+
 A reader that needs several files of one version opens the bundle directory once and reads
 relative to that handle; reading by path twice may straddle a swap.
 
-What a crash can leave: (1) before the swap, a ``.tmp-`` directory holding part or all of the
-new version, the old bundle intact in place; (2) after it, the new bundle in place and the old
-version under ``.tmp-`` (exchange) or ``.old-`` (fallback), perhaps half deleted; (3) in the
-fallback only, between its two renames, nothing at ``<root>/<id>`` and both versions under
-``.old-``/``.tmp-`` names. :meth:`LocalBundleWriter.sweep` deletes every ``.tmp-``/``.old-``
-leftover at start-up; a live bundle lost in case (3) has no ``.digest`` any more, so the
-initial list rewrites it.
+What a crash (or a failure the writer cannot undo) can leave: (1) before the swap, a ``.tmp-``
+directory holding part or all of the new version, the old bundle intact in place; (2) after it,
+the new bundle in place and the old version under ``.tmp-`` (exchange) or ``.old-`` (fallback),
+perhaps half deleted; (3) in the fallback only, between its renames, nothing at ``<root>/<id>``
+and both versions under ``.old-``/``.tmp-`` names, a carried directory in either; (4) with
+exchange, between the swap and the exchange of a stand-in with its original, the new bundle in
+place whose payload directory is still the stand-in, the original inside the old version under
+``.tmp-``; (5) in the fallback's in-place update, the bundle in place without ``.digest``, each
+file whole, some replaced. :meth:`LocalBundleWriter.sweep` first puts every original of case
+(4) back in place (an exchange with its stand-in), then deletes every ``.tmp-``/``.old-``
+leftover at start-up; a write of the bundle does the same repair first. No state shows a bundle
+without its payloads at ``<root>/<id>``. A bundle that is missing (case 3) or has no
+``.digest`` (case 5) is rewritten by the initial list; in case 3 that rewrite writes its
+payloads fresh, so a container still running from it keeps mounts of deleted directories, as
+every rewrite did before carrying.
 """
 
 from __future__ import annotations
@@ -38,12 +76,10 @@ import asyncio
 import ctypes
 import errno
 import os
-import re
 import shutil
 import stat
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import asynccontextmanager, suppress
@@ -51,7 +87,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from secrets import token_hex
-from typing import Literal, ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar, cast
 
 from controller.bundle import (
     CONFIG_FILE,
@@ -63,31 +99,26 @@ from controller.bundle import (
     is_valid_bundle_id,
 )
 from controller.errors import PermanentError, TransientError
+from controller.models import check_payload_id
 
 DIGEST_FILE = ".digest"
 TEMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 
+_PAYLOAD_DIRS = (SECRETS_DIR, CONFIGS_DIR)
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 # Without O_BINARY, Windows' os.open translates newlines.
 _O_BINARY: int = getattr(os, "O_BINARY", 0)
 _O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 
-# The payload ids controller.bundle accepts, minus what Windows would not keep as written: it
-# drops a trailing dot, and device names (NUL, COM1.txt, …) are not files at all.
-_PAYLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+# Payload ids are those controller.models.check_payload_id accepts, minus what Windows would not
+# keep as written: it drops a trailing dot, and device names (NUL, COM1.txt, …) are not files.
 _WINDOWS_DEVICES = frozenset(
     ["con", "prn", "aux", "nul"]
     + [f"com{n}" for n in range(1, 10)]
     + [f"lpt{n}" for n in range(1, 10)]
 )
-
-BundleOutcome = Literal["written", "unchanged", "removed", "absent", "failed"]
-"""What one call did: ``write`` gives written/unchanged, ``remove`` removed/absent."""
-
-BundleMetricsHook = Callable[[BundleOutcome, float], None]
-"""Called after every write and remove with its outcome and the seconds it took."""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -102,16 +133,9 @@ class LocalBundleWriter:
     :class:`~controller.errors.PermanentError` before any path is built.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        metrics_hook: BundleMetricsHook | None = None,
-        fsync_threads: int = 8,
-    ) -> None:
+    def __init__(self, root: Path, *, fsync_threads: int = 8) -> None:
         """``fsync_threads``: how many fsyncs may run at once (0: one after another)."""
         self._root = root
-        self._metrics_hook = metrics_hook
         self._locks: dict[str, _IdLock] = {}
         self._fsync_pool = (
             ThreadPoolExecutor(fsync_threads, thread_name_prefix="winspec-bundle-fsync")
@@ -131,41 +155,27 @@ class LocalBundleWriter:
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Write the bundle atomically; ``False`` when the same content was already there."""
-        start = time.perf_counter()
+        check_bundle_id(bundle_id)
         try:
-            check_bundle_id(bundle_id)
             async with self._lock(bundle_id):
-                written = await _in_thread(
+                return await _in_thread(
                     write_bundle_sync,
                     self._root,
                     bundle_id,
                     content,
                     fsync_executor=self._fsync_pool,
                 )
-        except PermanentError:
-            self._observe("failed", start)
-            raise
         except OSError as exc:
-            self._observe("failed", start)
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
-        self._observe("written" if written else "unchanged", start)
-        return written
 
     async def remove(self, bundle_id: str) -> bool:
         """Remove the bundle; ``False`` when there was none."""
-        start = time.perf_counter()
+        check_bundle_id(bundle_id)
         try:
-            check_bundle_id(bundle_id)
             async with self._lock(bundle_id):
-                removed = await _in_thread(remove_bundle_sync, self._root, bundle_id)
-        except PermanentError:
-            self._observe("failed", start)
-            raise
+                return await _in_thread(remove_bundle_sync, self._root, bundle_id)
         except OSError as exc:
-            self._observe("failed", start)
             raise TransientError(f"cannot remove bundle {bundle_id}: {exc}") from exc
-        self._observe("removed" if removed else "absent", start)
-        return removed
 
     async def list_ids(self) -> list[str]:
         """The ids of every bundle present, sorted; temporary and leftover entries are not."""
@@ -177,9 +187,10 @@ class LocalBundleWriter:
     async def sweep(self, live_ids: Collection[str]) -> list[str]:
         """Delete bundles not in ``live_ids`` and every temporary leftover; their names, sorted.
 
-        Meant for start-up, before workers run, but safe beside them: each id's entries are
-        deleted under that id's lock, so a write in progress never loses its temporary
-        directory.
+        A payload directory that a crash left in a leftover, with a stand-in in its bundle, is
+        put back first (see the module docstring). Meant for start-up, before workers run, but
+        safe beside them: each id's entries are handled under that id's lock, so a write in
+        progress never loses its temporary directory.
         """
         live = frozenset(live_ids)
         try:
@@ -187,14 +198,10 @@ class LocalBundleWriter:
             removed: list[str] = []
             for bundle_id, names in sorted(by_id.items()):
                 async with self._lock(bundle_id):
-                    removed += await _in_thread(_delete_entries, self._root, names)
+                    removed += await _in_thread(_sweep_id, self._root, bundle_id, names)
         except OSError as exc:
             raise TransientError(f"cannot sweep bundles in {self._root}: {exc}") from exc
         return sorted(removed)
-
-    def _observe(self, outcome: BundleOutcome, start: float) -> None:
-        if self._metrics_hook is not None:
-            self._metrics_hook(outcome, time.perf_counter() - start)
 
     @asynccontextmanager
     async def _lock(self, bundle_id: str) -> AsyncIterator[None]:
@@ -246,24 +253,46 @@ def write_bundle_sync(
 
     Blocking. With ``fsync_executor`` (not the executor running this call) the fsyncs of the
     new files and directories run at once, so the file system can commit them together
-    instead of one journal commit each. Raises :class:`~controller.errors.PermanentError` for
-    a bad bundle id or file name (before any path is built) and :class:`OSError` when the file
-    system fails.
+    instead of one journal commit each. Payload directories whose content is unchanged are
+    carried over into the new version (module docstring). Raises
+    :class:`~controller.errors.PermanentError` for a bad bundle id or file name (before any path
+    is built) and :class:`OSError` when the file system fails.
     """
     check_bundle_id(bundle_id)
     _check_file_names(content.files)
     digest = content.digest
     live = root / bundle_id
+    for holder in _restore_carried(root, bundle_id):
+        _discard(holder)
     if _read_digest(live) == digest:
         return False
     _ensure_root(root)
+    payloads = _payload_sets(content.files)
+    carried = [name for name in _PAYLOAD_DIRS if payloads[name] and _holds(live / name, payloads)]
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{bundle_id}-", dir=root))
     try:
-        _sync_all(_fill(tmp, content.files, digest), fsync_executor)
-        _install(root, live, tmp, bundle_id)
+        syncs = _fill(tmp, content.files, digest, skip=carried)
+        if carried and _renameat2 is not None:
+            for name in carried:
+                # Relative to the new version's directory; once the versions are swapped this
+                # name is the old version's, which then still holds the original.
+                os.symlink(f"../{tmp.name}/{name}", tmp / name)
+        _sync_all(syncs, fsync_executor)
+        swapped = bool(carried) and _exchange(tmp, live)
+    except BaseException:
+        _discard(tmp)
+        raise
+    if swapped:
+        _finish_carry(root, live, tmp, carried, fsync_executor)
+        return True
+    try:
+        if carried and _in_place_possible(live, payloads, carried):
+            _replace_in_place(live, tmp, content.files)
+        else:
+            _install(root, live, tmp, bundle_id, carried)
     finally:
-        # Holds nothing after a first install, the old version after an exchange, or a
-        # partial new version after a failure.
+        # Holds nothing after a first install, stand-ins at most after an update in place,
+        # the old version after an exchange, or a partial new version after a failure.
         _discard(tmp)
     return True
 
@@ -300,8 +329,8 @@ def list_bundle_ids_sync(root: Path) -> list[str]:
 def atomic_replace_supported(root: Path) -> bool:
     """Whether replacing a bundle below ``root`` is one atomic swap here.
 
-    When it is not, a bundle being replaced is absent (never partial) for an instant; worth a
-    warning at start-up. Blocking.
+    When it is not, a bundle whose payloads change is absent (never partial) for an instant
+    while it is replaced; Docker mode logs a warning at start-up. Blocking.
     """
     _ensure_root(root)
     first = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}probe-", dir=root))
@@ -334,13 +363,47 @@ def _is_bundle_file_name(name: str) -> bool:
     if name in (CONFIG_FILE, LINKS_FILE):
         return True
     directory, slash, leaf = name.partition("/")
-    return (
-        slash == "/"
-        and directory in (SECRETS_DIR, CONFIGS_DIR)
-        and _PAYLOAD_NAME.match(leaf) is not None
-        and not leaf.endswith(".")
-        and leaf.split(".", 1)[0].casefold() not in _WINDOWS_DEVICES
-    )
+    if slash != "/" or directory not in _PAYLOAD_DIRS:
+        return False
+    try:
+        check_payload_id(leaf, directory)
+    except PermanentError:
+        return False
+    return not leaf.endswith(".") and leaf.split(".", 1)[0].casefold() not in _WINDOWS_DEVICES
+
+
+def _payload_sets(files: Mapping[str, bytes]) -> dict[str, dict[str, bytes]]:
+    """The payload files of a (checked) content by directory, then by file name."""
+    sets: dict[str, dict[str, bytes]] = {name: {} for name in _PAYLOAD_DIRS}
+    for name, data in files.items():
+        directory, slash, leaf = name.partition("/")
+        if slash:
+            sets[directory][leaf] = data
+    return sets
+
+
+def _holds(directory: Path, payloads: Mapping[str, Mapping[str, bytes]]) -> bool:
+    """Whether ``directory`` is a real directory with exactly its payload set, byte for byte."""
+    wanted = payloads[directory.name]
+    try:
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return False
+        with os.scandir(directory) as entries:
+            found = {entry.name: entry for entry in entries}
+        if found.keys() != wanted.keys():
+            return False
+        for name, entry in found.items():
+            if not entry.is_file(follow_symlinks=False) or entry.stat(
+                follow_symlinks=False
+            ).st_size != len(wanted[name]):
+                return False
+        for name, data in wanted.items():
+            with open(directory / name, "rb") as f:
+                if f.read(len(data) + 1) != data:
+                    return False
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _read_digest(bundle_dir: Path) -> str | None:
@@ -357,12 +420,16 @@ def _ensure_root(root: Path) -> None:
         _fsync_dir(root.parent)
 
 
-def _fill(directory: Path, files: Mapping[str, bytes], digest: str) -> list[Callable[[], None]]:
-    """Create every file and subdirectory; return the fsyncs that make them durable."""
+def _fill(
+    directory: Path, files: Mapping[str, bytes], digest: str, *, skip: Collection[str] = ()
+) -> list[Callable[[], None]]:
+    """Create every file and subdirectory not in ``skip``; the fsyncs that make them durable."""
     syncs: list[Callable[[], None]] = [partial(_fsync_dir, directory)]
     subdirs: set[str] = set()
     for name in sorted(files):
         parent, slash, _ = name.rpartition("/")
+        if parent in skip:
+            continue
         if slash and parent not in subdirs:
             subdirs.add(parent)
             os.mkdir(directory / parent, _DIR_MODE)
@@ -406,18 +473,130 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _install(root: Path, live: Path, tmp: Path, bundle_id: str) -> None:
-    """Publish the complete directory ``tmp`` as ``live``; afterwards ``tmp`` holds the old one."""
-    if not _exchange(tmp, live):
-        if os.path.lexists(live):
-            aside = root / f"{OLD_PREFIX}{bundle_id}-{token_hex(4)}"
-            os.rename(live, aside)
-            os.rename(tmp, live)
-            _fsync_dir(root)
-            _discard(aside)
-            return
+def _finish_carry(
+    root: Path, live: Path, tmp: Path, carried: list[str], executor: Executor | None
+) -> None:
+    """After the swap: exchange each stand-in in ``live`` with its original, now in ``tmp``.
+
+    Until then ``tmp`` holds the originals; it is deleted only once none is left in it. A
+    failure leaves it for :func:`_restore_carried` (next write or sweep) to finish.
+    """
+    for name in carried:
+        if not _exchange(tmp / name, live / name):
+            raise OSError(errno.ENOENT, "cannot move the payload directory back", str(tmp / name))
+    try:
+        # Every order in which these two become durable is one of the documented crash states.
+        _sync_all([partial(_fsync_dir, root), partial(_fsync_dir, live)], executor)
+    finally:
+        _discard(tmp)  # the old version, with the stand-ins
+
+
+def _in_place_possible(
+    live: Path, payloads: Mapping[str, Mapping[str, bytes]], carried: list[str]
+) -> bool:
+    """Whether every payload directory of ``live`` stays as it is: carried, or absent in both."""
+    for name in _PAYLOAD_DIRS:
+        if name not in carried and (payloads[name] or os.path.lexists(live / name)):
+            return False
+    return True
+
+
+def _replace_in_place(live: Path, tmp: Path, files: Mapping[str, bytes]) -> None:
+    """Update ``live`` from the files in ``tmp`` without renaming a directory (no exchange).
+
+    ``.digest`` goes first and comes back last, so a bundle caught halfway is rewritten.
+    """
+    _delete(live / DIGEST_FILE)
+    _fsync_dir(live)
+    for name in (LINKS_FILE, CONFIG_FILE):
+        if name in files:
+            os.replace(tmp / name, live / name)
+        else:
+            _delete(live / name)
+    _fsync_dir(live)
+    os.replace(tmp / DIGEST_FILE, live / DIGEST_FILE)
+    _fsync_dir(live)
+
+
+def _install(root: Path, live: Path, tmp: Path, bundle_id: str, carried: list[str]) -> None:
+    """Publish the complete directory ``tmp`` as ``live``; afterwards ``tmp`` holds the old one.
+
+    ``carried`` directories move from the old version into ``tmp`` first; this needs the
+    fallback (rename aside, move, rename in), as no stand-in keeps the old version whole.
+    """
+    if not carried and _exchange(tmp, live):
+        _fsync_dir(root)
+        return
+    if not os.path.lexists(live):
         os.rename(tmp, live)
+        _fsync_dir(root)
+        return
+    aside = root / f"{OLD_PREFIX}{bundle_id}-{token_hex(4)}"
+    os.rename(live, aside)
+    moved: list[str] = []
+    try:
+        for name in carried:
+            _delete(tmp / name)  # a stand-in, if one was made
+            os.rename(aside / name, tmp / name)
+            moved.append(name)
+        os.rename(tmp, live)
+    except BaseException:
+        # Put the old version back whole, so a retry finds it and nothing carried is lost.
+        with suppress(OSError):
+            for name in moved:
+                os.rename(tmp / name, aside / name)
+            os.rename(aside, live)
+        raise
+    if moved:
+        _fsync_dir(live)
     _fsync_dir(root)
+    _discard(aside)
+
+
+def _restore_carried(root: Path, bundle_id: str) -> set[Path]:
+    """Put back every original that a crash left behind a stand-in in the bundle (case 4).
+
+    Returns the leftovers that held them, now holding nothing of the live bundle. A stand-in
+    whose original is gone makes the bundle's ``.digest`` go, so that the next write rewrites
+    it; no leftover is returned then.
+    """
+    live = root / bundle_id
+    holders: set[Path] = set()
+    lost = False
+    for name in _PAYLOAD_DIRS:
+        stand_in = live / name
+        try:
+            if not stat.S_ISLNK(os.lstat(stand_in).st_mode):
+                continue
+            target = os.readlink(stand_in)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        up, _, rest = target.partition("/")
+        holder_name, _, leaf = rest.partition("/")
+        holder = root / holder_name
+        original = holder / name
+        if (
+            up == ".."
+            and holder_name.startswith(f"{TEMP_PREFIX}{bundle_id}-")
+            and leaf == name
+            and _is_real_dir(original)
+            and _exchange(original, stand_in)
+        ):
+            _fsync_dir(live)
+            holders.add(holder)
+        else:
+            lost = True
+            _delete(live / DIGEST_FILE)
+            _fsync_dir(live)
+    # Each holds the old version now, with a stand-in.
+    return set() if lost else holders
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -438,7 +617,7 @@ def _discard(path: Path) -> None:
 
 
 def _delete(path: Path) -> bool:
-    """Delete a file, link or directory tree; ``False`` when nothing was there."""
+    """Delete a file, link or directory tree (never following a link); ``False`` if none."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -474,7 +653,10 @@ def _sweep_candidates(root: Path, live: frozenset[str]) -> dict[str, list[str]]:
     return by_id
 
 
-def _delete_entries(root: Path, names: list[str]) -> list[str]:
+def _sweep_id(root: Path, bundle_id: str, names: list[str]) -> list[str]:
+    """Repair the bundle's carried directories, then delete ``names``; those deleted."""
+    if is_valid_bundle_id(bundle_id):
+        _restore_carried(root, bundle_id)
     removed: list[str] = []
     for name in names:
         if name.startswith((TEMP_PREFIX, OLD_PREFIX)):

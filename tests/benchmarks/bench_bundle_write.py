@@ -3,10 +3,12 @@
 Run: ``python -m tests.benchmarks.bench_bundle_write [--dir DIR] [--seconds S]``.
 
 The bundle is realistic: a ~3 KB ``config.json``, ``links.json`` and two payloads (a secret and
-a config), each write with new content so nothing is skipped. It is measured with its fsyncs in
-parallel (as :class:`~adapters.bundles.local.LocalBundleWriter` runs it) and one after another.
+a config), each write with new content so nothing is skipped. The usual rewrite changes
+``config.json`` only, so its payload directories are carried over; it is measured with its
+fsyncs in parallel (as :class:`~adapters.bundles.local.LocalBundleWriter` runs it) and one after
+another. A rewrite whose payloads change too (written fresh) is measured with parallel fsyncs.
 The floor is the least a durable atomic write of the same bytes can cost: one file written,
-fsynced, renamed into place and its directory fsynced. All three are measured in turn, in the
+fsynced, renamed into place and its directory fsynced. All are measured in turn, in the
 same run and directory, so that a noisy disk affects them alike. ``--dir`` should be on the
 file system bundles will really live on; on a tmpfs fsync is free and the figures meaningless.
 """
@@ -30,11 +32,14 @@ from adapters.bundles.local import atomic_replace_supported, write_bundle_sync
 from controller.bundle import BundleContent
 
 BUNDLE_ID = "5e" * 32
-BATCH = 5  # rounds of (parallel, floor, serial) between looks at the clock
+BATCH = 5  # rounds of (parallel, floor, serial, new payloads) between looks at the clock
 
 
-def bundle_content(version: int) -> BundleContent:
-    """A bundle of realistic size whose config.json differs for every ``version``."""
+def bundle_content(version: int, *, payload_version: int = 0) -> BundleContent:
+    """A bundle of realistic size whose config.json differs for every ``version``.
+
+    Its payloads differ for every ``payload_version``.
+    """
     spec = {
         "ociVersion": "1.1.0",
         "annotations": {"io.winspec.version": str(version)},
@@ -46,8 +51,8 @@ def bundle_content(version: int) -> BundleContent:
         files={
             "config.json": json.dumps(spec).encode(),
             "links.json": b'{"links":[{"target":"C:\\\\data","source":"C:\\\\host\\\\data"}]}',
-            "secrets/x1b2c3d4e5f6g7h8i9j0k1l2m": b"s" * 256,
-            "configs/q9w8e7r6t5y4u3i2o1p0a9s8d": b"c" * 1024,
+            "secrets/x1b2c3d4e5f6g7h8i9j0k1l2m": b"s" * 250 + b"%06d" % payload_version,
+            "configs/q9w8e7r6t5y4u3i2o1p0a9s8d": b"c" * 1018 + b"%06d" % payload_version,
         }
     )
 
@@ -103,6 +108,7 @@ def run(directory: Path, seconds: float, fsyncs: ThreadPoolExecutor) -> None:
 
     parallel: list[float] = []
     serial: list[float] = []
+    fresh: list[float] = []
     floor: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -116,6 +122,12 @@ def run(directory: Path, seconds: float, fsyncs: ThreadPoolExecutor) -> None:
             version += 1
             content = bundle_content(version)
             serial.append(timed(write_bundle_sync, root, BUNDLE_ID, content))
+            # New payloads, then back to payload version 0 (not measured) for the next round.
+            version += 1
+            content = bundle_content(version, payload_version=version)
+            fresh.append(timed(write_bundle_sync, root, BUNDLE_ID, content, fsync_executor=fsyncs))
+            version += 1
+            write_bundle_sync(root, BUNDLE_ID, bundle_content(version), fsync_executor=fsyncs)
     unchanged = [timed(write_bundle_sync, root, BUNDLE_ID, content) for _ in range(200)]
 
     print(f"directory: {directory}")
@@ -123,9 +135,10 @@ def run(directory: Path, seconds: float, fsyncs: ThreadPoolExecutor) -> None:
     print(f"bundle: {len(sample.files)} files, {total} bytes; floor: 1 file, {total} bytes")
     print(describe("bundle, parallel fsync", parallel))
     print(describe("bundle, serial fsync", serial))
+    print(describe("new payloads, parallel", fresh))
     print(describe("floor (1 file)", floor))
     print(describe("unchanged (skipped)", unchanged))
-    for name, samples in (("parallel", parallel), ("serial", serial)):
+    for name, samples in (("parallel", parallel), ("serial", serial), ("new payloads", fresh)):
         median = statistics.median(samples) / statistics.median(floor)
         mean = statistics.fmean(samples) / statistics.fmean(floor)
         print(

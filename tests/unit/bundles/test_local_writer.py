@@ -1,12 +1,15 @@
 """Tests of LocalBundleWriter: layout, modes, skipping unchanged content, atomic replacement,
-removal, listing, the start-up sweep and the refusal of bad ids and file names."""
+payload directories carried over, crash states, removal, listing, the start-up sweep and the
+refusal of bad ids and file names."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,7 +20,6 @@ import pytest
 
 from adapters.bundles import local
 from adapters.bundles.local import (
-    BundleMetricsHook,
     LocalBundleWriter,
     atomic_replace_supported,
     remove_bundle_sync,
@@ -40,8 +42,8 @@ def make_writer() -> Iterator[WriterFactory]:
     """Builds writers and closes them (their fsync threads) after the test."""
     writers: list[LocalBundleWriter] = []
 
-    def make(root: Path, *, metrics_hook: BundleMetricsHook | None = None) -> LocalBundleWriter:
-        writers.append(LocalBundleWriter(root, metrics_hook=metrics_hook))
+    def make(root: Path) -> LocalBundleWriter:
+        writers.append(LocalBundleWriter(root))
         return writers[-1]
 
     yield make
@@ -49,16 +51,29 @@ def make_writer() -> Iterator[WriterFactory]:
         writer.close()
 
 
-def _content(version: int = 0, *, secret: str = "s1", config: str | None = "c1") -> BundleContent:
+def _content(
+    version: int = 0,
+    *,
+    secret: str = "s1",
+    config: str | None = "c1",
+    secret_data: str | None = None,
+    config_data: str | None = None,
+) -> BundleContent:
+    """A bundle whose every file depends on ``version``, unless a payload's data is given."""
     spec = {"ociVersion": "1.1.0", "version": version, "padding": "x" * 3000}
     files = {
         "config.json": json.dumps(spec).encode(),
         "links.json": json.dumps({"links": [{"version": version}]}).encode(),
-        f"secrets/{secret}": f"secret {version}".encode(),
+        f"secrets/{secret}": (secret_data or f"secret {version}").encode(),
     }
     if config is not None:
-        files[f"configs/{config}"] = f"config {version}".encode()
+        files[f"configs/{config}"] = (config_data or f"config {version}").encode()
     return BundleContent(files=files)
+
+
+def _config_only(version: int) -> BundleContent:
+    """Versions that differ in config.json and links.json only, as after a container's start."""
+    return _content(version, secret_data="fixed secret", config_data="fixed config")
 
 
 def _tree(bundle: Path) -> dict[str, bytes]:
@@ -160,16 +175,20 @@ def _read_at(dir_fd: int, name: str) -> bytes:
 
 
 @posix_only
-def test_concurrent_reader_never_sees_a_missing_or_mixed_bundle(tmp_path: Path) -> None:
-    """A reader polling config.json and links.json through 200 rewrites sees whole versions only.
+@pytest.mark.parametrize("make_version", [_content, _config_only], ids=["payloads", "config"])
+def test_concurrent_reader_never_sees_a_missing_or_mixed_bundle(
+    tmp_path: Path, make_version: Callable[[int], BundleContent]
+) -> None:
+    """A reader polling a bundle through 200 rewrites sees whole versions only.
 
     By path, config.json is always there and complete. Read through one directory handle (the
-    documented way to read several files of one version), the pair always matches one written
-    version, and versions never go backwards.
+    documented way to read several files of one version), config.json, links.json and the
+    secret always match one written version, and versions never go backwards; this holds when
+    the payloads are written fresh and when they are carried over (config-only rewrites).
     """
     if not atomic_replace_supported(tmp_path):
         pytest.skip("this file system cannot swap directories atomically")
-    contents = [_content(n) for n in range(201)]
+    contents = [make_version(n) for n in range(201)]
     version_of = {
         _pair_key(c.files["config.json"], c.files["links.json"]): n for n, c in enumerate(contents)
     }
@@ -192,20 +211,36 @@ def test_concurrent_reader_never_sees_a_missing_or_mixed_bundle(tmp_path: Path) 
                 problems.append(f"missing by path: {exc}")
                 continue
             try:
-                pair = _pair_key(_read_at(dir_fd, "config.json"), _read_at(dir_fd, "links.json"))
-            except FileNotFoundError:
-                # Only acceptable when this version has been replaced and is being deleted.
-                if os.fstat(dir_fd).st_ino == os.stat(live).st_ino:
-                    problems.append("file missing from the live bundle")
-                else:
-                    superseded += 1
-                continue
+                read = _read_version(dir_fd)
             finally:
                 os.close(dir_fd)
-            if pair in version_of:
-                seen.append(version_of[pair])
-            else:
+            if read is None:
+                superseded += 1
+            elif read[0] not in version_of:
                 problems.append("mixed or partial bundle")
+            elif read[1] != contents[version_of[read[0]]].files["secrets/s1"]:
+                problems.append("a secret of another version")
+            else:
+                seen.append(version_of[read[0]])
+
+    def _read_version(dir_fd: int) -> tuple[str, bytes] | None:
+        """The pair key and secret behind ``dir_fd``; None once that version is superseded."""
+        for _ in range(3):
+            try:
+                pair = _pair_key(_read_at(dir_fd, "config.json"), _read_at(dir_fd, "links.json"))
+                return pair, _read_at(dir_fd, "secrets/s1")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ELOOP):
+                    raise
+                # Only acceptable when this version has been replaced and is being deleted,
+                # or (ELOOP, then a retry succeeds) when the lookup followed a stand-in just
+                # as it was exchanged with its original.
+                if os.fstat(dir_fd).st_ino != os.stat(live).st_ino:
+                    return None
+                if exc.errno == errno.ENOENT:
+                    break
+        problems.append("file missing from the live bundle")
+        return None
 
     reader = threading.Thread(target=read_until_stopped)
     reader.start()
@@ -353,35 +388,17 @@ async def test_path_shaped_file_names_are_refused(
 async def test_file_system_failures_are_transient(
     tmp_path: Path, make_writer: WriterFactory
 ) -> None:
-    """A root that cannot be a directory makes write raise TransientError from the OSError."""
+    """A root that cannot be a directory makes write and remove raise TransientError."""
     root = tmp_path / "bundles"
     root.write_bytes(b"a file where the root should be")
+    writer = make_writer(root)
 
     with pytest.raises(TransientError) as caught:
-        await make_writer(root).write(BUNDLE_ID, _content())
+        await writer.write(BUNDLE_ID, _content())
     assert isinstance(caught.value.__cause__, OSError)
-
-
-async def test_metrics_hook_sees_every_outcome(tmp_path: Path, make_writer: WriterFactory) -> None:
-    """The hook is called with written, unchanged, removed, absent and failed, and a duration."""
-    calls: list[tuple[str, float]] = []
-    writer = make_writer(tmp_path, metrics_hook=lambda outcome, s: calls.append((outcome, s)))
-
-    await writer.write(BUNDLE_ID, _content())
-    await writer.write(BUNDLE_ID, _content())
-    await writer.remove(BUNDLE_ID)
-    await writer.remove(BUNDLE_ID)
-    with pytest.raises(PermanentError):
-        await writer.write("../x", _content())
-
-    assert [outcome for outcome, _ in calls] == [
-        "written",
-        "unchanged",
-        "removed",
-        "absent",
-        "failed",
-    ]
-    assert all(seconds >= 0 for _, seconds in calls)
+    with pytest.raises(TransientError) as caught:
+        await writer.remove(BUNDLE_ID)
+    assert isinstance(caught.value.__cause__, OSError)
 
 
 async def test_cancelled_write_holds_the_id_until_its_thread_ends(
@@ -447,3 +464,245 @@ async def test_failed_write_keeps_the_old_bundle_and_no_leftovers(
 
     assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(1))
     assert os.listdir(tmp_path) == [BUNDLE_ID]
+
+
+def test_payload_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """A payload file name ending in a newline (``$`` would pass it) is refused; nothing is made."""
+    content = BundleContent(files={"config.json": b"{}", "secrets/abc\n": b"x"})
+
+    with pytest.raises(PermanentError):
+        write_bundle_sync(tmp_path / "bundles", BUNDLE_ID, content)
+    assert os.listdir(tmp_path) == []
+
+
+# -- payload directories carried over ------------------------------------------------------------
+
+SWAP_MODES = ["exchange", "fallback"]
+
+
+def _use(mode: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run with RENAME_EXCHANGE (skip where there is none) or as without it (Windows)."""
+    if mode == "fallback":
+        monkeypatch.setattr(local, "_exchange", lambda first, second: False)
+    elif not atomic_replace_supported(root):
+        pytest.skip("this file system cannot swap directories atomically")
+
+
+def _inode(path: Path) -> int:
+    return os.stat(path).st_ino
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(name for name in os.listdir(root) if name != BUNDLE_ID)
+
+
+@posix_only
+@pytest.mark.parametrize("mode", SWAP_MODES)
+def test_config_only_rewrite_keeps_the_payload_directories(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's handle on secrets/ still names the bundle's secrets/ after a config-only rewrite.
+
+    The payload directories keep their inode and their files (nothing is rewritten), so a bind
+    mount of them stays valid; config.json and links.json are the new ones.
+    """
+    _use(mode, tmp_path, monkeypatch)
+    write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
+    bundle = tmp_path / BUNDLE_ID
+    secrets_fd = os.open(bundle / "secrets", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        files_before = {p.name: _inode(p) for p in (bundle / "secrets").iterdir()}
+        configs_before = _inode(bundle / "configs")
+
+        assert write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(2)) is True
+
+        assert os.fstat(secrets_fd).st_ino == os.lstat(bundle / "secrets").st_ino
+        assert _read_at(secrets_fd, "s1") == b"fixed secret"
+        assert {p.name: _inode(p) for p in (bundle / "secrets").iterdir()} == files_before
+        assert os.lstat(bundle / "configs").st_ino == configs_before
+    finally:
+        os.close(secrets_fd)
+    assert _tree(bundle) == _expected_tree(_config_only(2))
+    assert _leftovers(tmp_path) == []
+
+
+@posix_only
+@pytest.mark.parametrize("mode", SWAP_MODES)
+def test_a_changed_payload_set_is_written_fresh(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed secret gets a new secrets/ with the new bytes; the unchanged configs/ is kept."""
+    _use(mode, tmp_path, monkeypatch)
+    bundle = tmp_path / BUNDLE_ID
+    write_bundle_sync(tmp_path, BUNDLE_ID, _content(1, secret_data="old", config_data="same"))
+    secrets_before = _inode(bundle / "secrets")
+    configs_before = _inode(bundle / "configs")
+    new = _content(2, secret_data="new", config_data="same")
+
+    assert write_bundle_sync(tmp_path, BUNDLE_ID, new) is True
+
+    assert (bundle / "secrets" / "s1").read_bytes() == b"new"
+    assert _inode(bundle / "secrets") != secrets_before
+    assert os.lstat(bundle / "configs").st_ino == configs_before
+    assert _tree(bundle) == _expected_tree(new)
+    assert _leftovers(tmp_path) == []
+
+
+class _CrashError(Exception):
+    """Stands for the process dying at that point: nothing after it runs."""
+
+
+def _crash_on_call(monkeypatch: pytest.MonkeyPatch, name: str, number: int) -> None:
+    """Make call ``number`` (from 1) of ``local.<name>`` raise _CrashError instead of running."""
+    real = getattr(local, name)
+    calls = 0
+
+    def crashing(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == number:
+            raise _CrashError(name)
+        return real(*args)
+
+    monkeypatch.setattr(local, name, crashing)
+
+
+@posix_only
+@pytest.mark.parametrize("repair", ["sweep", "next write"])
+async def test_crash_between_swap_and_payload_exchange_is_repaired(
+    tmp_path: Path, repair: str, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+) -> None:
+    """Stopped after the swap but before the payload exchange, the bundle is whole, then repaired.
+
+    The new version is in place and its secrets/ (a stand-in) leads to the original files; the
+    sweep, or the next write of the bundle, puts the original directory back: same inode, no
+    leftovers.
+    """
+    _use("exchange", tmp_path, monkeypatch)
+    bundle = tmp_path / BUNDLE_ID
+    write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
+    secrets_before = _inode(bundle / "secrets")
+    with monkeypatch.context() as patched:
+        _crash_on_call(patched, "_exchange", 2)  # 1: the versions, 2: secrets/
+        with pytest.raises(_CrashError):
+            write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(2))
+
+    assert (bundle / "config.json").read_bytes() == _config_only(2).files["config.json"]
+    assert (bundle / "secrets").is_symlink()
+    assert _inode(bundle / "secrets") == secrets_before
+    assert (bundle / "secrets" / "s1").read_bytes() == b"fixed secret"
+    leftovers = _leftovers(tmp_path)
+    assert len(leftovers) == 1
+
+    writer = make_writer(tmp_path)
+    if repair == "sweep":
+        assert await writer.sweep({BUNDLE_ID}) == leftovers
+    else:
+        assert await writer.write(BUNDLE_ID, _config_only(2)) is False
+
+    assert not (bundle / "secrets").is_symlink()
+    assert _inode(bundle / "secrets") == secrets_before
+    assert _tree(bundle) == _expected_tree(_config_only(2))
+    assert _leftovers(tmp_path) == []
+
+
+@posix_only
+async def test_crash_after_payload_exchange_leaves_a_leftover_the_sweep_deletes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+) -> None:
+    """Stopped before the old version is deleted, the sweep deletes it without touching payloads."""
+    _use("exchange", tmp_path, monkeypatch)
+    bundle = tmp_path / BUNDLE_ID
+    write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
+    secrets_before = _inode(bundle / "secrets")
+    with monkeypatch.context() as patched:
+        patched.setattr(local, "_discard", lambda path: None)
+        write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(2))
+    leftovers = _leftovers(tmp_path)
+    assert len(leftovers) == 1  # the old version, its secrets/ the spent stand-in
+
+    assert await make_writer(tmp_path).sweep({BUNDLE_ID}) == leftovers
+
+    assert _inode(bundle / "secrets") == secrets_before
+    assert _tree(bundle) == _expected_tree(_config_only(2))
+    assert _leftovers(tmp_path) == []
+
+
+@posix_only
+def test_a_stand_in_without_its_original_makes_the_next_write_rewrite(tmp_path: Path) -> None:
+    """A stand-in whose original is gone is not trusted: the same content is written afresh."""
+    bundle = tmp_path / BUNDLE_ID
+    write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
+    shutil.rmtree(bundle / "secrets")
+    os.symlink(f"../.tmp-{BUNDLE_ID}-gone/secrets", bundle / "secrets")
+
+    assert write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1)) is True
+
+    assert _tree(bundle) == _expected_tree(_config_only(1))
+    assert not (bundle / "secrets").is_symlink()
+    assert _leftovers(tmp_path) == []
+
+
+@posix_only
+def test_fallback_in_place_update_caught_halfway_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without exchange, a config-only rewrite stopped before its .digest leaves whole files.
+
+    The payload directories stay as they were, the bundle has no .digest, and the next write is
+    not skipped, even when it asks for the old content back.
+    """
+    _use("fallback", tmp_path, monkeypatch)
+    bundle = tmp_path / BUNDLE_ID
+    write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
+    secrets_before = _inode(bundle / "secrets")
+    real_replace = os.replace
+
+    def crash_on_digest(src: Path, dst: Path) -> None:
+        if Path(dst).name == ".digest":
+            raise _CrashError("replace .digest")
+        real_replace(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", crash_on_digest)
+        with pytest.raises(_CrashError):
+            write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(2))
+
+    assert not (bundle / ".digest").exists()
+    assert (bundle / "config.json").read_bytes() == _config_only(2).files["config.json"]
+    assert _inode(bundle / "secrets") == secrets_before
+    assert write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1)) is True
+    assert _tree(bundle) == _expected_tree(_config_only(1))
+    assert _inode(bundle / "secrets") == secrets_before
+    assert _leftovers(tmp_path) == []
+
+
+@posix_only
+def test_fallback_swap_that_fails_puts_the_old_bundle_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without exchange, a failed rename-in restores the old bundle with its carried directory."""
+    _use("fallback", tmp_path, monkeypatch)
+    bundle = tmp_path / BUNDLE_ID
+    old = _content(1, secret_data="old", config_data="same")
+    write_bundle_sync(tmp_path, BUNDLE_ID, old)
+    configs_before = _inode(bundle / "configs")
+    real_rename = os.rename
+    failed = False
+
+    def fail_rename_in_once(src: Path, dst: Path) -> None:
+        nonlocal failed
+        if Path(src).name.startswith(".tmp-") and Path(dst) == bundle and not failed:
+            failed = True
+            raise OSError(errno.EIO, "I/O error", str(dst))
+        real_rename(src, dst)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "rename", fail_rename_in_once)
+        with pytest.raises(OSError, match="I/O error"):
+            write_bundle_sync(tmp_path, BUNDLE_ID, _content(2, secret_data="new"))
+
+    assert failed
+    assert _tree(bundle) == _expected_tree(old)
+    assert _inode(bundle / "configs") == configs_before
+    assert _leftovers(tmp_path) == []
