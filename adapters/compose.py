@@ -43,6 +43,10 @@ log = logging.getLogger("winspec")
 
 CONTROLLER_NAME = "docker-bundles"
 INITIAL_LIST_CONDITION = "initial-list"
+ATOMIC_REPLACE_WARNING = (
+    "the bundle root cannot swap directories atomically (no RENAME_EXCHANGE): a bundle whose "
+    "payloads change is absent for an instant while it is replaced"
+)
 DOCKER_APIS = (
     "version",
     "container_list",
@@ -172,6 +176,8 @@ class DockerMode:
         removed = await writer.sweep(set(await writer.list_ids()))
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
+        if not await writer.atomic_replace_supported():
+            log.warning(ATOMIC_REPLACE_WARNING, extra={"bundle_root": self._bundle_root})
         resolver = DockerRequestResolver(
             client,
             node=node,

@@ -184,6 +184,13 @@ class LocalBundleWriter:
         except OSError as exc:
             raise TransientError(f"cannot list bundles in {self._root}: {exc}") from exc
 
+    async def atomic_replace_supported(self) -> bool:
+        """Whether replacing a bundle is one atomic swap below this root (creating the root)."""
+        try:
+            return await _in_thread(atomic_replace_supported, self._root)
+        except OSError as exc:
+            raise TransientError(f"cannot probe the bundle root {self._root}: {exc}") from exc
+
     async def sweep(self, live_ids: Collection[str]) -> list[str]:
         """Delete bundles not in ``live_ids`` and every temporary leftover; their names, sorted.
 
