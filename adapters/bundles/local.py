@@ -571,10 +571,12 @@ def _restore_carried(root: Path, bundle_id: str) -> set[Path]:
     holders: set[Path] = set()
     lost = False
     for name in _PAYLOAD_DIRS:
-        stand_in = live / name
+        # On every write, even of unchanged content (so a retry repairs what its failed
+        # attempt left): string paths keep the usual case, no stand-in, to two cheap lstats.
         try:
-            if not stat.S_ISLNK(os.lstat(stand_in).st_mode):
+            if not stat.S_ISLNK(os.lstat(os.path.join(root, bundle_id, name)).st_mode):
                 continue
+            stand_in = live / name
             target = os.readlink(stand_in)
         except (FileNotFoundError, NotADirectoryError):
             continue
