@@ -127,7 +127,8 @@ def run(directory: Path, seconds: float, fsyncs: ThreadPoolExecutor) -> None:
             content = bundle_content(version, payload_version=version)
             fresh.append(timed(write_bundle_sync, root, BUNDLE_ID, content, fsync_executor=fsyncs))
             version += 1
-            write_bundle_sync(root, BUNDLE_ID, bundle_content(version), fsync_executor=fsyncs)
+            content = bundle_content(version)
+            write_bundle_sync(root, BUNDLE_ID, content, fsync_executor=fsyncs)
     unchanged = [timed(write_bundle_sync, root, BUNDLE_ID, content) for _ in range(200)]
 
     print(f"directory: {directory}")
