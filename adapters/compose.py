@@ -2,8 +2,16 @@
 
 Docker mode: Docker client → event source → work queue → controller loop with the bundle
 reconciler (Docker request resolver + local bundle writer) → HTTP endpoints for metrics and
-health. Shutdown on SIGTERM/SIGINT: stop taking events, let in-flight reconciles finish within
-the deadline, stop serving, return 0.
+health.
+
+Start-up: listen for HTTP first (a busy port fails before anything connects; ``/healthz``
+answers while the engine is still being reached), then connect to the engine. A stop asked for
+during start-up ends it at once: :meth:`DockerMode.run` returns without having connected.
+
+Shutdown on SIGTERM/SIGINT (or when a part fails): stop taking events, let in-flight
+reconciles finish within ``shutdown_timeout``, stop serving, close the clients. Every step is
+bounded and runs whatever became of the others (a step that overruns is cancelled, then
+abandoned), so a shutdown takes at most ``shutdown_timeout`` + :data:`SHUTDOWN_MARGIN_SECONDS`.
 """
 
 from __future__ import annotations
@@ -14,14 +22,16 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from adapters.bundles.local import LocalBundleWriter
 from adapters.docker.client import DockerClient, RetryPolicy
 from adapters.docker.events import (
-    EVENT_FILTERS,
+    EVENT_TYPES,
     READY_CONDITION,
     DockerEventSource,
     EventSourceHooks,
@@ -36,7 +46,7 @@ from controller.loop import Controller
 from controller.metrics import Metrics
 from controller.models import NodeFacts
 from controller.reconcile import BundleReconciler
-from controller.settings import Settings
+from controller.settings import Settings, split_listen
 from controller.workqueue import WorkQueue
 
 log = logging.getLogger("winspec")
@@ -49,6 +59,7 @@ ATOMIC_REPLACE_WARNING = (
 )
 DOCKER_APIS = (
     "version",
+    "info",
     "container_list",
     "container_inspect",
     "image_inspect",
@@ -57,16 +68,56 @@ DOCKER_APIS = (
 )
 
 
-class EngineUnreachableError(WinspecError):
+#: How long the event source gets to return after being asked to stop.
+SOURCE_STOP_SECONDS = 1.0
+#: How long a task that overran its step gets to unwind once cancelled, before it is abandoned.
+CANCEL_GRACE_SECONDS = 0.5
+#: How long closing the HTTP server or an engine client may take.
+CLOSE_SECONDS = 1.0
+#: A shutdown ends within ``shutdown_timeout`` plus this. The steps, each bounded and cancelled
+#: (then given CANCEL_GRACE_SECONDS) when it overruns: the event source (SOURCE_STOP_SECONDS)
+#: beside the controller (its stop: ``shutdown_timeout`` + a grace; its workers: a grace);
+#: then the HTTP server beside the clients (CLOSE_SECONDS each).
+SHUTDOWN_MARGIN_SECONDS = 4 * CANCEL_GRACE_SECONDS + CLOSE_SECONDS + CANCEL_GRACE_SECONDS
+
+
+class StartupError(WinspecError):
+    """winspec could not start (not bad input: the same settings may work later)."""
+
+
+class EngineUnreachableError(StartupError):
     """The Docker engine could not be reached at start-up."""
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``:8080`` means every address) into its parts."""
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise ValueError(f"invalid listen address {listen!r}: expected HOST:PORT")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
+class ListenError(StartupError):
+    """The HTTP endpoints could not listen on the address asked for."""
+
+
+async def finish(task: asyncio.Future[Any], *, within: float, what: str) -> BaseException | None:
+    """Give ``task`` up to ``within`` seconds to end, then cancel it and give it
+    :data:`CANCEL_GRACE_SECONDS` more before abandoning it. Never raises (except when the caller
+    itself is cancelled); returns the exception the task ended with, if any."""
+    if not task.done():
+        await asyncio.wait({task}, timeout=max(within, 0.0))
+    if not task.done():
+        log.warning(
+            "cancelling a shutdown step that overran", extra={"step": what, "seconds": within}
+        )
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
+        if not task.done():
+            log.error("abandoning a shutdown step that ignores cancellation", extra={"step": what})
+            return None
+    if task.cancelled():
+        return None
+    return task.exception()
+
+
+async def _step(aw: Awaitable[Any], *, within: float, what: str) -> None:
+    """Run one shutdown step under :func:`finish`; its failure is logged, never raised."""
+    exc = await finish(asyncio.ensure_future(aw), within=within, what=what)
+    if exc is not None:
+        log.error("shutdown step failed", extra={"step": what, "error": repr(exc)}, exc_info=exc)
 
 
 class DockerMode:
@@ -87,12 +138,18 @@ class DockerMode:
         self._stop.set()
 
     async def run(self) -> None:
-        """Connect, serve, watch and reconcile until asked to stop."""
+        """Listen, connect, serve, watch and reconcile until asked to stop.
+
+        Returns when stopped (also when stopped before it connected). Raises
+        :class:`ListenError` or :class:`EngineUnreachableError` when it cannot start,
+        :class:`PermanentError` for settings found bad on use (TLS files, a named pipe off
+        Windows), and what a part that failed raised, once everything is shut down.
+        """
         s = self.settings
         m = self.metrics
         for api in DOCKER_APIS:
             m.declare_api(api)
-        m.declare_source("docker", event_types=EVENT_FILTERS["event"])
+        m.declare_source("docker", event_types=EVENT_TYPES)
 
         def engine_client(host: str | None) -> DockerClient:
             # The same TLS settings (DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), retries and timeout.
@@ -106,28 +163,30 @@ class DockerMode:
         client = engine_client(s.docker_host)
         # Tasks and configs come from a swarm manager: --swarm-host, else the node's engine.
         swarm_client = engine_client(s.swarm_host) if s.swarm_host else None
-        await client.open()
+        host, port = split_listen(s.listen)
         try:
+            runner = await start_http_server(
+                host, port, build_app(registry=self.registry, health=self.health)
+            )
+        except OSError as exc:  # in use, not an address of this host, a name that resolves not
+            raise ListenError(f"cannot listen on {s.listen}: {exc.strerror or exc}") from exc
+        self.http_port = bound_port(runner)
+        stopped = False  # ended as asked (not by a failure to start or a part that failed)
+        try:
+            connecting = asyncio.create_task(
+                self._connect(client, swarm_client), name="docker-connect"
+            )
+            stop_wait = asyncio.create_task(self._stop.wait())
             try:
-                await client.negotiate()
-                raw_info = await client.get_raw("/info", api="version")
-            except WinspecError as exc:
-                # The client's errors already name the endpoint.
-                raise EngineUnreachableError(f"cannot reach the Docker engine: {exc}") from exc
-            info = decode(raw_info, Info, "/info")
-            if swarm_client is not None:
-                await swarm_client.open()
-                try:
-                    await swarm_client.negotiate()
-                except WinspecError as exc:
-                    raise EngineUnreachableError(
-                        f"cannot reach the swarm manager (--swarm-host): {exc}"
-                    ) from exc
-            elif info.swarm_worker:
-                log.warning(
-                    "this node is a swarm worker and no --swarm-host is set: containers of "
-                    "swarm tasks will be refused (workers cannot inspect tasks or configs)"
-                )
+                await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+            if self._stop.is_set():
+                await finish(connecting, within=0, what="connect")
+                log.info("stop asked for before the Docker engine was reached")
+                stopped = True
+                return
+            info = connecting.result()
             node = node_facts_from_info(
                 info,
                 NodeOverrides(
@@ -150,13 +209,50 @@ class DockerMode:
                     "swarm_host": swarm_client.endpoint.display if swarm_client else None,
                 },
             )
+            # Logged only now, so that a start-up that fails prints its one error line alone.
+            log.info(
+                "serving /metrics, /healthz and /readyz",
+                extra={"listen": f"{host}:{self.http_port}"},
+            )
             await self._serve(
                 client, node, swarm_client=swarm_client, swarm_worker=info.swarm_worker
             )
+            stopped = True
         finally:
-            if swarm_client is not None:
-                await swarm_client.close()
-            await client.close()
+            closing = [_step(stop_http_server(runner), within=CLOSE_SECONDS, what="http server")]
+            closing += [
+                _step(c.close(), within=CLOSE_SECONDS, what="docker client")
+                for c in (client, swarm_client)
+                if c is not None
+            ]
+            await asyncio.gather(*closing)
+            if stopped:
+                log.info("stopped")
+
+    async def _connect(self, client: DockerClient, swarm_client: DockerClient | None) -> Info:
+        """Open the clients, negotiate the API versions and read ``/info``."""
+        await client.open()  # PermanentError: TLS files, a named pipe off Windows
+        try:
+            await client.negotiate()
+            raw_info = await client.get_raw("/info", api="info")
+        except WinspecError as exc:
+            # The client's errors already name the endpoint.
+            raise EngineUnreachableError(f"cannot reach the Docker engine: {exc}") from exc
+        info = decode(raw_info, Info, "/info")
+        if swarm_client is not None:
+            await swarm_client.open()
+            try:
+                await swarm_client.negotiate()
+            except WinspecError as exc:
+                raise EngineUnreachableError(
+                    f"cannot reach the swarm manager (--swarm-host): {exc}"
+                ) from exc
+        elif info.swarm_worker:
+            log.warning(
+                "this node is a swarm worker and no --swarm-host is set: containers of "
+                "swarm tasks will be refused (workers cannot inspect tasks or configs)"
+            )
+        return info
 
     async def _serve(
         self,
@@ -222,37 +318,51 @@ class DockerMode:
                 on_ready=lambda ready: self.health.set_ready(READY_CONDITION, ready),
             ),
         )
-        host, port = split_listen(s.listen)
-        runner = await start_http_server(
-            host, port, build_app(registry=self.registry, health=self.health)
-        )
-        self.http_port = bound_port(runner)
-        log.info(
-            "serving /metrics, /healthz and /readyz", extra={"listen": f"{host}:{self.http_port}"}
-        )
         controller_task = asyncio.create_task(controller.run(), name="controller")
         source_task = asyncio.create_task(source.run(), name="docker-events")
         self.started.set()
+        failed: BaseException | None = None
         try:
             stop_wait = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait(
-                {stop_wait, controller_task, source_task}, return_when=asyncio.FIRST_COMPLETED
-            )
-            stop_wait.cancel()
-            for task in (controller_task, source_task):
-                if task in done and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            try:
+                done, _ = await asyncio.wait(
+                    {stop_wait, controller_task, source_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stop_wait.cancel()
+            for task in (source_task, controller_task):
+                if task in done and not task.cancelled() and task.exception() is not None:
+                    failed = task.exception()  # raised once, after the shutdown
+                    break
         finally:
             log.info("shutting down", extra={"deadline_seconds": s.shutdown_timeout})
             source.stop()
-            with contextlib.suppress(asyncio.CancelledError, WinspecError):
-                await asyncio.wait_for(source_task, timeout=5)
-            await controller.stop(s.shutdown_timeout)
-            with contextlib.suppress(asyncio.CancelledError):
-                await controller_task
-            await stop_http_server(runner)
+            await asyncio.gather(
+                self._stopped(source_task, SOURCE_STOP_SECONDS, "event source", failed),
+                self._stop_controller(controller, controller_task, failed),
+            )
             writer.close()
-            log.info("stopped")
+        if failed is not None:
+            raise failed
+
+    async def _stopped(
+        self, task: asyncio.Task[None], within: float, what: str, failed: BaseException | None
+    ) -> None:
+        """Let a task that was asked to stop end; log a failure not already being raised."""
+        exc = await finish(task, within=within, what=what)
+        if exc is not None and exc is not failed:
+            log.error(
+                "shutdown step failed", extra={"step": what, "error": repr(exc)}, exc_info=exc
+            )
+
+    async def _stop_controller(
+        self, controller: Controller, task: asyncio.Task[None], failed: BaseException | None
+    ) -> None:
+        deadline = self.settings.shutdown_timeout
+        await _step(
+            controller.stop(deadline), within=deadline + CANCEL_GRACE_SECONDS, what="reconciles"
+        )
+        await self._stopped(task, CANCEL_GRACE_SECONDS, "controller", failed)
 
 
 async def run_until_signalled(mode: DockerMode) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import prometheus_client
 
-from adapters.compose import DockerMode, EngineUnreachableError, run_until_signalled
+from adapters.compose import DockerMode, StartupError, run_until_signalled
+from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
 from controller.errors import PermanentError, WinspecError
 from controller.settings import env_settings, load_settings
@@ -163,6 +164,10 @@ def run_command(args: argparse.Namespace) -> int:
             getattr(args, "config", None) or os.environ.get("WINSPEC_CONFIG")
         )
         settings = load_settings(file_layer, env_settings(os.environ), flags)
+        # The engine endpoints are parsed by the client's own parser, before anything starts.
+        parse_host(settings.docker_host)
+        if settings.swarm_host:
+            parse_host(settings.swarm_host)
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -172,13 +177,14 @@ def run_command(args: argparse.Namespace) -> int:
     mode = DockerMode(settings)
     try:
         asyncio.run(run_until_signalled(mode))
-    except EngineUnreachableError as exc:
+    except StartupError as exc:  # the engine unreachable, the listen address unusable
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except PermanentError as exc:
+    except PermanentError as exc:  # a setting found bad on use, e.g. missing TLS files
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except WinspecError as exc:
-        logging.getLogger("winspec").error("controller failed: %s", exc)
+        logging.getLogger("winspec").error("controller failed", extra={"error": str(exc)})
         return EXIT_FAILURE
+    # Also when a signal stopped it before it reached the engine: a stop that was asked for.
     return EXIT_OK

@@ -3,6 +3,7 @@ flags (later sources win). Every field is documented in the README's configurati
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -52,13 +53,43 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     daemon_root: str | None = None
 
     def __post_init__(self) -> None:
+        # Every check that needs no adapter; docker_host is parsed by the Docker client's own
+        # parser before anything connects (adapters.run), so its rules live in one place.
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.retry_attempts < 1:
             raise ValueError("retry_attempts must be at least 1")
         for name in ("resync_interval", "idle_timeout", "api_timeout", "shutdown_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds")
+        split_listen(self.listen)
+        if self.cpu_count is not None and self.cpu_count < 1:
+            raise ValueError("cpu_count must be at least 1")
+        if self.windows_build is not None and self.windows_build < 0:
+            raise ValueError("windows_build must not be negative")
+        for name in ("bundle_root", "secrets_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` into its parts; ``:PORT`` means every address, ``[ADDR]:PORT`` is IPv6.
+
+    Raises ValueError (naming the setting) for anything else or a port outside 0..65535 (0:
+    any free port).
+    """
+    host, sep, port = listen.rpartition(":")
+    bad = ValueError(f"listen must be HOST:PORT with a port from 0 to 65535, got {listen!r}")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise bad
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]") and len(host) > 2):
+            raise bad
+        host = host[1:-1]
+    elif ":" in host:
+        raise bad  # an IPv6 address needs its brackets
+    return host or "0.0.0.0", int(port)
 
 
 FIELDS: tuple[str, ...] = Settings.__struct_fields__

@@ -1,0 +1,195 @@
+"""`winspec run` start-up and stop: bad settings, a busy port, TLS files, a signal while the
+engine is still being reached. None of these needs an engine; the process tests run the real
+console entry point in a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from adapters.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+NO_ENGINE = "unix:///nonexistent/winspec-test/docker.sock"
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without WINSPEC_* or DOCKER_* settings that could change the run."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WINSPEC_", "DOCKER_"))} | {
+        "PYTHONPATH": str(ROOT)
+    }
+
+
+def _winspec_run(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adapters.cli", "run", *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("winspec: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "127.0.0.1:99999"], "listen must be HOST:PORT with a port from 0 to 65535"),
+        (["--listen", "localhost"], "listen must be HOST:PORT"),
+        (["--listen", "::1:8080"], "listen must be HOST:PORT"),
+        (["--docker-host", "tcp://docker.example:abc"], "the port must be a number from 1"),
+        (["--docker-host", "tcp://docker.example:70000"], "the port must be a number from 1"),
+        (["--docker-host", "ftp://docker.example"], "expected unix://, npipe:// or tcp://"),
+        (["--swarm-host", "tcp://manager.example:abc"], "the port must be a number from 1"),
+        (["--cpu-count", "0"], "cpu_count must be at least 1"),
+        (["--windows-build", "-1"], "windows_build must not be negative"),
+        (["--workers", "0"], "workers must be at least 1"),
+        (["--shutdown-timeout", "nan"], "shutdown_timeout must be a positive number"),
+        (["--resync-interval", "0"], "resync_interval must be a positive number"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_before_connecting(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad setting is refused with one stderr line and exit code 2, before any connection."""
+    for name in list(os.environ):
+        if name.startswith(("WINSPEC_", "DOCKER_")):
+            monkeypatch.delenv(name)
+    defaults = ["--docker-host", NO_ENGINE, "--retry-attempts", "1"]
+    rc = main(["run", "--bundle-root", str(tmp_path), *defaults, *args])
+    out, err = capsys.readouterr()
+    assert rc == 2, err
+    assert message in _one_line(err)
+    assert out == ""
+
+
+def test_busy_listen_port_exits_1_with_one_line(tmp_path: Path) -> None:
+    """A --listen port already in use gives one stderr line naming the address and exit 1,
+    before the engine is tried (which would fail differently)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            _winspec_run(
+                "--docker-host",
+                NO_ENGINE,
+                "--bundle-root",
+                str(tmp_path / "bundles"),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ),
+            cwd=ROOT,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    line = _one_line(proc.stderr)
+    assert line.startswith(f"winspec: cannot listen on 127.0.0.1:{port}: ")
+    assert "address already in use" in line
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_tls_files_exit_2_with_one_line(tmp_path: Path) -> None:
+    """DOCKER_TLS_VERIFY=1 with no ca.pem in DOCKER_CERT_PATH gives one stderr line naming the
+    file and exit 2 (a setting to fix), no traceback."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    env = _clean_env() | {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
+    proc = subprocess.run(
+        _winspec_run(
+            "--docker-host",
+            "tcp://127.0.0.1:9",
+            "--bundle-root",
+            str(tmp_path / "bundles"),
+            "--listen",
+            "127.0.0.1:0",
+        ),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    line = _one_line(proc.stderr)
+    assert "cannot load the CA certificate" in line
+    assert str(certs / "ca.pem") in line
+    assert "Traceback" not in proc.stderr
+
+
+def _healthz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def test_sigterm_while_the_engine_is_unreachable_exits_0_at_once(tmp_path: Path) -> None:
+    """SIGTERM while start-up is still retrying an unreachable engine stops `winspec run` at
+    once with exit 0 (a stop that was asked for), not after the retries; /healthz answered
+    meanwhile."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        _winspec_run(
+            "--docker-host",
+            NO_ENGINE,
+            "--retry-attempts",
+            "1000",
+            "--bundle-root",
+            str(tmp_path / "bundles"),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ),
+        cwd=ROOT,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _healthz(port) != 200:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "never served /healthz"
+            time.sleep(0.05)
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+        took = time.monotonic() - stopping
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert took < 5
+    assert "Traceback" not in err
+    assert "stop asked for before the Docker engine was reached" in err
