@@ -7,13 +7,14 @@ caller gets the same messages. Reading a file or the Windows registry is an adap
 
 from __future__ import annotations
 
+import functools
 import ntpath
 from typing import Literal, Protocol
 
 import msgspec
 
 from controller.errors import SpecError
-from controller.winpath import host_join, is_absolute
+from controller.winpath import are_plain_names, clean, has_drive_root, host_join, is_absolute
 
 Scheme = Literal["file", "registry", "config", "raw"]
 _SCHEMES: frozenset[str] = frozenset({"file", "registry", "config", "raw"})
@@ -79,6 +80,20 @@ def credential_spec_base(daemon_root: str) -> str:
     return host_join(daemon_root, CREDENTIAL_SPEC_DIR)
 
 
+@functools.lru_cache(maxsize=8)
+def _windows_base(daemon_root: str) -> str:
+    """:func:`credential_spec_base` with Windows separators, cleaned.
+
+    A node has one daemon root, so this is the same for every request: computed once per root.
+    """
+    return clean(credential_spec_base(daemon_root).replace("/", "\\"))
+
+
+def _plain_names(names: list[str]) -> bool:
+    """Whether every component is a plain name, not ``"."`` or ``".."`` (cleaning keeps them)."""
+    return are_plain_names(names) and "." not in names and ".." not in names
+
+
 def check_file_path(value: str, *, daemon_root: str) -> tuple[str, ...]:
     """The path components of a ``file://`` value below the base directory (S23).
 
@@ -88,11 +103,17 @@ def check_file_path(value: str, *, daemon_root: str) -> tuple[str, ...]:
     """
     if is_absolute(value):
         raise SpecError("invalid credential spec - file:// path cannot be absolute")
-    base = credential_spec_base(daemon_root)
-    base_win = ntpath.normpath(base.replace("/", "\\"))
+    base_win = _windows_base(daemon_root)
+    names = value.split("\\")
+    if _plain_names(names) and has_drive_root(base_win) and base_win.isascii():
+        # The common case, "file://webapp01.json": names joined onto a clean drive path need
+        # no cleaning and stay under it, so the full check below would return them as they
+        # are. (ASCII: the check's case folding keeps the base's length, so the slicing agrees.)
+        return tuple(names)
     full = ntpath.normpath(ntpath.join(base_win, value))
     prefix = ntpath.normcase(base_win).rstrip("\\") + "\\"
     if not ntpath.normcase(full).startswith(prefix) or len(full) <= len(prefix):
+        base = credential_spec_base(daemon_root)
         raise SpecError(f"invalid credential spec - file:// path must be under {base}")
     rest = full[len(prefix) :]
     return tuple(p for p in rest.split("\\") if p)

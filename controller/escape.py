@@ -12,27 +12,29 @@ def escape_arg(arg: str) -> str:
     quote = " " in arg or "\t" in arg
     if not quote and '"' not in arg and "\\" not in arg:
         return arg
-    out: list[str] = ['"'] if quote else []
-    slashes = 0
-    for ch in arg:
-        if ch == "\\":
-            slashes += 1
-            out.append(ch)
-        elif ch == '"':
-            # Backslashes before a quote are doubled, then the quote itself is escaped.
-            out.append("\\" * slashes)
-            out.append('\\"')
-            slashes = 0
-        else:
-            slashes = 0
-            out.append(ch)
-    if quote:
-        # Trailing backslashes would escape the closing quote: double them.
-        out.append("\\" * slashes)
-        out.append('"')
-    return "".join(out)
+    escaped = _escape_quotes(arg) if '"' in arg else arg
+    if not quote:
+        return escaped
+    # Trailing backslashes would escape the closing quote: double them.
+    return '"' + escaped + "\\" * _trailing_backslashes(escaped) + '"'
+
+
+def _escape_quotes(arg: str) -> str:
+    """Escape each quote, after doubling the backslashes right before it; other backslashes
+    stay as they are (``CommandLineToArgvW`` reads them literally)."""
+    *before_quotes, last = arg.split('"')
+    parts: list[str] = []
+    for piece in before_quotes:
+        parts.append(piece + "\\" * _trailing_backslashes(piece) + '\\"')
+    parts.append(last)
+    return "".join(parts)
+
+
+def _trailing_backslashes(text: str) -> int:
+    """How many backslashes ``text`` ends with."""
+    return len(text) - len(text.rstrip("\\"))
 
 
 def escape_args(args: Iterable[str]) -> str:
     """Join arguments into one Windows command line, each escaped by :func:`escape_arg`."""
-    return " ".join(escape_arg(a) for a in args)
+    return " ".join([escape_arg(a) for a in args])

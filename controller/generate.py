@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import ntpath
 import re
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
 from controller import oci
-from controller.capabilities import DEFAULT_CAPABILITIES, tweak_capabilities
+from controller.capabilities import tweak_capabilities
 from controller.credspec import (
     INVALID_VALUE,
     CredentialSpecReader,
@@ -27,7 +26,7 @@ from controller.errors import SpecError
 from controller.escape import escape_args
 from controller.models import GO_ZERO_TIME, Request, check_payload_id
 from controller.validation import CpuSettings, validate_resources
-from controller.winpath import clean, depth, host_join
+from controller.winpath import clean, depth, has_drive_root, host_join
 
 SECRET_MOUNT_DIR = "C:\\ProgramData\\Docker\\secrets"
 INTERNAL_SECRETS_DIR = "C:\\ProgramData\\Docker\\internal\\secrets"
@@ -50,13 +49,15 @@ class Link(msgspec.Struct, kw_only=True, frozen=True):
     source: str
 
 
-@dataclass(slots=True)
-class Generated:
-    """What the generator produced for one container."""
+class Generated(msgspec.Struct, kw_only=True):
+    """What the generator produced for one container.
+
+    A Struct rather than a dataclass: one is built per spec and a Struct costs a third as much.
+    """
 
     spec: oci.Spec
     links: list[Link]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = msgspec.field(default_factory=list)
 
 
 def generate(request: Request, *, reader: CredentialSpecReader | None = None) -> Generated:
@@ -116,75 +117,66 @@ def _is_hyperv(request: Request, *, lcow: bool) -> bool:
     return isolation == "hyperv"
 
 
+# moby's default Linux spec (S1), as immutable data: every spec gets fresh structs and lists
+# built from it, so no two specs share anything mutable.
+# (destination, type, source, options) of each default mount, in moby's order.
+_LCOW_DEFAULT_MOUNTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
+    ("/dev", "tmpfs", "tmpfs", ("nosuid", "strictatime", "mode=755", "size=65536k")),
+    (
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"),
+    ),
+    ("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "ro")),
+    ("/sys/fs/cgroup", "cgroup", "cgroup", ("ro", "nosuid", "noexec", "nodev")),
+    ("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
+    ("/dev/shm", "tmpfs", "shm", ("nosuid", "noexec", "nodev", "mode=1777")),
+)
+_LCOW_MASKED_PATHS: tuple[str, ...] = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+)
+_LCOW_READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+_LCOW_NAMESPACES: tuple[str, ...] = ("mount", "network", "uts", "pid", "ipc")
+
+
 def _default_spec(lcow: bool) -> oci.Spec:
-    """S1: Docker's default spec for the image's OS."""
+    """S1: Docker's default spec for the image's OS.
+
+    Two members of moby's default Linux spec are left out because LCOW always replaces them:
+    the capabilities (with the S30 result) and ``linux.resources`` with its default device
+    cgroup list (with the S31 one, which has no default entries).
+    """
     process = oci.Process(cwd="", user=oci.User(uid=0, gid=0))
     windows = oci.Windows(layerFolders=[])
     if not lcow:
         return oci.Spec(
             ociVersion=oci.OCI_VERSION, process=process, root=oci.Root(path=""), windows=windows
         )
-    caps = list(DEFAULT_CAPABILITIES)
-    process.capabilities = oci.LinuxCapabilities(
-        bounding=caps, effective=list(caps), inheritable=list(caps), permitted=list(caps)
-    )
     mounts = [
-        oci.Mount(
-            destination="/proc", type="proc", source="proc", options=["nosuid", "noexec", "nodev"]
-        ),
-        oci.Mount(
-            destination="/dev",
-            type="tmpfs",
-            source="tmpfs",
-            options=["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        oci.Mount(
-            destination="/dev/pts",
-            type="devpts",
-            source="devpts",
-            options=["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        ),
-        oci.Mount(
-            destination="/sys",
-            type="sysfs",
-            source="sysfs",
-            options=["nosuid", "noexec", "nodev", "ro"],
-        ),
-        oci.Mount(
-            destination="/sys/fs/cgroup",
-            type="cgroup",
-            source="cgroup",
-            options=["ro", "nosuid", "noexec", "nodev"],
-        ),
-        oci.Mount(
-            destination="/dev/mqueue",
-            type="mqueue",
-            source="mqueue",
-            options=["nosuid", "noexec", "nodev"],
-        ),
-        oci.Mount(
-            destination="/dev/shm",
-            type="tmpfs",
-            source="shm",
-            options=["nosuid", "noexec", "nodev", "mode=1777"],
-        ),
+        oci.Mount(destination=destination, type=mount_type, source=source, options=list(options))
+        for destination, mount_type, source, options in _LCOW_DEFAULT_MOUNTS
     ]
     linux = oci.Linux(
-        maskedPaths=[
-            "/proc/asound",
-            "/proc/acpi",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/proc/sched_debug",
-            "/proc/scsi",
-            "/sys/firmware",
-        ],
-        readonlyPaths=["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-        namespaces=[oci.LinuxNamespace(type=t) for t in ("mount", "network", "uts", "pid", "ipc")],
-        resources=oci.LinuxResources(devices=_default_device_cgroups()),
+        maskedPaths=list(_LCOW_MASKED_PATHS),
+        readonlyPaths=list(_LCOW_READONLY_PATHS),
+        namespaces=[oci.LinuxNamespace(type=t) for t in _LCOW_NAMESPACES],
     )
     return oci.Spec(
         ociVersion=oci.OCI_VERSION,
@@ -194,19 +186,6 @@ def _default_spec(lcow: bool) -> oci.Spec:
         linux=linux,
         windows=windows,
     )
-
-
-def _default_device_cgroups() -> list[oci.LinuxDeviceCgroup]:
-    """moby's default device cgroup list (replaced by DeviceCgroupRules, S31)."""
-    allowed = [(1, 5), (1, 3), (1, 9), (1, 8), (5, 0), (5, 1)]
-    return [
-        oci.LinuxDeviceCgroup(allow=False, access="rwm"),
-        *(
-            oci.LinuxDeviceCgroup(allow=True, type="c", major=ma, minor=mi, access="rwm")
-            for ma, mi in allowed
-        ),
-        oci.LinuxDeviceCgroup(allow=False, type="c", major=10, minor=229, access="rwm"),
-    ]
 
 
 def _payload_dir(request: Request, kind: str) -> str:
@@ -223,22 +202,24 @@ def _mounts(request: Request, *, lcow: bool) -> list[oci.Mount]:
     entries: list[tuple[str, str, bool]] = [
         (m.source, m.destination, m.rw) for m in (c.mounts or [])
     ]
-    entries.sort(key=lambda e: (depth(e[1]), e[1]))
+    if len(entries) > 1:  # (sort would compute the key even for a single entry)
+        entries.sort(key=lambda e: (depth(e[1]), e[1]))
     if request.secrets:
         entries.append((_payload_dir(request, "secrets"), INTERNAL_SECRETS_DIR, False))
     if request.configs:
         entries.append((_payload_dir(request, "configs"), INTERNAL_CONFIGS_DIR, False))
-    mounts: list[oci.Mount] = []
-    for source, destination, writable in entries:
-        options = [] if writable else ["ro"]
-        mount_type = ""
-        if lcow:
-            mount_type = "bind"
-            options += ["rbind", f"uvmpath=/tmp/gcs/{c.id}/binds"]
-        mounts.append(
-            oci.Mount(destination=destination, type=mount_type, source=source, options=options)
+    # LCOW binds go through the utility VM: the same type and extra options for each.
+    mount_type = "bind" if lcow else ""
+    lcow_options = ("rbind", f"uvmpath=/tmp/gcs/{c.id}/binds") if lcow else ()
+    return [
+        oci.Mount(
+            destination=destination,
+            type=mount_type,
+            source=source,
+            options=[*lcow_options] if writable else ["ro", *lcow_options],
         )
-    return mounts
+        for source, destination, writable in entries
+    ]
 
 
 def _links(request: Request) -> list[Link]:
@@ -260,7 +241,11 @@ def _links(request: Request) -> list[Link]:
         if not cf.target:
             continue
         # moby resolves a config target inside the container: relative or rooted means on C:.
-        target = clean(ntpath.join(CONFIG_ROOT, cf.target))
+        # (ntpath.join returns a target with a drive and a root unchanged: skip it then.)
+        target = cf.target
+        if not has_drive_root(target):
+            target = ntpath.join(CONFIG_ROOT, target)
+        target = clean(target)
         links.append(
             Link(kind="config", target=target, source=INTERNAL_CONFIGS_DIR + "\\" + cf.config_id)
         )
@@ -271,7 +256,7 @@ def _go_is_abs(path: str) -> bool:
     """Go's ``filepath.IsAbs`` on Windows: UNC, or a drive followed by a separator."""
     if path[:2] in ("\\\\", "//"):
         return ntpath.splitdrive(path)[0] != ""
-    return path[1:2] == ":" and path[2:3] in ("\\", "/")
+    return has_drive_root(path)
 
 
 def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:
@@ -304,6 +289,10 @@ def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:
 
 def _apply_env(start: list[str], overrides: list[str]) -> list[str]:
     """S10: Docker's ReplaceOrAppendEnvValues (only the starting keys are matched)."""
+    if not start:
+        # Windows starts empty: nothing to replace or unset, so every "KEY=value" is appended
+        # and every bare "KEY" (an unset) is dropped.
+        return [value for value in overrides if "=" in value]
     env: list[str | None] = list(start)
     index = {e.split("=", 1)[0]: i for i, e in enumerate(start)}
     for value in overrides:
@@ -514,21 +503,28 @@ def _device_cgroup_rules(rules: list[str] | None) -> list[oci.LinuxDeviceCgroup]
             raise SpecError(
                 f"linux runtime spec devices: invalid device cgroup rule format: '{rule}'"
             )
-        numbers: list[int] = []
-        for what, raw in (("major", m.group(2)), ("minor", m.group(3))):
-            value = -1 if raw == "*" else int(raw)
-            if value > _INT64_MAX:
-                raise SpecError(
-                    f"linux runtime spec devices: invalid {what} value in device cgroup rule "
-                    f"format: '{rule}'"
-                )
-            numbers.append(value)
+        device_type, major, minor, access = m.groups()
         out.append(
             oci.LinuxDeviceCgroup(
-                allow=True, type=m.group(1), major=numbers[0], minor=numbers[1], access=m.group(4)
+                allow=True,
+                type=device_type,
+                major=_cgroup_number(major, "major", rule),
+                minor=_cgroup_number(minor, "minor", rule),
+                access=access,
             )
         )
     return out
+
+
+def _cgroup_number(raw: str, what: str, rule: str) -> int:
+    """A device major or minor number of a cgroup rule: ``*`` is -1; Go parses it as int64."""
+    value = -1 if raw == "*" else int(raw)
+    if value > _INT64_MAX:
+        raise SpecError(
+            f"linux runtime spec devices: invalid {what} value in device cgroup rule "
+            f"format: '{rule}'"
+        )
+    return value
 
 
 _encoder = msgspec.json.Encoder()

@@ -10,10 +10,8 @@ from __future__ import annotations
 import ntpath
 import posixpath
 import re
+from collections.abc import Iterable
 
-# A path ntpath.normpath would return unchanged: a drive root and components that are not
-# empty, "." or "..", with backslashes only. Most Docker paths are; they skip normpath.
-_CLEAN = re.compile(r"^[A-Za-z]:(\\(?!\.\.?(?:\\|$))[^\\/]+)*\\?\Z")
 # A rooted path with forward slashes whose components are not empty, "." or ".." and have no
 # ":" (ntpath reads "/:x" as drive "/:"): normpath only turns its slashes into backslashes.
 # LCOW mount destinations look like this.
@@ -35,9 +33,22 @@ def has_drive_root(path: str) -> bool:
 
 
 def _is_clean(path: str) -> bool:
-    """Whether ``ntpath.normpath`` would return a drive path unchanged (see ``_CLEAN``)."""
-    # normpath drops a trailing backslash, except the one of a drive root ("C:\\").
-    return _CLEAN.match(path) is not None and not (path.endswith("\\") and len(path) > 3)
+    """Whether ``ntpath.normpath`` would return a path unchanged, by a sufficient test.
+
+    The path is a drive root (``C:\\``) alone or followed by names separated by single
+    backslashes: no ``/``, no empty, ``.`` or ``..`` component, no trailing backslash (normpath
+    drops one, except a drive root's). Most Docker paths are; a few substring searches cost
+    much less than normpath.
+    """
+    if path[1:3] != ":\\" or not (path[0].isascii() and path[0].isalpha()):
+        return False
+    return len(path) == 3 or (
+        "/" not in path
+        and "\\\\" not in path
+        and "\\.\\" not in path
+        and "\\..\\" not in path
+        and not path.endswith(("\\", "\\.", "\\.."))
+    )
 
 
 def depth(path: str) -> int:
@@ -61,18 +72,18 @@ def looks_windows(path: str) -> bool:
     return "\\" in path or bool(ntpath.splitdrive(path)[0])
 
 
-def is_plain_name(part: str) -> bool:
-    """Whether ``part`` is one path component ``ntpath`` treats as a name, nothing more.
+def are_plain_names(parts: Iterable[str]) -> bool:
+    """Whether each part is one path component ``ntpath.join`` treats as a name, nothing more.
 
     Not empty, no separator, and no ``:`` (``ntpath`` would read a drive into ``"x:y"``).
     ``"."`` and ``".."`` are plain names to ``ntpath.join`` (only ``normpath`` resolves them).
     """
-    return part != "" and "\\" not in part and "/" not in part and ":" not in part
+    return all(p != "" and "\\" not in p and "/" not in p and ":" not in p for p in parts)
 
 
 def host_join(base: str, *parts: str) -> str:
     """Join onto a host path with that path's own separator (Windows node or dev host)."""
-    if parts and has_drive_root(base) and all(is_plain_name(p) for p in parts):
+    if parts and has_drive_root(base) and are_plain_names(parts):
         # The common case, ("C:\\ProgramData\\docker", "containers", id, "secrets"): for a
         # drive-rooted base and plain names, ntpath.join only puts a backslash between them.
         return base + ("" if base[-1] in ("\\", "/") else "\\") + "\\".join(parts)
