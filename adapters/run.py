@@ -25,12 +25,15 @@ from controller.settings import env_settings, load_settings
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 _RUN_HELP = """\
-Run winspec as a controller. In Docker mode it watches the engine's container create and
-destroy events, resolves each container's image layers, networks, swarm secrets, configs and
-credential specs, and keeps an OCI bundle for every container under --bundle-root (removed
-when the container is). It lists all containers at start, after every reconnect and every
---resync-interval, so no container is missed. /metrics, /healthz and /readyz are served on
---listen.
+Run winspec as a controller. In Docker mode it watches the engine's container create, start,
+update, rename and destroy events and network connect and disconnect events, resolves each
+container's image layers, networks, swarm secrets, configs and credential specs, and keeps an
+OCI bundle for every container under --bundle-root (removed when the container is). It lists
+all containers at start, after every reconnect and every --resync-interval, so no container is
+missed. /metrics, /healthz and /readyz are served on --listen.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT (also before the engine was reached), 1 the engine
+unreachable or --listen unusable, 2 a bad setting (refused before anything starts).
 
 Every option can also be set as WINSPEC_<OPTION> (e.g. WINSPEC_BUNDLE_ROOT) or in a TOML file
 given with --config (keys as the option names with underscores, e.g. bundle_root = "...").
@@ -109,7 +112,8 @@ def add_run_parser(sub: Any) -> None:
         "--shutdown-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long in-flight reconciles may finish after SIGTERM (default: 30)",
+        help="how long in-flight reconciles may finish after SIGTERM; the whole shutdown "
+        "takes at most this plus 3.5 s (default: 30)",
     )
     p.add_argument(
         "--windows-build",

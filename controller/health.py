@@ -1,8 +1,10 @@
 """Whether the process is ready to serve, as a set of named conditions.
 
 Readiness is the conjunction of conditions that other parts report, for example
-``docker-events`` (the event stream is connected) and ``initial-list`` (the first full list has
-been reconciled). Whoever composes the process registers the names, so a condition that is
+``docker-events`` (the event stream is open and was listed after opening; a quiet stream being
+re-opened after its idle timeout still counts) and ``initial-list`` (the first full list of
+containers has been taken and every id in it queued for reconcile; the reconciles themselves
+may still be running). Whoever composes the process registers the names, so a condition that is
 never reported keeps the process unready instead of being forgotten. Pure: the HTTP endpoint
 that exposes it lives in :mod:`adapters.http`.
 """

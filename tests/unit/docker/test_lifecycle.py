@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from adapters.cli import main
 from adapters.compose import (
     CANCEL_GRACE_SECONDS,
     SHUTDOWN_MARGIN_SECONDS,
@@ -234,3 +235,15 @@ async def test_finish_abandons_a_task_that_ignores_cancellation() -> None:
     release.set()
     task.cancel()
     await asyncio.wait({task}, timeout=1)
+
+
+def test_the_documented_shutdown_margin_is_the_real_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README and `winspec run --help` state the margin SHUTDOWN_MARGIN_SECONDS really is."""
+    stated = f"plus {SHUTDOWN_MARGIN_SECONDS:g} s"
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    assert stated in " ".join(readme.split())
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert stated in " ".join(capsys.readouterr().out.split())
