@@ -7,7 +7,10 @@ its own registry, a temporary bundle root and HTTP on 127.0.0.1 at a free port.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +31,7 @@ from adapters.compose import (
 from controller.settings import load_settings
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
 
+ROOT = Path(__file__).resolve().parents[3]
 API = "/v1.41"
 INFO = {"OSType": "linux", "NCPU": 2, "KernelVersion": "6.1.0", "DockerRootDir": "/var/lib/docker"}
 
@@ -242,8 +246,62 @@ def test_the_documented_shutdown_margin_is_the_real_one(
 ) -> None:
     """README and `winspec run --help` state the margin SHUTDOWN_MARGIN_SECONDS really is."""
     stated = f"plus {SHUTDOWN_MARGIN_SECONDS:g} s"
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert stated in " ".join(readme.split())
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert stated in " ".join(capsys.readouterr().out.split())
+
+
+async def test_sigterm_during_a_slow_list_exits_0_in_time(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """`winspec run` sent SIGTERM while the engine takes forever to list exits 0, without a
+    traceback, within --shutdown-timeout plus the margin."""
+    script_engine(engine)
+
+    async def slow_list(_request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(60)
+        return web.json_response([])
+
+    engine.on(f"{API}/containers/json", slow_list)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WINSPEC_", "DOCKER_"))}
+    (tmp_path / "secrets").mkdir()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "adapters.cli",
+        "run",
+        "--docker-host",
+        engine.host,
+        "--bundle-root",
+        str(tmp_path / "bundles"),
+        "--secrets-dir",
+        str(tmp_path / "secrets"),
+        "--listen",
+        "127.0.0.1:0",
+        "--api-timeout",
+        "60",
+        "--shutdown-timeout",
+        "1",
+        cwd=ROOT,
+        env=env | {"PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await eventually(lambda: engine.hits(f"{API}/containers/json") == 1, within=30)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        took = loop.time() - asked
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = err.decode()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert '"stopped"' in stderr
+    assert took <= 1 + SHUTDOWN_MARGIN_SECONDS
