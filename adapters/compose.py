@@ -181,6 +181,8 @@ class DockerMode:
                 await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop_wait.cancel()
+                if not connecting.done() and not self._stop.is_set():  # run() itself cancelled
+                    connecting.cancel()
             if self._stop.is_set():
                 await finish(connecting, within=0, what="connect")
                 log.info("stop asked for before the Docker engine was reached")
