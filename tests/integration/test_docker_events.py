@@ -48,8 +48,9 @@ class Delivered:
 
 
 async def test_reconnect_does_not_deliver_the_last_event_again(dockerd: DockerDaemon) -> None:
-    """A stream re-opened after an event (here by the idle watchdog) does not get that event
-    again from the engine: the source resumes one nanosecond after the event's timeNano."""
+    """A stream re-opened after an event does not get that event again from the engine."""
+    # Here the idle watchdog re-opens the stream; the source resumes one nanosecond after
+    # the event's timeNano.
     delivered = Delivered()
 
     async def no_bundles() -> list[str]:
@@ -91,10 +92,10 @@ async def test_reconnect_does_not_deliver_the_last_event_again(dockerd: DockerDa
 async def test_starting_a_container_reconciles_it_at_once(
     dockerd: DockerDaemon, tmp_path: Path
 ) -> None:
-    """Starting a container (its /hello runs and exits) is a watched event: it is counted as
-    type="start" and the container is reconciled again without waiting for a resync. On this
-    Linux engine the bundle is LCOW, which nothing of the start changes (S14's
-    ignoreFlushesDuringBoot is Windows-only), so the reconcile finds it unchanged."""
+    """A container start counts as type="start" and is reconciled at once (LCOW: no S14 change)."""
+    # Its /hello runs and exits. On this Linux engine the bundle is LCOW, which nothing of the
+    # start changes (S14's ignoreFlushesDuringBoot is Windows-only), so the reconcile finds it
+    # unchanged.
     async with running(dockerd, tmp_path) as h:  # resync every 300 s: not within this test
         cid = await h.create_container(_unique("start"))
         try:

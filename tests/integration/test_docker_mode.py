@@ -387,8 +387,8 @@ async def test_swarm_service_with_secret_and_config(dockerd: DockerDaemon, tmp_p
 async def test_secret_not_granted_is_a_terminal_error(
     dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A task whose secret winspec was not granted gets no bundle, a terminal error for each
-    reconcile (logged once), and the controller keeps working."""
+    """A task whose secret winspec was not granted gets no bundle but a terminal error."""
+    # A terminal error for each reconcile (logged once), and the controller keeps working.
     secret_name = _unique("ungranted")
     dockerd.create_secret(secret_name, b"not for winspec")
     async with running(dockerd, tmp_path) as h:
@@ -436,8 +436,9 @@ async def test_secret_not_granted_is_a_terminal_error(
 async def test_refused_container_is_a_terminal_error_counted_once(
     dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A container Docker accepts but the rules refuse (PidsLimit, S20) gets no bundle, one
-    terminal error that is never retried, and the controller continues."""
+    """A container S20 refuses (PidsLimit) gets no bundle and one terminal error, never retried."""
+    # Docker accepts the container; the terminal error is never retried and the controller
+    # continues.
     async with running(dockerd, tmp_path) as h:
         await h.settled()
         terminal_before = h.terminal_errors()
@@ -479,8 +480,9 @@ async def test_refused_container_is_a_terminal_error_counted_once(
 async def test_start_after_200_containers_relists_and_sweeps(
     dockerd: DockerDaemon, tmp_path: Path
 ) -> None:
-    """Started after 200 containers exist, the controller writes all 200 bundles from its first
-    list, removes a bundle whose container is gone and sweeps a leftover temporary directory."""
+    """Started after 200 containers exist, the controller writes all 200 bundles and sweeps."""
+    # All 200 come from its first list; the sweep removes a bundle whose container is gone and a
+    # leftover temporary directory.
     names = [_unique(f"relist{i:03d}") for i in range(200)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         ids = list(pool.map(dockerd.create_container, names))
@@ -551,9 +553,9 @@ async def test_idle_watchdog_restarts_the_stream_without_losing_events(
 async def test_engine_restart_reconnects_and_catches_up(
     fresh_dockerd: DockerDaemon, tmp_path: Path
 ) -> None:
-    """After the engine restarts under it, the controller reconnects, counts the watch restart,
-    catches up with containers created and removed since (by us and by the swarm), and is ready
-    again."""
+    """After the engine restarts the controller reconnects, catches up and is ready again."""
+    # The watch restart is counted; catching up covers containers created and removed since,
+    # by us and by the swarm.
     engine = fresh_dockerd
     async with (
         running(engine, tmp_path) as h,
@@ -668,8 +670,8 @@ def _clean_env() -> dict[str, str]:
 
 
 def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
-    """`winspec run` against an engine that is not there retries, then exits 1 with one stderr
-    line naming the endpoint and no traceback."""
+    """`winspec run` against an absent engine retries, then exits 1 with one clear stderr line."""
+    # The line names the endpoint, and there is no traceback.
     host = "unix:///nonexistent/docker.sock"
     started = time.monotonic()
     proc = subprocess.run(

@@ -179,13 +179,11 @@ def _read_at(dir_fd: int, name: str) -> bytes:
 def test_concurrent_reader_never_sees_a_missing_or_mixed_bundle(
     tmp_path: Path, make_version: Callable[[int], BundleContent]
 ) -> None:
-    """A reader polling a bundle through 200 rewrites sees whole versions only.
-
-    By path, config.json is always there and complete. Read through one directory handle (the
-    documented way to read several files of one version), config.json, links.json and the
-    secret always match one written version, and versions never go backwards; this holds when
-    the payloads are written fresh and when they are carried over (config-only rewrites).
-    """
+    """A reader polling a bundle through 200 rewrites sees whole versions only."""
+    # By path, config.json is always there and complete. Read through one directory handle (the
+    # documented way to read several files of one version), config.json, links.json and the
+    # secret always match one written version, and versions never go backwards; this holds when
+    # the payloads are written fresh and when they are carried over (config-only rewrites).
     if not atomic_replace_supported(tmp_path):
         pytest.skip("this file system cannot swap directories atomically")
     contents = [make_version(n) for n in range(201)]
@@ -501,11 +499,9 @@ def _leftovers(root: Path) -> list[str]:
 def test_config_only_rewrite_keeps_the_payload_directories(
     tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reader's handle on secrets/ still names the bundle's secrets/ after a config-only rewrite.
-
-    The payload directories keep their inode and their files (nothing is rewritten), so a bind
-    mount of them stays valid; config.json and links.json are the new ones.
-    """
+    """A config-only rewrite keeps the payload directories; a handle on secrets/ stays valid."""
+    # The payload directories keep their inode and their files (nothing is rewritten), so a bind
+    # mount of them stays valid; config.json and links.json are the new ones.
     _use(mode, tmp_path, monkeypatch)
     write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
     bundle = tmp_path / BUNDLE_ID
@@ -572,12 +568,10 @@ def _crash_on_call(monkeypatch: pytest.MonkeyPatch, name: str, number: int) -> N
 async def test_crash_between_swap_and_payload_exchange_is_repaired(
     tmp_path: Path, repair: str, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
 ) -> None:
-    """Stopped after the swap but before the payload exchange, the bundle is whole, then repaired.
-
-    The new version is in place and its secrets/ (a stand-in) leads to the original files; the
-    sweep, or the next write of the bundle, puts the original directory back: same inode, no
-    leftovers.
-    """
+    """Stopped between the swap and the payload exchange, the bundle is whole, then repaired."""
+    # The new version is in place and its secrets/ (a stand-in) leads to the original files; the
+    # sweep, or the next write of the bundle, puts the original directory back: same inode, no
+    # leftovers.
     _use("exchange", tmp_path, monkeypatch)
     bundle = tmp_path / BUNDLE_ID
     write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
@@ -647,11 +641,9 @@ def test_a_stand_in_without_its_original_makes_the_next_write_rewrite(tmp_path: 
 def test_fallback_in_place_update_caught_halfway_is_rewritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without exchange, a config-only rewrite stopped before its .digest leaves whole files.
-
-    The payload directories stay as they were, the bundle has no .digest, and the next write is
-    not skipped, even when it asks for the old content back.
-    """
+    """Without exchange, a config-only rewrite stopped before its .digest leaves whole files."""
+    # The payload directories stay as they were, the bundle has no .digest, and the next write is
+    # not skipped, even when it asks for the old content back.
     _use("fallback", tmp_path, monkeypatch)
     bundle = tmp_path / BUNDLE_ID
     write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))

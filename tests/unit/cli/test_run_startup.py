@@ -84,8 +84,8 @@ def test_bad_settings_exit_2_with_one_line_before_connecting(
 
 
 def test_busy_listen_port_exits_1_with_one_line(tmp_path: Path) -> None:
-    """A --listen port already in use gives one stderr line naming the address and exit 1,
-    before the engine is tried (which would fail differently)."""
+    """A --listen port already in use exits 1 with one stderr line naming the address."""
+    # The port is checked before the engine is tried (which would fail differently).
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -114,8 +114,8 @@ def test_busy_listen_port_exits_1_with_one_line(tmp_path: Path) -> None:
 
 
 def test_missing_tls_files_exit_2_with_one_line(tmp_path: Path) -> None:
-    """DOCKER_TLS_VERIFY=1 with no ca.pem in DOCKER_CERT_PATH gives one stderr line naming the
-    file and exit 2 (a setting to fix), no traceback."""
+    """DOCKER_TLS_VERIFY=1 with no ca.pem in DOCKER_CERT_PATH exits 2 with one stderr line."""
+    # The line names the file, with no traceback; exit 2 because it is a setting to fix.
     certs = tmp_path / "certs"
     certs.mkdir()
     env = _clean_env() | {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
@@ -154,9 +154,9 @@ def _healthz(port: int) -> int | None:
 
 
 def test_sigterm_while_the_engine_is_unreachable_exits_0_at_once(tmp_path: Path) -> None:
-    """SIGTERM while start-up is still retrying an unreachable engine stops `winspec run` at
-    once with exit 0 (a stop that was asked for), not after the retries; /healthz answered
-    meanwhile."""
+    """SIGTERM while start-up retries an unreachable engine makes `winspec run` exit 0 at once."""
+    # Exit 0: it is a stop that was asked for; at once, not after the retries. /healthz is
+    # answered meanwhile.
     port = _free_port()
     proc = subprocess.Popen(
         _winspec_run(

@@ -89,8 +89,8 @@ async def test_negotiate_refuses_an_engine_older_than_1_24(engine: ScriptedEngin
 async def test_negotiate_refuses_an_answer_that_is_not_a_version(
     engine: ScriptedEngine, body: object, error: type[Exception], message: str
 ) -> None:
-    """A /version body that is not an object with a MAJOR.MINOR ApiVersion is a PermanentError
-    naming the endpoint, not an AttributeError or ValueError."""
+    """A /version body without a MAJOR.MINOR ApiVersion is a PermanentError naming the endpoint."""
+    # Also when the body is not an object; never an AttributeError or ValueError.
     engine.on("/version", answer_json(body))
 
     async with client_for(engine) as client:
@@ -363,8 +363,9 @@ def test_tls_context_is_none_without_tls_settings(env: dict[str, str]) -> None:
 
 
 async def test_missing_tls_files_are_a_permanent_error_at_open(tmp_path: Path) -> None:
-    """DOCKER_TLS_VERIFY=1 with no ca.pem in DOCKER_CERT_PATH (or an unusable one) is a
-    PermanentError naming the file when the client opens, not a FileNotFoundError."""
+    """Missing or unusable TLS files are a PermanentError naming the file when the client opens."""
+    # DOCKER_TLS_VERIFY=1 with no (or an unusable) ca.pem in DOCKER_CERT_PATH; not a
+    # FileNotFoundError.
     env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)}
     client = DockerClient("tcp://127.0.0.1:2376", env=env)
     with pytest.raises(PermanentError, match="cannot load the CA certificate") as caught:

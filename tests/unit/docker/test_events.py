@@ -99,8 +99,8 @@ async def test_relist_enqueues_live_containers_and_orphaned_bundles(
 async def test_stream_lists_first_then_enqueues_events_and_resumes_since(
     engine: ScriptedEngine,
 ) -> None:
-    """Once the stream is open the source lists, enqueues each event's container, and after the
-    stream ends reconnects asking for the events since the last one it saw."""
+    """Once the stream is open the source lists, enqueues each event's container, then resumes."""
+    # After the stream ends it reconnects asking for the events since the last one it saw.
     events = [
         {"Type": "container", "Action": "create", "Actor": {"ID": LIVE_B}, "time": 1700000001},
         {"Type": "container", "Action": "destroy", "Actor": {"ID": GONE}, "time": 1700000002},
@@ -152,8 +152,8 @@ def _delays(caplog: pytest.LogCaptureFixture) -> list[float]:
 async def test_backoff_starts_afresh_after_a_stream_that_worked(
     engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A stream that stayed up past reconnect_max is reconnected after the initial delay again,
-    not after a delay grown by earlier reconnects."""
+    """A stream that stayed up past reconnect_max is reconnected after the initial delay again."""
+    # Not after a delay grown by earlier reconnects.
     caplog.set_level(logging.INFO, logger="adapters.docker.events")
     engine.on("/events", event_stream([], hold=0.3))
     engine.on("/containers/json", answer_json([]))
@@ -170,8 +170,8 @@ async def test_backoff_starts_afresh_after_a_stream_that_worked(
 async def test_backoff_grows_while_streams_keep_failing_fast(
     engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A stream that ends as soon as it opens is reconnected after ever longer delays, up to
-    reconnect_max."""
+    """Fast-failing streams are reconnected after ever longer delays, up to reconnect_max."""
+    # Each stream here ends as soon as it opens.
     caplog.set_level(logging.INFO, logger="adapters.docker.events")
     engine.on("/events", event_stream([], hold=0.0))
     engine.on("/containers/json", answer_json([]))
@@ -204,8 +204,8 @@ def test_resume_since_is_one_nanosecond_after_the_last_event(time_nano: int, sin
 async def test_reconnect_asks_for_events_after_the_last_one_to_the_nanosecond(
     engine: ScriptedEngine,
 ) -> None:
-    """After a reconnect the source asks for events from 1 ns after the last event's timeNano,
-    not from the start of its second (which would deliver that event again)."""
+    """After a reconnect the source asks for events from 1 ns after the last event's timeNano."""
+    # Not from the start of its second, which would deliver that event again.
     events = [
         {
             "Type": "container",
@@ -235,9 +235,9 @@ async def test_reconnect_asks_for_events_after_the_last_one_to_the_nanosecond(
 async def test_start_update_rename_and_network_events_enqueue_their_container(
     engine: ScriptedEngine,
 ) -> None:
-    """Container start/update/rename and network connect/disconnect events are asked for and
-    enqueue the container they are about (a network event's Actor.Attributes.container); other
-    and malformed events are skipped."""
+    """Start/update/rename and network connect/disconnect events enqueue their container."""
+    # They are asked for; a network event's container is Actor.Attributes.container. Other and
+    # malformed events are skipped.
 
     def container(action: str, cid: str) -> dict[str, Any]:
         return {"Type": "container", "Action": action, "Actor": {"ID": cid}}
@@ -296,8 +296,9 @@ async def test_start_update_rename_and_network_events_enqueue_their_container(
 async def test_relist_refuses_a_body_that_is_not_a_container_list(
     engine: ScriptedEngine, body: object
 ) -> None:
-    """A container list that is null, an object, has a non-string Id or is a string raises a
-    RequestDecodeError naming the engine, not a TypeError (nor silently lists nothing)."""
+    """A container list body that is not a list of string Ids raises a RequestDecodeError."""
+    # Cases: null, an object, a non-string Id, a string. The error names the engine; not a
+    # TypeError, nor silently listing nothing.
     engine.on("/containers/json", answer_json(body))
     recorded = Recorded()
 
@@ -315,8 +316,7 @@ async def test_relist_refuses_a_body_that_is_not_a_container_list(
 async def test_periodic_resync_survives_an_unexpected_exception(
     engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A resync that fails with an exception that is not a WinspecError is logged with its
-    traceback and the next resync still runs."""
+    """A resync failing with a non-WinspecError is logged with its traceback; the next one runs."""
     engine.on("/events", event_stream([], hold=30.0))
     engine.on("/containers/json", answer_json([{"Id": LIVE_A}]))
     calls = 0
@@ -353,8 +353,8 @@ async def test_periodic_resync_survives_an_unexpected_exception(
 
 
 async def test_idle_restart_keeps_the_source_ready(engine: ScriptedEngine) -> None:
-    """A working stream restarted for being idle is re-opened at once and never reported not
-    ready; stopping reports not ready."""
+    """A working stream restarted for being idle is re-opened at once and stays ready."""
+    # It is never reported not ready; stopping the source does report not ready.
     engine.on("/events", event_stream([], hold=30.0))
     engine.on("/containers/json", answer_json([]))
     settings = EventSourceSettings(idle_timeout=0.1, reconnect_initial=5.0)
@@ -369,8 +369,8 @@ async def test_idle_restart_keeps_the_source_ready(engine: ScriptedEngine) -> No
 
 
 async def test_a_failed_stream_reports_not_ready_until_listed_again(engine: ScriptedEngine) -> None:
-    """A stream that fails (HTTP 500) makes the source not ready; the next good stream and list
-    make it ready again."""
+    """A failed stream (HTTP 500) makes the source not ready until the next stream and list."""
+    # The next good stream and list make it ready again.
     engine.on(
         "/events",
         event_stream([], hold=0.0),
@@ -404,8 +404,7 @@ async def _start_source(
 
 
 async def test_stop_during_a_slow_list_returns_at_once(engine: ScriptedEngine) -> None:
-    """Stopping while the list after (re)connecting hangs returns within a moment, not when the
-    list answers."""
+    """Stopping while the list after (re)connecting hangs returns at once, not when it answers."""
 
     async def slow_list(_request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(30)
@@ -446,8 +445,8 @@ async def test_stop_during_the_reconnect_delay_returns_at_once(engine: ScriptedE
 
 
 async def test_cancelling_the_source_mid_stream_cancels_cleanly(engine: ScriptedEngine) -> None:
-    """Cancelling run() while it waits for the next event ends it cancelled (no RuntimeError
-    from closing a stream still being read) and closes the stream's connection."""
+    """Cancelling run() while it waits for an event ends it cancelled and closes the stream."""
+    # No RuntimeError from closing a stream still being read; the stream's connection is closed.
     ended: list[str] = []
     engine.on("/events", event_stream([], hold=30.0, ended=ended))
     engine.on("/containers/json", answer_json([]))
@@ -464,8 +463,8 @@ async def test_cancelling_the_source_mid_stream_cancels_cleanly(engine: Scripted
 async def test_log_records_carry_their_values_as_fields(
     engine: ScriptedEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The source's log lines have constant messages and put the reason, delay and error in
-    fields (so JSON logs keep them structured), not in %-formatted text."""
+    """The source's log lines have constant messages with reason, delay and error in fields."""
+    # So JSON logs keep them structured, rather than %-formatted into the text.
     caplog.set_level(logging.INFO, logger="adapters.docker.events")
     engine.on("/events", answer_json({"message": "boom"}, status=500))
     engine.on("/containers/json", answer_json([]))

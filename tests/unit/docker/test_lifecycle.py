@@ -93,8 +93,8 @@ def metric(mode: DockerMode, name: str, **labels: str) -> float:
 async def test_shutdown_during_a_slow_list_is_bounded_and_complete(
     engine: ScriptedEngine, tmp_path: Path
 ) -> None:
-    """A stop asked for while the engine takes forever to list ends run() normally within
-    shutdown_timeout + SHUTDOWN_MARGIN_SECONDS, with the HTTP port released."""
+    """A stop during an endless list ends run() in shutdown_timeout + SHUTDOWN_MARGIN_SECONDS."""
+    # run() ends normally and the HTTP port is released.
     script_engine(engine)
 
     async def slow_list(_request: web.Request) -> web.StreamResponse:
@@ -122,8 +122,8 @@ async def test_shutdown_during_a_slow_list_is_bounded_and_complete(
 async def test_stop_while_the_engine_is_unreachable_returns_at_once(
     engine: ScriptedEngine, tmp_path: Path
 ) -> None:
-    """A stop asked for while start-up is still retrying an unreachable engine ends run() at
-    once, without an error and without having started; /healthz answered meanwhile."""
+    """A stop while start-up retries an unreachable engine ends run() at once, without an error."""
+    # It ends without having started; /healthz is answered meanwhile.
     engine.on("/version", answer_json({"message": "starting"}, status=503))
     mode = mode_for(engine, tmp_path, retry_attempts=1000)
     task = asyncio.create_task(mode.run())
@@ -152,8 +152,7 @@ async def test_stop_while_the_engine_is_unreachable_returns_at_once(
 async def test_a_busy_listen_port_fails_before_connecting(
     engine: ScriptedEngine, tmp_path: Path
 ) -> None:
-    """A listen address already in use raises ListenError naming it, and the engine is never
-    asked anything."""
+    """A listen address already in use raises ListenError naming it; the engine is never asked."""
     script_engine(engine)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -256,8 +255,8 @@ def test_the_documented_shutdown_margin_is_the_real_one(
 async def test_sigterm_during_a_slow_list_exits_0_in_time(
     engine: ScriptedEngine, tmp_path: Path
 ) -> None:
-    """`winspec run` sent SIGTERM while the engine takes forever to list exits 0, without a
-    traceback, within --shutdown-timeout plus the margin."""
+    """SIGTERM during an endless list: `winspec run` exits 0 within --shutdown-timeout + margin."""
+    # No traceback either.
     script_engine(engine)
 
     async def slow_list(_request: web.Request) -> web.StreamResponse:
