@@ -24,7 +24,7 @@ from controller.credspec import (
 )
 from controller.errors import SpecError
 from controller.escape import escape_args
-from controller.models import GO_ZERO_TIME, Request, check_payload_id
+from controller.models import GO_ZERO_TIME, HostConfig, Request, check_payload_id
 from controller.validation import CpuSettings, validate_resources
 from controller.winpath import clean, depth, has_drive_root, host_join
 
@@ -80,16 +80,15 @@ def generate(request: Request, *, reader: CredentialSpecReader | None = None) ->
     )  # S20
 
     spec = _default_spec(lcow)  # S1
-    assert spec.windows is not None and spec.process is not None
-    if hyperv:
-        spec.windows.hyperv = oci.WindowsHyperV()
-
     links = _links(request)
-    spec.mounts = spec.mounts + _mounts(request, lcow=lcow)  # S5, S6
-    _process(request, spec.process, lcow=lcow)  # S7–S11
-    spec.windows.layerFolders = _layer_folders(request)  # S12
-    spec.windows.network = _network(request)  # S15
-    spec.windows.resources = _resources(request, cpu, hyperv=hyperv)  # S16–S19
+    spec.mounts.extend(_mounts(request, lcow=lcow))  # S5, S6
+    spec.process = _process(request, lcow=lcow)  # S7–S11
+    spec.windows = oci.Windows(
+        layerFolders=_layer_folders(request),  # S12
+        network=_network(request),  # S15
+        resources=_resources(request, cpu, hyperv=hyperv),  # S16–S19
+        hyperv=oci.WindowsHyperV() if hyperv else None,  # S3: present means Hyper-V
+    )
 
     if lcow:
         _linux_fields(request, spec)  # S4, S29–S31
@@ -157,18 +156,15 @@ _LCOW_NAMESPACES: tuple[str, ...] = ("mount", "network", "uts", "pid", "ipc")
 
 
 def _default_spec(lcow: bool) -> oci.Spec:
-    """S1: Docker's default spec for the image's OS.
+    """S1: the parts of Docker's default spec for the image's OS that no later rule builds.
 
-    Two members of moby's default Linux spec are left out because LCOW always replaces them:
-    the capabilities (with the S30 result) and ``linux.resources`` with its default device
-    cgroup list (with the S31 one, which has no default entries).
+    ``process`` (S7–S11) and ``windows`` (S12–S19) are built whole by their rules, from the
+    defaults up. Two members of moby's default Linux spec are left out because LCOW always
+    replaces them: the capabilities (with the S30 result) and ``linux.resources`` with its
+    default device cgroup list (with the S31 one, which has no default entries).
     """
-    process = oci.Process(cwd="", user=oci.User(uid=0, gid=0))
-    windows = oci.Windows(layerFolders=[])
     if not lcow:
-        return oci.Spec(
-            ociVersion=oci.OCI_VERSION, process=process, root=oci.Root(path=""), windows=windows
-        )
+        return oci.Spec(ociVersion=oci.OCI_VERSION, root=oci.Root(path=""))
     mounts = [
         oci.Mount(destination=destination, type=mount_type, source=source, options=list(options))
         for destination, mount_type, source, options in _LCOW_DEFAULT_MOUNTS
@@ -178,14 +174,7 @@ def _default_spec(lcow: bool) -> oci.Spec:
         readonlyPaths=list(_LCOW_READONLY_PATHS),
         namespaces=[oci.LinuxNamespace(type=t) for t in _LCOW_NAMESPACES],
     )
-    return oci.Spec(
-        ociVersion=oci.OCI_VERSION,
-        process=process,
-        root=oci.Root(path=""),
-        mounts=mounts,
-        linux=linux,
-        windows=windows,
-    )
+    return oci.Spec(ociVersion=oci.OCI_VERSION, root=oci.Root(path=""), mounts=mounts, linux=linux)
 
 
 def _payload_dir(request: Request, kind: str) -> str:
@@ -199,6 +188,8 @@ def _payload_dir(request: Request, kind: str) -> str:
 def _mounts(request: Request, *, lcow: bool) -> list[oci.Mount]:
     """S5, S6: volumes and binds by depth, then the secrets and configs mounts."""
     c = request.container
+    if not (c.mounts or request.secrets or request.configs):
+        return []  # the common case: nothing to mount
     entries: list[tuple[str, str, bool]] = [
         (m.source, m.destination, m.rw) for m in (c.mounts or [])
     ]
@@ -259,32 +250,39 @@ def _go_is_abs(path: str) -> bool:
     return has_drive_root(path)
 
 
-def _process(request: Request, process: oci.Process, *, lcow: bool) -> None:
+def _process(request: Request, *, lcow: bool) -> oci.Process:
     """S7–S11: command, working directory, environment, terminal and user."""
     c = request.container
     cfg = c.config
     args = c.args or []
-    process.cwd = cfg.working_dir or ("/" if lcow else "C:\\")  # S7
     if lcow or not cfg.args_escaped:  # S8
-        process.args = [c.path, *args]
+        argv, command_line = [c.path, *args], ""
     else:
-        process.commandLine = c.path + (" " + escape_args(args) if args else "")
-    hostname = cfg.hostname
+        argv, command_line = [], c.path + (" " + escape_args(args) if args else "")
     start: list[str] = []
     if lcow:  # S10
-        start = [f"PATH={LCOW_PATH}", f"HOSTNAME={hostname}"]
+        start = [f"PATH={LCOW_PATH}", f"HOSTNAME={cfg.hostname}"]
         if cfg.tty:
             start.append("TERM=xterm")
-    process.env = _apply_env(start, cfg.env or [])
-    process.terminal = cfg.tty  # S11
-    if cfg.tty:
-        height, width = c.host_config.console_size or (0, 0)
-        if height < 0 or width < 0:
-            raise SpecError("invalid ConsoleSize: height and width cannot be negative")
-        if height > _UINT64_MAX or width > _UINT64_MAX:  # Go's uint: larger fails to decode
-            raise SpecError("invalid ConsoleSize: height and width must be below 2^64")
-        process.consoleSize = oci.Box(height=height, width=width)
-    process.user = oci.User(uid=0, gid=0, username=cfg.user)
+    return oci.Process(
+        terminal=cfg.tty,  # S11
+        consoleSize=_console_size(c.host_config) if cfg.tty else None,
+        user=oci.User(uid=0, gid=0, username=cfg.user),  # S1's root user, named by the image
+        args=argv,
+        commandLine=command_line,
+        env=_apply_env(start, cfg.env or []),
+        cwd=cfg.working_dir or ("/" if lcow else "C:\\"),  # S7
+    )
+
+
+def _console_size(hc: HostConfig) -> oci.Box:
+    """S11: the console size of a container with a terminal (Go's uint, so no negatives)."""
+    height, width = hc.console_size or (0, 0)
+    if height < 0 or width < 0:
+        raise SpecError("invalid ConsoleSize: height and width cannot be negative")
+    if height > _UINT64_MAX or width > _UINT64_MAX:  # Go's uint: larger fails to decode
+        raise SpecError("invalid ConsoleSize: height and width must be below 2^64")
+    return oci.Box(height=height, width=width)
 
 
 def _apply_env(start: list[str], overrides: list[str]) -> list[str]:
@@ -332,10 +330,10 @@ def _network(request: Request) -> oci.WindowsNetwork:
                 raise SpecError(f"endpoint data of network {name}: GW_INFO must be an object")
             gw = gw_info.get("hnsid")
             if gw is not None:
-                gateway = _string(gw, f"endpoint data of network {name}: GW_INFO.hnsid")
+                gateway = _string(gw, name, "GW_INFO.hnsid")
         hnsid = data.get("hnsid")
         if hnsid is not None:
-            endpoints.append(_string(hnsid, f"endpoint data of network {name}: hnsid"))
+            endpoints.append(_string(hnsid, name, "hnsid"))
         if data.get("AllowUnqualifiedDNSQuery") is not None:
             allow_unqualified = True
     shared_name = ""
@@ -354,9 +352,10 @@ def _network(request: Request) -> oci.WindowsNetwork:
     )
 
 
-def _string(value: Any, what: str) -> str:
+def _string(value: Any, network: str, key: str) -> str:
+    """An endpoint data value that must be a string (the message is built only on error)."""
     if not isinstance(value, str):
-        raise SpecError(f"{what} must be a string")
+        raise SpecError(f"endpoint data of network {network}: {key} must be a string")
     return value
 
 
