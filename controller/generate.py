@@ -25,7 +25,7 @@ from controller.credspec import (
 from controller.errors import SpecError
 from controller.escape import escape_args
 from controller.models import GO_ZERO_TIME, HostConfig, Request, check_payload_id
-from controller.validation import CpuSettings, validate_resources
+from controller.validation import NO_CPU_LIMITS, CpuSettings, validate_resources
 from controller.winpath import clean, depth, has_drive_root, host_join
 
 SECRET_MOUNT_DIR = "C:\\ProgramData\\Docker\\secrets"
@@ -362,6 +362,8 @@ def _string(value: Any, network: str, key: str) -> str:
 def _resources(request: Request, cpu: CpuSettings, *, hyperv: bool) -> oci.WindowsResources | None:
     """S16–S19: CPU, memory and storage limits (uint16 arithmetic as Go does it)."""
     hc = request.container.host_config
+    if cpu == NO_CPU_LIMITS and not (hc.memory or hc.io_maximum_bandwidth or hc.io_maximum_iops):
+        return None  # the common case, no limit at all: nothing to check or write
     shares = cpu.shares & _UINT16_MASK
     maximum = (cpu.percent * 100) & _UINT16_MASK
     count = cpu.count

@@ -28,11 +28,20 @@ class CpuSettings(msgspec.Struct, frozen=True, kw_only=True):
     nano_cpus: int
 
 
+#: No CPU limit set (shared: a frozen Struct cannot be changed by whoever receives it).
+NO_CPU_LIMITS = CpuSettings(shares=0, percent=0, count=0, nano_cpus=0)
+
+
 def validate_resources(
     hc: HostConfig, *, hyperv: bool, node_cpus: int, warnings: list[str]
 ) -> CpuSettings:
     """Apply S20 to a host config: returns the effective CPU settings, or raises SpecError."""
     shares, percent, count, nano = hc.cpu_shares, hc.cpu_percent, hc.cpu_count, hc.nano_cpus
+    if not (shares or percent or count or nano) and node_cpus >= 0:
+        # The common case, no CPU limit at all: there is no precedence to apply and every
+        # range below holds (0 CPUs is within 0..node_cpus).
+        _refuse_linux_only(hc)
+        return NO_CPU_LIMITS
     if not hyperv:
         # Process isolation: count beats shares beats percent.
         if count > 0:

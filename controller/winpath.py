@@ -10,7 +10,7 @@ from __future__ import annotations
 import ntpath
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 # A rooted path with forward slashes whose components are not empty, "." or ".." and have no
 # ":" (ntpath reads "/:x" as drive "/:"): normpath only turns its slashes into backslashes.
@@ -72,13 +72,14 @@ def looks_windows(path: str) -> bool:
     return "\\" in path or bool(ntpath.splitdrive(path)[0])
 
 
-def are_plain_names(parts: Iterable[str]) -> bool:
+def are_plain_names(parts: Sequence[str]) -> bool:
     """Whether each part is one path component ``ntpath.join`` treats as a name, nothing more.
 
     Not empty, no separator, and no ``:`` (``ntpath`` would read a drive into ``"x:y"``).
     ``"."`` and ``".."`` are plain names to ``ntpath.join`` (only ``normpath`` resolves them).
     """
-    return all(p != "" and "\\" not in p and "/" not in p and ":" not in p for p in parts)
+    joined = "".join(parts)  # one search of each character for all the parts
+    return "" not in parts and "\\" not in joined and "/" not in joined and ":" not in joined
 
 
 def host_join(base: str, *parts: str) -> str:
