@@ -110,10 +110,15 @@ def check_file_path(value: str, *, daemon_root: str) -> tuple[str, ...]:
         # no cleaning and stay under it, so the full check below would return them as they
         # are. (ASCII: the check's case folding keeps the base's length, so the slicing agrees.)
         return tuple(names)
-    full = ntpath.normpath(ntpath.join(base_win, value))
-    prefix = ntpath.normcase(base_win).rstrip("\\") + "\\"
-    if not ntpath.normcase(full).startswith(prefix) or len(full) <= len(prefix):
+    full = ntpath.normpath(ntpath.join(base_win, value)).split("\\")
+    # Compare component by component: case folding may change a name's length ("İ"), so the
+    # remainder is cut by position in the list, never by a character count.
+    base_parts = [ntpath.normcase(p) for p in base_win.rstrip("\\").split("\\")]
+    inside = len(full) > len(base_parts) and all(
+        ntpath.normcase(f) == b for f, b in zip(full, base_parts, strict=False)
+    )
+    rest = tuple(p for p in full[len(base_parts) :] if p)
+    if not inside or not rest:
         base = credential_spec_base(daemon_root)
         raise SpecError(f"invalid credential spec - file:// path must be under {base}")
-    rest = full[len(prefix) :]
-    return tuple(p for p in rest.split("\\") if p)
+    return rest

@@ -88,12 +88,13 @@ def _reference_check_file_path(value: str, daemon_root: str) -> tuple[str, ...]:
         raise SpecError("invalid credential spec - file:// path cannot be absolute")
     base = credential_spec_base(daemon_root)
     base_win = ntpath.normpath(base.replace("/", "\\"))
-    full = ntpath.normpath(ntpath.join(base_win, value))
-    prefix = ntpath.normcase(base_win).rstrip("\\") + "\\"
-    if not ntpath.normcase(full).startswith(prefix) or len(full) <= len(prefix):
+    full = ntpath.normpath(ntpath.join(base_win, value)).split("\\")
+    base_parts = ntpath.normcase(base_win).rstrip("\\").split("\\")
+    head = [ntpath.normcase(p) for p in full[: len(base_parts)]]
+    rest = tuple(p for p in full[len(base_parts) :] if p)
+    if head != base_parts or not rest:
         raise SpecError(f"invalid credential spec - file:// path must be under {base}")
-    rest = full[len(prefix) :]
-    return tuple(p for p in rest.split("\\") if p)
+    return rest
 
 
 def _outcome(check: object, value: str, daemon_root: str) -> tuple[str, object]:
@@ -118,3 +119,9 @@ def test_check_file_path_agrees_with_the_full_check(value: str, daemon_root: str
 
     expected = _outcome(_reference_check_file_path, value, daemon_root)
     assert _outcome(fast, value, daemon_root) == expected
+
+
+def test_a_base_whose_case_folding_changes_length_keeps_the_names_whole() -> None:
+    """S23: a daemon root with "İ" (longer when lower-cased) still yields the file's own name."""
+    assert check_file_path("f.json", daemon_root="C:\\İ") == ("f.json",)
+    assert check_file_path("a\\..\\f.json", daemon_root="C:\\İ") == ("f.json",)
