@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from controller.errors import SpecError
 from controller.escape import escape_args
-from controller.generate import LCOW_PATH
+from controller.generate import LCOW_PATH, _apply_env
 from tests.unit.spec.argv import command_line_to_argv
 from tests.unit.spec.request_builders import (
     lcow_request,
@@ -150,6 +150,14 @@ def test_lcow_env_follows_moby(env: list[str], tty: bool, hostname: str) -> None
 def test_windows_env_keeps_assignments_only(env: list[str]) -> None:
     """S10: Windows starts empty: every K=V kept in order (duplicates too), bare keys dropped."""
     assert _process(with_config(windows_request(), Env=env)).env == [e for e in env if "=" in e]
+
+
+def test_env_merge_matches_moby_env_test() -> None:
+    """S10: moby's TestReplaceAndAppendEnvVars table: replace HOME, append TERM, drop FOO."""
+    defaults = ["HOME=/", "FOO=foo_default"]
+    overrides = ["HOME=/root", "TERM=xterm", "FOO", "BAR"]
+    assert _apply_env(defaults, overrides) == ["HOME=/root", "TERM=xterm"]
+    assert replace_or_append_env(defaults, overrides) == ["HOME=/root", "TERM=xterm"]
 
 
 def test_lcow_env_examples() -> None:
