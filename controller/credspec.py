@@ -17,7 +17,12 @@ from controller.errors import SpecError
 from controller.winpath import are_plain_names, clean, has_drive_root, host_join, is_absolute
 
 Scheme = Literal["file", "registry", "config", "raw"]
-_SCHEMES: frozenset[str] = frozenset({"file", "registry", "config", "raw"})
+_SCHEME_BY_NAME: dict[str, Scheme] = {
+    "file": "file",
+    "registry": "registry",
+    "config": "config",
+    "raw": "raw",
+}
 
 CREDENTIAL_SPEC_DIR = "CredentialSpecs"
 INVALID_VALUE = (
@@ -67,11 +72,11 @@ def parse_security_options(options: list[str]) -> list[CredentialSpecOption]:
         # Go's strings.EqualFold: simple case folding, so "ſ" matches "s" (casefold agrees here).
         if key.casefold() != "credentialspec":
             raise SpecError(f"security option not supported: {key}")
-        scheme, sep, rest = value.partition("://")
-        scheme = _go_lower(scheme)
-        if not sep or scheme not in _SCHEMES or rest == "":
+        raw_scheme, sep, rest = value.partition("://")
+        scheme = _SCHEME_BY_NAME.get(_go_lower(raw_scheme))
+        if not sep or scheme is None or rest == "":
             raise SpecError(INVALID_VALUE)
-        parsed.append(CredentialSpecOption(scheme=scheme, value=rest))  # type: ignore[arg-type]
+        parsed.append(CredentialSpecOption(scheme=scheme, value=rest))
     return parsed
 
 

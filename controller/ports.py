@@ -6,7 +6,6 @@ a request, write or remove a bundle, and nothing more.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from controller.bundle import BundleContent
@@ -38,14 +37,6 @@ class BundleWriter(Protocol):
 
     async def list_ids(self) -> list[str]:
         """The ids of every bundle present."""
-        ...
-
-
-class KeySource(Protocol):
-    """A source of keys to reconcile (events, lists and resyncs); it only enqueues keys."""
-
-    def keys(self) -> AsyncIterator[str]:
-        """Yield keys until the source is closed."""
         ...
 
 

@@ -233,7 +233,7 @@ class WorkQueue:
 
     # The timeout is part of the contract (the answer says whether the drain finished), so it
     # is a parameter rather than left to the caller's asyncio.timeout.
-    async def shut_down_with_drain(self, timeout: float) -> bool:  # noqa: ASYNC109
+    async def shut_down_with_drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - see above
         """Shut down, then wait up to ``timeout`` seconds for every key handed out to be done.
 
         Returns whether the queue drained in time.

@@ -234,11 +234,8 @@ class DockerRequestResolver:
             ) from exc
         shared: Container = decode(raw, Container, "container inspect")
         networks = (shared.network_settings.networks if shared.network_settings else None) or {}
-        return shared.id, [
-            networks[n].endpoint_id  # type: ignore[union-attr]
-            for n in sorted(networks)
-            if networks[n] is not None and networks[n].endpoint_id  # type: ignore[union-attr]
-        ]
+        endpoints = ((name, ep) for name, ep in sorted(networks.items()) if ep is not None)
+        return shared.id, [ep.endpoint_id for _name, ep in endpoints if ep.endpoint_id]
 
     async def _task_dependencies(self, task_id: str) -> tuple[list[SecretRef], list[ConfigRef]]:
         """Secrets and configs the swarm task references, with their payloads."""
