@@ -17,12 +17,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.compose import CONTROLLER_NAME, DockerMode
 from controller.settings import load_settings
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
+from tests.processes import clean_env, free_port, winspec_run_command
 from tests.schema import SKIP_REASON, schema_available, strict_roundtrip, validate_spec
 
 pytestmark = pytest.mark.docker
@@ -658,24 +656,13 @@ async def test_metrics_and_probes_over_http(dockerd: DockerDaemon, tmp_path: Pat
 # -- `winspec run` as a process --------------------------------------------------------------
 
 
-def _winspec(*args: str) -> list[str]:
-    return [sys.executable, "-m", "adapters.cli", "run", *args]
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment without WINSPEC_* or DOCKER_* settings that could change the run."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WINSPEC_", "DOCKER_"))} | {
-        "PYTHONPATH": str(REPO)
-    }
-
-
 def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
     """`winspec run` against an absent engine retries, then exits 1 with one clear stderr line."""
     # The line names the endpoint, and there is no traceback.
     host = "unix:///nonexistent/docker.sock"
     started = time.monotonic()
     proc = subprocess.run(
-        _winspec(
+        winspec_run_command(
             "--docker-host",
             host,
             "--retry-attempts",
@@ -686,7 +673,7 @@ def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
             "127.0.0.1:0",
         ),
         cwd=REPO,
-        env=_clean_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -705,13 +692,6 @@ def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
     assert proc.stdout == ""
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def _status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -725,11 +705,11 @@ def _status(url: str) -> int | None:
 
 def test_sigterm_stops_winspec_run_gracefully(dockerd: DockerDaemon, tmp_path: Path) -> None:
     """`winspec run` against a live engine becomes ready, and on SIGTERM exits 0 in time."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "winspec.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            _winspec(
+            winspec_run_command(
                 "--docker-host",
                 dockerd.host,
                 "--bundle-root",
@@ -744,7 +724,7 @@ def test_sigterm_stops_winspec_run_gracefully(dockerd: DockerDaemon, tmp_path: P
                 "5",
             ),
             cwd=REPO,
-            env=_clean_env(),
+            env=clean_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

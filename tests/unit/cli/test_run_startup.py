@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,27 +16,10 @@ from pathlib import Path
 import pytest
 
 from adapters.cli import main
+from tests.processes import clean_env, free_port, winspec_run_command
 
 ROOT = Path(__file__).resolve().parents[3]
 NO_ENGINE = "unix:///nonexistent/winspec-test/docker.sock"
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment without WINSPEC_* or DOCKER_* settings that could change the run."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("WINSPEC_", "DOCKER_"))} | {
-        "PYTHONPATH": str(ROOT)
-    }
-
-
-def _winspec_run(*args: str) -> list[str]:
-    return [sys.executable, "-m", "adapters.cli", "run", *args]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def _one_line(stderr: str) -> str:
@@ -91,7 +73,7 @@ def test_busy_listen_port_exits_1_with_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         proc = subprocess.run(
-            _winspec_run(
+            winspec_run_command(
                 "--docker-host",
                 NO_ENGINE,
                 "--bundle-root",
@@ -100,7 +82,7 @@ def test_busy_listen_port_exits_1_with_one_line(tmp_path: Path) -> None:
                 f"127.0.0.1:{port}",
             ),
             cwd=ROOT,
-            env=_clean_env(),
+            env=clean_env(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -118,9 +100,9 @@ def test_missing_tls_files_exit_2_with_one_line(tmp_path: Path) -> None:
     # The line names the file, with no traceback; exit 2 because it is a setting to fix.
     certs = tmp_path / "certs"
     certs.mkdir()
-    env = _clean_env() | {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
+    env = clean_env() | {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
     proc = subprocess.run(
-        _winspec_run(
+        winspec_run_command(
             "--docker-host",
             "tcp://127.0.0.1:9",
             "--bundle-root",
@@ -157,9 +139,9 @@ def test_sigterm_while_the_engine_is_unreachable_exits_0_at_once(tmp_path: Path)
     """SIGTERM while start-up retries an unreachable engine makes `winspec run` exit 0 at once."""
     # Exit 0: it is a stop that was asked for; at once, not after the retries. /healthz is
     # answered meanwhile.
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
-        _winspec_run(
+        winspec_run_command(
             "--docker-host",
             NO_ENGINE,
             "--retry-attempts",
@@ -170,7 +152,7 @@ def test_sigterm_while_the_engine_is_unreachable_exits_0_at_once(tmp_path: Path)
             f"127.0.0.1:{port}",
         ),
         cwd=ROOT,
-        env=_clean_env(),
+        env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
