@@ -39,9 +39,8 @@ SWARM_ID = re.compile(r"[0-9a-z]{25}")
 CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 #: A unique prefix of a container or network id, as the engine accepts it.
 _ID_PREFIX = re.compile(r"[0-9a-f]{1,64}")
-#: Container and network names (moby's ``RestrictedNamePattern``); a leading ``/`` is how a
-#: container inspect shows a container's own name.
-_NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
+#: Container and network names (moby's ``RestrictedNamePattern``).
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
 #: An image id (``sha256:`` and 64 hex digits, or the bare hex).
 _IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")
 #: An image reference (distribution/reference): ``[domain[:port]/]path[:tag][@digest]``.
