@@ -26,7 +26,7 @@ from typing import TypeVar
 from adapters.credspecs import NodeCredentialSpecReader
 from adapters.docker.client import DockerClient
 from adapters.docker.paths import CONTAINER_ID, IdKind, api_path, checked
-from adapters.docker.secrets import LinkRule, read_secret, windows_link_allowed
+from adapters.docker.secrets import LinkRule, read_plain_file, read_secret, windows_link_allowed
 from adapters.docker.types import Config, Info, Task, decode
 from controller.credspec import (
     CredentialSpecReader,
@@ -49,6 +49,8 @@ from controller.winpath import host_join
 
 Observe = Callable[[str, float], None]
 IMAGE_CACHE_SIZE = 256
+#: The largest ``layerchain.json`` read (a chain of a few hundred paths is a few tens of KiB).
+MAX_LAYER_CHAIN_BYTES = 1024 * 1024
 #: How many containers waiting for their swarm task are remembered (the oldest is forgotten).
 WAITING_SIZE = 4096
 SERVICE_LABEL = "com.docker.swarm.service.id"
@@ -403,11 +405,12 @@ def _read_layer_chain(rw_dir: str) -> list[str]:
     """The parent layers of a windowsfilter layer, from its ``layerchain.json``."""
     path = os.path.join(rw_dir, "layerchain.json")
     try:
-        with open(path, "rb") as f:
-            chain = json.load(f)
+        raw = read_plain_file(path, f"layer chain {path}", max_bytes=MAX_LAYER_CHAIN_BYTES)
     except FileNotFoundError as exc:
         raise TransientError(f"{path} does not exist (yet)") from exc
-    except (OSError, ValueError) as exc:
+    try:
+        chain = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise PermanentError(f"cannot read layer chain {path}: {exc}") from exc
     if not isinstance(chain, list) or not all(isinstance(p, str) for p in chain):
         raise PermanentError(f"layer chain {path} is not a list of paths")

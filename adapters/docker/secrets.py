@@ -146,6 +146,23 @@ def read_secret(
         os.close(fd)
 
 
+def read_plain_file(path: str, label: str, *, max_bytes: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file (not a link) of at most ``max_bytes``.
+
+    Opened like a secret (no link followed, never blocking, ``fstat`` of what was opened).
+    A missing file raises :class:`FileNotFoundError` for the caller to judge; every other
+    failure is typed as in :func:`read_secret`.
+    """
+    directory = os.path.dirname(path) or "."
+    fd = _open_no_follow(path, label, directory)
+    if fd is None:
+        raise PermanentError(f"{label} is a symbolic link: refused")
+    try:
+        return _read_regular(fd, label, max_bytes)
+    finally:
+        os.close(fd)
+
+
 def _open_no_follow(path: str, label: str, directory: str) -> int | None:
     """An fd of ``path`` opened without following a final link; ``None`` when it is a link."""
     if os.name == "nt" and os.path.islink(path):

@@ -341,3 +341,65 @@ WINDOWS_LINK_CASES = [
 def test_windows_link_rule(target: str, daemon_root: str | None, allowed: bool) -> None:
     """Only a link to exactly <internal secrets>\\<this secret's id> is Docker's own."""
     assert windows_link_allowed(target, secret_id=SECRET_ID, daemon_root=daemon_root) is allowed
+
+
+# -- layerchain.json ----------------------------------------------------------------------------
+
+
+def _plant_link(rw: Path, outside: Path) -> None:
+    (rw / "layerchain.json").symlink_to(outside)
+
+
+def _plant_fifo(rw: Path, _outside: Path) -> None:
+    os.mkfifo(rw / "layerchain.json")
+
+
+def _plant_dir(rw: Path, _outside: Path) -> None:
+    (rw / "layerchain.json").mkdir()
+
+
+def _plant_deep(rw: Path, _outside: Path) -> None:
+    (rw / "layerchain.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+
+
+def _plant_huge(rw: Path, _outside: Path) -> None:
+    (rw / "layerchain.json").write_bytes(b" " * (1024 * 1024 + 1))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("plant", "message"),
+    [
+        (_plant_link, "is a symbolic link"),
+        (_plant_fifo, "is a FIFO"),
+        (_plant_dir, "is a directory"),
+        (_plant_deep, "cannot read layer chain"),
+        (_plant_huge, "more than the 1048576 allowed"),
+    ],
+    ids=["link", "fifo", "directory", "deep", "huge"],
+)
+async def test_a_hostile_layerchain_is_a_permanent_error(
+    engine: ScriptedEngine, tmp_path: Path, plant: Any, message: str
+) -> None:
+    """layerchain.json that is a link, FIFO, directory, too deep or too big: PermanentError."""
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    outside = tmp_path / "outside.json"
+    outside.write_text('["C:\\\\outside"]')
+    plant(rw, outside)
+    doc = container_doc(driver={"Name": "windowsfilter", "Data": {"dir": str(rw)}})
+    _script(engine, doc, None)
+    async with negotiated(engine, tmp_path) as resolver:
+        with pytest.raises(PermanentError, match=message):
+            await resolver.resolve(CID)
+
+
+async def test_a_nul_in_the_layer_directory_is_a_permanent_error(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A layer directory with a NUL byte (from the inspect) is a PermanentError, not ValueError."""
+    doc = container_doc(driver={"Name": "windowsfilter", "Data": {"dir": "C:\\x\x00y"}})
+    _script(engine, doc, None)
+    async with negotiated(engine, tmp_path) as resolver:
+        with pytest.raises(PermanentError, match="invalid path"):
+            await resolver.resolve(CID)
