@@ -482,6 +482,43 @@ async def test_forged_task_label_gets_no_payloads_and_a_terminal_error(
             await asyncio.to_thread(_remove_service_and_wait, dockerd, service_id)
 
 
+async def test_a_linked_secret_is_a_terminal_error_and_never_copied(
+    dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A granted secret that is a link to a file elsewhere: terminal error, no bundle, no copy."""
+    secret_name = _unique("linked")
+    dockerd.create_secret(secret_name, b"the real secret")
+    outside = tmp_path / "shadow"
+    outside.write_bytes(b"root:$6$planted-outside")
+    async with running(dockerd, tmp_path) as h:
+        (h.secrets_dir / secret_name).symlink_to(outside)
+        await h.settled()
+        terminal_before = h.terminal_errors()
+        service_id = await asyncio.to_thread(
+            dockerd.create_service, _unique("svc"), secrets=[secret_name]
+        )
+        try:
+            task = await asyncio.to_thread(dockerd.wait_for_task_container, service_id)
+            cid = task["Status"]["ContainerStatus"]["ContainerID"]
+            await eventually(
+                lambda: h.terminal_errors() >= terminal_before + 1,
+                message="the terminal reconcile error",
+            )
+            await h.settled()
+            assert not h.bundle(cid).exists()
+            assert not any(
+                b"planted-outside" in p.read_bytes() for p in h.root.rglob("*") if p.is_file()
+            )
+            assert any(
+                getattr(r, "key", None) == cid
+                and f"secret {secret_name!r}" in str(getattr(r, "error", ""))
+                and "is a symbolic link" in str(getattr(r, "error", ""))
+                for r in caplog.records
+            )
+        finally:
+            await asyncio.to_thread(_remove_service_and_wait, dockerd, service_id)
+
+
 async def test_refused_container_is_a_terminal_error_counted_once(
     dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
