@@ -428,20 +428,29 @@ def check_task_owner(container: Container, task_id: str, task: Task) -> bool:
     labels = container.config.labels or {}
     problems: list[str] = []
     if task.id != task_id:
-        problems.append(f"the swarm answered with task {task.id[:80]!r}")
+        problems.append(f"the swarm answered with task {_short(task.id)}")
     for label, actual in ((SERVICE_LABEL, task.service_id), (NODE_LABEL, task.node_id)):
         claimed = labels.get(label)
         if claimed != actual:
-            problems.append(f"its label {label} is {claimed!r} but the task's is {actual!r}")
+            problems.append(
+                f"its label {label} is {_short(claimed)} but the task's is {_short(actual)}"
+            )
     name = labels.get(TASK_NAME_LABEL)
     slot = str(task.slot) if task.slot else task.node_id
     if name is not None and not name.endswith(f".{slot}.{task_id}"):
-        problems.append(f"its label {TASK_NAME_LABEL} {name[:120]!r} is not a name of this task")
+        problems.append(f"its label {TASK_NAME_LABEL} {_short(name)} is not a name of this task")
     if task.container_id and task.container_id != container.id:
-        problems.append(f"the task runs container {task.container_id[:80]!r}")
+        problems.append(f"the task runs container {_short(task.container_id)}")
     if problems:
         raise PermanentError(
             f"container {container.id} claims swarm task {task_id} ({SWARM_TASK_LABEL}) but is "
             f"not that task's container: {'; '.join(problems)}; no secrets or configs resolved"
         )
     return bool(task.container_id)
+
+
+def _short(value: str | None, limit: int = 120) -> str:
+    """``value`` quoted for a message, cut at ``limit`` characters (labels are anyone's)."""
+    if value is None or len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + "…"
