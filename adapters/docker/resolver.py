@@ -53,6 +53,8 @@ IMAGE_CACHE_SIZE = 256
 MAX_LAYER_CHAIN_BYTES = 1024 * 1024
 #: How many containers waiting for their swarm task are remembered (the oldest is forgotten).
 WAITING_SIZE = 4096
+#: Pauses before asking again for a task that names no container yet (0.75 s in all).
+TASK_SETTLE_DELAYS = (0.05, 0.1, 0.2, 0.4)
 SERVICE_LABEL = "com.docker.swarm.service.id"
 NODE_LABEL = "com.docker.swarm.node.id"
 TASK_NAME_LABEL = "com.docker.swarm.task.name"
@@ -125,6 +127,7 @@ class DockerRequestResolver:
         swarm_worker: bool = False,
         reader: CredentialSpecReader | None = None,
         clock: Callable[[], float] = time.monotonic,
+        task_settle: tuple[float, ...] = TASK_SETTLE_DELAYS,
     ) -> None:
         self._client = client
         self._swarm = swarm_client or client
@@ -138,6 +141,7 @@ class DockerRequestResolver:
         self._images: dict[str, Image] = {}
         # When each container still waiting for its swarm task was first seen waiting.
         self._clock = clock
+        self._task_settle = task_settle
         self._waiting: OrderedDict[str, float] = OrderedDict()
 
     def _record(self, kind: str, start: float) -> None:
@@ -268,21 +272,15 @@ class DockerRequestResolver:
         The task label is anyone's to write: the task must prove the container is its own
         (:func:`check_task_owner`) before anything of it is resolved.
         """
-        path = api_path("tasks", IdKind.TASK, task_id)
-        try:
-            raw = await self._timed("task", path, "task_inspect", client=self._swarm)
-        except NotFoundError as exc:
-            waited = self._waited(container.id)
-            raise TransientError(
-                f"swarm task {task_id} of container {container.id} not found (yet); "
-                f"waiting for it for {waited:.0f}s"
-            ) from exc
-        task = decode(raw, Task, f"swarm task {task_id}")
-        try:
-            owned = check_task_owner(container, task_id, task)
-        except PermanentError:
-            self._waiting.pop(container.id, None)
-            raise
+        task, owned = await self._owning_task(container, task_id)
+        # Right after the create event the task is still "preparing" and names no container;
+        # the swarm records it within a fraction of a second. Ask again a few times before
+        # handing the container back to the queue as a retry.
+        for delay in () if owned else self._task_settle:
+            await asyncio.sleep(delay)
+            task, owned = await self._owning_task(container, task_id)
+            if owned:
+                break
         if not owned:
             waited = self._waited(container.id)
             raise TransientError(
@@ -316,6 +314,24 @@ class DockerRequestResolver:
                 )
             )
         return secrets, configs
+
+    async def _owning_task(self, container: Container, task_id: str) -> tuple[Task, bool]:
+        """The task the container claims, and whether it names the container yet."""
+        path = api_path("tasks", IdKind.TASK, task_id)
+        try:
+            raw = await self._timed("task", path, "task_inspect", client=self._swarm)
+        except NotFoundError as exc:
+            waited = self._waited(container.id)
+            raise TransientError(
+                f"swarm task {task_id} of container {container.id} not found (yet); "
+                f"waiting for it for {waited:.0f}s"
+            ) from exc
+        task = decode(raw, Task, f"swarm task {task_id}")
+        try:
+            return task, check_task_owner(container, task_id, task)
+        except PermanentError:
+            self._waiting.pop(container.id, None)
+            raise
 
     def _waited(self, container_id: str) -> float:
         """Seconds since ``container_id`` was first seen waiting for its task (bounded memory)."""

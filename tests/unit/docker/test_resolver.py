@@ -177,8 +177,13 @@ async def resolving(
     swarm_worker: bool = False,
     reader: Any = None,
     clock: Any = None,
+    task_settle: tuple[float, ...] = (),
 ) -> AsyncIterator[Harness]:
-    """A resolver against ``engine`` (tasks and configs from ``swarm_engine`` when given)."""
+    """A resolver against ``engine`` (tasks and configs from ``swarm_engine`` when given).
+
+    ``task_settle``: the pauses before asking again for a task naming no container (none by
+    default, so a test sees each answer as one resolve).
+    """
     observed: list[str] = []
     node = NodeFacts(daemon_root=daemon_root or str(tmp_path / "docker"))
     async with client_for(engine) as client:
@@ -195,6 +200,7 @@ async def resolving(
                 swarm_client=swarm,
                 swarm_worker=swarm_worker,
                 reader=reader,
+                task_settle=task_settle,
                 **({"clock": clock} if clock else {}),
             )
             yield Harness(resolver, observed)
@@ -439,6 +445,37 @@ async def test_task_without_its_container_yet_is_transient_then_resolves(
         request = await h.resolve()
         assert [s.data for s in request.secrets] == [b"s3cr3t"]
         assert h.resolver._waiting == {}  # forgotten once resolved
+
+
+async def test_a_task_naming_its_container_within_the_settle_pauses_resolves_at_once(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A task still "preparing" is asked again after short pauses, so one resolve succeeds."""
+    script_container(engine, container_doc(task=TASK_ID))
+    preparing = answer_json(task_doc(None))
+    engine.on(f"/tasks/{TASK_ID}", preparing, preparing, answer_json(task_doc()))
+    engine.on(f"/configs/{CONFIG_ID}", answer_json(config_doc(CONFIG_ID, "eyJhIjoxfQ==")))
+    grant_secret(tmp_path)
+
+    async with resolving(engine, tmp_path, task_settle=(0.01, 0.01, 0.01)) as h:
+        request = await h.resolve()
+
+    assert [s.data for s in request.secrets] == [b"s3cr3t"]
+    assert engine.hits(f"/tasks/{TASK_ID}") == 3
+
+
+async def test_the_settle_pauses_are_bounded_then_transient(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A task that still names no container after every pause is a TransientError."""
+    script_container(engine, container_doc(task=TASK_ID))
+    engine.on(f"/tasks/{TASK_ID}", answer_json(task_doc(None)))
+
+    async with resolving(engine, tmp_path, task_settle=(0.01, 0.01)) as h:
+        with pytest.raises(TransientError, match="does not name its container yet"):
+            await h.resolve()
+
+    assert engine.hits(f"/tasks/{TASK_ID}") == 3
 
 
 async def test_waiting_containers_are_remembered_within_a_bound(
