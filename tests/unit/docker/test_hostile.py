@@ -403,3 +403,26 @@ async def test_a_nul_in_the_layer_directory_is_a_permanent_error(
     async with negotiated(engine, tmp_path) as resolver:
         with pytest.raises(PermanentError, match="invalid path"):
             await resolver.resolve(CID)
+
+
+@pytest.mark.parametrize("key", ["../secrets", "..", "", "a/b", "x?all=1"])
+async def test_a_hostile_key_is_refused_before_any_request(
+    engine: ScriptedEngine, tmp_path: Path, key: str
+) -> None:
+    """A queue key that is no container id or name is a PermanentError; nothing is requested."""
+    async with negotiated(engine, tmp_path) as resolver:
+        with pytest.raises(PermanentError, match="invalid container id or name"):
+            await resolver.resolve(key)
+    assert engine.seen == ["/version"]
+
+
+async def test_an_inspect_naming_an_invalid_id_is_refused(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A container inspect whose Id is not 64 hex digits (a hostile engine) is refused."""
+    doc = container_doc()
+    doc["Id"] = "../../escape"
+    _script(engine, doc, None)
+    async with negotiated(engine, tmp_path) as resolver:
+        with pytest.raises(PermanentError, match="has an invalid id"):
+            await resolver.resolve(CID)
