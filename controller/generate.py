@@ -2,7 +2,7 @@
 
 A pure function of its inputs (no I/O but what the injected credential spec reader does, no
 clock, no randomness): the same request always gives byte-identical output (S32). Each step
-names the rule of ``spec-rules.md`` it implements.
+names the rule it implements; the rules are described in ``controller/RULES.md``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A case directory holds ``meta.json`` (``{"rules": ["S5", …], "doc": "one line"
   links map, S5) when the spec has links and ``warnings.json`` when it has warnings; or
 - ``error.txt``: the exact message of the :class:`PermanentError` the request must raise.
 
-Expected files are reviewed by hand against spec-rules.md and moby's code, never merely
+Expected files are reviewed by hand against controller/RULES.md and moby's code, never merely
 recorded: ``python -m tests.unit.spec.regen_golden`` rewrites them, and the diff must be read.
 """
 
