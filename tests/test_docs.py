@@ -33,7 +33,7 @@ def test_every_relative_link_resolves_inside_the_repository(path: Path) -> None:
 
 
 def test_no_file_refers_to_a_side_folder() -> None:
-    """No file of the repository refers to a folder beside it (../shared)."""
+    """No file of the repository refers to the shared folder beside it (SIDE_FOLDER)."""
     offenders = []
     for path in repo_files():
         try:
