@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -110,11 +111,43 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Standard padded base64, the only form msgspec decodes into ``bytes``; `(?![\s\S])` is the
+#: end of the string in ECMA-262 and Python alike (`$` also matches before a final newline).
+_BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?(?![\s\S])"
+
+
+def _with_base64_patterns(node: Any) -> None:
+    """Give every base64 string a pattern, so the schema refuses what the decoder refuses."""
+    if isinstance(node, dict):
+        if node.get("contentEncoding") == "base64":
+            node["pattern"] = _BASE64_PATTERN
+        for value in node.values():
+            _with_base64_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _with_base64_patterns(value)
+
+
 def request_schema() -> bytes:
-    """The JSON Schema of the request document, as shipped in controller/request.schema.json."""
+    """The JSON Schema of the request document, as shipped in controller/request.schema.json.
+
+    Generated from :class:`Request`, then made to accept exactly what
+    :func:`~controller.models.decode_request` accepts: the one-element array ``docker inspect``
+    prints, for ``container`` and ``image``, and base64 payloads only in the form decoded.
+    """
     schema = msgspec.json.schema(Request)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "winspec request document"
+    properties = schema["$defs"]["Request"]["properties"]
+    for member in ("container", "image"):
+        inspect_object = properties[member]
+        properties[member] = {
+            "anyOf": [
+                inspect_object,
+                {"type": "array", "items": inspect_object, "minItems": 1, "maxItems": 1},
+            ]
+        }
+    _with_base64_patterns(schema)
     return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
 
 

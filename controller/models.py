@@ -219,7 +219,9 @@ class Request(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_field
     container: Container
     image: Image
     node: NodeFacts = msgspec.field(default_factory=NodeFacts)
-    layer_folders: list[str] = msgspec.field(default_factory=list)
+    # S12: required and non-empty in the document, as the JSON Schema says (a request built in
+    # code is checked by the generator).
+    layer_folders: Annotated[list[str], msgspec.Meta(min_length=1)]
     volume_path: str | None = None
     endpoints: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     shared_endpoints: list[str] = msgspec.field(default_factory=list)

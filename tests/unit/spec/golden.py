@@ -63,9 +63,9 @@ def expected_outputs(case: Case) -> dict[str, bytes]:
 
 def actual_outputs(case: Case) -> dict[str, bytes]:
     """The output files the generator gives for a case's request today."""
-    request = decode_request((case.path / "request.json").read_bytes())
     try:
-        generated = generate(request)
+        # A document the decoder refuses (S12: empty layerFolders) is an outcome like any other.
+        generated = generate(decode_request((case.path / "request.json").read_bytes()))
     except PermanentError as exc:
         return {"error.txt": (str(exc) + "\n").encode()}
     out = {"config.json": encode_spec(generated.spec)}
