@@ -167,7 +167,9 @@ def run_command(args: argparse.Namespace) -> int:
         file_layer = _file_settings(
             getattr(args, "config", None) or os.environ.get("WINSPEC_CONFIG")
         )
-        settings = load_settings(file_layer, env_settings(os.environ), flags)
+        settings = load_settings(
+            file_layer, env_settings(os.environ), flags, origins=("file", "env", "flag")
+        )
         # The engine endpoints are parsed by the client's own parser, before anything starts.
         parse_host(settings.docker_host)
         if settings.swarm_host:

@@ -249,8 +249,13 @@ def decode_request(data: bytes | str) -> Request:
     """Decode a request document; a malformed one raises :class:`RequestDecodeError`.
 
     ``docker inspect`` prints a one-element array; pasted as ``container`` or ``image`` it is
-    accepted and unwrapped.
+    accepted and unwrapped. Every message names the member and the form expected there.
     """
+    if not data.strip():
+        raise RequestDecodeError(
+            "invalid request: the document is empty; expected one JSON object "
+            "(`winspec schema` prints its JSON Schema)"
+        )
     try:
         return _request_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -266,7 +271,13 @@ def decode_request(data: bytes | str) -> Request:
     if isinstance(raw, dict):
         for member in ("container", "image"):
             value = raw.get(member)
-            if isinstance(value, list) and len(value) == 1:
+            if isinstance(value, list):
+                if len(value) != 1:
+                    raise RequestDecodeError(
+                        f"invalid request: expected an inspect object or the one-element array "
+                        f"`docker inspect` prints, got an array of {len(value)} elements "
+                        f"- at `$.{member}`"
+                    ) from first_error
                 raw[member] = value[0]
                 unwrapped = True
     if not unwrapped:
