@@ -7,6 +7,7 @@ the rules refuse, a malformed document, a bad option).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,12 +36,21 @@ rules refuse prints the error to stderr and exits 2.
 """
 
 
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("winspec")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="winspec",
         description="Generate the OCI runtime specs and bundles Docker's Windows daemon would "
         "write, for one request or continuously from Docker events.",
     )
+    parser.add_argument("--version", action="version", version=f"winspec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser(
@@ -52,8 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "request",
         nargs="?",
-        default="-",
-        help="the request document (a JSON file); '-' or absent reads standard input",
+        default=None,
+        help="the request document (a JSON file); '-' reads standard input, and so does an "
+        "absent argument unless standard input is a terminal",
     )
     gen.add_argument(
         "-o",
@@ -61,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write config.json to FILE instead of standard output",
     )
+    gen.set_defaults(print_usage=gen.print_usage)
     gen.add_argument(
         "--links",
         metavar="FILE",
@@ -85,6 +97,17 @@ def _read_request(source: str) -> Request:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if args.request is None:
+        if sys.stdin.isatty():
+            # Nothing piped in: waiting silently for a document typed by hand helps nobody.
+            args.print_usage(sys.stderr)
+            print(
+                "winspec generate: error: give a request file, or '-' to read standard input "
+                "(`winspec schema` prints the request's JSON Schema)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        args.request = "-"
     try:
         request = _read_request(args.request)
         generated = generate(request, reader=NodeCredentialSpecReader())
