@@ -20,7 +20,7 @@ else
     exit 1
 fi
 
-echo "install-docker: installing docker.io"
+echo "install-docker: installing docker.io (system-wide, apt-get)"
 $as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
 # Without recommends: no needrestart prompts, no git/apparmor/etc. that the tests don't use.
 $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io

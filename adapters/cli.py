@@ -7,9 +7,11 @@ the rules refuse, a malformed document, a bad option).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -34,12 +36,21 @@ rules refuse prints the error to stderr and exits 2.
 """
 
 
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("winspec")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="winspec",
         description="Generate the OCI runtime specs and bundles Docker's Windows daemon would "
         "write, for one request or continuously from Docker events.",
     )
+    parser.add_argument("--version", action="version", version=f"winspec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser(
@@ -51,8 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "request",
         nargs="?",
-        default="-",
-        help="the request document (a JSON file); '-' or absent reads standard input",
+        default=None,
+        help="the request document (a JSON file); '-' reads standard input, and so does an "
+        "absent argument unless standard input is a terminal",
     )
     gen.add_argument(
         "-o",
@@ -60,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write config.json to FILE instead of standard output",
     )
+    gen.set_defaults(print_usage=gen.print_usage)
     gen.add_argument(
         "--links",
         metavar="FILE",
@@ -84,6 +97,17 @@ def _read_request(source: str) -> Request:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if args.request is None:
+        if sys.stdin.isatty():
+            # Nothing piped in: waiting silently for a document typed by hand helps nobody.
+            args.print_usage(sys.stderr)
+            print(
+                "winspec generate: error: give a request file, or '-' to read standard input "
+                "(`winspec schema` prints the request's JSON Schema)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+        args.request = "-"
     try:
         request = _read_request(args.request)
         generated = generate(request, reader=NodeCredentialSpecReader())
@@ -110,11 +134,43 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Standard padded base64, the only form msgspec decodes into ``bytes``; `(?![\s\S])` is the
+#: end of the string in ECMA-262 and Python alike (`$` also matches before a final newline).
+_BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?(?![\s\S])"
+
+
+def _with_base64_patterns(node: Any) -> None:
+    """Give every base64 string a pattern, so the schema refuses what the decoder refuses."""
+    if isinstance(node, dict):
+        if node.get("contentEncoding") == "base64":
+            node["pattern"] = _BASE64_PATTERN
+        for value in node.values():
+            _with_base64_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _with_base64_patterns(value)
+
+
 def request_schema() -> bytes:
-    """The JSON Schema of the request document, as shipped in controller/request.schema.json."""
+    """The JSON Schema of the request document, as shipped in controller/request.schema.json.
+
+    Generated from :class:`Request`, then made to accept exactly what
+    :func:`~controller.models.decode_request` accepts: the one-element array ``docker inspect``
+    prints, for ``container`` and ``image``, and base64 payloads only in the form decoded.
+    """
     schema = msgspec.json.schema(Request)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "winspec request document"
+    properties = schema["$defs"]["Request"]["properties"]
+    for member in ("container", "image"):
+        inspect_object = properties[member]
+        properties[member] = {
+            "anyOf": [
+                inspect_object,
+                {"type": "array", "items": inspect_object, "minItems": 1, "maxItems": 1},
+            ]
+        }
+    _with_base64_patterns(schema)
     return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
 
 

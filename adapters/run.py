@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -160,6 +163,52 @@ def _file_settings(path: str | None) -> dict[str, Any]:
         raise PermanentError(f"invalid config file {path}: {exc}") from exc
 
 
+#: What a bundle root is called in messages: it may come from any of the three.
+_BUNDLE_ROOT = "bundle root (--bundle-root, WINSPEC_BUNDLE_ROOT, bundle_root)"
+
+
+def check_bundle_root(path: str) -> None:
+    """Refuse a bundle root winspec could not write bundles into, before anything connects.
+
+    It must be a directory, or creatable (it is created here, as the writer would); winspec
+    must be able to create a directory in it and rename it there, and that directory must be
+    on the root's own file system, because every bundle is built beside its final place and
+    swapped in by rename. Raises :class:`PermanentError` naming the path and what is wrong.
+    """
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise PermanentError(f"{_BUNDLE_ROOT} {path} exists and is not a directory")
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermanentError(
+            f"{_BUNDLE_ROOT} {path} is not a directory and cannot be created: {exc.strerror}"
+        ) from exc
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".tmp-probe-", dir=root))
+    except OSError as exc:
+        raise PermanentError(
+            f"{_BUNDLE_ROOT} {path} is not writable (a directory cannot be created in it: "
+            f"{exc.strerror})"
+        ) from exc
+    renamed = probe.with_name(probe.name + "-renamed")
+    try:
+        os.rename(probe, renamed)
+        probe = renamed
+        if os.stat(probe).st_dev != os.stat(root).st_dev:
+            raise PermanentError(
+                f"{_BUNDLE_ROOT} {path}: a directory created in it lands on another file "
+                "system, so bundles cannot be swapped in by rename"
+            )
+    except OSError as exc:
+        raise PermanentError(
+            f"{_BUNDLE_ROOT} {path}: a directory in it cannot be renamed: {exc.strerror}"
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the controller until stopped; the process exit code."""
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
@@ -167,11 +216,14 @@ def run_command(args: argparse.Namespace) -> int:
         file_layer = _file_settings(
             getattr(args, "config", None) or os.environ.get("WINSPEC_CONFIG")
         )
-        settings = load_settings(file_layer, env_settings(os.environ), flags)
+        settings = load_settings(
+            file_layer, env_settings(os.environ), flags, origins=("file", "env", "flag")
+        )
         # The engine endpoints are parsed by the client's own parser, before anything starts.
         parse_host(settings.docker_host)
         if settings.swarm_host:
             parse_host(settings.swarm_host)
+        check_bundle_root(settings.bundle_root)
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

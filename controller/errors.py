@@ -18,7 +18,7 @@ class PermanentError(WinspecError):
 
 
 class SpecError(PermanentError):
-    """The request cannot become a spec (a rule of spec-rules.md refused it)."""
+    """The request cannot become a spec (a rule of controller/RULES.md refused it)."""
 
 
 class RequestDecodeError(PermanentError):

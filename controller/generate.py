@@ -2,7 +2,7 @@
 
 A pure function of its inputs (no I/O but what the injected credential spec reader does, no
 clock, no randomness): the same request always gives byte-identical output (S32). Each step
-names the rule of ``spec-rules.md`` it implements.
+names the rule it implements; the rules are described in ``controller/RULES.md``.
 """
 
 from __future__ import annotations
@@ -66,10 +66,13 @@ def generate(request: Request, *, reader: CredentialSpecReader | None = None) ->
     os_name = request.image.os
     # S2: the platform decides everything else.
     if os_name not in ("windows", "linux"):
-        raise SpecError(f'Unsupported platform "{os_name}"')
+        raise SpecError(f'Unsupported platform "{os_name}": image.Os must be "windows" or "linux"')
     lcow = os_name == "linux"
     if lcow and not request.node.lcow_supported:
-        raise SpecError("Linux containers on Windows are not supported")
+        raise SpecError(
+            "Linux containers on Windows are not supported: this is a linux image and "
+            "node.lcowSupported is false"
+        )
     if request.node.cpu_count < 1:
         raise SpecError("invalid node facts: cpuCount must be at least 1")
 
@@ -309,7 +312,10 @@ def _apply_env(start: list[str], overrides: list[str]) -> list[str]:
 def _layer_folders(request: Request) -> list[str]:
     """S12: image layers topmost first, then the scratch layer; none is an error."""
     if not request.layer_folders:
-        raise SpecError(f"container {request.container.id}: no layer folders")
+        raise SpecError(
+            f"container {request.container.id}: no layer folders: layerFolders must list the "
+            "image's layer folders topmost first, then the container's read-write layer"
+        )
     return list(request.layer_folders)
 
 

@@ -219,7 +219,9 @@ class Request(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_field
     container: Container
     image: Image
     node: NodeFacts = msgspec.field(default_factory=NodeFacts)
-    layer_folders: list[str] = msgspec.field(default_factory=list)
+    # S12: required and non-empty in the document, as the JSON Schema says (a request built in
+    # code is checked by the generator).
+    layer_folders: Annotated[list[str], msgspec.Meta(min_length=1)]
     volume_path: str | None = None
     endpoints: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     shared_endpoints: list[str] = msgspec.field(default_factory=list)
@@ -247,8 +249,13 @@ def decode_request(data: bytes | str) -> Request:
     """Decode a request document; a malformed one raises :class:`RequestDecodeError`.
 
     ``docker inspect`` prints a one-element array; pasted as ``container`` or ``image`` it is
-    accepted and unwrapped.
+    accepted and unwrapped. Every message names the member and the form expected there.
     """
+    if not data.strip():
+        raise RequestDecodeError(
+            "invalid request: the document is empty; expected one JSON object "
+            "(`winspec schema` prints its JSON Schema)"
+        )
     try:
         return _request_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -264,7 +271,13 @@ def decode_request(data: bytes | str) -> Request:
     if isinstance(raw, dict):
         for member in ("container", "image"):
             value = raw.get(member)
-            if isinstance(value, list) and len(value) == 1:
+            if isinstance(value, list):
+                if len(value) != 1:
+                    raise RequestDecodeError(
+                        f"invalid request: expected an inspect object or the one-element array "
+                        f"`docker inspect` prints, got an array of {len(value)} elements "
+                        f"- at `$.{member}`"
+                    ) from first_error
                 raw[member] = value[0]
                 unwrapped = True
     if not unwrapped:

@@ -4,8 +4,9 @@ flags (later sources win). Every field is documented in the README's configurati
 from __future__ import annotations
 
 import math
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -110,12 +111,69 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_settings(*layers: Mapping[str, Any]) -> Settings:
-    """Merge layers (later wins) into :class:`Settings`; bad values raise PermanentError."""
+#: Where a layer's values come from, for messages: a config file, the environment, flags.
+Origin = Literal["file", "env", "flag"]
+_FIELD_ERROR = re.compile(r" - at `\$\.(\w+)`$")
+
+
+def setting_name(name: str, origin: Origin | None) -> str:
+    """How a user wrote a setting: ``--bundle-root``, ``WINSPEC_BUNDLE_ROOT`` or a file key."""
+    if origin == "flag":
+        return "--" + name.replace("_", "-")
+    if origin == "env":
+        return ENV_PREFIX + name.upper()
+    if origin == "file":
+        return f"config file key {name}"
+    return name
+
+
+def expected_form(name: str) -> str:
+    """The form a setting's value must have, in words (from its type in :class:`Settings`)."""
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    field = next(f for f in info.fields if f.name == name)
+    kind = field.type
+    if isinstance(kind, msgspec.inspect.UnionType):
+        kind = next(t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType))
+    if isinstance(kind, msgspec.inspect.BoolType):
+        return "true or false"
+    if isinstance(kind, msgspec.inspect.IntType):
+        return "a whole number"
+    if isinstance(kind, msgspec.inspect.FloatType):
+        return "a number"
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(str(v) for v in kind.values)
+    if isinstance(kind, msgspec.inspect.ListType):
+        return "a list of strings (comma-separated in the environment)"
+    return "a string"
+
+
+def load_settings(*layers: Mapping[str, Any], origins: Sequence[Origin | None] = ()) -> Settings:
+    """Merge layers (later wins) into :class:`Settings`; bad values raise PermanentError.
+
+    ``origins`` says where each layer came from, so a message names the flag, the
+    ``WINSPEC_*`` variable or the config file key to fix, and the form expected there.
+    """
     merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update({k: v for k, v in layer.items() if v is not None})
+    origin_of: dict[str, Origin | None] = {}
+    for index, layer in enumerate(layers):
+        origin = origins[index] if index < len(origins) else None
+        for key, value in layer.items():
+            if value is not None:
+                merged[key] = value
+                origin_of[key] = origin
     try:
         return msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise PermanentError(f"invalid settings: {exc}") from exc
+        match = _FIELD_ERROR.search(str(exc))
+        if match is None or match.group(1) not in FIELDS:
+            if str(exc).startswith("Object contains unknown field"):
+                raise PermanentError(
+                    f"invalid settings: {exc} (known settings: {', '.join(FIELDS)})"
+                ) from exc
+            raise PermanentError(f"invalid settings: {exc}") from exc
+        name = match.group(1)
+        raise PermanentError(
+            f"invalid settings: {setting_name(name, origin_of.get(name))} must be "
+            f"{expected_form(name)}, got {merged[name]!r}"
+        ) from exc

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import pytest
 
+from tests import ocireference
 from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
 from tests.schema import SKIP_REASON, schema_available
 
@@ -17,9 +18,14 @@ def _on_ci() -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """On CI the OCI schema must be there: schema checks may skip locally, never on CI."""
-    if _on_ci() and not schema_available():
+    """On CI the OCI schema and Go types must be there: their checks skip locally, never on CI."""
+    if not _on_ci():
+        return
+    if not schema_available():
         raise pytest.UsageError(f"CI=true but {SKIP_REASON}")
+    reason = ocireference.unavailable_reason()
+    if reason is not None:
+        raise pytest.UsageError(f"CI=true but the OCI Go check is unavailable: {reason}")
 
 
 def _dockerd_unavailable(reason: str) -> NoReturn:

@@ -1,19 +1,21 @@
 """Checks every generated spec against the OCI runtime spec schema and the strict OCI types (S32).
 
-The schema files are the runtime-spec repository's ``schema/*.json``, kept in
-``shared/oci-runtime-spec-schema`` beside the repository (CI copies ``shared/`` next to its
-fresh clone), so the path is resolved from the repository's parent directory. They reference
-each other by bare file name, so each one is registered under that name.
+The schema files are the runtime-spec repository's ``schema/*.json`` as Debian packages them in
+``golang-github-opencontainers-specs-dev`` (installed by ``.ci/install-oci-checks.sh``; see the
+README's development set-up), under ``/usr/share/gocode``. ``WINSPEC_OCI_SCHEMA_DIR`` points the
+checks at another copy. The files reference each other by bare file name, so each one is
+registered under that name.
 
-Only the two documented deviations are let through: S26 (``windows.credentialSpec`` is the
-JSON *text*, the schema says object) and S28 (``windows.devices[].idType`` other than
-``class``, as later moby allows).
+Only the two documented deviations are let through (controller/RULES.md lists them): S26
+(``windows.credentialSpec`` is the JSON *text*, the schema says object) and S28
+(``windows.devices[].idType`` other than ``class``, as later moby allows).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ import referencing.jsonschema
 from controller import oci
 from controller.generate import encode_spec
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "oci-runtime-spec-schema"
+#: Where Debian's golang-github-opencontainers-specs-dev installs the runtime-spec sources.
+RUNTIME_SPEC_SOURCE = Path("/usr/share/gocode/src/github.com/opencontainers/runtime-spec")
+SCHEMA_DIR = Path(os.environ.get("WINSPEC_OCI_SCHEMA_DIR") or RUNTIME_SPEC_SOURCE / "schema")
 CONFIG_SCHEMA = "config-schema.json"
 
 
@@ -35,7 +39,10 @@ def schema_available() -> bool:
     return (SCHEMA_DIR / CONFIG_SCHEMA).is_file()
 
 
-SKIP_REASON = f"OCI runtime spec schema not found at {SCHEMA_DIR}"
+SKIP_REASON = (
+    f"OCI runtime spec schema not found at {SCHEMA_DIR} "
+    "(install it with .ci/install-oci-checks.sh: golang-github-opencontainers-specs-dev)"
+)
 
 
 @functools.cache
@@ -103,7 +110,7 @@ def strict_roundtrip(data: bytes) -> oci.Spec:
 
 
 def check_spec_bytes(data: bytes) -> None:
-    """Both checks of S32 on ``config.json`` bytes (schema only when the folder is present)."""
+    """Both checks of S32 on ``config.json`` bytes (schema only when it is installed)."""
     strict_roundtrip(data)
     if schema_available():
         validate_spec(json.loads(data))

@@ -73,11 +73,13 @@ def test_every_example_generates() -> None:
 
 def test_refused_request_prints_the_rule_error_and_exits_2() -> None:
     """S2: a request the rules refuse prints the exact message on stderr and exits 2."""
-    doc = {"container": {"Id": "a" * 64}, "image": {"Os": "plan9"}}
+    doc = {"container": {"Id": "a" * 64}, "image": {"Os": "plan9"}, "layerFolders": ["C:\\l"]}
     proc = _winspec("generate", stdin=json.dumps(doc).encode())
     assert proc.returncode == 2
     assert proc.stdout == b""
-    assert proc.stderr.decode().strip() == 'winspec: Unsupported platform "plan9"'
+    assert proc.stderr.decode().strip() == (
+        'winspec: Unsupported platform "plan9": image.Os must be "windows" or "linux"'
+    )
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="checks the non-Windows behaviour")

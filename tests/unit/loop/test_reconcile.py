@@ -104,7 +104,9 @@ async def test_a_spec_error_is_reported_and_raised() -> None:
     s.resolver.requests[KEY] = _request(os_name="plan9")
     with pytest.raises(SpecError):
         await s.reconciler.reconcile(KEY)
-    assert s.status.reports == [(KEY, False, 'Unsupported platform "plan9"')]
+    assert s.status.reports == [
+        (KEY, False, 'Unsupported platform "plan9": image.Os must be "windows" or "linux"')
+    ]
     assert s.writer.bundles == {}
 
 

@@ -1,1 +1,1 @@
-"""Tests of the pure spec generator against spec-rules.md (S1–S32)."""
+"""Tests of the pure spec generator against the rules S1–S32 of controller/RULES.md."""

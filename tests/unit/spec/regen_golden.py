@@ -1,7 +1,7 @@
 """Rewrite the expected files of golden cases from the generator's current output.
 
 Usage: ``python -m tests.unit.spec.regen_golden [case name …]`` (all cases when none given).
-Every rewritten file must then be read against spec-rules.md before it is committed: a golden
+Every rewritten file must then be read against controller/RULES.md before it is committed: a golden
 file that only records today's output proves nothing.
 """
 

@@ -86,7 +86,7 @@ def test_strict_roundtrip_refuses_non_canonical_bytes() -> None:
 
 @needs_schema
 def test_schema_dir_has_the_config_schema() -> None:
-    """S32: the schema folder beside the repository holds config-schema.json and its defs."""
+    """S32: the packaged OCI schema folder holds config-schema.json and its Windows definitions."""
     assert (SCHEMA_DIR / "config-schema.json").is_file()
     assert (SCHEMA_DIR / "config-windows.json").is_file()
 

@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 
 from controller.capabilities import DEFAULT_CAPABILITIES
-from controller.errors import SpecError
-from controller.generate import encode_spec
+from controller.errors import RequestDecodeError, SpecError
+from controller.generate import encode_spec, generate
+from controller.models import decode_request
 from tests.unit.spec.request_builders import (
     LCOW_LAYERS,
     VOLUME_PATH,
     WINDOWS_LAYERS,
+    decode,
     lcow_request,
     merge,
     run,
@@ -65,14 +67,17 @@ def test_lcow_default_spec() -> None:
 def test_unsupported_platform(os_name: str) -> None:
     """S2: an image OS other than exactly windows/linux is refused, quoting it."""
     assert _error(merge(windows_request(), {"image": {"Os": os_name}})) == (
-        f'Unsupported platform "{os_name}"'
+        f'Unsupported platform "{os_name}": image.Os must be "windows" or "linux"'
     )
 
 
 def test_lcow_needs_node_support() -> None:
-    """S2: a linux image on a node without LCOW support is refused."""
+    """S2: a linux image on a node without LCOW support is refused, naming node.lcowSupported."""
     request = merge(lcow_request(), {"node": {"lcowSupported": False}})
-    assert _error(request) == "Linux containers on Windows are not supported"
+    assert _error(request) == (
+        "Linux containers on Windows are not supported: this is a linux image and "
+        "node.lcowSupported is false"
+    )
 
 
 @pytest.mark.parametrize(
@@ -155,8 +160,27 @@ def test_layer_folders_in_order(request_: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("request_", [windows_request(), lcow_request()], ids=["windows", "lcow"])
 def test_no_layers_is_an_error(request_: dict[str, Any]) -> None:
-    """S12: a request without layer folders is refused (Windows and LCOW)."""
-    assert "no layer folders" in _error(merge(request_, {"layerFolders": []}))
+    """S12: a document with empty or missing layerFolders is refused, naming the member."""
+    with pytest.raises(RequestDecodeError) as empty:
+        decode_request(json.dumps(merge(request_, {"layerFolders": []})))
+    assert str(empty.value) == (
+        "invalid request: Expected `array` of length >= 1 - at `$.layerFolders`"
+    )
+    missing = {k: v for k, v in request_.items() if k != "layerFolders"}
+    with pytest.raises(RequestDecodeError, match="missing required field `layerFolders`"):
+        decode_request(json.dumps(missing))
+
+
+def test_request_built_without_layers_is_refused_by_the_generator() -> None:
+    """S12: a Request built in code with no layer folders is refused, naming layerFolders."""
+    request = decode(windows_request())
+    request.layer_folders = []
+    with pytest.raises(SpecError) as info:
+        generate(request)
+    assert str(info.value) == (
+        f"container {request.container.id}: no layer folders: layerFolders must list the "
+        "image's layer folders topmost first, then the container's read-write layer"
+    )
 
 
 @pytest.mark.parametrize(

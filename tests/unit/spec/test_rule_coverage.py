@@ -1,4 +1,4 @@
-"""Every rule S1–S32 of spec-rules.md is named by a test, and every test says what it checks."""
+"""Every rule S1–S32 (controller/RULES.md) is named by a test; every test says what it checks."""
 
 from __future__ import annotations
 

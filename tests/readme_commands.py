@@ -1,0 +1,81 @@
+"""The commands of the README: every line of its ``sh`` blocks and every inline `.venv/bin/…`
+command, split at ``&&``, and what runs each one (a test, or ``.ci/run``)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+CI_RUN = ROOT / ".ci" / "run"
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+_INLINE = re.compile(r"`(\.venv/bin/[^`]+)`")
+
+#: README command → the line of .ci/run that runs it (the same command, maybe with options).
+RUN_BY_CI: dict[str, str] = {
+    "python3 -m venv .venv": "python3 -m venv --clear .venv",
+    ".venv/bin/pip install -e '.[dev]'": ".venv/bin/python -m pip install --quiet -e '.[dev]'",
+    ".venv/bin/python -m pytest": ".venv/bin/python -m pytest",
+    ".ci/install-docker.sh": "bash .ci/install-docker.sh",
+    ".ci/install-oci-checks.sh": "bash .ci/install-oci-checks.sh",
+    ".venv/bin/ruff check .": ".venv/bin/ruff check .",
+    ".venv/bin/ruff format --check .": ".venv/bin/ruff format --check .",
+    ".venv/bin/mypy controller adapters": ".venv/bin/mypy controller adapters",
+    ".venv/bin/lint-imports": ".venv/bin/lint-imports",
+}
+#: README commands tests/test_readme.py runs as they are (extra options: only shorter runs).
+RUN_HERE: dict[str, tuple[str, ...]] = {
+    ".venv/bin/winspec generate examples/process-isolated.json": (),
+    ".venv/bin/winspec generate examples/hyperv.json": (),
+    ".venv/bin/winspec schema": (),
+    ".venv/bin/python -m tests.benchmarks.bench_generate": ("--seconds", "0.05", "--repeat", "1"),
+    ".venv/bin/python -m tests.benchmarks.bench_bundle_write": ("--seconds", "0.2"),
+}
+#: The tour against a local engine: tests/integration/test_readme_tour.py runs it as a script.
+TOUR: tuple[str, ...] = (
+    ".venv/bin/winspec run --docker-host unix:///var/run/docker.sock "
+    "--bundle-root /tmp/winspec-bundles --listen 127.0.0.1:8080 --log-format console &",
+    "curl -s --retry 10 --retry-connrefused http://127.0.0.1:8080/metrics "
+    "| grep '^winspec_bundles_written_total'",
+    "ls /tmp/winspec-bundles",
+    "kill %1",
+)
+#: Further commands that need a real engine, run by tests/integration/test_readme_tour.py.
+RUN_WITH_ENGINE: dict[str, tuple[str, ...]] = {
+    ".venv/bin/winspec run --docker-host unix:///var/run/docker.sock --bundle-root /tmp/bundles "
+    "--secrets-dir /tmp/granted-secrets --log-format console --listen 127.0.0.1:8080": (),
+    ".venv/bin/python -m tests.benchmarks.bench_docker": ("--containers", "4", "--rate", "20"),
+}
+#: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
+#: parser and loads their settings instead of running them.
+WINDOWS_ONLY: frozenset[str] = frozenset(
+    {r"winspec run --source docker --bundle-root C:\ProgramData\winspec\bundles"}
+)
+
+
+def readme_commands() -> list[str]:
+    """Every command of the README, in order, each ``&&`` part on its own."""
+    text = README.read_text(encoding="utf-8")
+    lines: list[str] = []
+    for language, body in _FENCE.findall(text):
+        if language != "sh":
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            line = " ".join(line.split())
+            if line and not line.startswith("#"):
+                lines.append(line)
+    lines.extend(_INLINE.findall(text))
+    return [part.strip() for line in lines for part in line.split(" && ")]
+
+
+def argv(command: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """A README command as an argument list for this interpreter (``.venv/bin/`` is its venv)."""
+    words = shlex.split(command)
+    if words[0] == ".venv/bin/winspec":
+        words = [sys.executable, "-m", "adapters.cli", *words[1:]]
+    elif words[0] == ".venv/bin/python":
+        words = [sys.executable, *words[1:]]
+    return [*words, *extra]

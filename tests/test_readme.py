@@ -1,0 +1,80 @@
+"""Every command in the README is run by a test or by .ci/run, so none can go stale."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from adapters.cli import _build_parser
+from controller.settings import load_settings
+from tests.processes import clean_env
+from tests.readme_commands import (
+    CI_RUN,
+    ROOT,
+    RUN_BY_CI,
+    RUN_HERE,
+    RUN_WITH_ENGINE,
+    TOUR,
+    WINDOWS_ONLY,
+    argv,
+    readme_commands,
+)
+
+COMMANDS = readme_commands()
+
+
+def test_every_readme_command_is_run_somewhere() -> None:
+    """Each README command is listed as run here, with an engine, by .ci/run or on Windows."""
+    known = set(RUN_BY_CI) | set(RUN_HERE) | set(TOUR) | set(RUN_WITH_ENGINE) | WINDOWS_ONLY
+    assert len(COMMANDS) > 10
+    unknown = sorted(set(COMMANDS) - known)
+    assert not unknown, f"README commands no test or .ci/run runs: {unknown}"
+    stale = sorted(known - set(COMMANDS))
+    assert not stale, f"listed commands the README no longer has: {stale}"
+
+
+def test_the_tour_is_in_the_readme_in_order() -> None:
+    """The 30-second tour's lines appear in the README together and in order."""
+    start = COMMANDS.index(TOUR[0])
+    assert tuple(COMMANDS[start : start + len(TOUR)]) == TOUR
+
+
+@pytest.mark.parametrize(("command", "line"), sorted(RUN_BY_CI.items()))
+def test_ci_runs_the_command(command: str, line: str) -> None:
+    """.ci/run runs the README command (the listed line, which starts as the command does)."""
+    ci_lines = [" ".join(x.split()) for x in CI_RUN.read_text(encoding="utf-8").splitlines()]
+    assert line in ci_lines
+    head = command.split()[0].removeprefix(".venv/bin/")
+    assert head in line
+
+
+@pytest.mark.parametrize("command", sorted(RUN_HERE))
+def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+    """The README command exits 0 and prints what the README says it prints."""
+    proc = subprocess.run(
+        argv(command, RUN_HERE[command]),
+        cwd=ROOT,
+        env=clean_env() | {"TMPDIR": str(tmp_path)},
+        capture_output=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    if command.startswith(".venv/bin/winspec generate "):
+        assert json.loads(proc.stdout)["ociVersion"] == "1.0.2"
+    elif command.endswith(" schema"):
+        assert json.loads(proc.stdout)["title"] == "winspec request document"
+    else:
+        assert proc.stdout.strip(), "a benchmark prints its figures"
+
+
+@pytest.mark.parametrize("command", sorted(WINDOWS_ONLY))
+def test_windows_command_parses_into_valid_settings(command: str) -> None:
+    """A Windows-only README command parses with winspec's parser into valid settings."""
+    args = _build_parser().parse_args(command.split()[1:])
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    settings = load_settings(flags, origins=("flag",))
+    assert settings.bundle_root == flags["bundle_root"]
