@@ -68,13 +68,13 @@ def _refusal(base: Path, *parts: str) -> str:
 
 @pytest.mark.usefixtures("mode")
 def test_reads_a_regular_file_below_the_base(base: Path) -> None:
-    """A regular file in a subdirectory of the base is read whole, as UTF-8 text."""
+    """S23: a regular file in a subdirectory of the base is read whole, as UTF-8 text."""
     assert _read(base, "sub", "web.json") == INSIDE
 
 
 @pytest.mark.usefixtures("mode")
 def test_a_base_that_is_a_link_is_followed(base: Path, tmp_path: Path) -> None:
-    """The base directory itself is the operator's: a link to it is followed."""
+    """S23: the base directory itself is the operator's: a link to it is followed."""
     (tmp_path / "base-link").symlink_to(base)
     assert _read(tmp_path / "base-link", "sub", "web.json") == INSIDE
 
@@ -94,7 +94,7 @@ def _swap_forever(base: Path, outside: Path, stop: threading.Event, swaps: list[
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("mode")
 def test_swapping_a_directory_for_a_link_never_reads_outside(base: Path, tmp_path: Path) -> None:
-    """A thread swapping sub/ for a link out of the base in a loop never gets the outside read."""
+    """S23: a thread swapping sub/ for a link out of the base never gets the outside read."""
     stop = threading.Event()
     swaps = [0]
     swapper = threading.Thread(
@@ -120,7 +120,7 @@ def test_swapping_a_directory_for_a_link_never_reads_outside(base: Path, tmp_pat
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("mode")
 def test_swapping_the_file_for_a_link_never_reads_outside(base: Path, tmp_path: Path) -> None:
-    """The same race on the last component: web.json swapped for a link to an outside file."""
+    """S23: the same race on the last component: web.json swapped for a link out of the base."""
     sub = base / "sub"
     (sub / "web.link").symlink_to(tmp_path / "outside" / "web.json")
     stop = threading.Event()
@@ -149,7 +149,7 @@ def test_swapping_the_file_for_a_link_never_reads_outside(base: Path, tmp_path: 
 
 
 def test_links_are_refused_naming_the_component(base: Path, tmp_path: Path) -> None:
-    """Walking, a link anywhere below the base is refused by name, even one that stays inside."""
+    """S23: walking, any link below the base is refused by name, even one that stays inside."""
     if not credspecs.WALK_SUPPORTED:
         pytest.skip("this host has no openat")
     (base / "alias").symlink_to(base / "sub", target_is_directory=True)
@@ -165,7 +165,7 @@ def test_links_are_refused_naming_the_component(base: Path, tmp_path: Path) -> N
 def test_without_openat_links_out_of_the_base_are_refused(
     base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Open-then-verify: a link that leads out of the base is refused; one inside is read."""
+    """S23: open-then-verify: a link that leads out of the base is refused; one inside is read."""
     monkeypatch.setattr(credspecs, "WALK_SUPPORTED", False)
     (base / "alias").symlink_to(base / "sub", target_is_directory=True)
     (base / "out.json").symlink_to(tmp_path / "outside" / "web.json")
@@ -180,7 +180,7 @@ def test_without_openat_links_out_of_the_base_are_refused(
 @pytest.mark.timeout(10)
 @pytest.mark.usefixtures("mode")
 def test_a_fifo_is_refused_without_blocking(base: Path) -> None:
-    """A FIFO (no writer) is refused at once, as the last component and as a directory."""
+    """S23: a FIFO (no writer) is refused at once, as the last component and as a directory."""
     os.mkfifo(base / "pipe.json")
     os.mkfifo(base / "pipe")
     started = time.monotonic()
@@ -192,7 +192,7 @@ def test_a_fifo_is_refused_without_blocking(base: Path) -> None:
 
 @pytest.mark.usefixtures("mode")
 def test_sockets_devices_and_directories_are_refused(base: Path) -> None:
-    """A unix socket, a character device and a directory are not credential spec files."""
+    """S23: a unix socket, a character device and a directory are not credential spec files."""
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(base / "sock.json"))
         message = _refusal(base, "sock.json")
@@ -208,7 +208,7 @@ def test_sockets_devices_and_directories_are_refused(base: Path) -> None:
 
 @pytest.mark.usefixtures("mode")
 def test_size_and_encoding_are_bounded(base: Path) -> None:
-    """A file over the size limit, or not UTF-8, is refused; exactly the limit is read."""
+    """S23: a file over the size limit, or not UTF-8, is refused; exactly the limit is read."""
     reader = NodeCredentialSpecReader(max_bytes=64)
     (base / "limit.json").write_bytes(b"x" * 64)
     (base / "big.json").write_bytes(b"x" * 65)
@@ -222,7 +222,7 @@ def test_size_and_encoding_are_bounded(base: Path) -> None:
 
 @pytest.mark.usefixtures("mode")
 def test_missing_files_are_a_spec_error_naming_the_file(base: Path) -> None:
-    """A missing file or directory is a SpecError naming the file, never a raw OSError."""
+    """S23: a missing file or directory is a SpecError naming the file, never a raw OSError."""
     assert "no such file" in _refusal(base, "sub", "missing.json")
     assert "no such file" in _refusal(base, "nodir", "missing.json")
     assert "no such file" in _refusal(base / "gone", "web.json")
@@ -232,7 +232,7 @@ def test_missing_files_are_a_spec_error_naming_the_file(base: Path) -> None:
     "parts", [("..", "x.json"), ("a/b.json",), ("a\0b.json",), (".",), ("",), ()]
 )
 def test_parts_that_are_not_plain_names_are_refused(base: Path, parts: tuple[str, ...]) -> None:
-    """The reader refuses parts that are not single plain names (its caller checks them too)."""
+    """S23: the reader refuses parts that are not single plain names (its caller checks too)."""
     with pytest.raises(SpecError, match="not a plain relative path"):
         NodeCredentialSpecReader().read_file(parts, base=str(base), container_id="c1")
 
@@ -267,7 +267,7 @@ def hanging(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 def test_a_read_that_hangs_times_out_and_stuck_reads_are_capped(
     base: Path, hanging: threading.Event
 ) -> None:
-    """A hanging read is a TransientError after the timeout; past the cap reads fail at once."""
+    """S23: a hanging read is a TransientError after the timeout; past the cap, fails at once."""
     reader = NodeCredentialSpecReader(timeout=0.2, max_unfinished=2)
     for _ in range(2):
         started = time.monotonic()
