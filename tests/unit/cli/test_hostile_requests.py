@@ -56,9 +56,14 @@ def _refusal(document: bytes) -> str:
 
 
 def _generate_cli(document: bytes, tmp_path: Path) -> tuple[int, str]:
-    """``winspec generate`` as a child process: its exit code and stderr."""
+    """``winspec generate`` of ``document`` as a child process: its exit code and stderr."""
     path = tmp_path / "request.json"
     path.write_bytes(document)
+    return _generate_path(path)
+
+
+def _generate_path(path: Path) -> tuple[int, str]:
+    """``winspec generate PATH`` as a child process: its exit code and stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "adapters.cli", "generate", str(path)],
         cwd=REPO,
@@ -236,15 +241,7 @@ def test_malformed_documents_exit_2_with_one_line(document: bytes, tmp_path: Pat
 
 def test_a_request_path_that_is_a_directory_is_one_line(tmp_path: Path) -> None:
     """A request path that is a directory is exit 2 with one line (reading it fails cleanly)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "generate", str(tmp_path)],
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith(f"winspec: cannot read request {tmp_path}: ")
-    assert proc.stderr.count("\n") == 1
+    code, stderr = _generate_path(tmp_path)
+    assert code == 2
+    assert stderr.startswith(f"winspec: cannot read request {tmp_path}: ")
+    assert stderr.count("\n") == 1
