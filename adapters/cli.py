@@ -93,11 +93,15 @@ def _read_request(source: str) -> Request:
 def _generate(args: argparse.Namespace) -> int:
     try:
         request = _read_request(args.request)
-        generated = generate(request, reader=NodeCredentialSpecReader())
-    except OSError as exc:
+    except OSError as exc:  # only the request's own file: nothing else is read here
         reason = exc.strerror or type(exc).__name__
         print(f"winspec: cannot read request {args.request}: {reason}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PermanentError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        generated = generate(request, reader=NodeCredentialSpecReader())
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

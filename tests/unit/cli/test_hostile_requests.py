@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from adapters import cli
 from adapters.cli import main
 from adapters.credspecs import NodeCredentialSpecReader
-from controller.errors import PermanentError
+from controller.errors import PermanentError, TransientError
 from controller.generate import generate
 from controller.models import (
     MAX_ITEMS,
@@ -244,4 +245,33 @@ def test_a_request_path_that_is_a_directory_is_one_line(tmp_path: Path) -> None:
     code, stderr = _generate_path(tmp_path)
     assert code == 2
     assert stderr.startswith(f"winspec: cannot read request {tmp_path}: ")
+    assert stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (TransientError("credential spec file 'x' could not be read within 10 s"), "within 10 s"),
+        (KeyError("surprise"), "internal error (KeyError: 'surprise'); please report it"),
+    ],
+)
+def test_a_failure_that_is_not_the_inputs_fault_exits_1_with_one_line(
+    error: Exception,
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A read that timed out or a bug in the generator: exit 1 and one line, no traceback."""
+
+    def failing(*_args: object, **_kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(cli, "generate", failing)
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(windows_request()))
+    assert main(["generate", str(path)]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("winspec: ")
+    assert expected in stderr
     assert stderr.count("\n") == 1
