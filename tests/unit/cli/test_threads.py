@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -16,6 +19,7 @@ from adapters.threads import (
     TooManyStuckCallsError,
     call_with_timeout,
 )
+from tests.processes import REPO, clean_env
 
 
 def test_pool_runs_work_on_daemon_threads_and_hands_back_errors() -> None:
@@ -99,3 +103,41 @@ def test_bounded_call_times_out_and_counts_stuck_calls() -> None:
 
 def _raise_boom() -> None:
     raise ValueError("boom")
+
+
+_STUCK_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, threading, time
+    from adapters.run import run_loop
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stuck = loop.run_in_executor(None, threading.Event().wait)  # never returns
+        done = await asyncio.to_thread(lambda: "other work still runs")
+        print(done, flush=True)
+        await asyncio.wait({stuck}, timeout=0.1)
+
+    started = time.monotonic()
+    run_loop(main())
+    print(f"returned after {time.monotonic() - started:.2f}", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(30)
+def test_a_thread_stuck_for_ever_does_not_hold_up_the_exit() -> None:
+    """run_loop returns and the process exits at once although an executor thread never ends."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _STUCK_SCRIPT],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "other work still runs" in done.stdout
+    assert "returned after" in done.stdout
+    assert time.monotonic() - started < 10
