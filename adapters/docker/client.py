@@ -23,6 +23,7 @@ import aiohttp
 import msgspec
 import tenacity
 
+from adapters.docker.paths import check_path
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
@@ -234,6 +235,8 @@ class DockerClient:
             self._session = None
 
     def _url(self, path: str, *, versioned: bool = True) -> str:
+        # Every path, whatever built it, is checked here: none may leave the version prefix.
+        check_path(path)
         if versioned and self.api_version:
             return f"{self._base}/v{self.api_version}{path}"
         return f"{self._base}{path}"
@@ -302,7 +305,7 @@ class DockerClient:
         )
         try:
             return json.loads(raw) if raw else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise TransientError(f"{method} {path}: invalid JSON from the engine") from exc
 
     async def _with_retries(
@@ -401,20 +404,72 @@ class DockerClient:
                         f"GET /events: HTTP {resp.status} {_error_message(raw) or ''}"
                     )
                 yield {}
-                async for line in resp.content:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(event, dict):
-                        yield event
+                lines = _LineSplitter(MAX_EVENT_BYTES)
+                async for chunk in resp.content.iter_any():
+                    for line in lines.feed(chunk):
+                        if (event := decode_event_line(line)) is not None:
+                            yield event
+                if (event := decode_event_line(lines.rest())) is not None:
+                    yield event
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransientError(f"event stream from {self.endpoint.display} lost: {exc}") from exc
         except TimeoutError as exc:
             raise TransientError("event stream timed out") from exc
+
+
+#: The longest event line read (a create event carries every label of the container); a longer
+#: one is skipped whole, and the container it was about is picked up by the next list.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+def decode_event_line(line: bytes) -> dict[str, Any] | None:
+    """One line of ``/events`` as a JSON object; ``None`` for anything else (skipped).
+
+    Nothing an engine sends raises: not JSON, not an object, nested deeper than the decoder
+    goes, or numbers beyond any range are all skipped.
+    """
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+class _LineSplitter:
+    """Splits a byte stream into lines of at most ``limit`` bytes; longer ones are dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+        self._skipping = False  # inside a line that has grown past the limit
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The complete lines ``chunk`` ends (without their newline)."""
+        lines: list[bytes] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not self._skipping:
+                self._buffer += chunk[start:end]
+                if len(self._buffer) <= self._limit:
+                    lines.append(bytes(self._buffer))
+            self._buffer.clear()
+            self._skipping = False
+            start = end + 1
+        if not self._skipping:
+            self._buffer += chunk[start:]
+            if len(self._buffer) > self._limit:
+                self._buffer.clear()
+                self._skipping = True
+        return lines
+
+    def rest(self) -> bytes:
+        """What is left after the last newline (a last line without one), if not too long."""
+        rest = b"" if self._skipping else bytes(self._buffer)
+        self._buffer.clear()
+        return rest
 
 
 class _Version(msgspec.Struct):
@@ -423,11 +478,15 @@ class _Version(msgspec.Struct):
     ApiVersion: str = "1.24"
 
 
+#: How much of an engine's error message goes into winspec's own error (and logs).
+_MAX_MESSAGE = 1000
+
+
 def _error_message(raw: bytes) -> str | None:
     try:
         data = json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", "replace").strip() or None
+    except (ValueError, RecursionError):
+        return raw[:_MAX_MESSAGE].decode("utf-8", "replace").strip() or None
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return str(data["message"])
+        return str(data["message"])[:_MAX_MESSAGE]
     return None

@@ -25,11 +25,12 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from adapters.docker.client import DockerClient
+from adapters.docker.paths import CONTAINER_ID
 from controller.errors import RequestDecodeError, WinspecError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ EVENT_FILTERS = {"type": ["container", "network"], "event": list(EVENT_TYPES)}
 READY_CONDITION = "docker-events"
 
 _NANOS = 10**9
+#: Event times are int64 nanoseconds; anything larger is not from an engine.
+_Time = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +89,8 @@ class _Event(msgspec.Struct, rename="pascal"):
     type: str = ""
     action: str = ""
     actor: _Actor | None = None
-    time: int = msgspec.field(default=0, name="time")
-    time_nano: int = msgspec.field(default=0, name="timeNano")
+    time: _Time = msgspec.field(default=0, name="time")
+    time_nano: _Time = msgspec.field(default=0, name="timeNano")
 
 
 def resume_since(time_nano: int) -> str:
@@ -101,14 +104,41 @@ def resume_since(time_nano: int) -> str:
 
 
 def container_of(event: _Event) -> str | None:
-    """The id of the container a watched event is about; None for any other event."""
+    """The id of the container a watched event is about; None for any other event.
+
+    Only a full container id (64 hex digits, as every engine sends) is taken: anything else
+    would become a request path and a bundle directory name.
+    """
     actor = event.actor or _Actor()
     cid: object = None
     if event.type == "container" and event.action in CONTAINER_ACTIONS:
         cid = actor.id
     elif event.type == "network" and event.action in NETWORK_ACTIONS:
         cid = (actor.attributes or {}).get("container")
-    return cid if isinstance(cid, str) and cid else None
+    return cid if isinstance(cid, str) and CONTAINER_ID.fullmatch(cid) else None
+
+
+def decode_container_list(raw: bytes, where: str) -> list[str]:
+    """The container ids of a ``GET /containers/json`` body (entries without a valid id skipped).
+
+    A body that is not a list of containers raises :class:`RequestDecodeError` naming ``where``.
+    """
+    try:
+        listed = msgspec.json.decode(raw, type=list[ContainerSummary])
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise RequestDecodeError(f"invalid container list from {where}: {exc}") from exc
+    except RecursionError as exc:
+        raise RequestDecodeError(f"invalid container list from {where}: nested too deeply") from exc
+    return [c.Id for c in listed if CONTAINER_ID.fullmatch(c.Id)]
+
+
+def decode_event(raw: dict[str, Any]) -> _Event | None:
+    """An event object as the fields the source reads; ``None`` (logged) when malformed."""
+    try:
+        return msgspec.convert(raw, _Event)
+    except (msgspec.ValidationError, RecursionError) as exc:
+        log.warning("ignoring a malformed docker event", extra={"error": str(exc)[:500]})
+        return None
 
 
 class _Stopped(Exception):  # noqa: N818 - a signal, not an error
@@ -148,14 +178,8 @@ class DockerEventSource:
         raw = await self._client.get_raw(
             "/containers/json", api="container_list", params={"all": "1"}
         )
-        try:
-            listed = msgspec.json.decode(raw, type=list[ContainerSummary])
-        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            raise RequestDecodeError(
-                f"invalid container list from the Docker engine at "
-                f"{self._client.endpoint.display}: {exc}"
-            ) from exc
-        live = {c.Id for c in listed if c.Id}
+        where = f"the Docker engine at {self._client.endpoint.display}"
+        live = set(decode_container_list(raw, where))
         for cid in sorted(live):
             self._enqueue(cid)
         for bid in await self._bundle_ids():
@@ -263,10 +287,8 @@ class DockerEventSource:
             await stream.aclose()
 
     def _handle(self, raw: dict[str, Any]) -> None:
-        try:
-            event = msgspec.convert(raw, _Event)
-        except msgspec.ValidationError as exc:
-            log.warning("ignoring a malformed docker event", extra={"error": str(exc)})
+        event = decode_event(raw)
+        if event is None:
             return
         if event.time_nano > 0:
             self._since = resume_since(event.time_nano)

@@ -14,14 +14,19 @@ import asyncio
 import json
 import os
 import re
+import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from adapters.credspecs import NodeCredentialSpecReader
 from adapters.docker.client import DockerClient
+from adapters.docker.paths import CONTAINER_ID, IdKind, api_path, checked
+from adapters.docker.secrets import LinkRule, read_plain_file, read_secret, windows_link_allowed
 from adapters.docker.types import Config, Info, Task, decode
 from controller.credspec import (
     CredentialSpecReader,
@@ -31,6 +36,7 @@ from controller.credspec import (
 )
 from controller.errors import NotFoundError, PermanentError, SpecError, TransientError
 from controller.models import (
+    SWARM_TASK_LABEL,
     ConfigRef,
     Container,
     Image,
@@ -43,6 +49,15 @@ from controller.winpath import host_join
 
 Observe = Callable[[str, float], None]
 IMAGE_CACHE_SIZE = 256
+#: The largest ``layerchain.json`` read (a chain of a few hundred paths is a few tens of KiB).
+MAX_LAYER_CHAIN_BYTES = 1024 * 1024
+#: How many containers waiting for their swarm task are remembered (the oldest is forgotten).
+WAITING_SIZE = 4096
+#: Pauses before asking again for a task that names no container yet (0.75 s in all).
+TASK_SETTLE_DELAYS = (0.05, 0.1, 0.2, 0.4)
+SERVICE_LABEL = "com.docker.swarm.service.id"
+NODE_LABEL = "com.docker.swarm.node.id"
+TASK_NAME_LABEL = "com.docker.swarm.task.name"
 _BUILD = re.compile(r"^\d+\.\d+ (\d+)")
 _T = TypeVar("_T")
 
@@ -111,6 +126,8 @@ class DockerRequestResolver:
         swarm_client: DockerClient | None = None,
         swarm_worker: bool = False,
         reader: CredentialSpecReader | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        task_settle: tuple[float, ...] = TASK_SETTLE_DELAYS,
     ) -> None:
         self._client = client
         self._swarm = swarm_client or client
@@ -122,6 +139,10 @@ class DockerRequestResolver:
         self._reader: CredentialSpecReader = reader or NodeCredentialSpecReader()
         # Image inspects by id never change: keep the most recent ones (insertion order).
         self._images: dict[str, Image] = {}
+        # When each container still waiting for its swarm task was first seen waiting.
+        self._clock = clock
+        self._task_settle = task_settle
+        self._waiting: OrderedDict[str, float] = OrderedDict()
 
     def _record(self, kind: str, start: float) -> None:
         if self._observe is not None:
@@ -148,11 +169,15 @@ class DockerRequestResolver:
 
     async def resolve(self, key: str) -> Request | None:
         """The request for container ``key``, or ``None`` when it no longer exists."""
+        path = api_path("containers", IdKind.CONTAINER, key, "json")
         try:
-            raw = await self._timed("container", f"/containers/{key}/json", "container_inspect")
+            raw = await self._timed("container", path, "container_inspect")
         except NotFoundError:
+            self._waiting.pop(key, None)
             return None
         container: Container = decode(raw, Container, "container inspect")
+        if not CONTAINER_ID.fullmatch(container.id):
+            raise PermanentError(f"container {key} has an invalid id {container.id[:80]!r}")
         if container.swarm_task_id and self._swarm_worker:
             raise PermanentError(NOT_A_MANAGER.format(id=container.id))
         image = await self._image(container.image, key)
@@ -170,7 +195,7 @@ class DockerRequestResolver:
         secrets: list[SecretRef] = []
         configs: list[ConfigRef] = []
         if container.swarm_task_id:
-            secrets, configs = await self._task_dependencies(container.swarm_task_id)
+            secrets, configs = await self._task_dependencies(container, container.swarm_task_id)
         credspecs = await self._credential_specs(container, image)
         return Request(
             container=container,
@@ -192,7 +217,8 @@ class DockerRequestResolver:
         if cached is not None:
             return cached
         try:
-            raw = await self._timed("image", f"/images/{image_id}/json", "image_inspect")
+            path = api_path("images", IdKind.IMAGE, image_id, "json")
+            raw = await self._timed("image", path, "image_inspect")
         except NotFoundError as exc:
             raise PermanentError(f"image {image_id} of container {key} does not exist") from exc
         image: Image = decode(raw, Image, "image inspect")
@@ -227,7 +253,8 @@ class DockerRequestResolver:
             return None, []
         ref = mode.split(":", 1)[1]
         try:
-            raw = await self._timed("endpoints", f"/containers/{ref}/json", "container_inspect")
+            path = api_path("containers", IdKind.CONTAINER, ref, "json")
+            raw = await self._timed("endpoints", path, "container_inspect")
         except NotFoundError as exc:
             raise PermanentError(
                 f"container {container.id} shares the network of {ref}, which does not exist"
@@ -237,16 +264,34 @@ class DockerRequestResolver:
         endpoints = ((name, ep) for name, ep in sorted(networks.items()) if ep is not None)
         return shared.id, [ep.endpoint_id for _name, ep in endpoints if ep.endpoint_id]
 
-    async def _task_dependencies(self, task_id: str) -> tuple[list[SecretRef], list[ConfigRef]]:
-        """Secrets and configs the swarm task references, with their payloads."""
-        try:
-            raw = await self._timed("task", f"/tasks/{task_id}", "task_inspect", client=self._swarm)
-        except NotFoundError as exc:
-            raise TransientError(f"swarm task {task_id} not found (yet)") from exc
-        task = decode(raw, Task, f"swarm task {task_id}")
+    async def _task_dependencies(
+        self, container: Container, task_id: str
+    ) -> tuple[list[SecretRef], list[ConfigRef]]:
+        """Secrets and configs of the swarm task the container runs, with their payloads.
+
+        The task label is anyone's to write: the task must prove the container is its own
+        (:func:`check_task_owner`) before anything of it is resolved.
+        """
+        task, owned = await self._owning_task(container, task_id)
+        # Right after the create event the task is still "preparing" and names no container;
+        # the swarm records it within a fraction of a second. Ask again a few times before
+        # handing the container back to the queue as a retry.
+        for delay in () if owned else self._task_settle:
+            await asyncio.sleep(delay)
+            task, owned = await self._owning_task(container, task_id)
+            if owned:
+                break
+        if not owned:
+            waited = self._waited(container.id)
+            raise TransientError(
+                f"swarm task {task_id} does not name its container yet (the swarm records it "
+                f"after creating container {container.id}); waiting for it for {waited:.0f}s"
+            )
+        self._waiting.pop(container.id, None)
         spec = task.spec.container_spec
         secrets: list[SecretRef] = []
         for sref in (spec.secrets if spec else None) or []:
+            checked(IdKind.SECRET, sref.secret_id)
             data = await self._secret_payload(sref.secret_name, sref.secret_id)
             secrets.append(
                 SecretRef(
@@ -270,27 +315,52 @@ class DockerRequestResolver:
             )
         return secrets, configs
 
-    async def _secret_payload(self, name: str, secret_id: str) -> bytes:
-        """A secret's bytes, from where the swarm mounts the secrets granted to winspec."""
-        path = self._secrets_dir / name
-        if not name or os.sep in name or name in (".", ".."):
-            raise PermanentError(f"secret {secret_id} has an unusable name {name!r}")
+    async def _owning_task(self, container: Container, task_id: str) -> tuple[Task, bool]:
+        """The task the container claims, and whether it names the container yet."""
+        path = api_path("tasks", IdKind.TASK, task_id)
         try:
-            return await self._in_thread("secret", path.read_bytes)
-        except FileNotFoundError as exc:
-            raise PermanentError(
-                f"secret {name!r} ({secret_id}) is not granted to winspec: grant it to the "
-                f"winspec service so it appears in {self._secrets_dir}"
+            raw = await self._timed("task", path, "task_inspect", client=self._swarm)
+        except NotFoundError as exc:
+            waited = self._waited(container.id)
+            raise TransientError(
+                f"swarm task {task_id} of container {container.id} not found (yet); "
+                f"waiting for it for {waited:.0f}s"
             ) from exc
-        except OSError as exc:
-            raise TransientError(f"cannot read secret {name!r}: {exc.strerror}") from exc
+        task = decode(raw, Task, f"swarm task {task_id}")
+        try:
+            return task, check_task_owner(container, task_id, task)
+        except PermanentError:
+            self._waiting.pop(container.id, None)
+            raise
+
+    def _waited(self, container_id: str) -> float:
+        """Seconds since ``container_id`` was first seen waiting for its task (bounded memory)."""
+        now = self._clock()
+        first = self._waiting.setdefault(container_id, now)
+        while len(self._waiting) > WAITING_SIZE:
+            self._waiting.popitem(last=False)
+        return now - first
+
+    async def _secret_payload(self, name: str, secret_id: str) -> bytes:
+        """A secret's bytes, from where the swarm mounts the secrets granted to winspec.
+
+        Read by :func:`adapters.docker.secrets.read_secret`: no link (but, on Windows, the one
+        Docker makes), no special file, nothing larger than a swarm secret can be.
+        """
+        rule: LinkRule | None = None
+        if sys.platform == "win32":
+            rule = partial(
+                windows_link_allowed, secret_id=secret_id, daemon_root=self._node.daemon_root
+            )
+        return await self._in_thread(
+            "secret", read_secret, str(self._secrets_dir), name, secret_id, link_allowed=rule
+        )
 
     async def _config_payload(self, config_id: str, *, kind: str) -> bytes:
         """A swarm config's data, from a manager (``kind``: what it is for, for the timing)."""
+        path = api_path("configs", IdKind.CONFIG, config_id)
         try:
-            raw = await self._timed(
-                kind, f"/configs/{config_id}", "config_inspect", client=self._swarm
-            )
+            raw = await self._timed(kind, path, "config_inspect", client=self._swarm)
         except NotFoundError as exc:
             raise PermanentError(f"swarm config {config_id} does not exist") from exc
         config = decode(raw, Config, f"swarm config {config_id}")
@@ -351,12 +421,52 @@ def _read_layer_chain(rw_dir: str) -> list[str]:
     """The parent layers of a windowsfilter layer, from its ``layerchain.json``."""
     path = os.path.join(rw_dir, "layerchain.json")
     try:
-        with open(path, "rb") as f:
-            chain = json.load(f)
+        raw = read_plain_file(path, f"layer chain {path}", max_bytes=MAX_LAYER_CHAIN_BYTES)
     except FileNotFoundError as exc:
         raise TransientError(f"{path} does not exist (yet)") from exc
-    except (OSError, ValueError) as exc:
+    try:
+        chain = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise PermanentError(f"cannot read layer chain {path}: {exc}") from exc
     if not isinstance(chain, list) or not all(isinstance(p, str) for p in chain):
         raise PermanentError(f"layer chain {path} is not a list of paths")
     return list(chain)
+
+
+def check_task_owner(container: Container, task_id: str, task: Task) -> bool:
+    """Whether ``task`` is the one that created ``container``, as its label claims.
+
+    True when the task names this container; False when the task does not name a container
+    yet (the swarm fills it in after creating the container: wait). A :class:`PermanentError`
+    naming every disagreement when the task is someone else's: it names another container,
+    or the container's service, node or task name labels disagree with the task.
+    """
+    labels = container.config.labels or {}
+    problems: list[str] = []
+    if task.id != task_id:
+        problems.append(f"the swarm answered with task {_short(task.id)}")
+    for label, actual in ((SERVICE_LABEL, task.service_id), (NODE_LABEL, task.node_id)):
+        claimed = labels.get(label)
+        if claimed != actual:
+            problems.append(
+                f"its label {label} is {_short(claimed)} but the task's is {_short(actual)}"
+            )
+    name = labels.get(TASK_NAME_LABEL)
+    slot = str(task.slot) if task.slot else task.node_id
+    if name is not None and not name.endswith(f".{slot}.{task_id}"):
+        problems.append(f"its label {TASK_NAME_LABEL} {_short(name)} is not a name of this task")
+    if task.container_id and task.container_id != container.id:
+        problems.append(f"the task runs container {_short(task.container_id)}")
+    if problems:
+        raise PermanentError(
+            f"container {container.id} claims swarm task {task_id} ({SWARM_TASK_LABEL}) but is "
+            f"not that task's container: {'; '.join(problems)}; no secrets or configs resolved"
+        )
+    return bool(task.container_id)
+
+
+def _short(value: str | None, limit: int = 120) -> str:
+    """``value`` quoted for a message, cut at ``limit`` characters (labels are anyone's)."""
+    if value is None or len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + "…"

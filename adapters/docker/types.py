@@ -27,6 +27,8 @@ def decode(raw: bytes, typ: type[T], what: str) -> T:
         return msgspec.json.decode(raw, type=typ)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise RequestDecodeError(f"invalid {what} from the engine: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than the decoder goes, in an untyped field
+        raise RequestDecodeError(f"invalid {what} from the engine: nested too deeply") from exc
 
 
 # -- GET /info ----------------------------------------------------------------------------------
@@ -99,11 +101,38 @@ class TaskSpec(msgspec.Struct, rename="pascal", kw_only=True):
     container_spec: ContainerSpec | None = None
 
 
+class ContainerStatus(msgspec.Struct, rename="pascal", kw_only=True):
+    """``Status.ContainerStatus`` of a task: set once the swarm has created its container."""
+
+    container_id: str = msgspec.field(default="", name="ContainerID")
+
+
+class TaskStatus(msgspec.Struct, rename="pascal", kw_only=True):
+    """``Status`` of a task."""
+
+    state: str = ""
+    container_status: ContainerStatus | None = None
+
+
 class Task(msgspec.Struct, rename="pascal", kw_only=True):
-    """A swarm task as ``GET /tasks/{id}`` shows it (what the resolver reads)."""
+    """A swarm task as ``GET /tasks/{id}`` shows it (what the resolver reads).
+
+    ``ServiceID``, ``NodeID``, ``Slot`` and the container id in ``Status`` are what prove that
+    a container really runs this task (its labels alone prove nothing).
+    """
 
     id: str = msgspec.field(default="", name="ID")
+    service_id: str = msgspec.field(default="", name="ServiceID")
+    node_id: str = msgspec.field(default="", name="NodeID")
+    slot: int = 0
+    status: TaskStatus = msgspec.field(default_factory=TaskStatus)
     spec: TaskSpec = msgspec.field(default_factory=TaskSpec)
+
+    @property
+    def container_id(self) -> str:
+        """The id of the container the swarm created for this task; ``""`` until it has."""
+        status = self.status.container_status
+        return status.container_id if status else ""
 
 
 # -- GET /configs/{id} --------------------------------------------------------------------------

@@ -431,6 +431,94 @@ async def test_secret_not_granted_is_a_terminal_error(
             await asyncio.to_thread(_remove_service_and_wait, dockerd, service_id)
 
 
+async def test_forged_task_label_gets_no_payloads_and_a_terminal_error(
+    dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A container copying another task's swarm labels gets no bundle; the real task's does."""
+    # Anyone who may create a container can write the labels; only the task knows its container.
+    secret_name, secret_data = _unique("victim"), b"victim-secret"
+    secret_id = dockerd.create_secret(secret_name, secret_data)
+    async with running(dockerd, tmp_path) as h:
+        (h.secrets_dir / secret_name).write_bytes(secret_data)
+        await h.settled()
+        terminal_before = h.terminal_errors()
+        service_id = await asyncio.to_thread(
+            dockerd.create_service, _unique("svc"), secrets=[secret_name]
+        )
+        forged = ""
+        try:
+            task = await asyncio.to_thread(dockerd.wait_for_task_container, service_id)
+            genuine = task["Status"]["ContainerStatus"]["ContainerID"]
+            bundle = await h.bundle_written(genuine)
+            assert (bundle / "secrets" / secret_id).read_bytes() == secret_data
+
+            labels = (await asyncio.to_thread(dockerd.inspect_container, genuine))["Config"][
+                "Labels"
+            ]
+            assert labels["com.docker.swarm.task.id"] == task["ID"]
+            forged = await h.create_container(_unique("forger"), Labels=labels)
+            await eventually(
+                lambda: h.terminal_errors() >= terminal_before + 1,
+                message="the terminal reconcile error of the forged container",
+            )
+            await h.settled()
+            assert not h.bundle(forged).exists()
+            errors = [
+                str(getattr(r, "error", ""))
+                for r in caplog.records
+                if getattr(r, "key", None) == forged and hasattr(r, "error")
+            ]
+            assert errors
+            assert f"claims swarm task {task['ID']}" in errors[0]
+            assert f"the task runs container '{genuine}'" in errors[0]
+            # The genuine task's bundle is untouched and still carries its secret.
+            assert (h.bundle(genuine) / "secrets" / secret_id).read_bytes() == secret_data
+            assert all(
+                secret_data not in p.read_bytes() for p in h.root.rglob("*") if forged in str(p)
+            )
+        finally:
+            if forged:
+                await h.remove_container(forged)
+            await asyncio.to_thread(_remove_service_and_wait, dockerd, service_id)
+
+
+async def test_a_linked_secret_is_a_terminal_error_and_never_copied(
+    dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A granted secret that is a link to a file elsewhere: terminal error, no bundle, no copy."""
+    secret_name = _unique("linked")
+    dockerd.create_secret(secret_name, b"the real secret")
+    outside = tmp_path / "shadow"
+    outside.write_bytes(b"root:$6$planted-outside")
+    async with running(dockerd, tmp_path) as h:
+        (h.secrets_dir / secret_name).symlink_to(outside)
+        await h.settled()
+        terminal_before = h.terminal_errors()
+        service_id = await asyncio.to_thread(
+            dockerd.create_service, _unique("svc"), secrets=[secret_name]
+        )
+        try:
+            task = await asyncio.to_thread(dockerd.wait_for_task_container, service_id)
+            cid = task["Status"]["ContainerStatus"]["ContainerID"]
+            await eventually(
+                lambda: h.terminal_errors() >= terminal_before + 1,
+                message="the terminal reconcile error",
+            )
+            await h.settled()
+            assert not h.bundle(cid).exists()
+            assert not any(
+                b"planted-outside" in p.read_bytes() for p in h.root.rglob("*") if p.is_file()
+            )
+            assert any(
+                getattr(r, "key", None) == cid
+                and f"secret {secret_name!r}" in str(getattr(r, "error", ""))
+                and "is a symbolic link" in str(getattr(r, "error", ""))
+                for r in caplog.records
+            )
+        finally:
+            await asyncio.to_thread(_remove_service_and_wait, dockerd, service_id)
+
+
 async def test_refused_container_is_a_terminal_error_counted_once(
     dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

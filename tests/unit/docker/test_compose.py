@@ -30,6 +30,8 @@ IMAGE_ID = "sha256:" + "2" * 64
 TASK_ID = "t1a2s3k4i5d6x7y8z9w0v1u2q"
 SECRET_ID = "s1e2c3r4e5t6i7d8x9y0z1w2v"
 CONFIG_ID = "c1o2n3f4i5g6i7d8x9y0z1w2v"
+SERVICE_ID = "s1e2r3v4i5c6e7i8d9x0y1z2w"
+NODE_ID = "n1o2d3e4i5d6x7y8z9w0v1u2q"
 NODE_API, MANAGER_API = "/v1.41", "/v1.30"
 NOT_A_MANAGER = answer_json(
     {
@@ -75,7 +77,13 @@ def script_worker_node(engine: ScriptedEngine) -> None:
                 "Name": "/web.1.x",
                 "Path": "cmd.exe",
                 "Image": IMAGE_ID,
-                "Config": {"Labels": {"com.docker.swarm.task.id": TASK_ID}},
+                "Config": {
+                    "Labels": {
+                        "com.docker.swarm.task.id": TASK_ID,
+                        "com.docker.swarm.service.id": SERVICE_ID,
+                        "com.docker.swarm.node.id": NODE_ID,
+                    }
+                },
                 "HostConfig": {"NetworkMode": "default"},
                 "GraphDriver": {"Name": "vfs"},
             }
@@ -95,6 +103,10 @@ def script_manager(engine: ScriptedEngine) -> None:
     engine.on("/version", answer_json({"ApiVersion": "1.30"}))
     task: dict[str, Any] = {
         "ID": TASK_ID,
+        "ServiceID": SERVICE_ID,
+        "NodeID": NODE_ID,
+        "Slot": 1,
+        "Status": {"State": "running", "ContainerStatus": {"ContainerID": CID}},
         "Spec": {
             "ContainerSpec": {
                 "Secrets": [{"File": {"Name": "db"}, "SecretID": SECRET_ID, "SecretName": "db"}],

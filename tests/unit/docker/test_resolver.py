@@ -44,6 +44,8 @@ TASK_ID = "t1a2s3k4i5d6x7y8z9w0v1u2q"
 SECRET_ID = "s1e2c3r4e5t6i7d8x9y0z1w2v"
 CONFIG_ID = "c1o2n3f4i5g6i7d8x9y0z1w2v"
 RUNTIME_CONFIG_ID = "r1u2n3t4i5m6e7c8o9n0f1i2g"
+SERVICE_ID = "s1e2r3v4i5c6e7i8d9x0y1z2w"
+NODE_ID = "n1o2d3e4i5d6x7y8z9w0v1u2q"
 CREDSPEC = '{"CmsPlugins":["ActiveDirectory"],"DomainJoinConfig":{"MachineAccountName":"web"}}'
 NOT_A_MANAGER_503 = (
     "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster "
@@ -73,11 +75,23 @@ def container_doc(
         "Image": image,
         "Config": {
             "Hostname": "web",
-            "Labels": {"com.docker.swarm.task.id": task} if task else {},
+            "Labels": swarm_labels(task) if task else {},
         },
         "HostConfig": {"NetworkMode": network_mode, "SecurityOpt": security_opt},
         "NetworkSettings": {"Networks": networks or {}},
         "GraphDriver": driver or {"Name": "vfs", "Data": None},
+    }
+
+
+def swarm_labels(task: str = TASK_ID) -> dict[str, str]:
+    """The labels the swarm puts on the container of ``task`` (a replica in slot 1)."""
+    return {
+        "com.docker.swarm.task.id": task,
+        "com.docker.swarm.task.name": f"web.1.{task}",
+        "com.docker.swarm.service.id": SERVICE_ID,
+        "com.docker.swarm.service.name": "web",
+        "com.docker.swarm.node.id": NODE_ID,
+        "com.docker.swarm.task": "",
     }
 
 
@@ -90,10 +104,20 @@ def image_doc(image_id: str = IMAGE_ID, *, os: str = "windows") -> dict[str, Any
     }
 
 
-def task_doc() -> dict[str, Any]:
-    """A swarm task with one secret, one mounted config and one runtime-only config."""
+def task_doc(container: str | None = CID) -> dict[str, Any]:
+    """A swarm task with one secret, one mounted config and one runtime-only config.
+
+    ``container``: the container the task reports (None: it has not reported one yet).
+    """
     return {
         "ID": TASK_ID,
+        "ServiceID": SERVICE_ID,
+        "NodeID": NODE_ID,
+        "Slot": 1,
+        "Status": {
+            "State": "running" if container else "preparing",
+            "ContainerStatus": {"ContainerID": container} if container else {},
+        },
         "Spec": {
             "ContainerSpec": {
                 "Secrets": [
@@ -152,8 +176,14 @@ async def resolving(
     swarm_engine: ScriptedEngine | None = None,
     swarm_worker: bool = False,
     reader: Any = None,
+    clock: Any = None,
+    task_settle: tuple[float, ...] = (),
 ) -> AsyncIterator[Harness]:
-    """A resolver against ``engine`` (tasks and configs from ``swarm_engine`` when given)."""
+    """A resolver against ``engine`` (tasks and configs from ``swarm_engine`` when given).
+
+    ``task_settle``: the pauses before asking again for a task naming no container (none by
+    default, so a test sees each answer as one resolve).
+    """
     observed: list[str] = []
     node = NodeFacts(daemon_root=daemon_root or str(tmp_path / "docker"))
     async with client_for(engine) as client:
@@ -170,6 +200,8 @@ async def resolving(
                 swarm_client=swarm,
                 swarm_worker=swarm_worker,
                 reader=reader,
+                task_settle=task_settle,
+                **({"clock": clock} if clock else {}),
             )
             yield Harness(resolver, observed)
         finally:
@@ -364,13 +396,167 @@ async def test_secret_not_granted_is_permanent_and_named(
             await h.resolve()
 
 
-async def test_task_not_found_yet_is_transient(engine: ScriptedEngine, tmp_path: Path) -> None:
-    """A task the manager does not know (yet) is a TransientError."""
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_task_not_found_yet_is_transient_and_says_how_long(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A task the manager does not know (yet) is a TransientError saying how long it has waited."""
     script_container(engine, container_doc(task=TASK_ID))
+    clock = FakeClock()
+
+    async with resolving(engine, tmp_path, clock=clock) as h:
+        with pytest.raises(TransientError, match=f"swarm task {TASK_ID} of container {CID} not"):
+            await h.resolve()
+        clock.now += 42
+        with pytest.raises(TransientError, match="waiting for it for 42s"):
+            await h.resolve()
+
+
+async def test_task_without_its_container_yet_is_transient_then_resolves(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A task naming no container yet is transient (with the wait), then resolves once it does."""
+    script_container(engine, container_doc(task=TASK_ID))
+    engine.on(
+        f"/tasks/{TASK_ID}",
+        answer_json(task_doc(None)),
+        answer_json(task_doc(None)),
+        answer_json(task_doc()),
+    )
+    engine.on(f"/configs/{CONFIG_ID}", answer_json(config_doc(CONFIG_ID, "eyJhIjoxfQ==")))
+    grant_secret(tmp_path)
+    clock = FakeClock()
+
+    async with resolving(engine, tmp_path, clock=clock) as h:
+        with pytest.raises(TransientError, match="does not name its container yet"):
+            await h.resolve()
+        clock.now += 7
+        with pytest.raises(TransientError, match="waiting for it for 7s"):
+            await h.resolve()
+        request = await h.resolve()
+        assert [s.data for s in request.secrets] == [b"s3cr3t"]
+        assert h.resolver._waiting == {}  # forgotten once resolved
+
+
+async def test_a_task_naming_its_container_within_the_settle_pauses_resolves_at_once(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A task still "preparing" is asked again after short pauses, so one resolve succeeds."""
+    script_container(engine, container_doc(task=TASK_ID))
+    preparing = answer_json(task_doc(None))
+    engine.on(f"/tasks/{TASK_ID}", preparing, preparing, answer_json(task_doc()))
+    engine.on(f"/configs/{CONFIG_ID}", answer_json(config_doc(CONFIG_ID, "eyJhIjoxfQ==")))
+    grant_secret(tmp_path)
+
+    async with resolving(engine, tmp_path, task_settle=(0.01, 0.01, 0.01)) as h:
+        request = await h.resolve()
+
+    assert [s.data for s in request.secrets] == [b"s3cr3t"]
+    assert engine.hits(f"/tasks/{TASK_ID}") == 3
+
+
+async def test_the_settle_pauses_are_bounded_then_transient(
+    engine: ScriptedEngine, tmp_path: Path
+) -> None:
+    """A task that still names no container after every pause is a TransientError."""
+    script_container(engine, container_doc(task=TASK_ID))
+    engine.on(f"/tasks/{TASK_ID}", answer_json(task_doc(None)))
+
+    async with resolving(engine, tmp_path, task_settle=(0.01, 0.01)) as h:
+        with pytest.raises(TransientError, match="does not name its container yet"):
+            await h.resolve()
+
+    assert engine.hits(f"/tasks/{TASK_ID}") == 3
+
+
+async def test_waiting_containers_are_remembered_within_a_bound(
+    engine: ScriptedEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait bookkeeping keeps at most WAITING_SIZE containers, forgetting the oldest first."""
+    monkeypatch.setattr(resolver_module, "WAITING_SIZE", 2)
+    ids = [c * 64 for c in "abc"]
+    for cid in ids:
+        script_container(engine, container_doc(cid, task=TASK_ID))
+    async with resolving(engine, tmp_path) as h:
+        for cid in ids:
+            with pytest.raises(TransientError):
+                await h.resolve(cid)
+        assert list(h.resolver._waiting) == ids[1:]
+
+
+FORGED_TASK_CASES = [
+    pytest.param(
+        {},
+        {"Status": {"ContainerStatus": {"ContainerID": OTHER}}},
+        f"the task runs container '{OTHER}'",
+        id="another-container",
+    ),
+    pytest.param(
+        {"com.docker.swarm.service.id": "x" * 25},
+        {},
+        "label com.docker.swarm.service.id is 'xxxxxxxxxxxxxxxxxxxxxxxxx' but the task's",
+        id="service-label",
+    ),
+    pytest.param(
+        {"com.docker.swarm.node.id": None},
+        {},
+        "label com.docker.swarm.node.id is None but the task's",
+        id="no-node-label",
+    ),
+    pytest.param(
+        {"com.docker.swarm.task.name": "web.2.other"},
+        {},
+        "label com.docker.swarm.task.name 'web.2.other' is not a name of this task",
+        id="task-name-label",
+    ),
+    pytest.param(
+        {},
+        {"ID": "y" * 25},
+        "the swarm answered with task 'yyyyyyyyyyyyyyyyyyyyyyyyy'",
+        id="another-task-answered",
+    ),
+]
+
+
+@pytest.mark.parametrize(("labels", "task_changes", "problem"), FORGED_TASK_CASES)
+async def test_a_forged_task_label_is_permanent_and_resolves_no_payload(
+    engine: ScriptedEngine,
+    tmp_path: Path,
+    labels: dict[str, Any],
+    task_changes: dict[str, Any],
+    problem: str,
+) -> None:
+    """A task label the task does not confirm: PermanentError naming the mismatch, no payload."""
+    doc = container_doc(task=TASK_ID)
+    for name, value in labels.items():
+        if value is None:
+            del doc["Config"]["Labels"][name]
+        else:
+            doc["Config"]["Labels"][name] = value
+    script_container(engine, doc)
+    engine.on(f"/tasks/{TASK_ID}", answer_json(task_doc() | task_changes))
+    engine.on(f"/configs/{CONFIG_ID}", answer_json(config_doc(CONFIG_ID, "eyJhIjoxfQ==")))
+    grant_secret(tmp_path)
 
     async with resolving(engine, tmp_path) as h:
-        with pytest.raises(TransientError, match=f"swarm task {TASK_ID} not found"):
+        with pytest.raises(PermanentError) as caught:
             await h.resolve()
+
+    message = str(caught.value)
+    assert f"container {CID} claims swarm task {TASK_ID}" in message
+    assert problem in message
+    assert "no secrets or configs resolved" in message
+    assert engine.hits(f"/configs/{CONFIG_ID}") == 0
+    assert "secret" not in h.observed
 
 
 @pytest.mark.parametrize(
