@@ -532,14 +532,15 @@ def _cgroup_number(raw: str, what: str, rule: str) -> int:
     Go's ParseInt takes any number of leading zeros; past them, more than 19 digits is out of
     int64's range whatever they are (and Python's int() refuses over 4,300 digits).
     """
+    if raw == "*":
+        return -1
     digits = raw.lstrip("0") or "0"
-    value = -1 if raw == "*" else (int(digits) if len(digits) <= _INT64_DIGITS else _INT64_MAX + 1)
-    if value > _INT64_MAX:
+    if len(digits) > _INT64_DIGITS or int(digits) > _INT64_MAX:
         raise SpecError(
             f"linux runtime spec devices: invalid {what} value in device cgroup rule "
             f"format: '{rule}'"
         )
-    return value
+    return int(digits)
 
 
 _encoder = msgspec.json.Encoder()
