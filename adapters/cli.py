@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 
 from adapters.credspecs import NodeCredentialSpecReader
-from controller.errors import PermanentError
+from controller.errors import PermanentError, RequestDecodeError, WinspecError
 from controller.generate import encode_spec, generate
-from controller.models import Request, decode_request
+from controller.models import MAX_REQUEST_BYTES, Request, decode_request
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -92,7 +92,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _read_request(source: str) -> Request:
-    data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    """The request document from ``source`` (``-``: standard input), read up to its limit."""
+    if source == "-":
+        data = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+    else:
+        with open(source, "rb") as f:
+            data = f.read(MAX_REQUEST_BYTES + 1)
+    if len(data) > MAX_REQUEST_BYTES:
+        raise RequestDecodeError(f"invalid request: larger than {MAX_REQUEST_BYTES} bytes")
     return decode_request(data)
 
 
@@ -110,13 +117,27 @@ def _generate(args: argparse.Namespace) -> int:
         args.request = "-"
     try:
         request = _read_request(args.request)
-        generated = generate(request, reader=NodeCredentialSpecReader())
-    except OSError as exc:
-        print(f"winspec: cannot read request {args.request}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:  # only the request's own file: nothing else is read here
+        reason = exc.strerror or type(exc).__name__
+        print(f"winspec: cannot read request {args.request}: {reason}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    try:
+        generated = generate(request, reader=NodeCredentialSpecReader())
+    except PermanentError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except WinspecError as exc:  # e.g. a credential spec file that did not answer in time
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug, not the input's fault: one line, never a traceback
+        print(
+            f"winspec: internal error ({type(exc).__name__}: {str(exc)[:200]}); please report it",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     for warning in generated.warnings:
         print(f"winspec: warning: {warning}", file=sys.stderr)
     body = encode_spec(generated.spec) + b"\n"

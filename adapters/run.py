@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import tomllib
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import prometheus_client
 from adapters.compose import DockerMode, StartupError, run_until_signalled
 from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
+from adapters.threads import DaemonThreadPool
 from controller.errors import PermanentError, WinspecError
 from controller.settings import env_settings, load_settings
 
@@ -209,6 +211,22 @@ def check_bundle_root(path: str) -> None:
             probe.rmdir()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, except that no worker thread can hold up the exit.
+
+    ``asyncio.run`` joins the default executor's threads without a timeout (Python 3.11), and
+    CPython joins every ``ThreadPoolExecutor`` thread again at interpreter exit: one thread stuck
+    in a blocking read (a FIFO, a file system that stopped answering) would keep the process
+    alive after SIGTERM for ever, past the promised ``--shutdown-timeout`` + 3.5 s. The default
+    executor here is a pool of daemon threads that shutdown does not wait for: by then the
+    controller has given in-flight reconciles their deadline, and what still runs is stuck.
+    """
+    executor = DaemonThreadPool(max_workers=min(32, (os.cpu_count() or 1) + 4))
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_default_executor(executor)
+        runner.run(main)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the controller until stopped; the process exit code."""
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
@@ -232,7 +250,7 @@ def run_command(args: argparse.Namespace) -> int:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     mode = DockerMode(settings)
     try:
-        asyncio.run(run_until_signalled(mode))
+        run_loop(run_until_signalled(mode))
     except StartupError as exc:  # the engine unreachable, the listen address unusable
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ntpath
+import re
 from typing import Literal, Protocol
 
 import msgspec
@@ -25,6 +26,7 @@ _SCHEME_BY_NAME: dict[str, Scheme] = {
 }
 
 CREDENTIAL_SPEC_DIR = "CredentialSpecs"
+_CONTROL = re.compile(r"[\x00-\x1f]")
 INVALID_VALUE = (
     "invalid credential spec security option - value must be prefixed by 'file://', "
     "'registry://', or 'raw://' followed by a non-empty value"
@@ -106,6 +108,12 @@ def check_file_path(value: str, *, daemon_root: str) -> tuple[str, ...]:
     paths are absolute. Unlike moby's string-prefix test the check is a real, case-insensitive
     containment check on the cleaned path.
     """
+    if _CONTROL.search(value):
+        # Windows allows no NUL or control character in a file name (and a NUL would cut
+        # the path short in every system call): refused before the value reaches one.
+        raise SpecError(
+            "invalid credential spec - file:// path contains a NUL or control character"
+        )
     if is_absolute(value):
         raise SpecError("invalid credential spec - file:// path cannot be absolute")
     base_win = _windows_base(daemon_root)

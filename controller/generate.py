@@ -24,7 +24,13 @@ from controller.credspec import (
 )
 from controller.errors import SpecError
 from controller.escape import escape_args
-from controller.models import GO_ZERO_TIME, HostConfig, Request, check_payload_id
+from controller.models import (
+    GO_ZERO_TIME,
+    HostConfig,
+    Request,
+    check_container_id,
+    check_payload_id,
+)
 from controller.validation import NO_CPU_LIMITS, CpuSettings, validate_resources
 from controller.winpath import clean, depth, has_drive_root, host_join
 
@@ -37,6 +43,7 @@ RS5_BUILD = 17763
 # \Z, not $: Go's $ is the end of the text, Python's also matches before a final "\n".
 _CGROUP_RULE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})\Z")
 _INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
 _UINT64_MAX = 2**64 - 1
 _UINT16_MASK = 0xFFFF
 
@@ -63,6 +70,8 @@ class Generated(msgspec.Struct, kw_only=True):
 def generate(request: Request, *, reader: CredentialSpecReader | None = None) -> Generated:
     """Generate the OCI runtime spec for a request; bad input raises :class:`SpecError`."""
     c = request.container
+    # The id becomes part of host paths (the default payload directory, LCOW's uvmpath).
+    check_container_id(c.id)
     os_name = request.image.os
     # S2: the platform decides everything else.
     if os_name not in ("windows", "linux"):
@@ -524,14 +533,20 @@ def _device_cgroup_rules(rules: list[str] | None) -> list[oci.LinuxDeviceCgroup]
 
 
 def _cgroup_number(raw: str, what: str, rule: str) -> int:
-    """A device major or minor number of a cgroup rule: ``*`` is -1; Go parses it as int64."""
-    value = -1 if raw == "*" else int(raw)
-    if value > _INT64_MAX:
+    """A device major or minor number of a cgroup rule: ``*`` is -1; Go parses it as int64.
+
+    Go's ParseInt takes any number of leading zeros; past them, more than 19 digits is out of
+    int64's range whatever they are (and Python's int() refuses over 4,300 digits).
+    """
+    if raw == "*":
+        return -1
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > _INT64_DIGITS or int(digits) > _INT64_MAX:
         raise SpecError(
             f"linux runtime spec devices: invalid {what} value in device cgroup rule "
             f"format: '{rule}'"
         )
-    return value
+    return int(digits)
 
 
 _encoder = msgspec.json.Encoder()

@@ -11,8 +11,13 @@ outcome                       queue                                   ``result``
 ``Result(requeue_after=s)``   forget, add after ``s`` seconds         requeue_after
 ``Result(requeue=True)``      add rate-limited                        requeue
 :class:`PermanentError`       forget; never retried, logged once      error (+ terminal)
-any other exception           add rate-limited                        error
+:class:`TransientError`       add rate-limited                        error
+any other exception           add rate-limited                        error (+ panic)
 ============================  ======================================  =====================
+
+Any other exception is a bug (in Go, a recovered panic): still retried with backoff, so a
+fixed dependency heals it, but counted in ``controller_runtime_reconcile_panics_total`` and
+logged at error level with its type and traceback every time, never a silent retry loop.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ class Controller:
         }
         self._reconcile_errors = metrics.reconcile_errors.labels(controller=name)
         self._terminal_errors = metrics.terminal_reconcile_errors.labels(controller=name)
+        self._panics = metrics.reconcile_panics.labels(controller=name)
         self._reconcile_time = metrics.reconcile_time.labels(controller=name)
         self._active_workers = metrics.active_workers.labels(controller=name)
 
@@ -171,13 +177,15 @@ class Controller:
             self._queue.add_rate_limited(key)
             self._count_error(terminal=False)
             expected = isinstance(exc, TransientError)
+            if not expected:
+                self._panics.inc()
             self._log.log(
                 logging.WARNING if expected else logging.ERROR,
                 "reconcile failed; retrying with backoff"
                 if expected
                 else "reconcile failed unexpectedly; retrying with backoff",
                 exc_info=not expected,
-                extra=self._retry_fields(key, exc),
+                extra=self._retry_fields(key, exc) | {"error_type": type(exc).__name__},
             )
             return
         finally:

@@ -108,6 +108,13 @@ class Metrics:
             ["controller"],
             registry=r,
         )
+        # A reconcile that raised something unexpected (a bug, in Go a recovered panic).
+        self.reconcile_panics = Counter(
+            "controller_runtime_reconcile_panics",
+            "Total number of reconciliation panics per controller",
+            ["controller"],
+            registry=r,
+        )
         self.reconcile_time = Histogram(
             "controller_runtime_reconcile_time_seconds",
             "Length of time per reconciliation per controller",
@@ -131,6 +138,7 @@ class Metrics:
             self.reconcile_total.labels(controller=controller, result=result)
         self.reconcile_errors.labels(controller=controller)
         self.terminal_reconcile_errors.labels(controller=controller)
+        self.reconcile_panics.labels(controller=controller)
         self.reconcile_time.labels(controller=controller)
         self.max_concurrent_reconciles.labels(controller=controller)
         self.active_workers.labels(controller=controller)

@@ -211,6 +211,31 @@ async def test_unexpected_exception_is_retried_and_logged(
     assert errors[0].__dict__["key"] == "a"
 
 
+async def test_unexpected_exceptions_are_counted_as_panics_and_logged_with_their_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each unexpected exception counts a panic and logs its type at error; transients do not."""
+
+    async def behaviour(key: str, attempt: int) -> Result:
+        if attempt == 0:
+            raise TransientError("connection lost")
+        if attempt < 4:
+            raise RecursionError("maximum recursion depth exceeded")
+        return Result()
+
+    h = Harness(behaviour)
+    assert h.sample("controller_runtime_reconcile_panics_total") == 0
+    h.queue.add("a")
+    with caplog.at_level(logging.INFO, logger="controller.loop"):
+        async with h.running():
+            await eventually(lambda: h.total("success") == 1)
+    assert h.sample("controller_runtime_reconcile_panics_total") == 3
+    assert h.total("error") == 4
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.__dict__["error_type"] for r in errors] == ["RecursionError"] * 3
+    assert [r.__dict__["retries"] for r in errors] == [2, 3, 4]  # after the transient one
+
+
 async def test_a_repeated_permanent_error_is_logged_at_error_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -24,6 +24,7 @@ def test_known_label_values_start_at_zero() -> None:
     for name in (
         "controller_runtime_reconcile_errors_total",
         "controller_runtime_terminal_reconcile_errors_total",
+        "controller_runtime_reconcile_panics_total",
         "controller_runtime_reconcile_time_seconds_count",
         "controller_runtime_max_concurrent_reconciles",
         "controller_runtime_active_workers",

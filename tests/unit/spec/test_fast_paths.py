@@ -84,6 +84,10 @@ def test_drive_rooted_paths_survive_a_join(base: str, path: str) -> None:
 
 def _reference_check_file_path(value: str, daemon_root: str) -> tuple[str, ...]:
     """S23's containment check done in full with ntpath, without the fast path."""
+    if any(ord(ch) < 0x20 for ch in value):
+        raise SpecError(
+            "invalid credential spec - file:// path contains a NUL or control character"
+        )
     if is_absolute(value):
         raise SpecError("invalid credential spec - file:// path cannot be absolute")
     base = credential_spec_base(daemon_root)
