@@ -35,6 +35,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.bundles.local import KEY_FILE
 from adapters.compose import CONTROLLER_NAME, DockerMode
 from controller.settings import load_settings
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
@@ -506,7 +507,9 @@ async def test_start_after_200_containers_relists_and_sweeps(
             await h.settled()
             assert h.metric("winspec_bundles_written_total", result="written") >= 200
             assert h.metric("winspec_bundles_written_total", result="removed") >= 1
-            assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
+            assert not [
+                p.name for p in root.iterdir() if p.name.startswith(".") and p.name != KEY_FILE
+            ]
     finally:
         await asyncio.to_thread(_remove_all, dockerd, ids)
 
