@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,19 +26,7 @@ from controller.bundle import BundleContent, build_bundle
 from controller.errors import PermanentError
 from controller.generate import generate
 from tests.dockerd import DockerDaemon
-from tests.processes import REPO, clean_env, free_port, winspec_run_command
-
-
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    """The HTTP status of a GET (``None`` when nothing answers)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+from tests.processes import REPO, clean_env, free_port, http_status, winspec_run_command
 
 
 class WinspecProcess:
