@@ -32,8 +32,12 @@ from tests.processes import REPO, clean_env, free_port, http_status, winspec_run
 class WinspecProcess:
     """One ``winspec run`` against ``engine`` with a fixed bundle root and secrets directory."""
 
-    def __init__(self, engine: DockerDaemon, tmp_path: Path, *extra: str) -> None:
+    def __init__(
+        self, engine: DockerDaemon, tmp_path: Path, *extra: str, docker_host: str | None = None
+    ) -> None:
+        """``extra``: more options; ``docker_host``: where to reach the engine (a proxy)."""
         self.engine = engine
+        self.docker_host = docker_host or engine.host
         self.root = tmp_path / "bundles"
         self.secrets_dir = tmp_path / "secrets"
         self.secrets_dir.mkdir(exist_ok=True)
@@ -48,7 +52,7 @@ class WinspecProcess:
         self.port = free_port()
         command = winspec_run_command(
             "--docker-host",
-            self.engine.host,
+            self.docker_host,
             "--bundle-root",
             str(self.root),
             "--secrets-dir",
