@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.dockerd import DockerDaemon
-from tests.integration.winspec_process import WinspecProcess, compare_root, expected_bundles
+from tests.integration.winspec_process import WinspecProcess, wait_consistent
 
 pytestmark = pytest.mark.docker
 
@@ -138,24 +138,6 @@ def _run_operations(
         errors.append(exc)
 
 
-async def _wait_consistent(proc: WinspecProcess, engine: DockerDaemon, within: float) -> None:
-    """Poll until the bundle root matches what the generator gives now; fail with the diff."""
-    deadline = time.monotonic() + within
-    problems: list[str] = ["not compared yet"]
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        expected = await expected_bundles(engine, proc.root, proc.secrets_dir)
-        problems = compare_root(proc.root, expected)
-        if not problems:
-            return
-        await asyncio.sleep(0.5)
-    shown = "\n".join(problems[:30])
-    raise AssertionError(
-        f"seed {SEED}: the bundle root never matched ({len(problems)} problems):\n{shown}\n"
-        f"--- log tail:\n{proc.log_tail()}"
-    )
-
-
 @pytest.mark.timeout(1800 if LONG else 240)
 def test_sigkill_at_random_moments_leaves_exactly_the_generated_bundles(
     fresh_dockerd: DockerDaemon, tmp_path: Path
@@ -201,7 +183,7 @@ def test_sigkill_at_random_moments_leaves_exactly_the_generated_bundles(
 
         proc.start()
         proc.wait_ready()
-        asyncio.run(_wait_consistent(proc, engine, within=300 if LONG else 90))
+        asyncio.run(wait_consistent(proc, within=300 if LONG else 90, context=f"seed {SEED}: "))
         assert proc.stop() == 0, proc.log_tail()
     finally:
         abort.set()

@@ -9,6 +9,7 @@ controller uses, so a test can compare a bundle root with it byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -232,3 +233,22 @@ def compare_root(root: Path, expected: dict[str, BundleContent | None]) -> list[
         if digest != content.keyed_digest(key):
             problems.append(f"{cid[:12]}: .digest is not the content's keyed digest")
     return problems
+
+
+async def wait_consistent(proc: WinspecProcess, *, within: float, context: str = "") -> None:
+    """Poll until ``proc``'s bundle root matches what the generator gives now (compared with
+    :func:`compare_root`); fail with the differences and the log's end after ``within`` s."""
+    deadline = time.monotonic() + within
+    problems = ["not compared yet"]
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        expected = await expected_bundles(proc.engine, proc.root, proc.secrets_dir)
+        problems = compare_root(proc.root, expected)
+        if not problems:
+            return
+        await asyncio.sleep(0.5)
+    shown = "\n".join(problems[:30])
+    raise AssertionError(
+        f"{context}the bundle root never matched ({len(problems)} problems):\n{shown}\n"
+        f"--- log tail:\n{proc.log_tail()}"
+    )
