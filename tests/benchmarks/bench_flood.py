@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.dockerd import DockerDaemon, dockerd_unavailable_reason
+from tests.benchmarks.engine import bench_parser, private_engine
+from tests.dockerd import DockerDaemon
 from tests.integration.winspec_process import WinspecProcess
 from tests.processes import REPO, clean_env
 
@@ -85,82 +84,77 @@ def flood(daemon: DockerDaemon, containers: int, events: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Start the engine and winspec, flood, wait for the drain, print, clean up."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--events", type=int, default=10_000, help="default 10000")
     parser.add_argument("--containers", type=int, default=1000, help="default 1000")
-    parser.add_argument("--dir", type=Path, help="parent of the scratch dir (default: TMPDIR)")
     args = parser.parse_args(argv)
-    reason = dockerd_unavailable_reason(probe=False)
-    if reason is not None:
-        print(f"bench_flood: cannot run: {reason}", file=sys.stderr)
-        return 1
-    scratch = Path(tempfile.mkdtemp(prefix="winspec-bench-flood-", dir=args.dir))
-    daemon = DockerDaemon()
-    proc = WinspecProcess(daemon, scratch, "--log-level", "warning")
-    try:
-        daemon.start()
-        daemon.import_image()
-        proc.start()
-        proc.wait_ready()
-        assert proc.proc is not None
-        pid = proc.proc.pid
-        time.sleep(1.0)
-        idle = memory_kib(pid, "VmRSS")
-        samples: list[int] = []
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                samples.append(memory_kib(pid, "VmRSS"))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        began = time.monotonic()
-        ids = flood(daemon, args.containers, args.events)
-        made = time.monotonic() - began
-        while not (
-            all((proc.root / cid / "config.json").is_file() for cid in ids)
-            and proc.metric("workqueue_depth") == 0
-            and proc.metric("controller_runtime_active_workers") == 0
-        ):
-            proc.check_alive()
-            time.sleep(0.1)
-        drained = time.monotonic() - began
-        time.sleep(1.0)
-        stop.set()
-        sampler.join()
-        after = memory_kib(pid, "VmRSS")
-        peak = memory_kib(pid, "VmHWM")
-        received = proc.metric("winspec_events_received_total")
-        reconciles = proc.metric("controller_runtime_reconcile_total")
-        written = proc.metric("winspec_bundles_written_total", result="written")
-        adds = proc.metric("workqueue_adds_total")
-        bare = bare_interpreter_kib()
-        proc.stop()
-        print(
-            f"flood: {args.events} events ({args.containers} creates, "
-            f"{args.events - args.containers} updates) made in {made:.1f} s "
-            f"({args.events / made:.0f}/s); winspec received {received:.0f}"
-        )
-        print(
-            f"drained {drained:.1f} s after the first event: {reconciles:.0f} reconciles, "
-            f"{adds:.0f} queue adds, {written:.0f} bundle writes"
-        )
-        mib = 1024
-        print(
-            f"winspec RSS: peak {peak / mib:.1f} MiB (sampled max {max(samples) / mib:.1f}), "
-            f"after the flood {after / mib:.1f} MiB"
-        )
-        print(
-            f"floors: winspec idle after start {idle / mib:.1f} MiB; "
-            f"bare interpreter with winspec's imports {bare / mib:.1f} MiB"
-        )
-    finally:
-        proc.close()
-        daemon.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+    with private_engine("bench-flood", args.dir) as (daemon, scratch):
+        proc = WinspecProcess(daemon, scratch, "--log-level", "warning")
+        try:
+            _measure(daemon, proc, args)
+        finally:
+            proc.close()
     return 0
+
+
+def _measure(daemon: DockerDaemon, proc: WinspecProcess, args: argparse.Namespace) -> None:
+    """Start winspec, flood it, wait for the drain and print the figures."""
+    proc.start()
+    proc.wait_ready()
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    time.sleep(1.0)
+    idle = memory_kib(pid, "VmRSS")
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(memory_kib(pid, "VmRSS"))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.monotonic()
+    ids = flood(daemon, args.containers, args.events)
+    made = time.monotonic() - began
+    while not (
+        all((proc.root / cid / "config.json").is_file() for cid in ids)
+        and proc.metric("workqueue_depth") == 0
+        and proc.metric("controller_runtime_active_workers") == 0
+    ):
+        proc.check_alive()
+        time.sleep(0.1)
+    drained = time.monotonic() - began
+    time.sleep(1.0)
+    stop.set()
+    sampler.join()
+    after = memory_kib(pid, "VmRSS")
+    peak = memory_kib(pid, "VmHWM")
+    received = proc.metric("winspec_events_received_total")
+    reconciles = proc.metric("controller_runtime_reconcile_total")
+    written = proc.metric("winspec_bundles_written_total", result="written")
+    adds = proc.metric("workqueue_adds_total")
+    bare = bare_interpreter_kib()
+    proc.stop()
+    print(
+        f"flood: {args.events} events ({args.containers} creates, "
+        f"{args.events - args.containers} updates) made in {made:.1f} s "
+        f"({args.events / made:.0f}/s); winspec received {received:.0f}"
+    )
+    print(
+        f"drained {drained:.1f} s after the first event: {reconciles:.0f} reconciles, "
+        f"{adds:.0f} queue adds, {written:.0f} bundle writes"
+    )
+    mib = 1024
+    print(
+        f"winspec RSS: peak {peak / mib:.1f} MiB (sampled max {max(samples) / mib:.1f}), "
+        f"after the flood {after / mib:.1f} MiB"
+    )
+    print(
+        f"floors: winspec idle after start {idle / mib:.1f} MiB; "
+        f"bare interpreter with winspec's imports {bare / mib:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -23,12 +23,9 @@ Printed: each phase's time and rate, and the ratios cold/floor and warm/inspect-
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,7 +38,8 @@ from adapters.bundles.local import LocalBundleWriter
 from controller.bundle import CONFIG_FILE, BundleContent
 from controller.settings import load_settings
 from tests.benchmarks.bench_docker import floor_write
-from tests.dockerd import DockerDaemon, dockerd_unavailable_reason
+from tests.benchmarks.engine import bench_parser, private_engine
+from tests.dockerd import DockerDaemon
 
 
 class _CountingWriter(LocalBundleWriter):
@@ -130,27 +128,15 @@ def _line(name: str, seconds: float, count: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Create the containers, run the phases, print, clean up."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__)
     parser.add_argument("--containers", type=int, default=1000, help="default 1000")
     parser.add_argument("--workers", type=int, default=4, help="winspec workers (default 4)")
-    parser.add_argument("--dir", type=Path, help="parent of the scratch dir (default: TMPDIR)")
     args = parser.parse_args(argv)
-    reason = dockerd_unavailable_reason(probe=False)
-    if reason is not None:
-        print(f"bench_relist: cannot run: {reason}", file=sys.stderr)
-        return 1
-    scratch = Path(tempfile.mkdtemp(prefix="winspec-bench-relist-", dir=args.dir))
-    (scratch / "secrets").mkdir()
-    daemon = DockerDaemon()
-    try:
-        daemon.start()
-        daemon.import_image()
+    with private_engine("bench-relist", args.dir) as (daemon, scratch):
+        (scratch / "secrets").mkdir()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(
-                pool.map(
-                    daemon.create_container, [f"relist-{i:05d}" for i in range(args.containers)]
-                )
-            )
+            names = [f"relist-{i:05d}" for i in range(args.containers)]
+            list(pool.map(daemon.create_container, names))
         n = args.containers
         cold = asyncio.run(run_winspec(daemon, scratch, n, args.workers))
         assert _CountingWriter.changed == n, _CountingWriter.changed
@@ -161,18 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         floor = asyncio.run(run_floor(daemon, scratch / "floor", args.workers, size))
         inspect_only = asyncio.run(run_floor(daemon, scratch / "floor", args.workers, 0))
         version = daemon.call("GET", "/version")
-        print(
-            f"engine: dockerd {version.get('Version')} (vfs), {n} existing containers, "
-            f"{args.workers} workers; floor file {size} bytes (winspec's median config.json)"
-        )
-        print(_line("winspec cold (no bundles yet)", cold, n))
-        print(_line("floor: list + inspect + write", floor, n))
-        print(_line("winspec warm (all up to date)", warm, n))
-        print(_line("floor: list + inspect", inspect_only, n))
-        print(f"ratio cold/floor {cold / floor:.2f}x, warm/inspect-only {warm / inspect_only:.2f}x")
-    finally:
-        daemon.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
+    print(
+        f"engine: dockerd {version.get('Version')} (vfs), {n} existing containers, "
+        f"{args.workers} workers; floor file {size} bytes (winspec's median config.json)"
+    )
+    print(_line("winspec cold (no bundles yet)", cold, n))
+    print(_line("floor: list + inspect + write", floor, n))
+    print(_line("winspec warm (all up to date)", warm, n))
+    print(_line("floor: list + inspect", inspect_only, n))
+    print(f"ratio cold/floor {cold / floor:.2f}x, warm/inspect-only {warm / inspect_only:.2f}x")
     return 0
 
 
