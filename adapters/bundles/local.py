@@ -126,6 +126,10 @@ _O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 # Opening a FIFO planted under a file's name must not block: fstat then refuses it.
 _O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
+# What os.link raises where the file system has no hard links.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV, errno.EINVAL}
+)
 # Temporary key files are "<TEMP_PREFIX><_KEY_TEMP_ID>-<random>": the sweep deletes a crash's.
 _KEY_TEMP_ID = "digest-key"
 
@@ -361,6 +365,13 @@ def load_digest_key(root: Path) -> bytes:
                     os.link(tmp, path)  # never over a key another writer just created
                 except FileExistsError:
                     continue  # read theirs
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    # A file system without hard links (FAT, ReFS): a rename, which two
+                    # writers racing at the very first start could both do; the loser's
+                    # bundles are rewritten once under the winner's key.
+                    os.rename(tmp, path)
             _fsync_dir(root)
         finally:
             _discard(tmp)

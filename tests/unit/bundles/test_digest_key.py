@@ -5,6 +5,7 @@ file that later runs read (so unchanged bundles stay unchanged across restarts).
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -203,4 +204,20 @@ def test_writers_racing_to_create_the_key_agree_on_one(tmp_path: Path) -> None:
 
     assert len(keys) == 8
     assert set(keys) == {(tmp_path / KEY_FILE).read_bytes()}
+    assert os.listdir(tmp_path) == [KEY_FILE]
+
+
+def test_a_file_system_without_hard_links_still_gets_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where os.link is not supported, the key is renamed into place instead."""
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    key = load_digest_key(tmp_path)
+
+    assert (tmp_path / KEY_FILE).read_bytes() == key
+    assert load_digest_key(tmp_path) == key
     assert os.listdir(tmp_path) == [KEY_FILE]
