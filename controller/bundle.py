@@ -8,9 +8,10 @@ decides the content, so every writer writes the same bytes.
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
+from secrets import token_bytes
 
 import msgspec
 
@@ -49,24 +50,49 @@ class LinksDocument(msgspec.Struct, kw_only=True):
     links: list[Link]
 
 
+#: Length of a digest key, in bytes: as long as the SHA-256 output, the full strength of HMAC.
+DIGEST_KEY_BYTES = 32
+
+# The key of :attr:`BundleContent.digest`: random, per process, never stored. A digest is a
+# function of every payload, secrets included; unkeyed, a logged digest of a bundle whose
+# other files are known (config.json follows from public inspect data) lets anyone who reads
+# the log try every candidate of a weak secret offline. Keyed with a value they cannot read,
+# it reveals nothing about the bytes hashed.
+_PROCESS_KEY = token_bytes(DIGEST_KEY_BYTES)
+
+
 @dataclass(frozen=True, slots=True)
 class BundleContent:
-    """The files of one bundle, by relative POSIX path, and a digest of all of them.
+    """The files of one bundle, by relative POSIX path, and keyed digests of all of them.
 
-    ``digest`` is a SHA-256 over every path and content, in path order, computed once when the
-    content is built (it hashes every payload); ``files`` must not be changed afterwards.
+    A digest is an HMAC-SHA256 over every path and content, in path order: equal for equal
+    files under one key, and without the key no oracle for the files (payloads are secrets).
+    Each key's digest is computed once, when first asked for (it hashes every payload);
+    ``files`` must not be changed afterwards.
     """
 
     files: dict[str, bytes]
-    digest: str = field(init=False, repr=False, compare=False)
+    _digests: dict[bytes, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        # Frozen: the one assignment goes around the generated __setattr__.
-        object.__setattr__(self, "digest", _digest(self.files))
+    @property
+    def digest(self) -> str:
+        """The digest under this process's random key: safe to log, comparable in this run only.
+
+        It changes with every restart; a writer that compares digests across restarts keeps a
+        key of its own (:meth:`keyed_digest`).
+        """
+        return self.keyed_digest(_PROCESS_KEY)
+
+    def keyed_digest(self, key: bytes) -> str:
+        """The HMAC-SHA256 of every path and content under ``key``, as 64 hex digits."""
+        digest = self._digests.get(key)
+        if digest is None:
+            digest = self._digests[key] = _digest(key, self.files)
+        return digest
 
 
-def _digest(files: dict[str, bytes]) -> str:
-    h = hashlib.sha256()
+def _digest(key: bytes, files: dict[str, bytes]) -> str:
+    h = hmac.new(key, digestmod="sha256")
     for name in sorted(files):
         data = files[name]
         h.update(name.encode())

@@ -48,6 +48,12 @@ RUN_WITH_ENGINE: dict[str, tuple[str, ...]] = {
     ".venv/bin/winspec run --docker-host unix:///var/run/docker.sock --bundle-root /tmp/bundles "
     "--secrets-dir /tmp/granted-secrets --log-format console --listen 127.0.0.1:8080": (),
     ".venv/bin/python -m tests.benchmarks.bench_docker": ("--containers", "4", "--rate", "20"),
+    ".venv/bin/python -m tests.benchmarks.bench_docker --containers 1000 --rate 100": (
+        "--containers",
+        "4",
+    ),
+    ".venv/bin/python -m tests.benchmarks.bench_relist": ("--containers", "5"),
+    ".venv/bin/python -m tests.benchmarks.bench_flood": ("--events", "40", "--containers", "5"),
 }
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.

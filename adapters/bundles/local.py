@@ -6,6 +6,16 @@ Layout: ``<root>/<bundle id>/`` holds exactly the files of a
 one small read: no write, no fsync. The digest is trusted; a bundle edited by hand is not seen
 as changed (delete it to force a rewrite). Files are mode 0600 and directories 0700.
 
+``.digest`` holds an HMAC-SHA256 (:meth:`~controller.bundle.BundleContent.keyed_digest`) under
+the root's own random key, ``<root>/.digest-key`` (32 bytes, mode 0600): an unkeyed hash of
+files that include secrets would let anyone who can read ``.digest`` (or a log or backup that
+copied it) test guesses of a weak secret offline. The key is created on first use, complete or
+not at all (written to a temporary file, fsynced, then hard-linked to its name, so two writers
+agree on one key), and read by every later run, so unchanged bundles stay unchanged across
+restarts. A key file that is missing, of the wrong length or readable by others is replaced by
+a new key (every bundle is then rewritten once); one that is a link or not a regular file is
+refused (:class:`~controller.errors.PermanentError`).
+
 Why a whole directory is swapped: a bundle is several files, and a runtime that reads
 ``config.json`` must find the payloads its mounts point at. Each version is built in a
 temporary directory inside the root (``.tmp-<id>-<random>``, so the final rename never crosses
@@ -86,12 +96,13 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from secrets import token_hex
+from secrets import token_bytes, token_hex
 from typing import ParamSpec, TypeVar, cast
 
 from controller.bundle import (
     CONFIG_FILE,
     CONFIGS_DIR,
+    DIGEST_KEY_BYTES,
     LINKS_FILE,
     SECRETS_DIR,
     BundleContent,
@@ -102,6 +113,7 @@ from controller.errors import PermanentError, TransientError
 from controller.models import check_payload_id
 
 DIGEST_FILE = ".digest"
+KEY_FILE = ".digest-key"
 TEMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 
@@ -111,6 +123,15 @@ _DIR_MODE = 0o700
 # Without O_BINARY, Windows' os.open translates newlines.
 _O_BINARY: int = getattr(os, "O_BINARY", 0)
 _O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
+_O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+# Opening a FIFO planted under a file's name must not block: fstat then refuses it.
+_O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
+# What os.link raises where the file system has no hard links.
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV, errno.EINVAL}
+)
+# Temporary key files are "<TEMP_PREFIX><_KEY_TEMP_ID>-<random>": the sweep deletes a crash's.
+_KEY_TEMP_ID = "digest-key"
 
 # Payload ids are those controller.models.check_payload_id accepts, minus what Windows would not
 # keep as written: it drops a trailing dot, and device names (NUL, COM1.txt, …) are not files.
@@ -137,6 +158,8 @@ class LocalBundleWriter:
         """``fsync_threads``: how many fsyncs may run at once (0: one after another)."""
         self._root = root
         self._locks: dict[str, _IdLock] = {}
+        self._key: bytes | None = None
+        self._key_lock = asyncio.Lock()
         self._fsync_pool = (
             ThreadPoolExecutor(fsync_threads, thread_name_prefix="winspec-bundle-fsync")
             if fsync_threads > 0
@@ -156,7 +179,9 @@ class LocalBundleWriter:
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Write the bundle atomically; ``False`` when the same content was already there."""
         check_bundle_id(bundle_id)
+        _check_file_names(content.files)  # refused before anything is created, the key included
         try:
+            key = await self._digest_key()
             async with self._lock(bundle_id):
                 return await _in_thread(
                     write_bundle_sync,
@@ -164,6 +189,7 @@ class LocalBundleWriter:
                     bundle_id,
                     content,
                     fsync_executor=self._fsync_pool,
+                    key=key,
                 )
         except OSError as exc:
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
@@ -201,6 +227,8 @@ class LocalBundleWriter:
         """
         live = frozenset(live_ids)
         try:
+            # The key first: its temporary file is never a leftover of this sweep's scan.
+            await self._digest_key()
             by_id = await _in_thread(_sweep_candidates, self._root, live)
             removed: list[str] = []
             for bundle_id, names in sorted(by_id.items()):
@@ -209,6 +237,13 @@ class LocalBundleWriter:
         except OSError as exc:
             raise TransientError(f"cannot sweep bundles in {self._root}: {exc}") from exc
         return sorted(removed)
+
+    async def _digest_key(self) -> bytes:
+        """The root's digest key, loaded (or created) once; raises :class:`OSError`."""
+        async with self._key_lock:
+            if self._key is None:
+                self._key = await _in_thread(load_digest_key, self._root)
+            return self._key
 
     @asynccontextmanager
     async def _lock(self, bundle_id: str) -> AsyncIterator[None]:
@@ -255,19 +290,21 @@ def write_bundle_sync(
     content: BundleContent,
     *,
     fsync_executor: Executor | None = None,
+    key: bytes | None = None,
 ) -> bool:
     """Write one bundle atomically and durably; ``False`` when the same content is there.
 
     Blocking. With ``fsync_executor`` (not the executor running this call) the fsyncs of the
     new files and directories run at once, so the file system can commit them together
     instead of one journal commit each. Payload directories whose content is unchanged are
-    carried over into the new version (module docstring). Raises
+    carried over into the new version (module docstring). ``key`` is the root's digest key
+    (:func:`load_digest_key`, read here when not given). Raises
     :class:`~controller.errors.PermanentError` for a bad bundle id or file name (before any path
     is built) and :class:`OSError` when the file system fails.
     """
     check_bundle_id(bundle_id)
     _check_file_names(content.files)
-    digest = content.digest
+    digest = content.keyed_digest(load_digest_key(root) if key is None else key)
     live = root / bundle_id
     for holder in _restore_carried(root, bundle_id):
         _discard(holder)
@@ -302,6 +339,63 @@ def write_bundle_sync(
         # the old version after an exchange, or a partial new version after a failure.
         _discard(tmp)
     return True
+
+
+def load_digest_key(root: Path) -> bytes:
+    """The root's digest key, creating the root and the key on first use. Blocking.
+
+    Raises :class:`~controller.errors.PermanentError` when ``<root>/.digest-key`` is a link or
+    not a regular file, and :class:`OSError` when the file system fails.
+    """
+    _ensure_root(root)
+    path = root / KEY_FILE
+    while True:
+        found, existing = _read_key(path)
+        if existing is not None:
+            return existing
+        key = token_bytes(DIGEST_KEY_BYTES)
+        tmp = root / f"{TEMP_PREFIX}{_KEY_TEMP_ID}-{token_hex(4)}"
+        try:
+            _write_file(tmp, key)
+            _fsync_file(tmp)
+            if found:
+                os.replace(tmp, path)  # unusable: replaced whole, in one step
+            else:
+                try:
+                    os.link(tmp, path)  # never over a key another writer just created
+                except FileExistsError:
+                    continue  # read theirs
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    # A file system without hard links (FAT, ReFS): a rename, which two
+                    # writers racing at the very first start could both do; the loser's
+                    # bundles are rewritten once under the winner's key.
+                    os.rename(tmp, path)
+            _fsync_dir(root)
+        finally:
+            _discard(tmp)
+        return key
+
+
+def _read_key(path: Path) -> tuple[bool, bytes | None]:
+    """Whether the key file exists, and its key if that is usable."""
+    if os.path.islink(path):
+        raise PermanentError(f"refusing the digest key {path}: it is a link")
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW | _O_NONBLOCK)
+    except FileNotFoundError:
+        return False, None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermanentError(f"refusing the digest key {path}: not a regular file")
+        data = os.read(fd, DIGEST_KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    # Readable by others: the key may be known, so it protects nothing any more.
+    exposed = os.name != "nt" and bool(st.st_mode & 0o077)
+    return True, data if len(data) == DIGEST_KEY_BYTES and not exposed else None
 
 
 def remove_bundle_sync(root: Path, bundle_id: str) -> bool:

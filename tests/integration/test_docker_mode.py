@@ -21,8 +21,6 @@ import signal
 import stat
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +33,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.bundles.local import KEY_FILE
 from adapters.compose import CONTROLLER_NAME, DockerMode
 from controller.settings import load_settings
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
-from tests.processes import clean_env, free_port, winspec_run_command
+from tests.processes import clean_env, free_port, http_status, winspec_run_command
 from tests.schema import SKIP_REASON, schema_available, strict_roundtrip, validate_spec
 
 pytestmark = pytest.mark.docker
@@ -594,7 +593,9 @@ async def test_start_after_200_containers_relists_and_sweeps(
             await h.settled()
             assert h.metric("winspec_bundles_written_total", result="written") >= 200
             assert h.metric("winspec_bundles_written_total", result="removed") >= 1
-            assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
+            assert not [
+                p.name for p in root.iterdir() if p.name.startswith(".") and p.name != KEY_FILE
+            ]
     finally:
         await asyncio.to_thread(_remove_all, dockerd, ids)
 
@@ -780,17 +781,6 @@ def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
     assert proc.stdout == ""
 
 
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 def test_sigterm_stops_winspec_run_gracefully(dockerd: DockerDaemon, tmp_path: Path) -> None:
     """`winspec run` against a live engine becomes ready, and on SIGTERM exits 0 in time."""
     port = free_port()
@@ -818,11 +808,11 @@ def test_sigterm_stops_winspec_run_gracefully(dockerd: DockerDaemon, tmp_path: P
         )
     try:
         deadline = time.monotonic() + 30
-        while _status(f"http://127.0.0.1:{port}/readyz") != 200:
+        while http_status(f"http://127.0.0.1:{port}/readyz") != 200:
             assert proc.poll() is None, f"winspec run exited early:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"never ready:\n{log.read_text()}"
             time.sleep(0.05)
-        assert _status(f"http://127.0.0.1:{port}/healthz") == 200
+        assert http_status(f"http://127.0.0.1:{port}/healthz") == 200
 
         stopping = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -838,4 +828,4 @@ def test_sigterm_stops_winspec_run_gracefully(dockerd: DockerDaemon, tmp_path: P
     assert "shutting down" in output
     assert "stopped" in output
     assert "Traceback" not in output
-    assert _status(f"http://127.0.0.1:{port}/healthz") is None
+    assert http_status(f"http://127.0.0.1:{port}/healthz") is None

@@ -23,7 +23,7 @@ from tests.readme_commands import ROOT, RUN_WITH_ENGINE, TOUR, argv
 
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
 DEV_RUN = next(c for c in RUN_WITH_ENGINE if c.startswith(".venv/bin/winspec run"))
-BENCH_DOCKER = next(c for c in RUN_WITH_ENGINE if "bench_docker" in c)
+BENCHMARKS = sorted(c for c in RUN_WITH_ENGINE if "tests.benchmarks." in c)
 
 
 def _substitute(command: str, engine: DockerDaemon, tmp_path: Path, port: int) -> str:
@@ -125,15 +125,19 @@ def test_the_development_run_example_writes_bundles(dockerd: DockerDaemon, tmp_p
 
 @pytest.mark.docker
 @pytest.mark.timeout(300)
-def test_the_docker_benchmark_runs(tmp_path: Path) -> None:
-    """The README's bench_docker command runs (with few containers) and prints its figures."""
+@pytest.mark.parametrize("command", BENCHMARKS)
+def test_the_engine_benchmarks_run(command: str, tmp_path: Path) -> None:
+    """Each README benchmark that needs an engine runs (on a small scale) and prints figures."""
     reason = dockerd_unavailable_reason(probe=False)
     if reason is not None:
         if clean_env().get("CI", "").strip().lower() == "true":
             pytest.fail(f"dockerd is required when CI=true but unavailable: {reason}")
         pytest.skip(f"dockerd unavailable: {reason}")
+    extra = RUN_WITH_ENGINE[command]
+    if "bench_docker" in command:
+        extra = (*extra, "--dir", str(tmp_path))
     proc = subprocess.run(
-        [*argv(BENCH_DOCKER, RUN_WITH_ENGINE[BENCH_DOCKER]), "--dir", str(tmp_path)],
+        argv(command, extra),
         cwd=ROOT,
         env=clean_env(),
         capture_output=True,
@@ -143,4 +147,4 @@ def test_the_docker_benchmark_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "winspec" in proc.stdout
-    assert "ratio" in proc.stdout
+    assert "floor" in proc.stdout

@@ -20,6 +20,7 @@ import pytest
 
 from adapters.bundles import local
 from adapters.bundles.local import (
+    KEY_FILE,
     LocalBundleWriter,
     atomic_replace_supported,
     remove_bundle_sync,
@@ -84,8 +85,14 @@ def _tree(bundle: Path) -> dict[str, bytes]:
     }
 
 
-def _expected_tree(content: BundleContent) -> dict[str, bytes]:
-    return {**content.files, ".digest": f"{content.digest}\n".encode()}
+def _expected_tree(content: BundleContent, root: Path) -> dict[str, bytes]:
+    digest = content.keyed_digest((root / KEY_FILE).read_bytes())
+    return {**content.files, ".digest": f"{digest}\n".encode()}
+
+
+def _entries(root: Path) -> list[str]:
+    """The entries of a bundle root but its digest key, sorted."""
+    return sorted(name for name in os.listdir(root) if name != KEY_FILE)
 
 
 def _snapshot(bundle: Path) -> dict[str, tuple[int, int, int]]:
@@ -105,8 +112,8 @@ async def test_write_creates_the_layout_byte_for_byte(
 
     assert await make_writer(root).write(BUNDLE_ID, content) is True
 
-    assert _tree(root / BUNDLE_ID) == _expected_tree(content)
-    assert os.listdir(root) == [BUNDLE_ID]
+    assert _tree(root / BUNDLE_ID) == _expected_tree(content, root)
+    assert _entries(root) == [BUNDLE_ID]
 
 
 @posix_only
@@ -144,8 +151,8 @@ async def test_changed_content_replaces_the_whole_bundle(
 
     assert await writer.write(BUNDLE_ID, new) is True
 
-    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(new)
-    assert os.listdir(tmp_path) == [BUNDLE_ID]
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(new, tmp_path)
+    assert _entries(tmp_path) == [BUNDLE_ID]
 
 
 async def test_rename_aside_fallback_replaces_the_bundle(
@@ -160,8 +167,8 @@ async def test_rename_aside_fallback_replaces_the_bundle(
 
     assert await writer.write(BUNDLE_ID, _content(2)) is True
 
-    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(2))
-    assert os.listdir(tmp_path) == [BUNDLE_ID]
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(2), tmp_path)
+    assert _entries(tmp_path) == [BUNDLE_ID]
 
 
 def _pair_key(config: bytes, links: bytes) -> str:
@@ -262,7 +269,7 @@ async def test_remove_deletes_the_bundle_once(tmp_path: Path, make_writer: Write
     await writer.write(BUNDLE_ID, _content())
 
     assert await writer.remove(BUNDLE_ID) is True
-    assert os.listdir(tmp_path) == []
+    assert _entries(tmp_path) == []
     assert await writer.remove(BUNDLE_ID) is False
 
 
@@ -308,8 +315,8 @@ async def test_sweep_removes_dead_bundles_and_leftovers(
     assert removed == sorted(
         [OTHER_ID, f".tmp-{BUNDLE_ID}-abcd1234", f".old-{OTHER_ID}-0000ffff", ".tmp-garbage"]
     )
-    assert sorted(os.listdir(tmp_path)) == sorted(["README", BUNDLE_ID])
-    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content())
+    assert _entries(tmp_path) == sorted(["README", BUNDLE_ID])
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
     assert await writer.sweep({BUNDLE_ID}) == []
 
 
@@ -351,7 +358,7 @@ async def test_invalid_bundle_ids_are_refused_before_any_path(
         write_bundle_sync(root, bad_id, _content())
     with pytest.raises(PermanentError):
         remove_bundle_sync(root, bad_id)
-    assert os.listdir(tmp_path) == []
+    assert _entries(tmp_path) == []
 
 
 BAD_FILES: list[dict[str, bytes]] = [
@@ -380,7 +387,7 @@ async def test_path_shaped_file_names_are_refused(
     """A content whose file names leave the known shapes raises PermanentError, creating nothing."""
     with pytest.raises(PermanentError):
         await make_writer(tmp_path / "bundles").write(BUNDLE_ID, BundleContent(files=files))
-    assert os.listdir(tmp_path) == []
+    assert _entries(tmp_path) == []
 
 
 async def test_file_system_failures_are_transient(
@@ -443,7 +450,7 @@ def test_sync_write_without_fsync_threads(tmp_path: Path) -> None:
     """write_bundle_sync with no executor fsyncs serially and writes the same tree."""
     assert write_bundle_sync(tmp_path, BUNDLE_ID, _content()) is True
     assert write_bundle_sync(tmp_path, BUNDLE_ID, _content()) is False
-    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content())
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
 
 
 async def test_failed_write_keeps_the_old_bundle_and_no_leftovers(
@@ -460,8 +467,8 @@ async def test_failed_write_keeps_the_old_bundle_and_no_leftovers(
     with pytest.raises(TransientError):
         await writer.write(BUNDLE_ID, _content(2))
 
-    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(1))
-    assert os.listdir(tmp_path) == [BUNDLE_ID]
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(1), tmp_path)
+    assert _entries(tmp_path) == [BUNDLE_ID]
 
 
 def test_payload_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
@@ -470,7 +477,7 @@ def test_payload_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None
 
     with pytest.raises(PermanentError):
         write_bundle_sync(tmp_path / "bundles", BUNDLE_ID, content)
-    assert os.listdir(tmp_path) == []
+    assert _entries(tmp_path) == []
 
 
 # -- payload directories carried over ------------------------------------------------------------
@@ -491,7 +498,7 @@ def _inode(path: Path) -> int:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return sorted(name for name in os.listdir(root) if name != BUNDLE_ID)
+    return [name for name in _entries(root) if name != BUNDLE_ID]
 
 
 @posix_only
@@ -518,7 +525,7 @@ def test_config_only_rewrite_keeps_the_payload_directories(
         assert os.lstat(bundle / "configs").st_ino == configs_before
     finally:
         os.close(secrets_fd)
-    assert _tree(bundle) == _expected_tree(_config_only(2))
+    assert _tree(bundle) == _expected_tree(_config_only(2), tmp_path)
     assert _leftovers(tmp_path) == []
 
 
@@ -540,7 +547,7 @@ def test_a_changed_payload_set_is_written_fresh(
     assert (bundle / "secrets" / "s1").read_bytes() == b"new"
     assert _inode(bundle / "secrets") != secrets_before
     assert os.lstat(bundle / "configs").st_ino == configs_before
-    assert _tree(bundle) == _expected_tree(new)
+    assert _tree(bundle) == _expected_tree(new, tmp_path)
     assert _leftovers(tmp_path) == []
 
 
@@ -596,7 +603,7 @@ async def test_crash_between_swap_and_payload_exchange_is_repaired(
 
     assert not (bundle / "secrets").is_symlink()
     assert _inode(bundle / "secrets") == secrets_before
-    assert _tree(bundle) == _expected_tree(_config_only(2))
+    assert _tree(bundle) == _expected_tree(_config_only(2), tmp_path)
     assert _leftovers(tmp_path) == []
 
 
@@ -618,7 +625,7 @@ async def test_crash_after_payload_exchange_leaves_a_leftover_the_sweep_deletes(
     assert await make_writer(tmp_path).sweep({BUNDLE_ID}) == leftovers
 
     assert _inode(bundle / "secrets") == secrets_before
-    assert _tree(bundle) == _expected_tree(_config_only(2))
+    assert _tree(bundle) == _expected_tree(_config_only(2), tmp_path)
     assert _leftovers(tmp_path) == []
 
 
@@ -632,7 +639,7 @@ def test_a_stand_in_without_its_original_makes_the_next_write_rewrite(tmp_path: 
 
     assert write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1)) is True
 
-    assert _tree(bundle) == _expected_tree(_config_only(1))
+    assert _tree(bundle) == _expected_tree(_config_only(1), tmp_path)
     assert not (bundle / "secrets").is_symlink()
     assert _leftovers(tmp_path) == []
 
@@ -664,7 +671,7 @@ def test_fallback_in_place_update_caught_halfway_is_rewritten(
     assert (bundle / "config.json").read_bytes() == _config_only(2).files["config.json"]
     assert _inode(bundle / "secrets") == secrets_before
     assert write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1)) is True
-    assert _tree(bundle) == _expected_tree(_config_only(1))
+    assert _tree(bundle) == _expected_tree(_config_only(1), tmp_path)
     assert _inode(bundle / "secrets") == secrets_before
     assert _leftovers(tmp_path) == []
 
@@ -695,6 +702,6 @@ def test_fallback_swap_that_fails_puts_the_old_bundle_back(
             write_bundle_sync(tmp_path, BUNDLE_ID, _content(2, secret_data="new"))
 
     assert failed
-    assert _tree(bundle) == _expected_tree(old)
+    assert _tree(bundle) == _expected_tree(old, tmp_path)
     assert _inode(bundle / "configs") == configs_before
     assert _leftovers(tmp_path) == []

@@ -9,14 +9,12 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from adapters.cli import main
-from tests.processes import clean_env, free_port, winspec_run_command
+from tests.processes import clean_env, free_port, http_status, winspec_run_command
 
 ROOT = Path(__file__).resolve().parents[3]
 NO_ENGINE = "unix:///nonexistent/winspec-test/docker.sock"
@@ -125,14 +123,7 @@ def test_missing_tls_files_exit_2_with_one_line(tmp_path: Path) -> None:
 
 
 def _healthz(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+    return http_status(f"http://127.0.0.1:{port}/healthz")
 
 
 def test_sigterm_while_the_engine_is_unreachable_exits_0_at_once(tmp_path: Path) -> None:
