@@ -14,7 +14,7 @@ import logging
 
 from controller.bundle import build_bundle, check_bundle_id
 from controller.credspec import CredentialSpecReader
-from controller.errors import WinspecError
+from controller.errors import PermanentError, WinspecError
 from controller.generate import generate
 from controller.loop import Result
 from controller.metrics import BUNDLE_REMOVED, BUNDLE_UNCHANGED, BUNDLE_WRITTEN, Metrics
@@ -50,6 +50,10 @@ class BundleReconciler:
         check_bundle_id(key)
         try:
             message = await self._reconcile(key)
+        except PermanentError as exc:
+            await self._remove_stale(key)
+            await self._report(key, ok=False, message=_user_message(exc))
+            raise
         except Exception as exc:
             await self._report(key, ok=False, message=_user_message(exc))
             raise
@@ -85,6 +89,26 @@ class BundleReconciler:
         if generated.warnings:
             message += "; warnings: " + "; ".join(generated.warnings)
         return message
+
+    async def _remove_stale(self, key: str) -> None:
+        """Remove the bundle of an object whose current state the rules refuse.
+
+        A bundle written for an earlier state (before a ``docker update`` or a spec change that
+        the rules refuse) no longer describes the object; a runtime must not start it from
+        that. A transient failure leaves the bundle alone: the state is not known then. A
+        removal that fails is logged; the refusal is what the loop reports.
+        """
+        try:
+            removed = await self._writer.remove(key)
+        except Exception as exc:
+            _log.error(
+                "stale bundle could not be removed",
+                extra={"key": key, "error": _user_message(exc)},
+            )
+            return
+        if removed:
+            self._removed.inc()
+            _log.warning("stale bundle removed: the current state is refused", extra={"key": key})
 
     async def _report(self, key: str, *, ok: bool, message: str) -> None:
         if self._status is not None:

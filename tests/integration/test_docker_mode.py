@@ -561,6 +561,30 @@ async def test_refused_container_is_a_terminal_error_counted_once(
             await h.remove_container(bad)
 
 
+async def test_update_the_rules_refuse_removes_the_stale_bundle(
+    dockerd: DockerDaemon, tmp_path: Path
+) -> None:
+    """A docker update the rules refuse (S20 PidsLimit) removes the container's earlier bundle."""
+    async with running(dockerd, tmp_path) as h:
+        container = await h.create_container(_unique("stale"))
+        try:
+            await h.bundle_written(container)
+            terminal_before = h.terminal_errors()
+            await asyncio.to_thread(
+                dockerd.call, "POST", f"/containers/{container}/update", {"PidsLimit": 100}
+            )
+            await h.bundle_removed(container)
+            await eventually(
+                lambda: h.terminal_errors() >= terminal_before + 1,
+                message="the terminal reconcile error",
+            )
+            assert h.metric("winspec_bundles_written_total", result="removed") >= 1, (
+                "the removal is counted"
+            )
+        finally:
+            await h.remove_container(container)
+
+
 @pytest.mark.timeout(300)
 async def test_start_after_200_containers_relists_and_sweeps(
     dockerd: DockerDaemon, tmp_path: Path
