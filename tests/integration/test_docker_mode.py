@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import signal
 import stat
 import subprocess
@@ -633,9 +634,11 @@ async def test_periodic_resync_restores_a_bundle_deleted_out_of_band(
         try:
             bundle = await h.bundle_written(cid)
             syncs = h.metric("winspec_last_sync_timestamp_seconds", source="docker")
-            for path in sorted(bundle.rglob("*"), reverse=True):
-                path.unlink()
-            bundle.rmdir()
+            # One rename takes the whole bundle away at once: deleting file by file could race
+            # a resync that is rewriting it at that moment.
+            gone = tmp_path / "deleted-bundle"
+            bundle.rename(gone)
+            shutil.rmtree(gone)
             await h.bundle_written(cid, within=15)
             assert h.metric("winspec_last_sync_timestamp_seconds", source="docker") > syncs
         finally:
