@@ -128,7 +128,10 @@ async def _guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
         return response
     except web.HTTPException as exc:
         status = exc.status
-        raise
+        if status < 400 or not request.path.startswith("/v1"):
+            raise
+        # No route or method: refused in the same JSON form as everything else.
+        return error(status, exc.reason.replace(" ", ""), exc.reason)
     finally:
         result = "ok" if status < 400 else _RESULT_BY_STATUS.get(status, "error")
         metrics.requests.labels(operation, result).inc()
