@@ -29,7 +29,7 @@ from adapters.agent.client import AgentAuthError, AgentClient, ClientPolicy
 from adapters.agent.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
 from controller.errors import PermanentError, TransientError
 from tests.agent import AgentProcess, TLSFiles, make_tls
-from tests.kube import KubeCluster
+from tests.kube import KubeCluster, wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -609,3 +609,58 @@ async def test_healthz_readyz_and_metrics_need_no_token(
     assert count == 0.0
     for result in ("written", "unchanged", "removed", "absent"):
         assert await _metric(http, agent, f'winspec_agent_bundles_total{{result="{result}"}}') >= 0
+
+
+async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_writes_nothing(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Without `create` on tokenreviews: /readyz 503, every PUT 503, nothing written."""
+    no_rbac = _token(cluster.kube, cluster.namespace, "agent-without-rbac", None)
+    process = AgentProcess(
+        root=tmp_path / "bundles",
+        tls=cluster.tls,
+        kubeconfig=cluster.kube.kubeconfig(no_rbac),
+        allowed=[cluster.controller],
+        audience=AUDIENCE,
+    )
+    process.start(wait=False)
+    try:
+        await asyncio.to_thread(
+            wait_for, lambda: process.readyz() == 503, 30, message="/readyz 503"
+        )
+        body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+        path = f"/v1/bundles/{cluster.namespace}/unready"
+        status, answer = await _put_raw(http, process, path, body, token=cluster.token)
+        assert (status, answer["reason"]) == (503, "TokenReviewUnavailable")
+        assert not (process.root / cluster.namespace / "unready").exists()
+    finally:
+        process.stop()
+    assert "403" in process.logs()  # the log says why: the server forbade the review
+
+
+async def test_logs_hold_no_payload_byte_and_no_token(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """After writes, refusals and a MAC mismatch the agent's log shows no secret and no token."""
+    marker = b"planted-" + secrets.token_hex(8).encode()
+    files = _files("logs", secret=marker)
+    client = cluster.client(agent)
+    try:
+        await client.put(f"{cluster.namespace}/logged", files)
+        await client.put(f"{cluster.namespace}/logged", files)
+    finally:
+        await client.close()
+    tampered = msgspec.msgpack.decode(encode_upload(files, os.urandom(NONCE_BYTES)))
+    tampered["files"]["configs/app.toml"] = marker
+    path = f"/v1/bundles/{cluster.namespace}/logged"
+    status, _ = await _put_raw(
+        http, agent, path, msgspec.msgpack.encode(tampered), token=cluster.token
+    )
+    assert status == 400
+    await _put_raw(http, agent, path, b"x", token=cluster.intruder_token)
+    logs = agent.logs()
+    assert f"{cluster.namespace}/logged" in logs  # the log does name the bundle
+    assert marker.decode() not in logs
+    for token in (cluster.token, cluster.intruder_token):
+        assert token not in logs
+        assert token[-40:] not in logs
