@@ -34,6 +34,7 @@ from adapters.agent.wire import (
     BundleList,
     BundleState,
     ErrorBody,
+    Removal,
     encode_upload,
     split_bundle_id,
 )
@@ -112,7 +113,7 @@ class AgentClient:
         """Remove the bundle; ``False`` when the agent had none."""
         split_bundle_id(bundle_id)
         data = await self._call("DELETE", _bundle_path(bundle_id))
-        return _decode(data, BundleState, self._base).changed
+        return _decode(data, Removal, self._base).changed
 
     async def list_bundles(self) -> dict[str, str]:
         """Every bundle on the agent: id to the digest the agent keeps for it."""

@@ -34,9 +34,11 @@ from adapters.agent.store import AgentStore
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    BundleEntry,
     BundleList,
     BundleState,
     ErrorBody,
+    Removal,
     decode_upload,
     split_bundle_id,
 )
@@ -197,7 +199,8 @@ async def _put(request: web.Request) -> web.Response:
         log.info("bundle refused: too large", extra={"bundle": bundle_id, "limit": limit})
         return error(413, "TooLarge", f"a bundle upload may be at most {limit} bytes")
     try:
-        files = decode_upload(body)
+        # Hashing megabytes takes milliseconds: not on the event loop.
+        files = await asyncio.to_thread(decode_upload, body)
         changed, digest = await app[STORE_KEY].put(bundle_id, files)
     except PermanentError as exc:
         log.info("bundle refused", extra={"bundle": bundle_id, "error": str(exc)})
@@ -228,7 +231,7 @@ async def _delete(request: web.Request) -> web.Response:
     app[METRICS_KEY].bundles.labels("removed" if removed else "absent").inc()
     if removed:
         log.info("bundle removed", extra={"bundle": bundle_id})
-    return _json(BundleState(id=bundle_id, digest="", changed=removed))
+    return _json(Removal(id=bundle_id, changed=removed))
 
 
 async def _list(request: web.Request) -> web.Response:
@@ -236,7 +239,7 @@ async def _list(request: web.Request) -> web.Response:
         found = await request.app[STORE_KEY].list_bundles()
     except TransientError as exc:
         return error(503, "ListFailed", str(exc))
-    return _json(BundleList(bundles=[BundleState(id=i, digest=d) for i, d in found]))
+    return _json(BundleList(bundles=[BundleEntry(id=i, digest=d) for i, d in found]))
 
 
 async def watch_readiness(
@@ -252,17 +255,21 @@ async def watch_readiness(
     cancelled; checks every ``interval`` seconds while ready, every ``retry`` while not."""
     health.register(READY_ROOT)
     health.register(READY_REVIEW)
+    last_error: dict[str, str | None] = {}
     while True:
         for name, check in ((READY_ROOT, store.check_root), (READY_REVIEW, authenticator.probe)):
             try:
                 await check()
             except TransientError as exc:
-                if health.conditions[name]:
+                # Logged when it starts or changes, not every few seconds while it lasts.
+                if last_error.get(name) != str(exc):
                     log.warning("not ready", extra={"condition": name, "error": str(exc)})
-                elif name == READY_REVIEW:
-                    log.warning("cannot use TokenReview yet", extra={"error": str(exc)})
+                last_error[name] = str(exc)
                 health.set_ready(name, False)
             else:
+                if last_error.get(name):
+                    log.info("ready again", extra={"condition": name})
+                last_error[name] = None
                 health.set_ready(name, True)
         ready = health.is_ready()
         metrics.ready.set(1 if ready else 0)

@@ -28,8 +28,9 @@ fingerprint of the payloads. What the agent answers (:class:`BundleState`) is th
 own writer keeps for the bundle (``.digest``): the controller records it for the node and
 compares later answers of the same agent (resync) with it, never with its own digests.
 
-Answers are JSON (small, and readable with curl): :class:`BundleState` for a PUT, a
-:class:`BundleList` for ``GET /v1/bundles``, an :class:`ErrorBody` for every refusal.
+Answers are JSON (small, and readable with curl): :class:`BundleState` for a PUT,
+:class:`Removal` for a DELETE, a :class:`BundleList` for ``GET /v1/bundles``, an
+:class:`ErrorBody` for every refusal.
 """
 
 from __future__ import annotations
@@ -61,19 +62,30 @@ class BundleUpload(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mac: str
 
 
-class BundleState(msgspec.Struct, kw_only=True):
+class BundleEntry(msgspec.Struct, kw_only=True):
     """One bundle as the agent holds it: its id and the digest the agent keeps for it."""
 
     id: str
     digest: str
-    #: Whether this request changed what is on disk (PUT: written; DELETE: removed).
-    changed: bool = False
+
+
+class BundleState(BundleEntry, kw_only=True):
+    """The answer of a PUT: the bundle now in place, and whether this request wrote it."""
+
+    changed: bool
+
+
+class Removal(msgspec.Struct, kw_only=True):
+    """The answer of a DELETE: whether there was a bundle to remove."""
+
+    id: str
+    changed: bool
 
 
 class BundleList(msgspec.Struct, kw_only=True):
     """The answer of ``GET /v1/bundles``: every bundle present, sorted by id."""
 
-    bundles: list[BundleState]
+    bundles: list[BundleEntry]
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

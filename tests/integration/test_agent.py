@@ -632,6 +632,12 @@ async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_write
         path = f"/v1/bundles/{cluster.namespace}/unready"
         status, answer = await _put_raw(http, process, path, body, token=cluster.token)
         assert (status, answer["reason"]) == (503, "TokenReviewUnavailable")
+        client = cluster.client(process, attempts=2, initial=0.01)
+        try:
+            with pytest.raises(TransientError, match="503"):  # retried, then given up
+                await client.put(f"{cluster.namespace}/unready", _files())
+        finally:
+            await client.close()
         assert not (process.root / cluster.namespace / "unready").exists()
     finally:
         process.stop()
