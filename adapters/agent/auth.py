@@ -17,6 +17,7 @@ which the server answers with 503.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -124,6 +125,8 @@ class Authenticator:
         self._on_review = on_review or (lambda _: None)
         self._on_cache = on_cache or (lambda _: None)
         self._cache: OrderedDict[bytes, tuple[float, Review]] = OrderedDict()
+        # Reviews in progress, so a burst of requests with one new token asks only once.
+        self._pending: dict[bytes, asyncio.Future[Review]] = {}
 
     async def check(self, authorization: str | None) -> tuple[str, str]:
         """The verdict on an ``Authorization`` header and the identity it proved (or "")."""
@@ -151,11 +154,25 @@ class Authenticator:
             self._on_cache(True)
             return cached[1]
         self._on_cache(False)
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Review] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
         try:
             review = await self._reviewer.review(token, self._audience)
-        except TransientError:
+        except BaseException as exc:
             self._on_review("error")
+            future.set_exception(
+                exc
+                if isinstance(exc, TransientError)
+                else TransientError("token review interrupted")
+            )
+            future.exception()  # retrieved here: waiters, if any, get it too
             raise
+        finally:
+            del self._pending[key]
+        future.set_result(review)
         self._on_review("authenticated" if review.authenticated else "rejected")
         ttl = self._ttl if review.authenticated else self._negative_ttl
         self._cache[key] = (self._clock() + ttl, review)

@@ -670,3 +670,22 @@ async def test_logs_hold_no_payload_byte_and_no_token(
     for token in (cluster.token, cluster.intruder_token):
         assert token not in logs
         assert token[-40:] not in logs
+
+
+async def test_concurrent_puts_of_one_bundle_leave_one_whole_version(
+    cluster: Cluster, agent: AgentProcess
+) -> None:
+    """Racing PUTs of different content to one id end with exactly one of them, whole."""
+    bundle_id = f"{cluster.namespace}/race"
+    versions = [_big_files(f"r{i}", 8, 64 * 1024) for i in range(4)]
+    client = cluster.client(agent)
+    try:
+        states = await asyncio.gather(*(client.put(bundle_id, v) for v in versions))
+        on_disk = _on_disk(agent.root, bundle_id)
+        assert on_disk in versions
+        final = states[versions.index(on_disk)]
+        assert (await client.list_bundles())[bundle_id] == final.digest
+        assert len({s.digest for s in states}) == len(versions)
+    finally:
+        await client.close()
+    assert _leftovers(agent.root) == []

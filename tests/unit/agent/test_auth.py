@@ -6,6 +6,8 @@ tests/integration/test_agent.py); the clock is a variable, so TTLs are checked e
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from adapters.agent.auth import Authenticator, Review, Verdict
@@ -147,3 +149,47 @@ def test_an_empty_allow_list_is_refused() -> None:
     """An authenticator that would allow nobody is a configuration error."""
     with pytest.raises(PermanentError):
         Authenticator(Reviewer({}), audience="a", allowed=[])
+
+
+class SlowReviewer(Reviewer):
+    """Answers only once ``release`` is set, so requests pile up behind one review."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        super().__init__(users)
+        self.release = asyncio.Event()
+
+    async def review(self, token: str, audience: str) -> Review:
+        """The scripted verdict, after ``release``."""
+        self.calls.append((token, audience))
+        await self.release.wait()
+        if self.fail:
+            raise TransientError("API server unreachable")
+        user = self.users.get(token, "")
+        return Review(authenticated=bool(user), username=user)
+
+
+async def test_a_burst_with_one_new_token_costs_one_review() -> None:
+    """Concurrent requests carrying the same uncached token share one TokenReview."""
+    reviewer = SlowReviewer({"t": ALLOWED})
+    auth = _auth(reviewer, Clock())
+    checks = [asyncio.create_task(auth.check("Bearer t")) for _ in range(5)]
+    await asyncio.sleep(0)
+    reviewer.release.set()
+    verdicts = await asyncio.gather(*checks)
+    assert [v for v, _ in verdicts] == [Verdict.ALLOWED] * 5
+    assert len(reviewer.calls) == 1
+
+
+async def test_a_failed_shared_review_fails_every_waiter_and_is_not_remembered() -> None:
+    """When the one review fails, every request waiting on it gets TransientError; the next asks."""
+    reviewer = SlowReviewer({"t": ALLOWED})
+    reviewer.fail = True
+    auth = _auth(reviewer, Clock())
+    checks = [asyncio.create_task(auth.check("Bearer t")) for _ in range(3)]
+    await asyncio.sleep(0)
+    reviewer.release.set()
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    assert all(isinstance(r, TransientError) for r in results)
+    assert len(reviewer.calls) == 1
+    reviewer.fail = False
+    assert (await auth.check("Bearer t"))[0] == Verdict.ALLOWED
