@@ -81,6 +81,13 @@ def add_agent_parser(sub: Any) -> None:
     p.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM); required")
     p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM); required")
     p.add_argument(
+        "--tls-reload-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often the certificate files are checked for a rotation; a changed pair is "
+        "loaded for new connections without a restart (default: 60)",
+    )
+    p.add_argument(
         "--insecure-http",
         action="store_true",
         help="serve plain HTTP without --tls-cert/--tls-key: tests and development only, "
@@ -200,6 +207,35 @@ def _kubeconfig_path(explicit: str | None) -> str | None:
     return default if os.path.exists(default) else None
 
 
+def _mtimes(*paths: str) -> tuple[int, ...]:
+    try:
+        return tuple(os.stat(p).st_mtime_ns for p in paths)
+    except OSError:
+        return ()
+
+
+async def reload_tls(context: ssl.SSLContext, cert: str, key: str, *, interval: float) -> None:
+    """Load the certificate and key again whenever either file changes (a rotation by
+    cert-manager or a mounted Secret), so new connections get the new one without a restart.
+
+    Runs until cancelled. A pair that does not load (caught between the two files' updates,
+    or broken) is logged and tried again next time; the context keeps the last good pair.
+    """
+    loaded = await asyncio.to_thread(_mtimes, cert, key)
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(_mtimes, cert, key)
+        if not current or current == loaded:
+            continue
+        try:
+            await asyncio.to_thread(context.load_cert_chain, cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("cannot load the new TLS certificate yet", extra={"error": str(exc)})
+            continue
+        loaded = current
+        log.info("TLS certificate reloaded", extra={"cert": cert})
+
+
 async def load_api_client(kubeconfig: str | None) -> Any:
     """A kubernetes-asyncio ``ApiClient``: the kubeconfig (``--kubeconfig``, ``KUBECONFIG``,
     ``~/.kube/config``) when there is one, else the in-cluster service account."""
@@ -279,13 +315,26 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
                     "bundle_root": settings.bundle_root,
                 },
             )
-            readiness = asyncio.create_task(watch_readiness(store, authenticator, health, metrics))
+            tasks = [asyncio.create_task(watch_readiness(store, authenticator, health, metrics))]
+            if context is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        reload_tls(
+                            context,
+                            settings.tls_cert or "",
+                            settings.tls_key or "",
+                            interval=settings.tls_reload_interval,
+                        )
+                    )
+                )
             try:
                 await stop.wait()
             finally:
-                readiness.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await readiness
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             log.info("agent stopping")
         finally:
             await runner.cleanup()

@@ -31,6 +31,7 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bundle_root: str = msgspec.field(default_factory=_default_bundle_root)
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_reload_interval: float = 60.0
     insecure_http: bool = False
     kubeconfig: str | None = None
     token_audience: str = DEFAULT_AUDIENCE
@@ -68,6 +69,7 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.token_cache_size < 1:
             raise ValueError("token_cache_size must be at least 1")
         for name in (
+            "tls_reload_interval",
             "token_cache_ttl",
             "token_negative_ttl",
             "api_timeout",

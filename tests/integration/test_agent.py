@@ -689,3 +689,44 @@ async def test_concurrent_puts_of_one_bundle_leave_one_whole_version(
     finally:
         await client.close()
     assert _leftovers(agent.root) == []
+
+
+async def test_a_rotated_certificate_is_served_without_a_restart(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """New certificate files (another CA) are picked up by new connections; the old CA fails."""
+    first = make_tls(tmp_path / "tls")
+    process = AgentProcess(
+        root=tmp_path / "bundles",
+        tls=first,
+        kubeconfig=cluster.agent_kubeconfig,
+        allowed=[cluster.controller],
+        audience=AUDIENCE,
+        extra=("--tls-reload-interval", "0.2"),
+    )
+    await asyncio.to_thread(process.start)
+    try:
+        second = await asyncio.to_thread(make_tls, tmp_path / "rotated")
+        for new, live in ((second.cert, first.cert), (second.key, first.key)):
+            staged = live.with_suffix(".staged")
+            staged.write_bytes(new.read_bytes())
+            staged.chmod(0o600)
+            os.replace(staged, live)  # as a Secret volume update: each file swapped whole
+
+        async def status_with(ctx: ssl.SSLContext) -> int:
+            async with http.get(process.url + "/healthz", ssl=ctx) as response:
+                return response.status
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert await status_with(second.client_context()) == 200
+                break
+            except aiohttp.ClientConnectorError:
+                assert time.monotonic() < deadline, "the rotated certificate was never served"
+                await asyncio.sleep(0.1)
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await status_with(first.client_context())
+    finally:
+        process.stop()
+    assert "TLS certificate reloaded" in process.logs()
