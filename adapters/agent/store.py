@@ -51,7 +51,8 @@ class AgentStore:
         written) and :class:`~controller.errors.TransientError` when the file system fails.
         """
         namespace, name = split_bundle_id(bundle_id)
-        content = BundleContent(files=dict(files))
+        # Building the content may hash every payload: not on the event loop.
+        content = await asyncio.to_thread(BundleContent, files=dict(files))
         async with self._lock(bundle_id):
             changed = await self._writer(namespace).write(name, content)
             digest = await asyncio.to_thread(_read_digest, self._root / namespace / name)
