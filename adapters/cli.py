@@ -85,9 +85,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the request document `winspec generate` reads.",
     )
 
+    from adapters.agent.command import add_agent_parser
     from adapters.run import add_run_parser
 
     add_run_parser(sub)
+    add_agent_parser(sub)
     return parser
 
 
@@ -204,6 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         sys.stdout.buffer.write(request_schema())
         return EXIT_OK
+    if args.command == "agent":
+        from adapters.agent.command import agent_command
+
+        return agent_command(args)
     from adapters.run import run_command
 
     return run_command(args)

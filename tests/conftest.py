@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import NoReturn
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, NoReturn
 
 import pytest
 
 from tests import ocireference
 from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
+from tests.kube import KubeAPIError, KubeCluster, KubeError, kube_unavailable_reason
+from tests.kubeproxy import FaultProxy
 from tests.schema import SKIP_REASON, schema_available
 
 
@@ -73,3 +77,86 @@ def fresh_dockerd() -> Iterator[DockerDaemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+# -- cluster mode: a real kube-apiserver -----------------------------------------------------
+
+
+def _kube_unavailable(reason: str) -> NoReturn:
+    """Skip, or on CI (``CI=true``) fail: CI must really run the cluster tests."""
+    if _on_ci():
+        pytest.fail(
+            f"kube-apiserver is required when CI=true but unavailable: {reason}", pytrace=False
+        )
+    pytest.skip(f"kube-apiserver unavailable: {reason}")
+
+
+def _start_kube(*, with_controller_manager: bool) -> KubeCluster:
+    """A started etcd + kube-apiserver with the project's CRD and the GMSACredentialSpec CRD."""
+    reason = kube_unavailable_reason(controller_manager=with_controller_manager)
+    if reason is not None:
+        _kube_unavailable(reason)
+    cluster = KubeCluster(with_controller_manager=with_controller_manager)
+    try:
+        cluster.start()
+        cluster.apply_crd()
+        cluster.apply_gmsa_crd()
+    except (KubeError, KubeAPIError, OSError, TimeoutError, subprocess.CalledProcessError) as exc:
+        cluster.stop()
+        _kube_unavailable(str(exc))
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[KubeCluster]:
+    """One API server for the whole session, CRDs applied; tests use their own namespaces."""
+    cluster = _start_kube(with_controller_manager=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_with_controller_manager() -> Iterator[KubeCluster]:
+    """An API server with kube-controller-manager (default ServiceAccounts, GC), for the
+    few tests that need what the controllers do."""
+    cluster = _start_kube(with_controller_manager=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kube_namespace(kube: KubeCluster) -> str:
+    """A fresh namespace for one test (left behind: without the controller manager a
+    namespace never finishes terminating, and the server goes with the session)."""
+    name = f"t-{secrets.token_hex(4)}"
+    kube.create_namespace(name)
+    return name
+
+
+@pytest.fixture
+async def kube_proxy(kube: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's API server."""
+    proxy = FaultProxy(upstream=kube.url, ca_file=str(kube.ca))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def kube_api(kube: KubeCluster) -> AsyncIterator[Any]:
+    """A kubernetes-asyncio ApiClient logged in as admin."""
+    from kubernetes_asyncio import config
+
+    client = await config.new_client_from_config(
+        config_file=str(kube.admin_kubeconfig), persist_config=False
+    )
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -1,0 +1,145 @@
+#!/bin/bash
+# Install the real Kubernetes API server the cluster-mode tests run against: kube-apiserver and
+# kube-controller-manager v1.20.2, compiled once from Debian bookworm's "kubernetes" source
+# package (Debian's archive only: no Go module proxy, no GitHub), plus Debian's etcd and openssl.
+#
+# The binaries go to a cache directory outside the clone, so a fresh clone (or `git clean`) does
+# not pay the ~5 minute build again:
+#     ${WINSPEC_KUBE_CACHE:-/var/cache/winspec/kube-v1.20.2}/bin/{kube-apiserver,kube-controller-manager}
+# tests/kube.py looks there (or at $WINSPEC_KUBE_BIN). Idempotent: when both binaries are present
+# and report v1.20.2 it only makes sure etcd/openssl are installed. Needs root or sudo -n for apt.
+#
+# Why the build is not a plain `go build`:
+#  - Kubernetes 1.20 builds in GOPATH mode (GO111MODULE=off), as its own hack/ scripts do;
+#    module mode with -mod=vendor stops at "updates to go.mod needed".
+#  - pkg/generated/openapi/zz_generated.openapi.go is generated (`make gen_openapi`, which needs
+#    rsync) and is not in the source tarball.
+#  - The vendored github.com/modern-go/reflect2 v1.0.1 makes the server crash (SIGSEGV in
+#    mapiterinit on the first custom object) when compiled with Go >= 1.18, and bookworm has Go
+#    1.19; it and github.com/json-iterator/go are swapped for Debian's packaged 1.0.2 / 1.1.12.
+set -euo pipefail
+
+VERSION=v1.20.2
+CACHE=${WINSPEC_KUBE_CACHE:-/var/cache/winspec/kube-$VERSION}
+BIN=$CACHE/bin
+COMPONENTS=(kube-apiserver kube-controller-manager)
+START=$(date +%s)
+say() { echo "install-kube-apiserver [+$(($(date +%s) - START))s]: $*"; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo -n)
+else
+    as_root=(false)
+fi
+apt_install() {
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+have_binaries() {
+    local c
+    for c in "${COMPONENTS[@]}"; do
+        [ -x "$BIN/$c" ] || return 1
+        "$BIN/$c" --version 2>/dev/null | grep -q "$VERSION" || return 1
+    done
+}
+
+runtime_deps() {
+    if command -v etcd >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
+        say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $NF}') and openssl are present"
+        return
+    fi
+    say "installing etcd-server and openssl"
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_install etcd-server openssl
+}
+
+mkdir -p "$CACHE"
+# One build at a time per cache directory (two CI jobs on one machine share the cache).
+exec 9>"$CACHE/.lock"
+flock 9
+
+if have_binaries; then
+    say "reusing $BIN ($("$BIN/kube-apiserver" --version))"
+    runtime_deps
+    exit 0
+fi
+
+say "building ${COMPONENTS[*]} $VERSION into $BIN (about 5 minutes on 2 cores)"
+if ! grep -rqs '^Types:.*deb-src\|^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # Source entries mirroring the machine's own binary entries (deb822 files only).
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -e "$f" ] || continue
+        case "$f" in *-src.sources) continue ;; esac
+        grep -q '^Types: deb$' "$f" || continue
+        say "adding deb-src entries from $f"
+        sed 's/^Types: deb$/Types: deb-src/' "$f" | "${as_root[@]}" tee "${f%.sources}-src.sources" >/dev/null
+    done
+fi
+say "apt-get update"
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+say "installing build and run-time dependencies"
+apt_install golang-go dpkg-dev rsync jq etcd-server openssl ca-certificates
+
+WORK=$CACHE/work
+mkdir -p "$WORK" "$BIN"
+cd "$WORK"
+SRC=$(find "$WORK" -maxdepth 1 -type d -name 'kubernetes-*' | head -1)
+if [ -z "$SRC" ]; then
+    say "apt-get source kubernetes"
+    apt-get source -qq kubernetes 2>&1 | grep -v 'Download is performed unsandboxed' || true
+    SRC=$(find "$WORK" -maxdepth 1 -type d -name 'kubernetes-*' | head -1)
+fi
+[ -n "$SRC" ] || { say "apt-get source kubernetes produced no source tree" >&2; exit 1; }
+say "source tree: $SRC"
+
+if ! grep -q 'modern-go/reflect2 v1.0.2' "$SRC/vendor/modules.txt"; then
+    say "replacing vendored reflect2 / json-iterator with Debian's packaged versions"
+    PKG=$WORK/pkgs
+    rm -rf "$PKG" && mkdir -p "$PKG/root"
+    (cd "$PKG" && apt-get download -qq golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev 2>&1 \
+        | grep -v 'Download is performed unsandboxed' || true)
+    for deb in "$PKG"/*.deb; do dpkg-deb -x "$deb" "$PKG/root"; done
+    for mod in modern-go/reflect2 json-iterator/go; do
+        vendored=$SRC/vendor/github.com/$mod
+        # Keep the vendored LICENSE file and drop tests/extras the build never compiles.
+        rsync -a --delete --exclude '*_test.go' --exclude '*_tests/' --exclude 'extra/' \
+            --exclude go.sum --exclude LICENSE --exclude BUILD \
+            "$PKG/root/usr/share/gocode/src/github.com/$mod/" "$vendored/"
+    done
+    sed -i -e 's#\(github.com/json-iterator/go\) v1.1.10#\1 v1.1.12#g' \
+        -e 's#\(github.com/modern-go/reflect2\) v1.0.1#\1 v1.0.2#g' "$SRC/vendor/modules.txt"
+    rm -rf "$PKG"
+fi
+
+export GOPROXY=off GOFLAGS= GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$WORK/gocache
+if [ ! -s "$SRC/pkg/generated/openapi/zz_generated.openapi.go" ]; then
+    say "make gen_openapi"
+    rm -rf "$SRC/_output"
+    (cd "$SRC" && make gen_openapi >/dev/null)
+fi
+
+GOPATH_DIR=$WORK/gopath
+mkdir -p "$GOPATH_DIR/src/k8s.io"
+[ -L "$GOPATH_DIR/src/k8s.io/kubernetes" ] || ln -s "$SRC" "$GOPATH_DIR/src/k8s.io/kubernetes"
+cd "$GOPATH_DIR/src/k8s.io/kubernetes"
+export GOPATH=$GOPATH_DIR GO111MODULE=off
+# The version a release build stamps in (what `--version` and /version report).
+LDFLAGS="-s -w"
+for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    LDFLAGS+=" -X $pkg.gitVersion=$VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
+    LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+done
+for c in "${COMPONENTS[@]}"; do
+    say "go build ./cmd/$c"
+    go build -trimpath -ldflags "$LDFLAGS" -o "$BIN/.$c.partial" "./cmd/$c"
+    mv -f "$BIN/.$c.partial" "$BIN/$c"
+    say "built $BIN/$c ($(du -h "$BIN/$c" | cut -f1))"
+done
+have_binaries || { say "the built binaries do not report $VERSION" >&2; exit 1; }
+if [ "${WINSPEC_KUBE_KEEP_WORK:-0}" != 1 ]; then
+    say "removing the build tree and Go cache ($(du -sh "$WORK" | cut -f1))"
+    rm -rf "$WORK"
+fi
+say "done: $("$BIN/kube-apiserver" --version)"

@@ -1,0 +1,195 @@
+"""Who may talk to the agent: bearer tokens checked with a ``TokenReview``, then an allow list.
+
+Every ``/v1/`` request carries ``Authorization: Bearer <token>``, the controller's
+service-account token. The agent asks the API server (``POST
+/apis/authentication.k8s.io/v1/tokenreviews``, which its own account must be allowed to
+``create``) whether the token is valid *for the agent's audience*: a token minted for the API
+server or another service is refused, so a token stolen from elsewhere cannot be replayed here.
+The server's answer lists the audiences it checked; one without the agent's audience (a server
+that ignored the request's audiences) counts as not authenticated.
+
+Answers are cached for a short time (bounded in size, least recently used out first; a refusal
+for a shorter time than an acceptance, so a token that just became valid is not refused long).
+The cache is keyed by a SHA-256 of the token, so the map holds no usable token. A failure to
+reach the API server is never cached: it raises :class:`~controller.errors.TransientError`,
+which the server answers with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controller.errors import PermanentError, TransientError
+
+TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """What the API server said about one token: authenticated, and as whom."""
+
+    authenticated: bool
+    username: str = ""
+
+
+class TokenReviewer(Protocol):
+    """Asks whether a token is valid for an audience (the API server's TokenReview)."""
+
+    async def review(self, token: str, audience: str) -> Review:
+        """The verdict; :class:`TransientError` when no verdict could be had."""
+        ...
+
+
+class KubeTokenReviewer:
+    """A :class:`TokenReviewer` on a kubernetes-asyncio ``ApiClient`` (which it closes)."""
+
+    def __init__(self, api_client: Any, *, timeout: float = 10.0) -> None:
+        self._api = api_client
+        self._timeout = timeout
+
+    async def review(self, token: str, audience: str) -> Review:
+        """POST a TokenReview; the server's verdict."""
+        from kubernetes_asyncio.client import (
+            AuthenticationV1Api,
+            V1TokenReview,
+            V1TokenReviewSpec,
+        )
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        body = V1TokenReview(spec=V1TokenReviewSpec(token=token, audiences=[audience]))
+        try:
+            answer = await AuthenticationV1Api(self._api).create_token_review(
+                body, _request_timeout=self._timeout
+            )
+        except ApiException as exc:
+            # 403: the agent's own account may not create TokenReviews (see its RBAC).
+            raise TransientError(f"TokenReview failed: {exc.status} {exc.reason}") from None
+        except (OSError, TimeoutError) as exc:
+            raise TransientError(f"TokenReview failed: {type(exc).__name__}: {exc}") from None
+        status = answer.status
+        if status is None or not status.authenticated:
+            return Review(authenticated=False)
+        # An audience-unaware server echoes no audiences: not a verdict about this audience.
+        if audience not in (status.audiences or []):
+            return Review(authenticated=False)
+        username = status.user.username if status.user is not None else ""
+        return Review(authenticated=bool(username), username=username or "")
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._api.close()
+
+
+class Verdict:
+    """The outcome of checking one request's credentials."""
+
+    ALLOWED = "allowed"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+
+
+class Authenticator:
+    """Checks bearer tokens: TokenReview (cached), then the allowed identities."""
+
+    def __init__(
+        self,
+        reviewer: TokenReviewer,
+        *,
+        audience: str,
+        allowed: Collection[str],
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        max_entries: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+        on_review: Callable[[str], None] | None = None,
+        on_cache: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``on_review`` is told each TokenReview's outcome (authenticated, rejected, error),
+        ``on_cache`` whether an answer came from the cache."""
+        if not allowed:
+            raise PermanentError("at least one allowed identity is needed")
+        self._reviewer = reviewer
+        self._audience = audience
+        self._allowed = frozenset(allowed)
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max = max_entries
+        self._clock = clock
+        self._on_review = on_review or (lambda _: None)
+        self._on_cache = on_cache or (lambda _: None)
+        self._cache: OrderedDict[bytes, tuple[float, Review]] = OrderedDict()
+        # Reviews in progress, so a burst of requests with one new token asks only once.
+        self._pending: dict[bytes, asyncio.Future[Review]] = {}
+
+    async def check(self, authorization: str | None) -> tuple[str, str]:
+        """The verdict on an ``Authorization`` header and the identity it proved (or "")."""
+        token = _bearer_token(authorization)
+        if token is None:
+            return Verdict.UNAUTHENTICATED, ""
+        review = await self._review(token)
+        if not review.authenticated:
+            return Verdict.UNAUTHENTICATED, ""
+        if review.username not in self._allowed:
+            return Verdict.FORBIDDEN, review.username
+        return Verdict.ALLOWED, review.username
+
+    async def probe(self) -> None:
+        """Ask the API server about a token that cannot be valid: raises
+        :class:`TransientError` unless the server is reachable and lets the agent ask."""
+        await self._reviewer.review("winspec-agent-probe." + os.urandom(16).hex(), self._audience)
+
+    async def _review(self, token: str) -> Review:
+        key = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            self._cache.move_to_end(key)
+            self._on_cache(True)
+            return cached[1]
+        self._on_cache(False)
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Review] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            review = await self._reviewer.review(token, self._audience)
+        except BaseException as exc:
+            self._on_review("error")
+            future.set_exception(
+                exc
+                if isinstance(exc, TransientError)
+                else TransientError("token review interrupted")
+            )
+            future.exception()  # retrieved here: waiters, if any, get it too
+            raise
+        finally:
+            del self._pending[key]
+        future.set_result(review)
+        self._on_review("authenticated" if review.authenticated else "rejected")
+        ttl = self._ttl if review.authenticated else self._negative_ttl
+        self._cache[key] = (self._clock() + ttl, review)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return review
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    # A JWT or an opaque token: printable ASCII, no spaces; anything else is not worth a review.
+    if scheme.lower() != "bearer" or not token or len(token) > 16384:
+        return None
+    if not token.isascii() or not token.isprintable() or " " in token:
+        return None
+    return token

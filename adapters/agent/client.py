@@ -1,0 +1,201 @@
+"""A client of the node agent's bundle API, for the controller's remote bundle writer.
+
+Each call is retried inside (tenacity: exponential backoff with jitter, bounded attempts, a
+``Retry-After`` honoured) on connection errors, timeouts, 429 and 5xx; a PUT and a DELETE are
+idempotent, so a retry after a lost answer is safe. What is left becomes winspec's errors:
+400, 413 and 415 :class:`~controller.errors.PermanentError` (the bundle itself is refused;
+retrying cannot help), 401 and 403 :class:`AgentAuthError` (a token or allow-list problem that
+a rotation or a configuration change can fix, so transient for the work queue), the rest
+:class:`~controller.errors.TransientError`. Messages name the agent, the call and the agent's
+own message, never a token or a byte of a payload.
+
+The token is asked for on every attempt (``token`` is a callable), so a projected
+service-account token that the kubelet rotates on disk is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+import tenacity
+
+from adapters.agent.wire import (
+    API_PREFIX,
+    BUNDLE_CONTENT_TYPE,
+    NONCE_BYTES,
+    BundleList,
+    BundleState,
+    ErrorBody,
+    Removal,
+    encode_upload,
+    split_bundle_id,
+)
+from controller.errors import PermanentError, TransientError
+
+_T = TypeVar("_T")
+_RETRYABLE = frozenset({429, 500, 502, 503, 504})
+_PERMANENT = frozenset({400, 404, 405, 413, 415})
+
+
+class AgentAuthError(TransientError):
+    """401 or 403: the agent does not accept this client's token or identity."""
+
+
+class _RetryableError(TransientError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPolicy:
+    """Timeouts and retries of one call."""
+
+    #: Attempts per call (1: no retry).
+    attempts: int = 4
+    #: First backoff, and the longest one, in seconds.
+    initial: float = 0.2
+    maximum: float = 5.0
+    #: Connecting, and the whole of one attempt, in seconds.
+    connect_timeout: float = 5.0
+    timeout: float = 30.0
+    #: The longest ``Retry-After`` obeyed, in seconds.
+    max_retry_after: float = 30.0
+
+
+class AgentClient:
+    """Calls one agent at ``base_url`` (``https://host:port``); close it when done."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: Callable[[], str],
+        ssl_context: ssl.SSLContext | None = None,
+        policy: ClientPolicy | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """``ssl_context`` verifies the agent (e.g. the cluster's CA); a ``session`` passed in
+        is shared (one connection pool for many agents) and not closed here."""
+        self._base = base_url.rstrip("/")
+        self._token = token
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._policy = policy or ClientPolicy()
+        self._own_session = session is None
+        self._session = session or aiohttp.ClientSession()
+
+    @property
+    def base_url(self) -> str:
+        """The agent's address."""
+        return self._base
+
+    async def close(self) -> None:
+        """Close the connection pool, when this client made it."""
+        if self._own_session:
+            await self._session.close()
+
+    async def put(self, bundle_id: str, files: Mapping[str, bytes]) -> BundleState:
+        """Deliver the bundle; the agent's state of it (``changed``: it was written)."""
+        split_bundle_id(bundle_id)
+        body = encode_upload(files, secrets.token_bytes(NONCE_BYTES))
+        data = await self._call("PUT", _bundle_path(bundle_id), body=body)
+        return _decode(data, BundleState, self._base)
+
+    async def delete(self, bundle_id: str) -> bool:
+        """Remove the bundle; ``False`` when the agent had none."""
+        split_bundle_id(bundle_id)
+        data = await self._call("DELETE", _bundle_path(bundle_id))
+        return _decode(data, Removal, self._base).changed
+
+    async def list_bundles(self) -> dict[str, str]:
+        """Every bundle on the agent: id to the digest the agent keeps for it."""
+        data = await self._call("GET", API_PREFIX)
+        return {b.id: b.digest for b in _decode(data, BundleList, self._base).bundles}
+
+    async def _call(self, method: str, path: str, *, body: bytes | None = None) -> bytes:
+        what = f"{method} {self._base}{path}"
+        policy = self._policy
+        timeout = aiohttp.ClientTimeout(total=policy.timeout, sock_connect=policy.connect_timeout)
+
+        async def attempt() -> bytes:
+            headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
+            if body is not None:
+                headers["Content-Type"] = BUNDLE_CONTENT_TYPE
+            try:
+                # A fresh stream each attempt; raw bytes this large would block the loop.
+                data = None if body is None else io.BytesIO(body)
+                async with self._session.request(
+                    method, self._base + path, data=data, headers=headers, ssl=self._ssl,
+                    timeout=timeout, allow_redirects=False,
+                ) as response:  # fmt: skip
+                    answer = await response.read()
+                    status = response.status
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise _RetryableError(f"{what}: {type(exc).__name__}: {exc}") from None
+            if status < 300:
+                return answer
+            message = f"{what}: {status} {_error_message(answer)}".rstrip()
+            if status in _RETRYABLE:
+                raise _RetryableError(message, retry_after)
+            if status in (401, 403):
+                raise AgentAuthError(message)
+            if status in _PERMANENT:
+                raise PermanentError(message)
+            raise TransientError(message)
+
+        backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _RetryableError) and exc.retry_after is not None:
+                return min(exc.retry_after, policy.max_retry_after)
+            return float(backoff(state))
+
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(policy.attempts),
+            wait=wait,
+            retry=tenacity.retry_if_exception_type(_RetryableError),
+            reraise=True,
+        )
+        try:
+            result: bytes = await retrying(attempt)
+        except _RetryableError as exc:
+            raise TransientError(str(exc)) from None
+        return result
+
+
+def _bundle_path(bundle_id: str) -> str:
+    namespace, name = split_bundle_id(bundle_id)
+    return f"{API_PREFIX}/{quote(namespace, safe='')}/{quote(name, safe='')}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def _error_message(data: bytes) -> str:
+    try:
+        return msgspec.json.decode(data, type=ErrorBody).message
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return data[:200].decode("utf-8", "replace").strip()
+
+
+def _decode(data: bytes, kind: type[_T], agent: str) -> _T:
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise TransientError(f"agent {agent} answered something unexpected: {exc}") from None

@@ -1,0 +1,343 @@
+"""``winspec agent``: the command, its flags, and running the agent until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from adapters.agent.auth import Authenticator, KubeTokenReviewer
+from adapters.agent.metrics import AgentMetrics
+from adapters.agent.server import build_agent_app, watch_readiness
+from adapters.agent.settings import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_MAX_REQUEST_BYTES,
+    AgentSettings,
+    env_agent_settings,
+    load_agent_settings,
+)
+from adapters.agent.store import AgentStore
+from adapters.logs import configure_logging
+from controller.errors import PermanentError, TransientError
+from controller.health import HealthState
+from controller.settings import split_listen
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+log = logging.getLogger("winspec.agent")
+
+_AGENT_HELP = f"""\
+Run the node agent: an HTTPS server on a Windows node that receives OCI bundles from the
+cluster controller and writes them below --bundle-root/<namespace>/<name>/ with the same
+atomic, durable writer as `winspec run`.
+
+  PUT    /v1/bundles/<namespace>/<name>   write a bundle (idempotent, integrity-checked)
+  DELETE /v1/bundles/<namespace>/<name>   remove it
+  GET    /v1/bundles                      every bundle and its digest (for a resync)
+  /healthz, /readyz, /metrics             probes and Prometheus (no token needed)
+
+Every /v1/ request needs `Authorization: Bearer <token>`: a token the API server accepts for
+--token-audience (checked with a TokenReview, so the agent's own account needs `create` on
+tokenreviews.authentication.k8s.io), of an identity given with --allowed-identity. No or an
+invalid token: 401; another identity: 403; nothing is written on either.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 1 --listen unusable, 2 a bad setting (refused
+before anything starts: missing TLS files, no allowed identity, an unusable kubeconfig).
+
+Every option can also be set as WINSPEC_AGENT_<OPTION> (e.g. WINSPEC_AGENT_BUNDLE_ROOT;
+--allowed-identity as a comma-separated list). Defaults: --listen 0.0.0.0:8443,
+--token-audience {DEFAULT_AUDIENCE}, --max-request-bytes {DEFAULT_MAX_REQUEST_BYTES}.
+"""
+
+
+def add_agent_parser(sub: Any) -> None:
+    """Register the ``agent`` sub-command and its options."""
+    p = sub.add_parser(
+        "agent",
+        help="run the node agent that receives bundles from the cluster controller",
+        description=_AGENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="address of the HTTPS API (default: 0.0.0.0:8443)"
+    )
+    p.add_argument(
+        "--bundle-root",
+        metavar="DIR",
+        help=r"where bundles are written, one directory per namespace (default: "
+        r"C:\ProgramData\winspec\bundles on Windows, /var/lib/winspec/bundles elsewhere)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM); required")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM); required")
+    p.add_argument(
+        "--tls-reload-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often the certificate files are checked for a rotation; a changed pair is "
+        "loaded for new connections without a restart (default: 60)",
+    )
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="serve plain HTTP without --tls-cert/--tls-key: tests and development only, "
+        "tokens then travel in clear text",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="credentials for TokenReview (default: KUBECONFIG, else ~/.kube/config, else "
+        "the in-cluster service account)",
+    )
+    p.add_argument(
+        "--token-audience",
+        metavar="AUDIENCE",
+        help="the audience tokens must be issued for (the controller's projected token "
+        f"audience; default: {DEFAULT_AUDIENCE})",
+    )
+    p.add_argument(
+        "--allowed-identity",
+        action="append",
+        metavar="USER",
+        help="a user allowed to deliver bundles, e.g. "
+        "system:serviceaccount:winspec-system:winspec-controller (repeatable; at least one)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        metavar="N",
+        help=f"largest accepted upload; larger ones get 413 (default: {DEFAULT_MAX_REQUEST_BYTES})",
+    )
+    p.add_argument(
+        "--token-cache-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long an accepted token's review is reused (default: 60)",
+    )
+    p.add_argument(
+        "--token-negative-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="how long a refused token's review is reused (default: 5)",
+    )
+    p.add_argument(
+        "--token-cache-size",
+        type=int,
+        metavar="N",
+        help="most token reviews kept (least recently used go first; default: 1024)",
+    )
+    p.add_argument(
+        "--api-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="timeout of one TokenReview call (default: 10)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long requests in flight may finish after SIGTERM (default: 10)",
+    )
+    p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="(default: info)"
+    )
+
+
+def agent_command(args: argparse.Namespace) -> int:
+    """Run the agent until stopped; the process exit code."""
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = load_agent_settings(env_agent_settings(os.environ), flags)
+    except PermanentError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    # kubernetes-asyncio logs every response body at debug, and a TokenReview's answer echoes
+    # the token it reviewed: never below warning, whatever --log-level says.
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+    try:
+        asyncio.run(_run_until_signalled(settings))
+    except PermanentError as exc:
+        print(f"winspec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # the listen address unusable
+        print(f"winspec: cannot listen on {settings.listen}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _run_until_signalled(settings: AgentSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A TLS 1.2+ server context; unreadable or mismatched files are a PermanentError."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise PermanentError(f"cannot use the TLS certificate {cert} and key {key}: {exc}") from exc
+    return context
+
+
+def _kubeconfig_path(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    if os.environ.get("KUBECONFIG"):
+        return os.environ["KUBECONFIG"].split(os.pathsep)[0]
+    default = os.path.expanduser("~/.kube/config")
+    return default if os.path.exists(default) else None
+
+
+def _mtimes(*paths: str) -> tuple[int, ...]:
+    try:
+        return tuple(os.stat(p).st_mtime_ns for p in paths)
+    except OSError:
+        return ()
+
+
+async def reload_tls(context: ssl.SSLContext, cert: str, key: str, *, interval: float) -> None:
+    """Load the certificate and key again whenever either file changes (a rotation by
+    cert-manager or a mounted Secret), so new connections get the new one without a restart.
+
+    Runs until cancelled. A pair that does not load (caught between the two files' updates,
+    or broken) is logged and tried again next time; the context keeps the last good pair.
+    """
+    loaded = await asyncio.to_thread(_mtimes, cert, key)
+    while True:
+        await asyncio.sleep(interval)
+        current = await asyncio.to_thread(_mtimes, cert, key)
+        if not current or current == loaded:
+            continue
+        try:
+            await asyncio.to_thread(context.load_cert_chain, cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("cannot load the new TLS certificate yet", extra={"error": str(exc)})
+            continue
+        loaded = current
+        log.info("TLS certificate reloaded", extra={"cert": cert})
+
+
+async def load_api_client(kubeconfig: str | None) -> Any:
+    """A kubernetes-asyncio ``ApiClient``: the kubeconfig (``--kubeconfig``, ``KUBECONFIG``,
+    ``~/.kube/config``) when there is one, else the in-cluster service account."""
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.config.config_exception import ConfigException
+
+    path = _kubeconfig_path(kubeconfig)
+    try:
+        if path is not None:
+            return await config.new_client_from_config(config_file=path, persist_config=False)
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]  # unannotated upstream
+        return client.ApiClient(configuration)
+    except (ConfigException, OSError, ValueError) as exc:
+        where = path or "the in-cluster service account"
+        raise PermanentError(f"cannot use the Kubernetes configuration {where}: {exc}") from exc
+
+
+async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
+    """Run the agent until ``stop`` is set; requests in flight then get
+    ``shutdown_timeout`` seconds to finish."""
+    host, port = split_listen(settings.listen)
+    context = (
+        None
+        if settings.insecure_http
+        else server_ssl_context(settings.tls_cert or "", settings.tls_key or "")
+    )
+    registry = CollectorRegistry()
+    metrics = AgentMetrics.create(registry)
+    store = AgentStore(Path(settings.bundle_root))
+    reviewer = KubeTokenReviewer(
+        await load_api_client(settings.kubeconfig), timeout=settings.api_timeout
+    )
+    authenticator = Authenticator(
+        reviewer,
+        audience=settings.token_audience,
+        allowed=settings.allowed_identity,
+        ttl=settings.token_cache_ttl,
+        negative_ttl=settings.token_negative_ttl,
+        max_entries=settings.token_cache_size,
+        on_review=lambda result: metrics.token_reviews.labels(result).inc(),
+        on_cache=lambda hit: metrics.token_cache.labels("hit" if hit else "miss").inc(),
+    )
+    health = HealthState()
+    try:
+        # An interrupted write (a crash, a kill) leaves only temporary directories: gone
+        # before the first request, every complete bundle kept.
+        with contextlib.suppress(TransientError):
+            await store.check_root()
+            swept = await store.sweep()
+            if swept:
+                log.info("removed leftovers of interrupted writes", extra={"count": len(swept)})
+        app = build_agent_app(
+            store=store,
+            authenticator=authenticator,
+            registry=registry,
+            health=health,
+            metrics=metrics,
+            max_request_bytes=settings.max_request_bytes,
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(
+                runner,
+                host,
+                port,
+                ssl_context=context,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
+            await site.start()
+            log.info(
+                "agent listening",
+                extra={
+                    "listen": settings.listen,
+                    "tls": context is not None,
+                    "bundle_root": settings.bundle_root,
+                },
+            )
+            tasks = [asyncio.create_task(watch_readiness(store, authenticator, health, metrics))]
+            if context is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        reload_tls(
+                            context,
+                            settings.tls_cert or "",
+                            settings.tls_key or "",
+                            interval=settings.tls_reload_interval,
+                        )
+                    )
+                )
+            try:
+                await stop.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            log.info("agent stopping")
+        finally:
+            await runner.cleanup()
+    finally:
+        await reviewer.close()
+        store.close()

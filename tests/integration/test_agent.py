@@ -1,0 +1,743 @@
+"""winspec agent over real HTTPS on loopback, tokens checked by a real kube-apiserver.
+
+The agent runs as a child process with a certificate the test makes, as its own service
+account that may only create TokenReviews; the controller's identity is another service
+account whose token is minted for the agent's audience.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import secrets
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+import yarl
+
+from adapters.agent.client import AgentAuthError, AgentClient, ClientPolicy
+from adapters.agent.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
+from controller.errors import PermanentError, TransientError
+from tests.agent import AgentProcess, TLSFiles, agent_command, make_tls
+from tests.kube import KubeCluster, wait_for
+from tests.processes import clean_env
+
+pytestmark = pytest.mark.kube
+
+AUDIENCE = "winspec-agent"
+LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The service accounts, tokens and files every agent test shares."""
+
+    kube: KubeCluster
+    namespace: str
+    tls: TLSFiles
+    agent_kubeconfig: Path
+    controller: str  # the allowed identity
+    token: str  # the controller's token for the agent's audience
+    intruder_token: str  # another service account's token, same audience
+    api_audience_token: str  # the controller's token for the API server, not the agent
+
+    def agent(self, root: Path, *extra: str) -> AgentProcess:
+        """An agent (not started) writing below ``root``."""
+        return AgentProcess(
+            root=root,
+            tls=self.tls,
+            kubeconfig=self.agent_kubeconfig,
+            allowed=[self.controller],
+            audience=AUDIENCE,
+            extra=("--max-request-bytes", str(LIMIT), *extra),
+        )
+
+    def client(
+        self, agent: AgentProcess, *, token: str | None = None, **policy: Any
+    ) -> AgentClient:
+        """A client of ``agent`` trusting only the test CA."""
+        used = token if token is not None else self.token
+        return AgentClient(
+            agent.url,
+            token=lambda: used,
+            ssl_context=self.tls.client_context(),
+            policy=ClientPolicy(**({"attempts": 3, "initial": 0.05} | policy)),
+        )
+
+
+def _token(kube: KubeCluster, namespace: str, name: str, audiences: list[str] | None) -> str:
+    kube.api(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+        expect=(201, 409),
+    )
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if audiences:
+        spec["audiences"] = audiences
+    issued = kube.api(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+    )
+    token: str = issued["status"]["token"]
+    return token
+
+
+@pytest.fixture(scope="module")
+def cluster(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    """A namespace with the agent's and the controller's accounts; TLS files for the agent."""
+    ns = f"agent-{secrets.token_hex(4)}"
+    kube.create_namespace(ns)
+    # The agent's least privilege: create TokenReviews, nothing else.
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": f"winspec-agent-{ns}"},
+            "rules": [
+                {
+                    "apiGroups": ["authentication.k8s.io"],
+                    "resources": ["tokenreviews"],
+                    "verbs": ["create"],
+                }
+            ],
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"winspec-agent-{ns}"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"winspec-agent-{ns}",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
+        }
+    )
+    agent_token = _token(kube, ns, "agent", None)
+    return Cluster(
+        kube=kube,
+        namespace=ns,
+        tls=make_tls(tmp_path_factory.mktemp("agent-tls")),
+        agent_kubeconfig=kube.kubeconfig(agent_token),
+        controller=f"system:serviceaccount:{ns}:controller",
+        token=_token(kube, ns, "controller", [AUDIENCE]),
+        intruder_token=_token(kube, ns, "intruder", [AUDIENCE]),
+        api_audience_token=_token(kube, ns, "controller", None),
+    )
+
+
+@pytest.fixture(scope="module")
+def agent(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One started agent for the module's tests (each uses its own bundle ids)."""
+    process = cluster.agent(tmp_path_factory.mktemp("shared") / "bundles")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def http(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client session (for requests the agent client would never send)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _files(tag: str = "v1", secret: bytes = b"s3cr3t-\x00\xff") -> dict[str, bytes]:
+    return {
+        "config.json": b'{"ociVersion":"1.1.0","tag":"' + tag.encode() + b'"}',
+        "links.json": b'{"links":[]}',
+        "secrets/db-password": secret,
+        "configs/app.toml": b"[app]\nlevel = 1\n",
+    }
+
+
+def _on_disk(root: Path, bundle_id: str) -> dict[str, bytes]:
+    base = root / bundle_id
+    found: dict[str, bytes] = {}
+    for path in sorted(base.rglob("*")):
+        if path.is_file() and path.name != ".digest":
+            found[path.relative_to(base).as_posix()] = path.read_bytes()
+    return found
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("*/.*") if p.name.startswith((".tmp-", ".old-")))
+
+
+async def _put_raw(
+    session: aiohttp.ClientSession,
+    agent: AgentProcess,
+    path: str,
+    body: Any,
+    *,
+    token: str | None,
+    content_type: str = BUNDLE_CONTENT_TYPE,
+    retry_unavailable: bool = True,
+) -> tuple[int, dict[str, Any]]:
+    """One PUT as sent (no client-side checks); a 503 of a TokenReview that did not answer in
+    time (a loaded machine) is tried again, as any client would, unless told otherwise."""
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    # encoded=True: the path goes out as written ("..", "%2F" and all), not normalised.
+    url = yarl.URL(agent.url + path, encoded=True)
+    for attempt in range(3):
+        data = io.BytesIO(body) if isinstance(body, bytes) else body
+        async with session.put(
+            url, data=data, headers=headers, ssl=agent.tls.client_context()
+        ) as response:
+            raw = await response.read()
+            status, answer = response.status, (msgspec.json.decode(raw) if raw else {})
+        unavailable = status == 503 and answer.get("reason") == "TokenReviewUnavailable"
+        if not (unavailable and retry_unavailable and isinstance(body, bytes) and attempt < 2):
+            return status, answer
+        await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+async def _metric(session: aiohttp.ClientSession, agent: AgentProcess, sample: str) -> float:
+    async with session.get(agent.url + "/metrics", ssl=agent.tls.client_context()) as response:
+        text = await response.text()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{sample} not exported"
+    return float(match.group(1))
+
+
+async def test_put_writes_the_bundle_byte_identical_and_again_rewrites_nothing(
+    cluster: Cluster, agent: AgentProcess
+) -> None:
+    """PUT writes every file byte for byte; the same PUT again is unchanged and touches nothing."""
+    bundle_id = f"{cluster.namespace}/web-1"
+    client = cluster.client(agent)
+    try:
+        first = await client.put(bundle_id, _files())
+        assert first.changed
+        assert first.id == bundle_id
+        assert _on_disk(agent.root, bundle_id) == _files()
+        config = agent.root / bundle_id / "config.json"
+        before = config.stat()
+        second = await client.put(bundle_id, _files())
+        assert not second.changed
+        assert second.digest == first.digest
+        after = config.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert (await client.list_bundles())[bundle_id] == first.digest
+    finally:
+        await client.close()
+
+
+async def test_changed_content_is_rewritten_and_gets_a_new_digest(
+    cluster: Cluster, agent: AgentProcess
+) -> None:
+    """A PUT with other content replaces the bundle whole and reports a different digest."""
+    bundle_id = f"{cluster.namespace}/web-2"
+    client = cluster.client(agent)
+    try:
+        first = await client.put(bundle_id, _files("v1"))
+        second = await client.put(bundle_id, _files("v2", secret=b"rotated"))
+        assert second.changed
+        assert second.digest != first.digest
+        assert _on_disk(agent.root, bundle_id) == _files("v2", secret=b"rotated")
+    finally:
+        await client.close()
+
+
+async def test_delete_removes_the_bundle_and_list_follows(
+    cluster: Cluster, agent: AgentProcess
+) -> None:
+    """DELETE removes the bundle (a second DELETE reports none); GET lists what is left."""
+    ns = "list-" + secrets.token_hex(3)  # ids of its own: the agent is shared
+
+    async def listed() -> dict[str, str]:
+        return {k: v for k, v in (await client.list_bundles()).items() if k.startswith(ns)}
+
+    client = cluster.client(agent)
+    try:
+        a = await client.put(f"{ns}/a", _files("a"))
+        b = await client.put(f"{ns}/b", _files("b"))
+        assert await listed() == {f"{ns}/a": a.digest, f"{ns}/b": b.digest}
+        assert await client.delete(f"{ns}/a")
+        assert not (agent.root / ns / "a").exists()
+        assert not await client.delete(f"{ns}/a")
+        assert await listed() == {f"{ns}/b": b.digest}
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("which", "status"),
+    [
+        ("none", 401),
+        ("garbage", 401),
+        ("api-audience", 401),
+        ("static-user", 401),
+        ("intruder", 403),
+    ],
+)
+async def test_wrong_credentials_are_refused_and_nothing_is_written(
+    cluster: Cluster,
+    agent: AgentProcess,
+    http: aiohttp.ClientSession,
+    which: str,
+    status: int,
+) -> None:
+    """No, bad, wrong-audience or static-user token → 401; another account → 403; no write."""
+    token = {
+        "none": None,
+        "garbage": "not-a-token",
+        "api-audience": cluster.api_audience_token,
+        "static-user": cluster.kube.nobody_token,
+        "intruder": cluster.intruder_token,
+    }[which]
+    bundle_id = f"{cluster.namespace}/auth-{which}"
+    result = "unauthenticated" if status == 401 else "forbidden"
+    sample = f'winspec_agent_requests_total{{operation="put",result="{result}"}}'
+    before = await _metric(http, agent, sample)
+    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    got, answer = await _put_raw(http, agent, f"/v1/bundles/{bundle_id}", body, token=token)
+    assert (got, answer["reason"]) == (status, "Unauthenticated" if status == 401 else "Forbidden")
+    async with http.delete(
+        agent.url + f"/v1/bundles/{cluster.namespace}/x",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        ssl=agent.tls.client_context(),
+    ) as response:
+        assert response.status == status
+    assert not (agent.root / bundle_id).exists()
+    assert _leftovers(agent.root) == []
+    assert await _metric(http, agent, sample) == before + 1
+    if which != "none":  # the client maps them to its auth error
+        client = cluster.client(agent, token=token)
+        try:
+            with pytest.raises(AgentAuthError):
+                await client.list_bundles()
+        finally:
+            await client.close()
+
+
+async def test_a_cached_refusal_still_writes_nothing(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """The same foreign token twice is refused both times (the second from the cache)."""
+    path = f"/v1/bundles/{cluster.namespace}/cached"
+    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    hit = 'winspec_agent_token_cache_total{result="hit"}'
+    reviewed = 'winspec_agent_token_reviews_total{result="authenticated"}'
+    hits, reviews = await _metric(http, agent, hit), await _metric(http, agent, reviewed)
+    for _ in range(2):
+        status, _ = await _put_raw(http, agent, path, body, token=cluster.intruder_token)
+        assert status == 403
+    # At most the first was reviewed; the second came from the cache.
+    assert await _metric(http, agent, hit) - hits >= 1
+    assert await _metric(http, agent, reviewed) - reviews <= 1
+    assert not (agent.root / cluster.namespace / "cached").exists()
+
+
+async def test_oversize_uploads_get_413_and_nothing_is_written(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """A body over --max-request-bytes is refused with 413, with or without Content-Length."""
+    path = f"/v1/bundles/{cluster.namespace}/big"
+    files = _files() | {"configs/huge": b"x" * (LIMIT + 1)}
+    body = encode_upload(files, os.urandom(NONCE_BYTES))
+    status, answer = await _put_raw(http, agent, path, body, token=cluster.token)
+    assert (status, answer["reason"]) == (413, "TooLarge")
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    status, _ = await _put_raw(http, agent, path, chunked(), token=cluster.token)
+    assert status == 413
+    assert not (agent.root / cluster.namespace / "big").exists()
+    client = cluster.client(agent)
+    try:
+        with pytest.raises(PermanentError, match="413"):
+            await client.put(f"{cluster.namespace}/big", files)
+    finally:
+        await client.close()
+    assert _leftovers(agent.root) == []
+
+
+def _tampered() -> bytes:
+    good = msgspec.msgpack.decode(encode_upload(_files(), os.urandom(NONCE_BYTES)))
+    good["files"]["secrets/db-password"] = b"other"
+    return msgspec.msgpack.encode(good)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type", "status", "reason"),
+    [
+        ("not-msgpack", b"{not msgpack", BUNDLE_CONTENT_TYPE, 400, "InvalidBundle"),
+        ("json", b'{"files":{}}', "application/json", 415, "UnsupportedMediaType"),
+        (
+            "unknown-field",
+            msgspec.msgpack.encode({"files": {}, "nonce": b"n" * 32, "mac": "0" * 64, "x": 1}),
+            BUNDLE_CONTENT_TYPE,
+            400,
+            "InvalidBundle",
+        ),
+        (
+            "short-nonce",
+            msgspec.msgpack.encode(BundleUpload(files=_files(), nonce=b"n", mac="0" * 64)),
+            BUNDLE_CONTENT_TYPE,
+            400,
+            "InvalidBundle",
+        ),
+        ("mac-mismatch", _tampered(), BUNDLE_CONTENT_TYPE, 400, "InvalidBundle"),
+        (
+            "climbing-file",
+            encode_upload(_files() | {"secrets/../../x": b"1"}, b"n" * 32),
+            BUNDLE_CONTENT_TYPE,
+            400,
+            "InvalidBundle",
+        ),
+        (
+            "no-config",
+            encode_upload({"links.json": b"{}"}, b"n" * 32),
+            BUNDLE_CONTENT_TYPE,
+            400,
+            "InvalidBundle",
+        ),
+    ],
+)
+async def test_malformed_bundles_are_refused_with_400(
+    cluster: Cluster,
+    agent: AgentProcess,
+    http: aiohttp.ClientSession,
+    name: str,
+    body: bytes,
+    content_type: str,
+    status: int,
+    reason: str,
+) -> None:
+    """Malformed bodies, a MAC mismatch and bad file names get a clear 4xx; nothing is written."""
+    path = f"/v1/bundles/{cluster.namespace}/bad-{name}"
+    got, answer = await _put_raw(
+        http, agent, path, body, token=cluster.token, content_type=content_type
+    )
+    assert (got, answer["reason"]) == (status, reason), answer
+    assert answer["message"]
+    assert b"s3cr3t" not in msgspec.json.encode(answer)
+    assert not (agent.root / cluster.namespace / f"bad-{name}").exists()
+    assert _leftovers(agent.root) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/bundles/noslash",
+        "/v1/bundles/ns/a/b",
+        "/v1/bundles/ns/..",
+        "/v1/bundles/ns/%2E%2E",
+        "/v1/bundles/../etc",
+        "/v1/bundles/NS/upper",
+        "/v1/bundles/ns/.hidden",
+        "/v1/bundles/ns/a%2Fb",
+        "/v1/bundles/ns/" + "a" * 300,
+    ],
+)
+async def test_bad_ids_are_refused_with_400_before_any_path(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession, path: str
+) -> None:
+    """Ids that are not <namespace>/<name> get 400 InvalidId; nothing appears under the root."""
+
+    def entries() -> list[str]:
+        return sorted(p.relative_to(agent.root).as_posix() for p in agent.root.rglob("*"))
+
+    before = entries()
+    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    status, answer = await _put_raw(http, agent, path, body, token=cluster.token)
+    assert (status, answer["reason"]) == (400, "InvalidId"), answer
+    assert entries() == before
+
+
+def test_agent_refuses_to_start_without_tls_or_identity(cluster: Cluster, tmp_path: Path) -> None:
+    """Without --tls-cert/--tls-key (and no --insecure-http) or an allowed identity: exit 2."""
+    no_tls = subprocess.run(
+        agent_command("--allowed-identity", cluster.controller, "--bundle-root", str(tmp_path)),
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert no_tls.returncode == 2
+    assert b"tls_cert and tls_key are required" in no_tls.stderr
+    no_identity = subprocess.run(
+        agent_command("--insecure-http", "--bundle-root", str(tmp_path)),
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
+    assert no_identity.returncode == 2
+    assert b"allowed_identity" in no_identity.stderr
+
+
+async def test_plain_http_is_not_served_on_the_tls_port(
+    agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """A client speaking plain HTTP to the agent gets no answer (the port is TLS only)."""
+    with pytest.raises(aiohttp.ClientError):
+        async with http.get(f"http://127.0.0.1:{agent.port}/v1/bundles") as response:
+            await response.read()
+
+
+async def test_client_retries_until_the_agent_is_up(cluster: Cluster, tmp_path: Path) -> None:
+    """A PUT issued while the agent is down completes once it starts (tenacity retries)."""
+    process = cluster.agent(tmp_path / "bundles")
+    client = cluster.client(process, attempts=40, initial=0.1, maximum=0.5)
+    try:
+        put = asyncio.create_task(client.put(f"{cluster.namespace}/late", _files()))
+        await asyncio.sleep(0.5)
+        assert not put.done()
+        await asyncio.to_thread(process.start)
+        state = await asyncio.wait_for(put, 60)
+        assert state.changed
+        assert _on_disk(process.root, f"{cluster.namespace}/late") == _files()
+    finally:
+        await client.close()
+        process.stop()
+
+
+async def test_client_gives_up_with_a_transient_error_when_the_agent_stays_down(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """With no agent listening the client fails after its attempts with TransientError."""
+    process = cluster.agent(tmp_path / "bundles")  # never started
+    client = cluster.client(process, attempts=2, initial=0.01)
+    try:
+        with pytest.raises(TransientError):
+            await client.put(f"{cluster.namespace}/nobody-home", _files())
+    finally:
+        await client.close()
+
+
+def _big_files(tag: str, count: int, size: int) -> dict[str, bytes]:
+    files = _files(tag)
+    for i in range(count):
+        files[f"configs/blob-{i:03d}"] = tag.encode() * (size // len(tag))
+    return files
+
+
+async def test_agent_killed_mid_delivery_leaves_nothing_torn_and_a_retry_completes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """SIGKILL while a PUT is being written: the old bundle stays whole, a retried PUT lands."""
+    root = tmp_path / "bundles"
+    process = cluster.agent(root, "--max-request-bytes", str(256 * 1024 * 1024))
+    process.start()
+    bundle_id = f"{cluster.namespace}/crash"
+    client = cluster.client(process)
+    caught = False
+    try:
+        old = _big_files("old", 4, 1024)
+        await client.put(bundle_id, old)
+        for round_ in range(4):
+            new = _big_files(f"new{round_}", 150 * (round_ + 1), 256 * 1024)
+            seen = threading.Event()
+            stop_watch = threading.Event()
+
+            def watch(stop: threading.Event = stop_watch, hit: threading.Event = seen) -> None:
+                ns_dir = root / cluster.namespace
+                while not stop.is_set():
+                    with os.scandir(ns_dir) as entries:
+                        if any(e.name.startswith(".tmp-crash-") for e in entries):
+                            process.kill()
+                            hit.set()
+                            return
+                    time.sleep(0.0005)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            once = cluster.client(process, attempts=1, timeout=120)
+            try:
+                await once.put(bundle_id, new)
+                answered = True
+            except TransientError:
+                answered = False
+            finally:
+                stop_watch.set()
+                watcher.join(10)
+                await once.close()
+            if seen.is_set() and not answered:
+                caught = True
+                # Killed mid-write: the bundle in place is the old one, whole.
+                assert _on_disk(root, bundle_id) == old
+                break
+            process.kill()
+            process.start()
+            await client.put(bundle_id, old)
+        assert caught, "the kill never landed during a write"
+        assert any(p.name.startswith(".tmp-") for p in (root / cluster.namespace).iterdir())
+        process.start()
+        assert _leftovers(root) == []  # swept at start-up
+        state = await client.put(bundle_id, new)
+        assert state.changed
+        assert _on_disk(root, bundle_id) == new
+        assert (await client.list_bundles())[bundle_id] == state.digest
+    finally:
+        await client.close()
+        process.stop()
+
+
+async def test_sigterm_stops_the_agent_with_exit_0(cluster: Cluster, tmp_path: Path) -> None:
+    """SIGTERM ends a running agent cleanly (exit code 0)."""
+    process = cluster.agent(tmp_path / "bundles")
+    await asyncio.to_thread(process.start)
+    assert process.stop() == 0
+
+
+async def test_healthz_readyz_and_metrics_need_no_token(
+    agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """Probes and /metrics answer without a token; every winspec_agent_* series is pre-set."""
+    ctx: ssl.SSLContext = agent.tls.client_context()
+    for path in ("/healthz", "/readyz"):
+        async with http.get(agent.url + path, ssl=ctx) as response:
+            assert response.status == 200
+    ready = await _metric(http, agent, "winspec_agent_ready")
+    assert ready == 1.0
+    count = await _metric(
+        http, agent, 'winspec_agent_requests_total{operation="delete",result="too_large"}'
+    )
+    assert count == 0.0
+    for result in ("written", "unchanged", "removed", "absent"):
+        assert await _metric(http, agent, f'winspec_agent_bundles_total{{result="{result}"}}') >= 0
+
+
+async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_writes_nothing(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Without `create` on tokenreviews: /readyz 503, every PUT 503, nothing written."""
+    no_rbac = _token(cluster.kube, cluster.namespace, "agent-without-rbac", None)
+    process = AgentProcess(
+        root=tmp_path / "bundles",
+        tls=cluster.tls,
+        kubeconfig=cluster.kube.kubeconfig(no_rbac),
+        allowed=[cluster.controller],
+        audience=AUDIENCE,
+    )
+    process.start(wait=False)
+    try:
+        await asyncio.to_thread(
+            wait_for, lambda: process.readyz() == 503, 30, message="/readyz 503"
+        )
+        body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+        path = f"/v1/bundles/{cluster.namespace}/unready"
+        status, answer = await _put_raw(
+            http, process, path, body, token=cluster.token, retry_unavailable=False
+        )
+        assert (status, answer["reason"]) == (503, "TokenReviewUnavailable")
+        client = cluster.client(process, attempts=2, initial=0.01)
+        try:
+            with pytest.raises(TransientError, match="503"):  # retried, then given up
+                await client.put(f"{cluster.namespace}/unready", _files())
+        finally:
+            await client.close()
+        assert not (process.root / cluster.namespace / "unready").exists()
+    finally:
+        process.stop()
+    assert "403" in process.logs()  # the log says why: the server forbade the review
+
+
+async def test_logs_hold_no_payload_byte_and_no_token(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """After writes, refusals and a MAC mismatch the agent's log shows no secret and no token."""
+    marker = b"planted-" + secrets.token_hex(8).encode()
+    files = _files("logs", secret=marker)
+    client = cluster.client(agent)
+    try:
+        await client.put(f"{cluster.namespace}/logged", files)
+        await client.put(f"{cluster.namespace}/logged", files)
+    finally:
+        await client.close()
+    tampered = msgspec.msgpack.decode(encode_upload(files, os.urandom(NONCE_BYTES)))
+    tampered["files"]["configs/app.toml"] = marker
+    path = f"/v1/bundles/{cluster.namespace}/logged"
+    status, _ = await _put_raw(
+        http, agent, path, msgspec.msgpack.encode(tampered), token=cluster.token
+    )
+    assert status == 400
+    await _put_raw(http, agent, path, b"x", token=cluster.intruder_token)
+    logs = agent.logs()
+    assert f"{cluster.namespace}/logged" in logs  # the log does name the bundle
+    assert marker.decode() not in logs
+    for token in (cluster.token, cluster.intruder_token):
+        assert token not in logs
+        assert token[-40:] not in logs
+
+
+async def test_concurrent_puts_of_one_bundle_leave_one_whole_version(
+    cluster: Cluster, agent: AgentProcess
+) -> None:
+    """Racing PUTs of different content to one id end with exactly one of them, whole."""
+    bundle_id = f"{cluster.namespace}/race"
+    versions = [_big_files(f"r{i}", 8, 64 * 1024) for i in range(4)]
+    client = cluster.client(agent)
+    try:
+        states = await asyncio.gather(*(client.put(bundle_id, v) for v in versions))
+        on_disk = _on_disk(agent.root, bundle_id)
+        assert on_disk in versions
+        final = states[versions.index(on_disk)]
+        assert (await client.list_bundles())[bundle_id] == final.digest
+        assert len({s.digest for s in states}) == len(versions)
+    finally:
+        await client.close()
+    assert _leftovers(agent.root) == []
+
+
+async def test_a_rotated_certificate_is_served_without_a_restart(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """New certificate files (another CA) are picked up by new connections; the old CA fails."""
+    first = make_tls(tmp_path / "tls")
+    process = AgentProcess(
+        root=tmp_path / "bundles",
+        tls=first,
+        kubeconfig=cluster.agent_kubeconfig,
+        allowed=[cluster.controller],
+        audience=AUDIENCE,
+        extra=("--tls-reload-interval", "0.2"),
+    )
+    await asyncio.to_thread(process.start)
+    try:
+        second = await asyncio.to_thread(make_tls, tmp_path / "rotated")
+        for new, live in ((second.cert, first.cert), (second.key, first.key)):
+            staged = live.with_suffix(".staged")
+            staged.write_bytes(new.read_bytes())
+            staged.chmod(0o600)
+            os.replace(staged, live)  # as a Secret volume update: each file swapped whole
+
+        async def status_with(ctx: ssl.SSLContext) -> int:
+            async with http.get(process.url + "/healthz", ssl=ctx) as response:
+                return response.status
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert await status_with(second.client_context()) == 200
+                break
+            except aiohttp.ClientConnectorError:
+                assert time.monotonic() < deadline, "the rotated certificate was never served"
+                await asyncio.sleep(0.1)
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await status_with(first.client_context())
+    finally:
+        process.stop()
+    assert "TLS certificate reloaded" in process.logs()

@@ -1,0 +1,526 @@
+"""A real Kubernetes API server for cluster-mode tests: etcd + kube-apiserver on loopback.
+
+:class:`KubeCluster` starts Debian's etcd and a kube-apiserver v1.20.2 (built from Debian's
+``kubernetes`` source package by ``.ci/install-kube-apiserver.sh`` into a cache directory) on
+random 127.0.0.1 ports, everything in a private temporary directory: a CA, the server's
+certificate, service-account signing keys and a static token file with two users:
+
+- ``admin`` (group ``system:masters``): what tests set things up with;
+- ``nobody`` (group ``winspec-tests``): authenticated, with no rights at all.
+
+``with_controller_manager=True`` also starts kube-controller-manager (default ServiceAccounts,
+namespace deletion, garbage collection); the server alone answers every API call winspec makes.
+:meth:`KubeCluster.apply_crd` applies the project's own CRD from ``manifests/`` and waits until
+it is established. :meth:`KubeCluster.kubeconfig` writes a kubeconfig for any token (a
+service account's, from :meth:`KubeCluster.service_account_token`).
+
+Everything here is synchronous and stdlib-only (``http.client`` over TLS), like
+tests/dockerd.py: tests set up objects with :meth:`KubeCluster.api` while the code under test
+talks to the same server asynchronously. A test fixture, never a server for anything else: the
+admin token is in a file, etcd has no authentication.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.crd import CRD_PATH, load_crd
+from tests.processes import free_port
+
+T = TypeVar("T")
+
+KUBE_VERSION = "v1.20.2"
+#: Where .ci/install-kube-apiserver.sh puts the binaries (WINSPEC_KUBE_CACHE changes it).
+DEFAULT_CACHE = f"/var/cache/winspec/kube-{KUBE_VERSION}"
+ADMIN_USER = "admin"
+NOBODY_USER = "nobody"
+_LOG_TAIL_LINES = 30
+_READY_TIMEOUT = 90.0
+
+
+class KubeError(RuntimeError):
+    """The API server could not be started, or stopped behaving."""
+
+
+class KubeAPIError(RuntimeError):
+    """The API server answered a request with an unexpected status."""
+
+    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
+        message = body.get("message", body) if isinstance(body, dict) else body
+        super().__init__(f"{method} {path} -> {status}: {message!r}")
+        self.status = status
+        self.body = body
+
+
+def kube_bin_dir() -> Path:
+    """Where kube-apiserver and kube-controller-manager are looked for."""
+    if os.environ.get("WINSPEC_KUBE_BIN"):
+        return Path(os.environ["WINSPEC_KUBE_BIN"])
+    return Path(os.environ.get("WINSPEC_KUBE_CACHE") or DEFAULT_CACHE) / "bin"
+
+
+def kube_unavailable_reason(*, controller_manager: bool = False) -> str | None:
+    """Why the cluster fixture cannot run here, or None when it can."""
+    bin_dir = kube_bin_dir()
+    wanted = ["kube-apiserver"] + (["kube-controller-manager"] if controller_manager else [])
+    for name in wanted:
+        if not os.access(bin_dir / name, os.X_OK):
+            return (
+                f"{name} not found in {bin_dir} (run .ci/install-kube-apiserver.sh, or set "
+                "WINSPEC_KUBE_BIN to a directory holding it)"
+            )
+    for tool, package in (("etcd", "etcd-server"), ("openssl", "openssl")):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (apt-get install {package})"
+    return None
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = 30.0,
+    *,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that; or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class KubeCluster:
+    """One etcd + kube-apiserver (+ optional kube-controller-manager) for a test session."""
+
+    def __init__(self, *, with_controller_manager: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="winspec-kube-"))
+        self.with_controller_manager = with_controller_manager
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ca = self.dir / "ca.crt"
+        self.admin_token = secrets.token_hex(24)
+        self.nobody_token = secrets.token_hex(24)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._etcd_port = 0
+        self._ssl: ssl.SSLContext | None = None
+        atexit.register(self.stop)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start etcd, then the API server (and the controller manager); wait until ready."""
+        reason = kube_unavailable_reason(controller_manager=self.with_controller_manager)
+        if reason is not None:
+            raise KubeError(reason)
+        self._make_credentials()
+        self._start_etcd()
+        self._start_apiserver()
+        if self.with_controller_manager:
+            self._start_controller_manager()
+
+    def stop(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL) and delete the directory. Idempotent."""
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            proc = self._procs.pop(name, None)
+            if proc is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _make_credentials(self) -> None:
+        d = self.dir
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+                 "-out", "ca.crt", "-days", "30", "-subj", "/CN=winspec-test-ca",
+                 cwd=d)  # fmt: skip
+        (d / "server.ext").write_text(
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
+        )
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+                 "-out", "server.csr", "-subj", "/CN=kube-apiserver", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", "server.crt", "-days", "30",
+                 "-extfile", "server.ext", cwd=d)  # fmt: skip
+        _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
+        _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+        (d / "tokens.csv").write_text(
+            f'{self.admin_token},{ADMIN_USER},admin-uid,"system:masters"\n'
+            f'{self.nobody_token},{NOBODY_USER},nobody-uid,"winspec-tests"\n'
+        )
+        for name in ("ca.key", "server.key", "sa.key", "tokens.csv"):
+            (d / name).chmod(0o600)
+        self.kubeconfig(self.admin_token, d / "admin.kubeconfig")
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it open
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() kills the group
+            )
+        finally:
+            log.close()
+        self._procs[name] = proc
+        return proc
+
+    def log_tail(self, name: str) -> str:
+        """The last lines of a component's log."""
+        try:
+            lines = (self.dir / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+    def _check_alive(self, name: str) -> None:
+        proc = self._procs[name]
+        if proc.poll() is not None:
+            raise KubeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+
+    def _start_etcd(self) -> None:
+        self._etcd_port, peer = free_port(), free_port()
+        data = self.dir / "etcd"
+        data.mkdir(mode=0o700)
+        client_url = f"http://127.0.0.1:{self._etcd_port}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        self._spawn(
+            "etcd",
+            [
+                "etcd", "--name", "winspec-test", "--data-dir", str(data),
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"winspec-test={peer_url}",
+                "--initial-cluster-state", "new", "--unsafe-no-fsync",
+            ],
+        )  # fmt: skip
+
+        def healthy() -> bool:
+            self._check_alive("etcd")
+            conn = http.client.HTTPConnection("127.0.0.1", self._etcd_port, timeout=2)
+            try:
+                conn.request("GET", "/health")
+                return b'"true"' in conn.getresponse().read()
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        wait_for(healthy, 30, message="etcd to be healthy")
+
+    @property
+    def etcd_url(self) -> str:
+        """etcd's client URL (compaction tests talk to it directly)."""
+        return f"http://127.0.0.1:{self._etcd_port}"
+
+    def _start_apiserver(self) -> None:
+        d = self.dir
+        issuer = "https://kubernetes.default.svc"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(kube_bin_dir() / "kube-apiserver"),
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--secure-port={self.port}", "--insecure-port=0",
+                f"--etcd-servers={self.etcd_url}",
+                f"--tls-cert-file={d / 'server.crt'}", f"--tls-private-key-file={d / 'server.key'}",
+                f"--client-ca-file={d / 'ca.crt'}", f"--token-auth-file={d / 'tokens.csv'}",
+                f"--service-account-key-file={d / 'sa.pub'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                f"--service-account-issuer={issuer}", f"--api-audiences={issuer}",
+                "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+                "--endpoint-reconciler-type=none", "--profiling=false",
+                f"--cert-dir={d / 'apiserver-certs'}",
+            ],
+        )  # fmt: skip
+
+        def ready() -> bool:
+            self._check_alive("kube-apiserver")
+            try:
+                status, _ = self._request("GET", "/readyz", None, self.admin_token, {})
+            except OSError:
+                return False
+            return status == 200
+
+        try:
+            wait_for(ready, _READY_TIMEOUT, interval=0.2, message="kube-apiserver /readyz")
+        except TimeoutError as exc:
+            raise KubeError(f"{exc}:\n{self.log_tail('kube-apiserver')}") from exc
+
+    def _start_controller_manager(self) -> None:
+        d = self.dir
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(kube_bin_dir() / "kube-controller-manager"),
+                f"--kubeconfig={d / 'admin.kubeconfig'}", "--port=0", "--secure-port=0",
+                "--leader-elect=false", "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={d / 'sa.key'}",
+                f"--root-ca-file={d / 'ca.crt'}",
+                # Only what an API server without nodes or cloud can run.
+                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,"
+                "-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,"
+                "-pv-protection,-pvc-protection,-ttl,-csrsigning",
+            ],
+        )  # fmt: skip
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=str(self.ca))
+        return self._ssl
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        token: str,
+        headers: Mapping[str, str],
+    ) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self._context(), timeout=30
+        )
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            all_headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            if data is not None:
+                all_headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=data, headers={**all_headers, **headers})
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            parsed: Any = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            parsed = raw.decode(errors="replace")
+        return response.status, parsed
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        content_type: str | None = None,
+        expect: tuple[int, ...] = (200, 201),
+    ) -> Any:
+        """One API call (as admin unless ``token``); the decoded body, or KubeAPIError."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        status, parsed = self._request(method, path, body, token or self.admin_token, headers)
+        if status not in expect:
+            raise KubeAPIError(method, path, status, parsed)
+        return parsed
+
+    def status_of(
+        self, method: str, path: str, body: Any = None, *, token: str | None = None
+    ) -> int:
+        """The HTTP status of one API call (for tests of what the server refuses)."""
+        status, _ = self._request(method, path, body, token or self.admin_token, {})
+        return status
+
+    def apply(self, obj: Mapping[str, Any], *, namespace: str | None = None) -> Any:
+        """Create ``obj`` or, when it exists, replace it (server-side apply as admin)."""
+        path = resource_path(obj, namespace=namespace) + "/" + obj["metadata"]["name"]
+        return self.api(
+            "PATCH",
+            path + "?fieldManager=winspec-tests&force=true",
+            obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def apply_crd(self) -> dict[str, Any]:
+        """Apply the project's CRD (manifests/base/crd.yaml) and wait until it is established."""
+        crd = load_crd()
+        self.apply(crd)
+        name = crd["metadata"]["name"]
+
+        def established() -> dict[str, Any] | None:
+            current: dict[str, Any] = self.api(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+            )
+            for cond in (current.get("status") or {}).get("conditions") or []:
+                if cond["type"] == "Established" and cond["status"] == "True":
+                    return current
+            return None
+
+        try:
+            return wait_for(established, 30, message=f"CRD {name} ({CRD_PATH}) established")
+        except TimeoutError as exc:
+            raise KubeError(str(exc)) from exc
+
+    def apply_gmsa_crd(self) -> None:
+        """Apply the GMSACredentialSpec CRD (as kubernetes-sigs/windows-gmsa defines it)."""
+        self.apply(GMSA_CRD)
+        wait_for(
+            lambda: self.status_of("GET", "/apis/windows.k8s.io/v1/gmsacredentialspecs") == 200,
+            30,
+            message="the GMSACredentialSpec CRD to be served",
+        )
+
+    def create_namespace(self, name: str) -> None:
+        """Create a namespace (no-op when it exists)."""
+        self.api(
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            expect=(201, 409),
+        )
+
+    def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
+        """A bearer token of a ServiceAccount (created if needed), from the TokenRequest API."""
+        self.api(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+            expect=(201, 409),
+        )
+        issued = self.api(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": seconds},
+            },
+        )
+        token: str = issued["status"]["token"]
+        return token
+
+    def kubeconfig(
+        self, token: str, path: Path | None = None, *, server: str | None = None
+    ) -> Path:
+        """Write a kubeconfig for ``token`` (and ``server``, e.g. a proxy); return its path."""
+        path = path or self.dir / f"kubeconfig-{secrets.token_hex(4)}"
+        plain = (server or self.url).startswith("http://")
+        cluster: dict[str, Any] = {"server": server or self.url}
+        if not plain:
+            cluster["certificate-authority"] = str(self.ca)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": cluster}],
+            "users": [{"name": "user", "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
+            "current-context": "test",
+        }
+        path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+        path.chmod(0o600)
+        return path
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """The admin's kubeconfig."""
+        return self.dir / "admin.kubeconfig"
+
+
+def resource_path(obj: Mapping[str, Any], *, namespace: str | None = None) -> str:
+    """The collection path of an object's kind, for the few kinds tests create."""
+    api_version: str = obj["apiVersion"]
+    kind: str = obj["kind"]
+    plural = _PLURALS.get(kind) or kind.lower() + "s"
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    ns = namespace or obj["metadata"].get("namespace")
+    if ns and kind not in _CLUSTER_SCOPED:
+        return f"{base}/namespaces/{urllib.parse.quote(ns)}/{plural}"
+    return f"{base}/{plural}"
+
+
+_PLURALS = {
+    "CustomResourceDefinition": "customresourcedefinitions",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "GMSACredentialSpec": "gmsacredentialspecs",
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "ServiceAccount": "serviceaccounts",
+    "Namespace": "namespaces",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "WindowsContainer": "windowscontainers",
+}
+_CLUSTER_SCOPED = frozenset(
+    {
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "GMSACredentialSpec",
+        "Namespace",
+    }
+)
+
+#: windows.k8s.io/v1 GMSACredentialSpec, cluster-scoped, the JSON under ``credspec`` (the shape
+#: kubernetes-sigs/windows-gmsa's chart installs; what a real cluster with gMSA support has).
+GMSA_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {
+        "name": "gmsacredentialspecs.windows.k8s.io",
+        # *.k8s.io groups are protected: the server wants to see where the API was approved.
+        "annotations": {
+            "api-approved.kubernetes.io": "https://github.com/kubernetes/enhancements/pull/1111"
+        },
+    },
+    "spec": {
+        "group": "windows.k8s.io",
+        "scope": "Cluster",
+        "names": {
+            "kind": "GMSACredentialSpec",
+            "plural": "gmsacredentialspecs",
+            "singular": "gmsacredentialspec",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "credspec": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}

@@ -1,0 +1,141 @@
+"""A WindowsContainer becomes the generator's request: each field lands where Docker's would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.bundle import build_bundle
+from controller.cluster import (
+    Dependencies,
+    credential_spec_names,
+    decode_windows_container,
+    secret_payload_id,
+    to_request,
+)
+from controller.errors import PermanentError, RequestDecodeError, SpecError
+from controller.generate import generate
+from controller.models import NodeFacts
+
+GMSA_JSON = '{"CmsPlugins":["ActiveDirectory"],"DomainJoinConfig":{"MachineAccountName":"web"}}'
+
+
+def _object(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "nodeName": "win-1",
+        "command": ["cmd.exe", "/S", "/C"],
+        "args": ["echo hello"],
+        "layerFolders": ["C:\\layers\\base", "C:\\layers\\rw"],
+    }
+    base.update(spec)
+    return {
+        "apiVersion": "winspec.io/v1alpha1",
+        "kind": "WindowsContainer",
+        "metadata": {"name": "web", "namespace": "apps", "uid": "u-1", "generation": 3},
+        "spec": base,
+    }
+
+
+def test_command_env_and_resources_reach_the_spec() -> None:
+    """command+args become the process args, env stays in order, memory becomes a limit."""
+    wc = decode_windows_container(
+        _object(
+            env=[{"name": "A", "value": "1"}, {"name": "B"}],
+            resources={"memory": 1 << 30},
+            workingDir="C:\\app",
+        )
+    )
+    request = to_request(wc, node=NodeFacts(), deps=Dependencies())
+    spec = generate(request).spec
+    assert spec.process is not None
+    assert spec.process.args == ["cmd.exe", "/S", "/C", "echo hello"]
+    assert spec.process.env == ["A=1", "B="]
+    assert spec.process.cwd == "C:\\app"
+    assert spec.hostname == "web"  # the object's name when spec.hostname is empty
+    assert spec.windows is not None
+    assert spec.windows.resources is not None
+    assert spec.windows.resources.memory is not None
+    assert spec.windows.resources.memory.limit == 1 << 30
+
+
+def test_secret_data_goes_into_the_bundle_under_a_stable_id() -> None:
+    """A referenced Secret key's bytes are a bundle payload named by a stable id."""
+    wc = decode_windows_container(
+        _object(secrets=[{"secretName": "db", "key": "password", "target": "db-password"}])
+    )
+    deps = Dependencies(secrets={("db", "password"): b"s3cr3t"})
+    request = to_request(wc, node=NodeFacts(), deps=deps)
+    content = build_bundle(request, generate(request))
+    payload_id = secret_payload_id(wc.spec.secrets[0])
+    assert content.files[f"secrets/{payload_id}"] == b"s3cr3t"
+    assert payload_id == secret_payload_id(
+        decode_windows_container(
+            _object(secrets=[{"secretName": "db", "key": "password", "target": "elsewhere"}])
+        ).spec.secrets[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"gmsaCredentialSpecName": "web-gmsa"},
+        {"securityOptions": ["CredentialSpec=config://web-gmsa"]},
+    ],
+)
+def test_a_gmsa_credential_spec_is_the_windows_credential_spec(spec: dict[str, Any]) -> None:
+    """gmsaCredentialSpecName and credentialspec=config://<name> both name a GMSACredentialSpec."""
+    wc = decode_windows_container(_object(**spec))
+    assert credential_spec_names(wc.spec) == ["web-gmsa"]
+    deps = Dependencies(credential_specs={"web-gmsa": GMSA_JSON})
+    generated = generate(to_request(wc, node=NodeFacts(), deps=deps))
+    assert generated.spec.windows is not None
+    assert generated.spec.windows.credentialSpec == GMSA_JSON
+
+
+def test_an_unresolved_credential_spec_is_refused() -> None:
+    """A named credential spec that was not resolved is the generator's rule error."""
+    wc = decode_windows_container(_object(gmsaCredentialSpecName="missing"))
+    with pytest.raises(SpecError, match="config missing not found"):
+        generate(to_request(wc, node=NodeFacts(), deps=Dependencies()))
+
+
+def test_both_ways_of_naming_a_credential_spec_are_refused() -> None:
+    """gmsaCredentialSpecName beside a credentialspec= option is a permanent error."""
+    wc = decode_windows_container(
+        _object(gmsaCredentialSpecName="a", securityOptions=["credentialspec=raw://{}"])
+    )
+    with pytest.raises(PermanentError, match="both"):
+        to_request(wc, node=NodeFacts(), deps=Dependencies())
+
+
+def test_a_bad_cgroup_rule_is_refused_with_the_rule_message() -> None:
+    """An LCOW device cgroup rule S31 rejects gives the generator's exact message."""
+    wc = decode_windows_container(
+        _object(image={"os": "linux"}, command=["/bin/sh"], deviceCgroupRules=["c *:*  rwm"])
+    )
+    request = to_request(wc, node=NodeFacts(lcow_supported=True), deps=Dependencies())
+    with pytest.raises(SpecError) as info:
+        generate(request)
+    assert str(info.value) == (
+        "linux runtime spec devices: invalid device cgroup rule format: 'c *:*  rwm'"
+    )
+
+
+def test_the_container_id_is_stable_and_docker_shaped() -> None:
+    """The same object always gets the same 64-hex-digit container id; another uid another."""
+    first = to_request(decode_windows_container(_object()), node=NodeFacts(), deps=Dependencies())
+    again = to_request(decode_windows_container(_object()), node=NodeFacts(), deps=Dependencies())
+    other = _object()
+    other["metadata"]["uid"] = "u-2"
+    third = to_request(decode_windows_container(other), node=NodeFacts(), deps=Dependencies())
+    assert first.container.id == again.container.id != third.container.id
+    assert len(first.container.id) == 64
+    assert int(first.container.id, 16) >= 0
+
+
+def test_a_malformed_object_is_a_decode_error() -> None:
+    """A field of the wrong type is a RequestDecodeError naming it."""
+    bad = _object(tty="yes")
+    with pytest.raises(RequestDecodeError, match=r"spec.tty"):
+        decode_windows_container(bad)
