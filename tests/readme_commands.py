@@ -58,7 +58,12 @@ RUN_WITH_ENGINE: dict[str, tuple[str, ...]] = {
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
 WINDOWS_ONLY: frozenset[str] = frozenset(
-    {r"winspec run --source docker --bundle-root C:\ProgramData\winspec\bundles"}
+    {
+        r"winspec run --source docker --bundle-root C:\ProgramData\winspec\bundles",
+        "winspec agent --tls-cert /etc/winspec/tls.crt --tls-key /etc/winspec/tls.key "
+        "--allowed-identity system:serviceaccount:winspec-system:winspec-controller "
+        r"--token-audience winspec-agent --bundle-root 'C:\ProgramData\winspec\bundles'",
+    }
 )
 
 

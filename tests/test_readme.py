@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from adapters.agent.settings import load_agent_settings
 from adapters.cli import _build_parser
 from controller.settings import load_settings
 from tests.processes import clean_env
@@ -73,8 +75,15 @@ def test_readme_command_runs(command: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", sorted(WINDOWS_ONLY))
 def test_windows_command_parses_into_valid_settings(command: str) -> None:
-    """A Windows-only README command parses with winspec's parser into valid settings."""
-    args = _build_parser().parse_args(command.split()[1:])
+    """A Windows-only README command (run or agent) parses with winspec's parser into settings."""
+    # The agent example quotes its Windows path as a shell would need; the run example does not.
+    words = shlex.split(command) if "'" in command else command.split()
+    args = _build_parser().parse_args(words[1:])
+    if args.command == "agent":
+        flags = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+        agent = load_agent_settings(flags)
+        assert agent.bundle_root == flags["bundle_root"]
+        return
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     settings = load_settings(flags, origins=("flag",))
     assert settings.bundle_root == flags["bundle_root"]

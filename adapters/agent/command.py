@@ -163,9 +163,6 @@ def agent_command(args: argparse.Namespace) -> int:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    # kubernetes-asyncio logs every response body at debug, and a TokenReview's answer echoes
-    # the token it reviewed: never below warning, whatever --log-level says.
-    logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     try:
         asyncio.run(_run_until_signalled(settings))
