@@ -16,7 +16,7 @@ from typing import Any
 
 import prometheus_client
 
-from adapters.compose import DockerMode, StartupError, run_until_signalled
+from adapters.compose import DockerMode, RunnableMode, StartupError, run_until_signalled
 from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
 from controller.errors import PermanentError, WinspecError
@@ -51,7 +51,33 @@ def add_run_parser(sub: Any) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="TOML settings file (WINSPEC_CONFIG)")
     p.add_argument(
-        "--source", choices=["docker"], help="where containers come from (default: docker)"
+        "--source",
+        choices=["docker", "kubernetes"],
+        help="where containers come from: a Docker engine's events, or WindowsContainer "
+        "resources on a Kubernetes API server (cluster mode, preview) (default: docker)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="cluster mode: kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else "
+        "the in-cluster service account)",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NAME",
+        help="cluster mode: watch this namespace (repeatable; default: all namespaces)",
+    )
+    p.add_argument(
+        "--selector",
+        metavar="LABELS",
+        help="cluster mode: label selector of the WindowsContainers to reconcile",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="cluster mode: server-side timeout of each watch (default: 300)",
     )
     p.add_argument(
         "--docker-host",
@@ -168,20 +194,27 @@ def run_command(args: argparse.Namespace) -> int:
             getattr(args, "config", None) or os.environ.get("WINSPEC_CONFIG")
         )
         settings = load_settings(file_layer, env_settings(os.environ), flags)
-        # The engine endpoints are parsed by the client's own parser, before anything starts.
-        parse_host(settings.docker_host)
-        if settings.swarm_host:
-            parse_host(settings.swarm_host)
+        if settings.source == "docker":
+            # The engine endpoints are parsed by the client's own parser, before anything starts.
+            parse_host(settings.docker_host)
+            if settings.swarm_host:
+                parse_host(settings.swarm_host)
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     # controller-runtime exports no *_created series; dashboards built for it expect none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
-    mode = DockerMode(settings)
+    mode: RunnableMode
+    if settings.source == "kubernetes":
+        from adapters.kubernetes.mode import ClusterMode
+
+        mode = ClusterMode(settings)
+    else:
+        mode = DockerMode(settings)
     try:
         asyncio.run(run_until_signalled(mode))
-    except StartupError as exc:  # the engine unreachable, the listen address unusable
+    except StartupError as exc:  # the engine or API server unreachable, the listen address
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except PermanentError as exc:  # a setting found bad on use, e.g. missing TLS files

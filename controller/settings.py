@@ -4,6 +4,7 @@ flags (later sources win). Every field is documented in the README's configurati
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -13,6 +14,9 @@ import msgspec
 from controller.errors import PermanentError
 
 ENV_PREFIX = "WINSPEC_"
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: Settings given as comma-separated lists in the environment.
+_LIST_SETTINGS = ("dns_search", "namespace")
 
 
 def _default_bundle_root() -> str:
@@ -30,7 +34,7 @@ def _default_secrets_dir() -> str:
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything ``winspec run`` can be told."""
 
-    source: Literal["docker"] = "docker"
+    source: Literal["docker", "kubernetes"] = "docker"
     docker_host: str | None = None
     #: A swarm manager's Engine API for tasks and configs (default: the node's own engine).
     swarm_host: str | None = None
@@ -51,6 +55,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lcow: bool | None = None
     dns_search: list[str] = msgspec.field(default_factory=list)
     daemon_root: str | None = None
+    # Cluster mode (--source kubernetes).
+    #: kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else in-cluster).
+    kubeconfig: str | None = None
+    #: Namespaces to watch (default: all).
+    namespace: list[str] = msgspec.field(default_factory=list)
+    #: Label selector of the WindowsContainers to reconcile (default: all).
+    selector: str | None = None
+    #: Server-side timeout of each watch, in seconds.
+    watch_timeout: int = 300
 
     def __post_init__(self) -> None:
         # Every check that needs no adapter; docker_host is parsed by the Docker client's own
@@ -71,6 +84,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("bundle_root", "secrets_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        if self.watch_timeout < 1:
+            raise ValueError("watch_timeout must be at least 1 second")
+        for ns in self.namespace:
+            if not _NAMESPACE.match(ns):
+                raise ValueError(f"namespace {ns!r} is not a namespace name")
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -105,7 +123,7 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         out[name] = (
-            [v.strip() for v in value.split(",") if v.strip()] if name == "dns_search" else value
+            [v.strip() for v in value.split(",") if v.strip()] if name in _LIST_SETTINGS else value
         )
     return out
 
