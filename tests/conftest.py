@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.clustermode import ensure_node
 from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
 from tests.kube import KubeAPIError, KubeCluster, KubeError, kube_unavailable_reason
 from tests.kubeproxy import FaultProxy
@@ -154,3 +155,9 @@ async def kube_api(kube: KubeCluster) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+def node(kube: KubeCluster) -> str:
+    """The Windows Node object (build 17763, 4 CPUs) test resources are scheduled to."""
+    return ensure_node(kube)

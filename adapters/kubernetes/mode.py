@@ -189,6 +189,7 @@ class ClusterMode:
         source = ClusterSource(
             client,
             enqueue=queue.add,
+            enqueue_after=queue.add_after,
             namespaces=s.namespace,
             label_selector=s.selector,
             settings=WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),

@@ -73,7 +73,8 @@ class _ConfigMap(msgspec.Struct, rename="camel"):
 
 
 class _GMSA(msgspec.Struct):
-    credspec: msgspec.Raw | None = None
+    # Raw: kept as the JSON it is (msgspec takes no Raw in a union, so "absent" is "null").
+    credspec: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class _SARStatus(msgspec.Struct):
@@ -246,7 +247,10 @@ class KubernetesResolver:
             "spec": {
                 "user": f"system:serviceaccount:{ns}:{account}",
                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}"],
+                # The resource's namespace, as the windows-gmsa webhook asks for a pod's: a Role
+                # and RoleBinding there can grant `use` (or a ClusterRole and a binding).
                 "resourceAttributes": {
+                    "namespace": ns,
                     "group": "windows.k8s.io",
                     "resource": "gmsacredentialspecs",
                     "verb": "use",
@@ -274,7 +278,7 @@ class KubernetesResolver:
         )
         gmsa = _decode(body, _GMSA, f"GMSACredentialSpec {name}")
         assert isinstance(gmsa, _GMSA)
-        if gmsa.credspec is None:
+        if bytes(gmsa.credspec).strip() in (b"", b"null"):
             raise PermanentError(f"GMSACredentialSpec {name} has no credspec")
         # Compact JSON text, as a credential spec file holds it.
         return msgspec.json.encode(msgspec.json.decode(gmsa.credspec)).decode()

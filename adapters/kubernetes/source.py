@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -51,6 +51,8 @@ SOURCE = "kubernetes"
 #: The ``type`` label values of ``winspec_events_received_total`` in cluster mode.
 EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 READY_CONDITION = "kubernetes-watch"
+#: How long after an RBAC change a denied credential spec is asked about once more.
+GRANT_SETTLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,18 +313,20 @@ class ClusterSource:
         client: KubeClient,
         *,
         enqueue: Callable[[str], None],
+        enqueue_after: Callable[[str, float], None] | None = None,
         namespaces: Sequence[str] = (),
         label_selector: str | None = None,
         settings: WatchSettings | None = None,
         hooks: SourceHooks | None = None,
     ) -> None:
         self._enqueue = enqueue
+        self._enqueue_after = enqueue_after
         self._settings = settings or WatchSettings()
         self._hooks = hooks or SourceHooks()
         self.cache: dict[str, WindowsContainer | RequestDecodeError] = {}
         self.index = ReferenceIndex()
         self._ready: dict[str, bool] = {}
-        scopes: Iterable[str | None] = namespaces or [None]
+        scopes: list[str | None] = list(namespaces) or [None]
         self.reflectors: list[Reflector] = []
         for ns in scopes:
             self._add(
@@ -342,6 +346,20 @@ class ClusterSource:
                     self._on_dependency_event(kind),
                     None,
                 )
+        # A grant of `use` on a credential spec (RBAC objects changing) re-queues the resources
+        # that name one: a resource that was denied becomes Ready without polling.
+        rbac = "rbac.authorization.k8s.io"
+        grants = [(plural, ns) for plural in ("roles", "rolebindings") for ns in scopes]
+        grants += [("clusterroles", None), ("clusterrolebindings", None)]
+        for plural, ns in grants:
+            self._add(
+                client,
+                collection_path(group=rbac, version="v1", plural=plural, namespace=ns),
+                f"{plural}.{rbac}",
+                self._on_dependencies_listed(GMSA_CREDENTIAL_SPEC),
+                self._on_grant_event,
+                None,
+            )
         self._add(
             client,
             collection_path(group="windows.k8s.io", version="v1", plural="gmsacredentialspecs"),
@@ -483,6 +501,14 @@ class ClusterSource:
                 self._enqueue(key)
 
         return listed
+
+    def _on_grant_event(self, event_type: str, raw: msgspec.Raw) -> None:
+        for key in self.index.keys_for_kind(GMSA_CREDENTIAL_SPEC):
+            self._enqueue(key)
+            if self._enqueue_after is not None:
+                # The API server's authorizer learns of RBAC changes through its own watch,
+                # a moment after winspec may: ask again once it surely has.
+                self._enqueue_after(key, GRANT_SETTLE_SECONDS)
 
     def _on_dependency_event(self, kind: str) -> Callable[[str, msgspec.Raw], None]:
         def changed(event_type: str, raw: msgspec.Raw) -> None:
