@@ -32,8 +32,14 @@ OCI bundle for every container under --bundle-root (removed when the container i
 all containers at start, after every reconnect and every --resync-interval, so no container is
 missed. /metrics, /healthz and /readyz are served on --listen.
 
+With --source kubernetes (cluster mode, preview) it lists and watches WindowsContainer resources
+(winspec.io/v1alpha1) on the API server of --kubeconfig (else KUBECONFIG, ~/.kube/config or the
+in-cluster service account) and keeps a bundle per resource under
+--bundle-root/<namespace>/<name>, with the resource's status, a finalizer and events.
+
 Exit codes: 0 stopped by SIGTERM/SIGINT (also before the engine was reached), 1 the engine
-unreachable or --listen unusable, 2 a bad setting (refused before anything starts).
+(or API server) unreachable or --listen unusable, 2 a bad setting (refused before anything
+starts).
 
 Every option can also be set as WINSPEC_<OPTION> (e.g. WINSPEC_BUNDLE_ROOT) or in a TOML file
 given with --config (keys as the option names with underscores, e.g. bundle_root = "...").
@@ -44,7 +50,7 @@ def add_run_parser(sub: Any) -> None:
     """Register the ``run`` sub-command and its options."""
     p = sub.add_parser(
         "run",
-        help="run the controller (Docker mode)",
+        help="run the controller (Docker mode, or cluster mode with --source kubernetes)",
         description=_RUN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,

@@ -293,3 +293,54 @@ async def test_410_gone_relists_and_loses_nothing(
         assert (
             metric(mode, "winspec_watch_restarts_total", source="kubernetes", reason="expired") >= 1
         )
+
+
+async def test_a_deletion_waits_while_the_bundle_cannot_be_removed(
+    kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
+) -> None:
+    """While the bundle cannot be removed, the finalizer stays (retried with backoff); once it
+    can, bundle and object go."""
+    ns = kube_namespace
+    async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]):
+        await api(kube, "POST", wc_path(ns), windows_container("stuck"))
+        await eventually(ready_object(kube, ns, "stuck"))
+        namespace_dir = tmp_path / "bundles" / ns
+        aside = tmp_path / "aside"
+        namespace_dir.rename(aside)
+        namespace_dir.write_text("not a directory: the bundle root is unusable")
+        await api(kube, "DELETE", wc_path(ns, "stuck"))
+        await asyncio.sleep(2.0)
+        obj = await api(kube, "GET", wc_path(ns, "stuck"))
+        assert obj["metadata"]["deletionTimestamp"]
+        assert FINALIZER in obj["metadata"]["finalizers"]
+
+        namespace_dir.unlink()
+        aside.rename(namespace_dir)
+        await eventually(
+            lambda: kube.status_of("GET", wc_path(ns, "stuck")) == 404, within=30, what="gone"
+        )
+        assert not bundle(tmp_path, ns, "stuck").exists()
+
+
+async def test_resources_created_while_down_are_all_reconciled_at_start(
+    kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
+) -> None:
+    """300 resources created while winspec was not running are all Ready after it starts, and
+    /readyz answers once the watches are open and the first lists queued."""
+    ns = kube_namespace
+
+    def create_all() -> None:
+        for i in range(300):
+            kube.api("POST", wc_path(ns), windows_container(f"r{i:03d}"))
+
+    await asyncio.to_thread(create_all)
+    async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns], workers=8) as mode:
+
+        def all_ready() -> bool:
+            items = kube.api("GET", wc_path(ns))["items"]
+            ready = [o for o in items if (condition(o, "Ready") or {}).get("status") == "True"]
+            return len(ready) == 300
+
+        await eventually(all_ready, within=90, what="300 resources Ready")
+        assert mode.health.is_ready()
+        assert len(list((tmp_path / "bundles" / ns).iterdir())) == 300
