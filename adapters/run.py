@@ -79,6 +79,31 @@ def add_run_parser(sub: Any) -> None:
         metavar="LABELS",
         help="cluster mode: label selector of the WindowsContainers to reconcile",
     )
+    elect = p.add_mutually_exclusive_group()
+    elect.add_argument(
+        "--leader-elect",
+        dest="leader_elect",
+        action="store_true",
+        help="cluster mode: only the holder of a Lease reconciles (default: on)",
+    )
+    elect.add_argument("--no-leader-elect", dest="leader_elect", action="store_false")
+    p.add_argument(
+        "--leader-election-namespace",
+        metavar="NAME",
+        help="cluster mode: namespace of the Lease (default: winspec-system)",
+    )
+    p.add_argument(
+        "--leader-election-id",
+        metavar="NAME",
+        help="cluster mode: name of the Lease (default: winspec)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        metavar="SECONDS",
+        help="cluster mode: how long a Lease lasts without renewal; a standby takes over "
+        "within it (default: 15)",
+    )
     p.add_argument(
         "--watch-timeout",
         type=int,

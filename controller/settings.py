@@ -64,6 +64,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     selector: str | None = None
     #: Server-side timeout of each watch, in seconds.
     watch_timeout: int = 300
+    #: Only the holder of the Lease reconciles (several replicas, one active).
+    leader_elect: bool = True
+    leader_election_namespace: str = "winspec-system"
+    leader_election_id: str = "winspec"
+    #: Seconds a Lease is valid without renewal (renew deadline 2/3 of it, retry 2/15).
+    lease_duration: float = 15.0
 
     def __post_init__(self) -> None:
         # Every check that needs no adapter; docker_host is parsed by the Docker client's own
@@ -84,6 +90,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("bundle_root", "secrets_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        if not (self.lease_duration >= 3 and math.isfinite(self.lease_duration)):
+            raise ValueError("lease_duration must be at least 3 seconds")
+        if not _NAMESPACE.match(self.leader_election_namespace):
+            raise ValueError("leader_election_namespace is not a namespace name")
         if self.watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
         for ns in self.namespace:

@@ -127,6 +127,7 @@ async def running(kubeconfig: Path, tmp_path: Path, **overrides: Any) -> AsyncIt
         "retry_attempts": 3,
         "shutdown_timeout": 2.0,
         "idle_timeout": 30.0,
+        "leader_elect": False,
         **overrides,
     }
     mode = ClusterMode(load_settings(settings))

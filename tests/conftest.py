@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -155,6 +156,7 @@ async def kube_api(kube: KubeCluster) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.close()
+        await asyncio.sleep(0.25)  # TLS connections close in the background
 
 
 @pytest.fixture

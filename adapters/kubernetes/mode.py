@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
+import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -35,6 +37,7 @@ from adapters.compose import (
 from adapters.http import bound_port, build_app, start_http_server, stop_http_server
 from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
 from adapters.kubernetes.client import KubeClient, RetryPolicy, load_api_client
+from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
 from adapters.kubernetes.source import (
     EVENT_TYPES,
@@ -58,6 +61,7 @@ log = logging.getLogger("winspec")
 
 CONTROLLER_NAME = "windowscontainer-bundles"
 INITIAL_LIST_CONDITION = "initial-list"
+LEADER_CONDITION = "leader"
 KUBERNETES_APIS = (
     "version",
     "discovery",
@@ -71,7 +75,14 @@ KUBERNETES_APIS = (
     "status_patch",
     "resource_get",
     "event_create",
+    "lease_get",
+    "lease_create",
+    "lease_update",
 )
+
+
+class LeaseLostError(WinspecError):
+    """This replica lost the Lease: it stopped reconciling (a restart campaigns again)."""
 
 
 class APIServerUnreachableError(StartupError):
@@ -85,7 +96,10 @@ class ClusterMode:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, controller=CONTROLLER_NAME)
-        self.health = HealthState([READY_CONDITION, INITIAL_LIST_CONDITION])
+        conditions = [READY_CONDITION, INITIAL_LIST_CONDITION]
+        if settings.leader_elect:
+            conditions.append(LEADER_CONDITION)  # /readyz: whether this replica leads
+        self.health = HealthState(conditions)
         self._stop = asyncio.Event()
         self.http_port: int | None = None
         self.started = asyncio.Event()
@@ -174,6 +188,63 @@ class ClusterMode:
 
     async def _serve(self, client: KubeClient) -> None:
         s = self.settings
+        elector: LeaderElector | None = None
+        leading: asyncio.Task[None] | None = None
+        # Started: connected, and campaigning or reconciling (a standby is started too).
+        self.started.set()
+        if s.leader_elect:
+            elector = self._elector(client)
+            leading = asyncio.create_task(elector.run(), name="leader-election")
+            stop_wait = asyncio.create_task(self._stop.wait())
+            became = asyncio.create_task(elector.leading.wait())
+            try:
+                await asyncio.wait(
+                    {stop_wait, became, leading}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stop_wait.cancel()
+                became.cancel()
+            if not elector.leading.is_set():
+                leading.cancel()
+                await finish(leading, within=CANCEL_GRACE_SECONDS, what="leader election")
+                return  # asked to stop while standing by
+        try:
+            await self._reconcile_all(client, leading)
+        finally:
+            if elector is not None and leading is not None:
+                leading.cancel()
+                await finish(leading, within=CANCEL_GRACE_SECONDS, what="leader election")
+                await finish(
+                    asyncio.ensure_future(elector.release()),
+                    within=CLOSE_SECONDS,
+                    what="lease release",
+                )
+
+    def _elector(self, client: KubeClient) -> LeaderElector:
+        s = self.settings
+        lease = s.leader_election_id
+        self.metrics.declare_lease(lease)
+
+        def changed(leading: bool) -> None:
+            self.metrics.leader_election_master_status.labels(name=lease).set(int(leading))
+            self.health.set_ready(LEADER_CONDITION, leading)
+
+        return LeaderElector(
+            client,
+            LeaseSettings(
+                namespace=s.leader_election_namespace,
+                name=lease,
+                identity=f"{socket.gethostname()}_{secrets.token_hex(4)}",
+                lease_duration=s.lease_duration,
+                renew_deadline=s.lease_duration * 2 / 3,
+                retry_period=s.lease_duration * 2 / 15,
+            ),
+            on_change=changed,
+        )
+
+    async def _reconcile_all(self, client: KubeClient, leading: asyncio.Task[None] | None) -> None:
+        """Watch and reconcile until asked to stop, a part fails, or the lease is lost."""
+        s = self.settings
         m = self.metrics
         queue = WorkQueue(CONTROLLER_NAME, metrics=m.queue_metrics(CONTROLLER_NAME))
         bundles = NamespacedBundleWriter(Path(self._bundle_root))
@@ -239,20 +310,23 @@ class ClusterMode:
 
         controller_task = asyncio.create_task(controller.run(), name="controller")
         source_task = asyncio.create_task(source.run(), name="kubernetes-source")
-        self.started.set()
         failed: BaseException | None = None
         try:
             stop_wait = asyncio.create_task(self._stop.wait())
+            watched: set[asyncio.Future[Any]] = {stop_wait, controller_task, source_task}
+            if leading is not None:
+                watched.add(leading)
             try:
-                done, _ = await asyncio.wait(
-                    {stop_wait, controller_task, source_task}, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop_wait.cancel()
             for task in (source_task, controller_task):
                 if task in done and not task.cancelled() and task.exception() is not None:
                     failed = task.exception()
                     break
+            if failed is None and leading is not None and leading in done:
+                # The lease is gone: another replica may be reconciling already. Stop now.
+                failed = LeaseLostError("lost the leader election lease; stopped reconciling")
         finally:
             log.info("shutting down", extra={"deadline_seconds": s.shutdown_timeout})
             source_task.cancel()

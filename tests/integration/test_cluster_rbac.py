@@ -56,7 +56,8 @@ def test_every_rule_says_why() -> None:
         ("DELETE", "/apis/winspec.io/v1alpha1/namespaces/default/windowscontainers/x"),
         ("POST", "/api/v1/namespaces/default/secrets"),
         ("GET", "/api/v1/namespaces/default/pods"),
-        ("POST", "/apis/coordination.k8s.io/v1/namespaces/winspec-system/leases"),
+        ("POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases"),
+        ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/winspec-system/leases/winspec"),
     ],
 )
 def test_the_service_account_may_do_nothing_else(
@@ -70,9 +71,9 @@ def test_the_service_account_may_do_nothing_else(
 async def test_everything_works_as_the_service_account(
     kube: KubeCluster, kube_namespace: str, node: str, winspec_token: str, tmp_path: Path
 ) -> None:
-    """As its ServiceAccount winspec reconciles a resource with a Secret, a ConfigMap and a
-    gMSA (granted to the resource's account), reports refused input with an Event, and
-    removes the bundle and its finalizer on delete."""
+    """As its ServiceAccount winspec takes the leader Lease, reconciles a resource with a
+    Secret, a ConfigMap and a gMSA (granted to the resource's account), reports refused input
+    with an Event, and removes the bundle and its finalizer on delete."""
     ns = kube_namespace
     gmsa = f"rbac-{ns}"
     await api(kube, "POST", "/apis/windows.k8s.io/v1/gmsacredentialspecs", {
@@ -98,7 +99,7 @@ async def test_everything_works_as_the_service_account(
         "data": {"settings.json": "{}"},
     })  # fmt: skip
     kubeconfig = kube.kubeconfig(winspec_token)
-    async with running(kubeconfig, tmp_path):
+    async with running(kubeconfig, tmp_path, leader_elect=True, lease_duration=3.0):
         await api(kube, "POST", wc_path(ns), windows_container(
             "full",
             secrets=[{"secretName": "db", "key": "pw", "target": "pw"}],
