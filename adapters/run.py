@@ -79,6 +79,12 @@ def add_run_parser(sub: Any) -> None:
         metavar="LABELS",
         help="cluster mode: label selector of the WindowsContainers to reconcile",
     )
+    p.add_argument(
+        "--node-name",
+        metavar="NODE",
+        help="cluster mode: reconcile only the WindowsContainers labelled "
+        "winspec.io/node-name=NODE (one instance per node; turns leader election off)",
+    )
     elect = p.add_mutually_exclusive_group()
     elect.add_argument(
         "--leader-elect",

@@ -42,6 +42,8 @@ KIND = "WindowsContainer"
 PLURAL = "windowscontainers"
 #: Added before a bundle is first written, removed once it is deleted.
 FINALIZER = "winspec.io/bundle"
+#: Set by the resource's creator to spec.nodeName; ``--node-name`` selects on it.
+NODE_LABEL = "winspec.io/node-name"
 
 #: Condition types winspec writes (each ``True``/``False`` with a reason and a message).
 SPEC_GENERATED = "SpecGenerated"

@@ -15,6 +15,8 @@ from controller.errors import PermanentError
 
 ENV_PREFIX = "WINSPEC_"
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A node name that is also a valid label value (63 characters at most).
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 #: Settings given as comma-separated lists in the environment.
 _LIST_SETTINGS = ("dns_search", "namespace")
 
@@ -64,6 +66,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     selector: str | None = None
     #: Server-side timeout of each watch, in seconds.
     watch_timeout: int = 300
+    #: Reconcile only resources labelled winspec.io/node-name=<this> (one instance per node;
+    #: leader election is off then).
+    node_name: str | None = None
     #: Only the holder of the Lease reconciles (several replicas, one active).
     leader_elect: bool = True
     leader_election_namespace: str = "winspec-system"
@@ -94,6 +99,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("lease_duration must be at least 3 seconds")
         if not _NAMESPACE.match(self.leader_election_namespace):
             raise ValueError("leader_election_namespace is not a namespace name")
+        if self.node_name is not None and not _NODE_NAME.match(self.node_name):
+            raise ValueError(f"node_name {self.node_name!r} is not a node name")
         if self.watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
         for ns in self.namespace:

@@ -48,7 +48,7 @@ from adapters.kubernetes.source import (
     WatchSettings,
 )
 from adapters.kubernetes.status import StatusWriter
-from controller.cluster import GROUP, VERSION
+from controller.cluster import GROUP, NODE_LABEL, VERSION
 from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
 from controller.loop import Controller
@@ -97,7 +97,9 @@ class ClusterMode:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, controller=CONTROLLER_NAME)
         conditions = [READY_CONDITION, INITIAL_LIST_CONDITION]
-        if settings.leader_elect:
+        # With --node-name each node's instance owns its own resources: no election.
+        self._elect = settings.leader_elect and settings.node_name is None
+        if self._elect:
             conditions.append(LEADER_CONDITION)  # /readyz: whether this replica leads
         self.health = HealthState(conditions)
         self._stop = asyncio.Event()
@@ -187,12 +189,11 @@ class ClusterMode:
         log.info("connected to the Kubernetes API server", extra={"server": client.host})
 
     async def _serve(self, client: KubeClient) -> None:
-        s = self.settings
         elector: LeaderElector | None = None
         leading: asyncio.Task[None] | None = None
         # Started: connected, and campaigning or reconciling (a standby is started too).
         self.started.set()
-        if s.leader_elect:
+        if self._elect:
             elector = self._elector(client)
             leading = asyncio.create_task(elector.run(), name="leader-election")
             stop_wait = asyncio.create_task(self._stop.wait())
@@ -262,7 +263,7 @@ class ClusterMode:
             enqueue=queue.add,
             enqueue_after=queue.add_after,
             namespaces=s.namespace,
-            label_selector=s.selector,
+            label_selector=_selector(s.selector, s.node_name),
             settings=WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
             hooks=SourceHooks(
                 on_event=lambda kind: m.events_received.labels(source=SOURCE, type=kind).inc(),
@@ -291,6 +292,7 @@ class ClusterMode:
             observe=lambda kind, seconds: m.dependency_fetch_seconds.labels(kind=kind).observe(
                 seconds
             ),
+            node_name=s.node_name,
         )
         status = StatusWriter(
             client,
@@ -340,6 +342,12 @@ class ClusterMode:
             bundles.close()
         if failed is not None:
             raise failed
+
+
+def _selector(selector: str | None, node_name: str | None) -> str | None:
+    """The label selector of the resources: --selector, and the node label of --node-name."""
+    parts = [p for p in (selector, f"{NODE_LABEL}={node_name}" if node_name else None) if p]
+    return ",".join(parts) or None
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -34,6 +34,7 @@ import msgspec
 
 from adapters.kubernetes.client import KubeClient
 from controller.cluster import (
+    NODE_LABEL,
     ConfigMapKeyRef,
     Dependencies,
     SecretKeyRef,
@@ -177,8 +178,10 @@ class KubernetesResolver:
         cache: Mapping[str, WindowsContainer | RequestDecodeError],
         node_defaults: NodeDefaults | None = None,
         observe: Callable[[str, float], None] | None = None,
+        node_name: str | None = None,
     ) -> None:
         self._client = client
+        self._node_name = node_name
         self._cache = cache
         self._defaults = node_defaults or NodeDefaults()
         self._observe = observe
@@ -197,6 +200,12 @@ class KubernetesResolver:
         if wc.metadata.deletion_timestamp is not None:
             return None
         self.resolved_generation[key] = wc.metadata.generation
+        if self._node_name is not None and wc.spec.node_name != self._node_name:
+            # Labelled for this node but scheduled to another: its label is wrong.
+            raise PermanentError(
+                f"labelled {NODE_LABEL}={self._node_name} but spec.nodeName is "
+                f"{wc.spec.node_name}; the label must name spec.nodeName"
+            )
         deps = Dependencies()
         ns = wc.metadata.namespace
         secrets: dict[str, dict[str, str]] = {}

@@ -344,3 +344,38 @@ async def test_resources_created_while_down_are_all_reconciled_at_start(
         await eventually(all_ready, within=90, what="300 resources Ready")
         assert mode.health.is_ready()
         assert len(list((tmp_path / "bundles" / ns).iterdir())) == 300
+
+
+async def test_node_name_reconciles_only_the_resources_labelled_for_its_node(
+    kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
+) -> None:
+    """With --node-name only resources labelled winspec.io/node-name=<it> are reconciled (no
+    leader election); one whose label and spec.nodeName differ is refused."""
+    ns = kube_namespace
+
+    def labelled(name: str, label: str, **spec: Any) -> dict[str, Any]:
+        obj = windows_container(name, **spec)
+        obj["metadata"]["labels"] = {"winspec.io/node-name": label}
+        return obj
+
+    async with running(
+        kube.admin_kubeconfig, tmp_path, namespace=[ns], node_name=NODE, leader_elect=True
+    ) as mode:
+        await api(kube, "POST", wc_path(ns), labelled("mine", NODE))
+        await api(
+            kube, "POST", wc_path(ns), labelled("theirs", "other-node", nodeName="other-node")
+        )
+        await api(kube, "POST", wc_path(ns), windows_container("unlabelled"))
+        await api(kube, "POST", wc_path(ns), labelled("mislabelled", NODE, nodeName="other-node"))
+        await eventually(ready_object(kube, ns, "mine"), what="this node's resource Ready")
+
+        def refused() -> dict[str, Any] | None:
+            cond = condition(kube.api("GET", wc_path(ns, "mislabelled")), "Ready")
+            return cond if cond and cond["status"] == "False" else None
+
+        cond = await eventually(refused, what="the mislabelled resource refused")
+        assert "spec.nodeName is other-node" in cond["message"]
+        for name in ("theirs", "unlabelled"):
+            assert "status" not in await api(kube, "GET", wc_path(ns, name))
+            assert not bundle(tmp_path, ns, name).exists()
+        assert mode.health.is_ready()  # no leader condition with --node-name
