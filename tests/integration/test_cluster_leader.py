@@ -49,8 +49,7 @@ def _readyz(port: int) -> int:
 async def test_one_leader_and_failover_when_it_is_killed(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """A winspec process leads; a second replica stands by (not ready, not reconciling); the
-    leader is killed with SIGKILL and the standby leads within the lease duration."""
+    """One leader, a standby that neither reconciles nor is ready; SIGKILL → failover in time."""
     ns = kube_namespace
     port = free_port()
     leader = await asyncio.create_subprocess_exec(

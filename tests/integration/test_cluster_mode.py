@@ -34,8 +34,7 @@ pytestmark = pytest.mark.kube
 async def test_create_update_and_delete(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """Create → bundle + Ready + finalizer; spec update → new bundle and observedGeneration;
-    delete → bundle removed, finalizer gone, object gone."""
+    """Create → bundle, Ready, finalizer; update → new bundle, generation; delete → all gone."""
     ns = kube_namespace
     async with running(kube.admin_kubeconfig, tmp_path):
         await api(kube, "POST", wc_path(ns), windows_container("web"))
@@ -100,8 +99,7 @@ async def test_a_no_op_update_rewrites_nothing(
 async def test_a_missing_secret_then_its_creation_and_change(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """A missing Secret is a condition; creating it makes the resource Ready (no polling);
-    changing its data updates the bundle's payload."""
+    """Missing Secret → condition; created → Ready (no polling); changed → payload updated."""
     ns = kube_namespace
     ref = {"secretName": "db", "key": "password", "target": "db-password"}
     payload = (
@@ -144,8 +142,7 @@ async def test_a_missing_secret_then_its_creation_and_change(
 async def test_refused_input_is_a_condition_and_one_event(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """A cgroup rule S31 rejects: SpecGenerated=False with the rule's message, one Event, and
-    no retries."""
+    """A cgroup rule S31 rejects: the rule's message in a condition, one Event, no retries."""
     ns = kube_namespace
     await api(
         kube,
@@ -180,8 +177,7 @@ async def test_refused_input_is_a_condition_and_one_event(
 async def test_the_service_account_must_be_allowed_to_use_the_gmsa(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """A GMSACredentialSpec the service account may not use: a condition, nothing written;
-    granted with a Role and RoleBinding: Ready, the credential spec in the bundle."""
+    """gMSA `use` denied → condition, no bundle; granted (Role + RoleBinding) → Ready."""
     ns = kube_namespace
     gmsa_name = f"gmsa-{ns}"
     await api(
@@ -238,8 +234,7 @@ async def test_the_service_account_must_be_allowed_to_use_the_gmsa(
 async def test_watch_faults_through_the_proxy(
     kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """Dropped and silent watches are re-opened (silence by the inactivity watchdog); 5xx and
-    429 answers are retried and counted; nothing created meanwhile is lost."""
+    """Dropped and silent watches re-open, 5xx and 429 are retried and counted, nothing lost."""
     ns = kube_namespace
     kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
     async with running(kubeconfig, tmp_path, namespace=[ns], idle_timeout=2.0) as mode:
@@ -272,8 +267,7 @@ async def test_watch_faults_through_the_proxy(
 async def test_410_gone_relists_and_loses_nothing(
     kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """A watch re-opened from a compacted resourceVersion gets 410 Gone from the real server;
-    winspec lists again and reconciles what it missed."""
+    """410 Gone from the real server (compacted resourceVersion) → relist, nothing missed."""
     ns = kube_namespace
     kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
     async with running(kubeconfig, tmp_path, namespace=[ns], idle_timeout=2.0) as mode:
@@ -298,8 +292,7 @@ async def test_410_gone_relists_and_loses_nothing(
 async def test_a_deletion_waits_while_the_bundle_cannot_be_removed(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """While the bundle cannot be removed, the finalizer stays (retried with backoff); once it
-    can, bundle and object go."""
+    """The finalizer stays while the bundle cannot be removed; once it can, both go."""
     ns = kube_namespace
     async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]):
         await api(kube, "POST", wc_path(ns), windows_container("stuck"))
@@ -325,8 +318,7 @@ async def test_a_deletion_waits_while_the_bundle_cannot_be_removed(
 async def test_resources_created_while_down_are_all_reconciled_at_start(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """300 resources created while winspec was not running are all Ready after it starts, and
-    /readyz answers once the watches are open and the first lists queued."""
+    """300 resources created while winspec was down are all Ready after it starts; ready."""
     ns = kube_namespace
 
     def create_all() -> None:
@@ -349,8 +341,7 @@ async def test_resources_created_while_down_are_all_reconciled_at_start(
 async def test_node_name_reconciles_only_the_resources_labelled_for_its_node(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """With --node-name only resources labelled winspec.io/node-name=<it> are reconciled (no
-    leader election); one whose label and spec.nodeName differ is refused."""
+    """--node-name reconciles only its labelled resources; a contradicting label is refused."""
     ns = kube_namespace
 
     def labelled(name: str, label: str, **spec: Any) -> dict[str, Any]:

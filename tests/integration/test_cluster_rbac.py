@@ -71,9 +71,7 @@ def test_the_service_account_may_do_nothing_else(
 async def test_everything_works_as_the_service_account(
     kube: KubeCluster, kube_namespace: str, node: str, winspec_token: str, tmp_path: Path
 ) -> None:
-    """As its ServiceAccount winspec takes the leader Lease, reconciles a resource with a
-    Secret, a ConfigMap and a gMSA (granted to the resource's account), reports refused input
-    with an Event, and removes the bundle and its finalizer on delete."""
+    """As its ServiceAccount: Lease, Secret, ConfigMap, gMSA, Event, finalizer all work."""
     ns = kube_namespace
     gmsa = f"rbac-{ns}"
     await api(kube, "POST", "/apis/windows.k8s.io/v1/gmsacredentialspecs", {

@@ -147,8 +147,7 @@ def test_a_malformed_object_is_a_decode_error() -> None:
 
 
 def test_the_reference_index_maps_objects_back_to_keys() -> None:
-    """Each Secret, ConfigMap and GMSACredentialSpec maps to the keys that use it, and a
-    resource that stops using one (or goes) leaves its entry."""
+    """Referenced objects map to the keys using them; dropping a reference drops the key."""
     index = ReferenceIndex()
     a = decode_windows_container(
         _object(
