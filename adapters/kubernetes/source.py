@@ -33,6 +33,7 @@ import msgspec
 from adapters.kubernetes.client import GoneError, KubeClient, read_line
 from controller.cluster import (
     CONFIG_MAP,
+    FINALIZER,
     GMSA_CREDENTIAL_SPEC,
     GROUP,
     PLURAL,
@@ -115,6 +116,14 @@ _list_decoder = msgspec.json.Decoder(_List)
 _event_decoder = msgspec.json.Decoder(_Event)
 _object_decoder = msgspec.json.Decoder(_Object)
 _status_decoder = msgspec.json.Decoder(_Status)
+
+
+def _meta(raw: msgspec.Raw) -> _Meta:
+    """An object's metadata; an empty one when it does not decode (nothing to key it by)."""
+    try:
+        return _object_decoder.decode(raw).metadata
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _Meta()
 
 
 class _Restart(Exception):  # noqa: N818 - a signal, not an error
@@ -284,11 +293,14 @@ class Reflector:
             log.warning("malformed watch event; re-watching", extra={"what": self.what})
             raise _Restart("error") from exc
         if event.type == "ERROR":
-            status = _status_decoder.decode(event.object)
+            try:
+                status = _status_decoder.decode(event.object)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                status = _Status()
             if status.code == 410:
                 raise GoneError(f"watch {self.what}: {status.message}")
             raise _Restart("error")
-        meta = _object_decoder.decode(event.object).metadata
+        meta = _meta(event.object)
         if meta.resource_version:
             self._resource_version = meta.resource_version
         if self._hooks.on_event:
@@ -433,8 +445,9 @@ class ClusterSource:
         """Cache an object the API returned to winspec's own write (ahead of its watch event)."""
         self._store(msgspec.Raw(body))
 
-    def _store(self, raw: msgspec.Raw) -> str | None:
-        """Decode and cache one object; its key (None when it has no name at all)."""
+    def _store(self, raw: msgspec.Raw) -> tuple[str | None, bool]:
+        """Decode and cache one object; its key (None when it has none) and whether the change
+        can matter to its bundle (not a status-only write, such as winspec's own)."""
         try:
             wc: WindowsContainer | RequestDecodeError = decode_windows_container(bytes(raw))
         except RequestDecodeError as exc:
@@ -442,19 +455,22 @@ class ClusterSource:
         if isinstance(wc, WindowsContainer):
             key = wc.key
             cached = self.cache.get(key)
-            if isinstance(cached, WindowsContainer) and _older(
-                wc.metadata.resource_version, cached.metadata.resource_version
-            ):
-                return key  # a late event for a copy winspec already has a newer one of
+            if isinstance(cached, WindowsContainer):
+                if not _newer(wc.metadata.resource_version, cached.metadata.resource_version):
+                    return key, False  # a copy winspec already has, or an older one
+                matters = _matters(cached, wc)
+            else:
+                matters = True
             self.index.record(key, references(wc))
         else:
-            meta = _object_decoder.decode(raw).metadata
+            meta = _meta(raw)
             if not meta.name:
-                return None
+                return None, False
             key = f"{meta.namespace}/{meta.name}"
             self.index.remove(key)
+            matters = True
         self.cache[key] = wc
-        return key
+        return key, matters
 
     def _on_containers_listed(self, namespace: str | None) -> Callable[[list[msgspec.Raw]], None]:
         def listed(items: list[msgspec.Raw]) -> None:
@@ -463,8 +479,9 @@ class ClusterSource:
             }
             seen: set[str] = set()
             for raw in items:
-                key = self._store(raw)
+                key, _ = self._store(raw)
                 if key is not None:
+                    # Every listed key: a relist is how anything missed is caught up.
                     seen.add(key)
                     self._enqueue(key)
             for key in before - seen:  # deleted while nobody watched
@@ -476,14 +493,14 @@ class ClusterSource:
 
     def _on_container_event(self, event_type: str, raw: msgspec.Raw) -> None:
         if event_type == "DELETED":
-            meta = _object_decoder.decode(raw).metadata
+            meta = _meta(raw)
             gone = f"{meta.namespace}/{meta.name}"
             self.cache.pop(gone, None)
             self.index.remove(gone)
             self._enqueue(gone)
             return
-        key = self._store(raw)
-        if key is not None:
+        key, matters = self._store(raw)
+        if key is not None and matters:
             self._enqueue(key)
 
     # -- Secrets, ConfigMaps, GMSACredentialSpecs ---------------------------------------------
@@ -512,7 +529,7 @@ class ClusterSource:
 
     def _on_dependency_event(self, kind: str) -> Callable[[str, msgspec.Raw], None]:
         def changed(event_type: str, raw: msgspec.Raw) -> None:
-            meta = _object_decoder.decode(raw).metadata
+            meta = _meta(raw)
             ns = "" if kind == GMSA_CREDENTIAL_SPEC else meta.namespace
             for key in self.index.keys_for((kind, ns, meta.name)):
                 self._enqueue(key)
@@ -520,10 +537,35 @@ class ClusterSource:
         return changed
 
 
-def _older(version: str, than: str) -> bool:
-    """Whether resourceVersion ``version`` is older than ``than``. Versions are opaque to
-    clients, but etcd's are increasing integers: compared only when both are."""
-    return version.isdigit() and than.isdigit() and int(version) < int(than)
+def _matters(old: WindowsContainer, new: WindowsContainer) -> bool:
+    """Whether a change can change the bundle, the finalizer's work or what selects it: not
+    a write of status alone, nor winspec's finalizer appearing (winspec's own writes come back
+    as watch events, sometimes before the answer to the write itself)."""
+    a, b = old.metadata, new.metadata
+    return (
+        a.generation != b.generation
+        or a.uid != b.uid
+        or a.deletion_timestamp != b.deletion_timestamp
+        or _finalizers_matter(a.finalizers, b.finalizers)
+        or a.labels != b.labels
+        or old.spec != new.spec
+    )
+
+
+def _finalizers_matter(before: list[str], after: list[str]) -> bool:
+    """Whether finalizers changed other than by winspec's own being added."""
+    if FINALIZER in before and FINALIZER not in after:
+        return True  # someone removed it: the next reconcile puts it back
+    return [f for f in before if f != FINALIZER] != [f for f in after if f != FINALIZER]
+
+
+def _newer(version: str, than: str) -> bool:
+    """Whether resourceVersion ``version`` is newer than ``than``. Versions are opaque to
+    clients, but etcd's are increasing integers: compared as such when both are, else any
+    other version counts as newer."""
+    if version.isdigit() and than.isdigit():
+        return int(version) > int(than)
+    return version != than
 
 
 async def _first_failure(tasks: list[asyncio.Task[Any]]) -> None:

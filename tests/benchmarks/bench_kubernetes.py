@@ -30,6 +30,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import ssl
 import sys
 import tempfile
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources", type=int, default=5000)
     parser.add_argument("--skip-kopf", action="store_true")
     args = parser.parse_args(argv)
+    # SIGTERM too stops the API server and etcd this started (through the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kube = KubeCluster()
     try:
         kube.start()
