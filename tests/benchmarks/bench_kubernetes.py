@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import signal
@@ -263,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources", type=int, default=5000)
     parser.add_argument("--skip-kopf", action="store_true")
     args = parser.parse_args(argv)
+    if not args.skip_kopf and importlib.util.find_spec("kopf") is None:
+        print("kopf is not installed (pip install kopf): its phase is skipped", file=sys.stderr)
+        args.skip_kopf = True
     # SIGTERM too stops the API server and etcd this started (through the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     kube = KubeCluster()
