@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -367,7 +367,19 @@ class DockerMode:
         await self._stopped(task, CANCEL_GRACE_SECONDS, "controller", failed)
 
 
-async def run_until_signalled(mode: DockerMode) -> None:
+class RunnableMode(Protocol):
+    """What :func:`run_until_signalled` runs: Docker mode or cluster mode."""
+
+    def request_stop(self) -> None:
+        """Ask the mode to shut down gracefully."""
+        ...
+
+    async def run(self) -> None:
+        """Run until stopped."""
+        ...
+
+
+async def run_until_signalled(mode: RunnableMode) -> None:
     """Run a mode, turning SIGTERM and SIGINT into a graceful stop."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,7 +20,7 @@ from typing import Any
 
 import prometheus_client
 
-from adapters.compose import DockerMode, StartupError, run_until_signalled
+from adapters.compose import DockerMode, RunnableMode, StartupError, run_until_signalled
 from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
 from adapters.threads import DaemonThreadPool
@@ -37,8 +37,14 @@ OCI bundle for every container under --bundle-root (removed when the container i
 all containers at start, after every reconnect and every --resync-interval, so no container is
 missed. /metrics, /healthz and /readyz are served on --listen.
 
+With --source kubernetes (cluster mode, preview) it lists and watches WindowsContainer resources
+(winspec.io/v1alpha1) on the API server of --kubeconfig (else KUBECONFIG, ~/.kube/config or the
+in-cluster service account) and keeps a bundle per resource under
+--bundle-root/<namespace>/<name>, with the resource's status, a finalizer and events.
+
 Exit codes: 0 stopped by SIGTERM/SIGINT (also before the engine was reached), 1 the engine
-unreachable or --listen unusable, 2 a bad setting (refused before anything starts).
+(or API server) unreachable or --listen unusable, 2 a bad setting (refused before anything
+starts).
 
 Every option can also be set as WINSPEC_<OPTION> (e.g. WINSPEC_BUNDLE_ROOT) or in a TOML file
 given with --config (keys as the option names with underscores, e.g. bundle_root = "...").
@@ -49,14 +55,71 @@ def add_run_parser(sub: Any) -> None:
     """Register the ``run`` sub-command and its options."""
     p = sub.add_parser(
         "run",
-        help="run the controller (Docker mode)",
+        help="run the controller (Docker mode, or cluster mode with --source kubernetes)",
         description=_RUN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", metavar="FILE", help="TOML settings file (WINSPEC_CONFIG)")
     p.add_argument(
-        "--source", choices=["docker"], help="where containers come from (default: docker)"
+        "--source",
+        choices=["docker", "kubernetes"],
+        help="where containers come from: a Docker engine's events, or WindowsContainer "
+        "resources on a Kubernetes API server (cluster mode, preview) (default: docker)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="cluster mode: kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else "
+        "the in-cluster service account)",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NAME",
+        help="cluster mode: watch this namespace (repeatable; default: all namespaces)",
+    )
+    p.add_argument(
+        "--selector",
+        metavar="LABELS",
+        help="cluster mode: label selector of the WindowsContainers to reconcile",
+    )
+    p.add_argument(
+        "--node-name",
+        metavar="NODE",
+        help="cluster mode: reconcile only the WindowsContainers labelled "
+        "winspec.io/node-name=NODE (one instance per node; turns leader election off)",
+    )
+    elect = p.add_mutually_exclusive_group()
+    elect.add_argument(
+        "--leader-elect",
+        dest="leader_elect",
+        action="store_true",
+        help="cluster mode: only the holder of a Lease reconciles (default: on)",
+    )
+    elect.add_argument("--no-leader-elect", dest="leader_elect", action="store_false")
+    p.add_argument(
+        "--leader-election-namespace",
+        metavar="NAME",
+        help="cluster mode: namespace of the Lease (default: winspec-system)",
+    )
+    p.add_argument(
+        "--leader-election-id",
+        metavar="NAME",
+        help="cluster mode: name of the Lease (default: winspec)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        metavar="SECONDS",
+        help="cluster mode: how long a Lease lasts without renewal; a standby takes over "
+        "within it (default: 15)",
+    )
+    p.add_argument(
+        "--watch-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="cluster mode: server-side timeout of each watch (default: 300)",
     )
     p.add_argument(
         "--docker-host",
@@ -237,10 +300,11 @@ def run_command(args: argparse.Namespace) -> int:
         settings = load_settings(
             file_layer, env_settings(os.environ), flags, origins=("file", "env", "flag")
         )
-        # The engine endpoints are parsed by the client's own parser, before anything starts.
-        parse_host(settings.docker_host)
-        if settings.swarm_host:
-            parse_host(settings.swarm_host)
+        if settings.source == "docker":
+            # The engine endpoints are parsed by the client's own parser, before anything starts.
+            parse_host(settings.docker_host)
+            if settings.swarm_host:
+                parse_host(settings.swarm_host)
         check_bundle_root(settings.bundle_root)
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
@@ -248,10 +312,16 @@ def run_command(args: argparse.Namespace) -> int:
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     # controller-runtime exports no *_created series; dashboards built for it expect none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
-    mode = DockerMode(settings)
+    mode: RunnableMode
+    if settings.source == "kubernetes":
+        from adapters.kubernetes.mode import ClusterMode
+
+        mode = ClusterMode(settings)
+    else:
+        mode = DockerMode(settings)
     try:
         run_loop(run_until_signalled(mode))
-    except StartupError as exc:  # the engine unreachable, the listen address unusable
+    except StartupError as exc:  # the engine or API server unreachable, the listen address
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except PermanentError as exc:  # a setting found bad on use, e.g. missing TLS files

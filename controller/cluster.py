@@ -42,6 +42,8 @@ KIND = "WindowsContainer"
 PLURAL = "windowscontainers"
 #: Added before a bundle is first written, removed once it is deleted.
 FINALIZER = "winspec.io/bundle"
+#: Set by the resource's creator to spec.nodeName; ``--node-name`` selects on it.
+NODE_LABEL = "winspec.io/node-name"
 
 #: Condition types winspec writes (each ``True``/``False`` with a reason and a message).
 SPEC_GENERATED = "SpecGenerated"
@@ -350,3 +352,64 @@ def to_request(wc: WindowsContainer, *, node: NodeFacts, deps: Dependencies) -> 
         credential_specs=ResolvedCredentialSpecs(config=dict(deps.credential_specs)),
         bundle_dir=s.bundle_dir,
     )
+
+
+# -- references: which objects a resource depends on, and back --------------------------------
+
+SECRET = "Secret"
+CONFIG_MAP = "ConfigMap"
+GMSA_CREDENTIAL_SPEC = "GMSACredentialSpec"
+
+#: (kind, namespace, name) of an object a resource depends on; "" namespace: cluster-scoped.
+Ref = tuple[str, str, str]
+
+
+def references(wc: WindowsContainer) -> frozenset[Ref]:
+    """Every Secret, ConfigMap and GMSACredentialSpec a resource refers to."""
+    ns = wc.metadata.namespace
+    refs: set[Ref] = {(SECRET, ns, s.secret_name) for s in wc.spec.secrets}
+    refs |= {(CONFIG_MAP, ns, c.config_map_name) for c in wc.spec.configs}
+    refs |= {(GMSA_CREDENTIAL_SPEC, "", name) for name in credential_spec_names(wc.spec)}
+    return frozenset(refs)
+
+
+class ReferenceIndex:
+    """From a referenced object to the keys of the resources that refer to it (and back).
+
+    A change of a Secret re-queues exactly the resources that use it, so a resource waiting
+    for a missing Secret becomes Ready when the Secret appears, without polling.
+    """
+
+    def __init__(self) -> None:
+        self._by_ref: dict[Ref, set[str]] = {}
+        self._by_key: dict[str, frozenset[Ref]] = {}
+
+    def record(self, key: str, refs: frozenset[Ref]) -> None:
+        """Record what ``key`` refers to now (replacing what it referred to before)."""
+        old = self._by_key.get(key, frozenset())
+        if old == refs:
+            return
+        for ref in old - refs:
+            keys = self._by_ref.get(ref)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_ref[ref]
+        for ref in refs - old:
+            self._by_ref.setdefault(ref, set()).add(key)
+        if refs:
+            self._by_key[key] = refs
+        else:
+            self._by_key.pop(key, None)
+
+    def remove(self, key: str) -> None:
+        """Forget ``key`` (its resource is gone)."""
+        self.record(key, frozenset())
+
+    def keys_for(self, ref: Ref) -> set[str]:
+        """The keys of the resources that refer to ``ref``."""
+        return set(self._by_ref.get(ref, ()))
+
+    def keys_for_kind(self, kind: str) -> set[str]:
+        """The keys of every resource that refers to any object of ``kind``."""
+        return {key for ref, keys in self._by_ref.items() if ref[0] == kind for key in keys}

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 
 class WinspecError(Exception):
-    """Base class of every error winspec raises on purpose."""
+    """Base class of every error winspec raises on purpose.
+
+    ``reason`` is a short CamelCase word for machines (a Kubernetes condition's reason); empty
+    means "derive it from the class" (:func:`reason_of`).
+    """
+
+    reason: str = ""
 
 
 class PermanentError(WinspecError):
@@ -31,3 +37,17 @@ class TransientError(WinspecError):
 
 class NotFoundError(WinspecError):
     """The object asked for does not exist (any more)."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """The CamelCase reason of a failure, for status conditions: the error's own, else by
+    class. Never anything of an unexpected exception's text."""
+    if isinstance(exc, WinspecError) and exc.reason:
+        return exc.reason
+    if isinstance(exc, SpecError):
+        return "SpecRefused"
+    if isinstance(exc, PermanentError):
+        return "InvalidInput"
+    if isinstance(exc, TransientError):
+        return "TransientError"
+    return "InternalError"

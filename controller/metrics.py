@@ -43,6 +43,7 @@ DEPENDENCY_KINDS = (
     "layers",  # reading the layer chain (windowsfilter's layerchain.json)
     "endpoints",  # the inspect of the container whose network is shared (container:<name>)
     "resource",  # a custom resource (cluster mode)
+    "node",  # a Node object's facts (cluster mode; cached briefly)
 )
 
 # winspec_watch_restarts_total{reason}: why a source had to list and watch again.

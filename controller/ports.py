@@ -6,7 +6,7 @@ a request, write or remove a bundle, and nothing more.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from controller.bundle import BundleContent
 from controller.models import Request
@@ -40,9 +40,29 @@ class BundleWriter(Protocol):
         ...
 
 
+#: How far a reconcile got: resolving the request, generating the spec and bundle content,
+#: writing the bundle, or all the way (``done``).
+Stage = Literal["resolve", "generate", "write", "done"]
+
+
 class StatusReporter(Protocol):
     """Tells the owner of a key how its last reconcile went (a resource's status, events)."""
 
-    async def report(self, key: str, *, ok: bool, message: str) -> None:
-        """Record the outcome of reconciling ``key``; ``message`` is shown to users."""
+    async def report(
+        self,
+        key: str,
+        *,
+        ok: bool,
+        message: str,
+        stage: Stage = "done",
+        reason: str = "",
+        digest: str | None = None,
+        permanent: bool = False,
+    ) -> None:
+        """Record the outcome of reconciling ``key``; ``message`` is shown to users.
+
+        ``stage`` says where a failure happened (``done`` on success), ``reason`` is its
+        CamelCase reason, ``digest`` the bundle's content digest once it was built, and
+        ``permanent`` whether the failure will not be retried.
+        """
         ...

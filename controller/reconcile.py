@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from controller.bundle import build_bundle, check_bundle_id
 from controller.credspec import CredentialSpecReader
-from controller.errors import PermanentError, WinspecError
+from controller.errors import PermanentError, WinspecError, reason_of
 from controller.generate import generate
 from controller.loop import Result
 from controller.metrics import BUNDLE_REMOVED, BUNDLE_UNCHANGED, BUNDLE_WRITTEN, Metrics
-from controller.ports import BundleWriter, RequestResolver, StatusReporter
+from controller.ports import BundleWriter, RequestResolver, Stage, StatusReporter
 
 _log = logging.getLogger(__name__)
 
@@ -34,8 +35,11 @@ class BundleReconciler:
         metrics: Metrics,
         reader: CredentialSpecReader | None = None,
         status: StatusReporter | None = None,
+        check_key: Callable[[str], object] = check_bundle_id,
     ) -> None:
         self._resolver = resolver
+        # Docker mode's keys are bundle ids; cluster mode's are <namespace>/<name>.
+        self._check_key = check_key
         self._writer = writer
         self._reader = reader
         self._status = status
@@ -47,23 +51,32 @@ class BundleReconciler:
     async def reconcile(self, key: str) -> Result:
         """Bring the bundle of ``key`` in line with the current state of its object."""
         # An id that is not a container id or object name never becomes a path.
-        check_bundle_id(key)
+        self._check_key(key)
+        progress = _Progress()
         try:
-            message = await self._reconcile(key)
-        except PermanentError as exc:
-            await self._remove_stale(key)
-            await self._report(key, ok=False, message=_user_message(exc))
-            raise
+            message = await self._reconcile(key, progress)
         except Exception as exc:
-            await self._report(key, ok=False, message=_user_message(exc))
+            if isinstance(exc, PermanentError):
+                await self._remove_stale(key)
+            if self._status is not None:
+                await self._status.report(
+                    key,
+                    ok=False,
+                    message=_user_message(exc),
+                    stage=progress.stage,
+                    reason=reason_of(exc),
+                    digest=progress.digest,
+                    permanent=isinstance(exc, PermanentError),
+                )
             raise
-        if message is not None:
-            await self._report(key, ok=True, message=message)
+        if message is not None and self._status is not None:
+            await self._status.report(key, ok=True, message=message, digest=progress.digest)
         return Result()
 
-    async def _reconcile(self, key: str) -> str | None:
+    async def _reconcile(self, key: str, progress: _Progress) -> str | None:
         """Do the work; the status message, or ``None`` when the object is gone."""
         request = await self._resolver.resolve(key)
+        progress.stage = "generate"
         if request is None:
             if await self._writer.remove(key):
                 self._removed.inc()
@@ -74,6 +87,7 @@ class BundleReconciler:
         for warning in generated.warnings:
             _log.warning("spec generated with a warning", extra={"key": key, "warning": warning})
         content = build_bundle(request, generated)
+        progress.stage, progress.digest = "write", content.digest
 
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -88,6 +102,7 @@ class BundleReconciler:
             message = "bundle up to date"
         if generated.warnings:
             message += "; warnings: " + "; ".join(generated.warnings)
+        progress.stage = "done"
         return message
 
     async def _remove_stale(self, key: str) -> None:
@@ -110,9 +125,15 @@ class BundleReconciler:
             self._removed.inc()
             _log.warning("stale bundle removed: the current state is refused", extra={"key": key})
 
-    async def _report(self, key: str, *, ok: bool, message: str) -> None:
-        if self._status is not None:
-            await self._status.report(key, ok=ok, message=message)
+
+class _Progress:
+    """How far one reconcile got, for the status of a failure."""
+
+    __slots__ = ("digest", "stage")
+
+    def __init__(self) -> None:
+        self.stage: Stage = "resolve"
+        self.digest: str | None = None
 
 
 def _user_message(exc: Exception) -> str:

@@ -14,6 +14,11 @@ import msgspec
 from controller.errors import PermanentError
 
 ENV_PREFIX = "WINSPEC_"
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A node name that is also a valid label value (63 characters at most).
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
+#: Settings given as comma-separated lists in the environment.
+_LIST_SETTINGS = ("dns_search", "namespace")
 
 
 def _default_bundle_root() -> str:
@@ -31,7 +36,7 @@ def _default_secrets_dir() -> str:
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything ``winspec run`` can be told."""
 
-    source: Literal["docker"] = "docker"
+    source: Literal["docker", "kubernetes"] = "docker"
     docker_host: str | None = None
     #: A swarm manager's Engine API for tasks and configs (default: the node's own engine).
     swarm_host: str | None = None
@@ -52,6 +57,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lcow: bool | None = None
     dns_search: list[str] = msgspec.field(default_factory=list)
     daemon_root: str | None = None
+    # Cluster mode (--source kubernetes).
+    #: kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else in-cluster).
+    kubeconfig: str | None = None
+    #: Namespaces to watch (default: all).
+    namespace: list[str] = msgspec.field(default_factory=list)
+    #: Label selector of the WindowsContainers to reconcile (default: all).
+    selector: str | None = None
+    #: Server-side timeout of each watch, in seconds.
+    watch_timeout: int = 300
+    #: Reconcile only resources labelled winspec.io/node-name=<this> (one instance per node;
+    #: leader election is off then).
+    node_name: str | None = None
+    #: Only the holder of the Lease reconciles (several replicas, one active).
+    leader_elect: bool = True
+    leader_election_namespace: str = "winspec-system"
+    leader_election_id: str = "winspec"
+    #: Seconds a Lease is valid without renewal (renew deadline 2/3 of it, retry 2/15).
+    lease_duration: float = 15.0
 
     def __post_init__(self) -> None:
         # Every check that needs no adapter; docker_host is parsed by the Docker client's own
@@ -72,6 +95,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("bundle_root", "secrets_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        if not (self.lease_duration >= 3 and math.isfinite(self.lease_duration)):
+            raise ValueError("lease_duration must be at least 3 seconds")
+        if not _NAMESPACE.match(self.leader_election_namespace):
+            raise ValueError("leader_election_namespace is not a namespace name")
+        if self.node_name is not None and not _NODE_NAME.match(self.node_name):
+            raise ValueError(f"node_name {self.node_name!r} is not a node name")
+        if self.watch_timeout < 1:
+            raise ValueError("watch_timeout must be at least 1 second")
+        for ns in self.namespace:
+            if not _NAMESPACE.match(ns):
+                raise ValueError(f"namespace {ns!r} is not a namespace name")
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -106,7 +140,7 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         out[name] = (
-            [v.strip() for v in value.split(",") if v.strip()] if name == "dns_search" else value
+            [v.strip() for v in value.split(",") if v.strip()] if name in _LIST_SETTINGS else value
         )
     return out
 

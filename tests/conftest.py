@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any, NoReturn
 import pytest
 
 from tests import ocireference
+from tests.clustermode import ensure_node
 from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
 from tests.kube import KubeAPIError, KubeCluster, KubeError, kube_unavailable_reason
 from tests.kubeproxy import FaultProxy
@@ -160,3 +162,10 @@ async def kube_api(kube: KubeCluster) -> AsyncIterator[Any]:
         yield client
     finally:
         await client.close()
+        await asyncio.sleep(0.25)  # TLS connections close in the background
+
+
+@pytest.fixture
+def node(kube: KubeCluster) -> str:
+    """The Windows Node object (build 17763, 4 CPUs) test resources are scheduled to."""
+    return ensure_node(kube)

@@ -50,7 +50,21 @@ class FakeStatusReporter:
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, bool, str]] = []
+        self.details: list[dict[str, object]] = []
 
-    async def report(self, key: str, *, ok: bool, message: str) -> None:
-        """Record the report."""
+    async def report(
+        self,
+        key: str,
+        *,
+        ok: bool,
+        message: str,
+        stage: str = "done",
+        reason: str = "",
+        digest: str | None = None,
+        permanent: bool = False,
+    ) -> None:
+        """Record the report (key, ok, message) and its details."""
         self.reports.append((key, ok, message))
+        self.details.append(
+            {"stage": stage, "reason": reason, "digest": digest, "permanent": permanent}
+        )

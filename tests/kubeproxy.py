@@ -22,6 +22,7 @@ Every request is recorded (:attr:`FaultProxy.log`) with the status the client go
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import ssl
@@ -121,6 +122,9 @@ class FaultProxy:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+            # TLS connections close in the background; let them, or the garbage collector
+            # finds their sockets open (a ResourceWarning, an error under pytest).
+            await asyncio.sleep(0.25)
 
     # -- faults ------------------------------------------------------------------------------
 

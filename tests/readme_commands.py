@@ -21,6 +21,7 @@ RUN_BY_CI: dict[str, str] = {
     ".venv/bin/python -m pytest": ".venv/bin/python -m pytest",
     ".ci/install-docker.sh": "bash .ci/install-docker.sh",
     ".ci/install-oci-checks.sh": "bash .ci/install-oci-checks.sh",
+    ".ci/install-kube-apiserver.sh": "bash .ci/install-kube-apiserver.sh",
     ".venv/bin/ruff check .": ".venv/bin/ruff check .",
     ".venv/bin/ruff format --check .": ".venv/bin/ruff format --check .",
     ".venv/bin/mypy controller adapters": ".venv/bin/mypy controller adapters",

@@ -116,3 +116,13 @@ def test_the_controller_manager_creates_default_service_accounts(
         60,
         message="the default ServiceAccount",
     )
+
+
+async def test_the_api_client_fixture_talks_to_the_server(
+    kube_api: Any, kube_namespace: str
+) -> None:
+    """The kubernetes-asyncio ApiClient fixture is logged in as admin on the session's server."""
+    from kubernetes_asyncio import client
+
+    namespaces = await client.CoreV1Api(kube_api).list_namespace()
+    assert kube_namespace in {ns.metadata.name for ns in namespaces.items}

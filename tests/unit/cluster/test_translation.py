@@ -8,9 +8,14 @@ import pytest
 
 from controller.bundle import build_bundle
 from controller.cluster import (
+    CONFIG_MAP,
+    GMSA_CREDENTIAL_SPEC,
+    SECRET,
     Dependencies,
+    ReferenceIndex,
     credential_spec_names,
     decode_windows_container,
+    references,
     secret_payload_id,
     to_request,
 )
@@ -139,3 +144,28 @@ def test_a_malformed_object_is_a_decode_error() -> None:
     bad = _object(tty="yes")
     with pytest.raises(RequestDecodeError, match=r"spec.tty"):
         decode_windows_container(bad)
+
+
+def test_the_reference_index_maps_objects_back_to_keys() -> None:
+    """Referenced objects map to the keys using them; dropping a reference drops the key."""
+    index = ReferenceIndex()
+    a = decode_windows_container(
+        _object(
+            secrets=[{"secretName": "db", "key": "k", "target": "t"}],
+            configs=[{"configMapName": "cfg", "key": "k", "target": "t"}],
+            gmsaCredentialSpecName="web-gmsa",
+        )
+    )
+    index.record("apps/a", references(a))
+    index.record("apps/b", references(decode_windows_container(_object(
+        secrets=[{"secretName": "db", "key": "other", "target": "u"}]))))  # fmt: skip
+    assert index.keys_for((SECRET, "apps", "db")) == {"apps/a", "apps/b"}
+    assert index.keys_for((SECRET, "other-namespace", "db")) == set()
+    assert index.keys_for((CONFIG_MAP, "apps", "cfg")) == {"apps/a"}
+    assert index.keys_for((GMSA_CREDENTIAL_SPEC, "", "web-gmsa")) == {"apps/a"}
+    assert index.keys_for_kind(SECRET) == {"apps/a", "apps/b"}
+    index.record("apps/b", references(decode_windows_container(_object())))
+    assert index.keys_for((SECRET, "apps", "db")) == {"apps/a"}
+    index.remove("apps/a")
+    assert index.keys_for((SECRET, "apps", "db")) == set()
+    assert index.keys_for_kind(CONFIG_MAP) == set()

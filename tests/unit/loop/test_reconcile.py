@@ -171,3 +171,40 @@ async def test_in_the_loop_an_invalid_key_is_terminal_and_a_valid_one_is_written
     assert total("error") == 1
     assert KEY in s.writer.bundles
     assert queue.num_requeues("../escape") == 0
+
+
+async def test_reports_say_where_a_reconcile_stopped_and_why() -> None:
+    """Each report carries the stage reached, the reason, the digest and permanence."""
+    s = Setup()
+    await s.reconciler.reconcile(KEY)
+    written = s.status.details[-1]
+    assert written["stage"] == "done"
+    assert written["digest"] == s.writer.bundles[KEY].digest
+
+    s.resolver.errors[KEY] = TransientError("secret missing")
+    with pytest.raises(TransientError):
+        await s.reconciler.reconcile(KEY)
+    assert s.status.details[-1] == {
+        "stage": "resolve", "reason": "TransientError", "digest": None, "permanent": False
+    }  # fmt: skip
+
+    del s.resolver.errors[KEY]
+    s.resolver.requests[KEY] = _request(os_name="plan9")
+    with pytest.raises(SpecError):
+        await s.reconciler.reconcile(KEY)
+    assert s.status.details[-1] == {
+        "stage": "generate", "reason": "SpecRefused", "digest": None, "permanent": True
+    }  # fmt: skip
+
+
+async def test_the_key_check_can_be_replaced() -> None:
+    """A mode with other keys (cluster mode's <namespace>/<name>) passes its own check."""
+    s = Setup()
+    seen: list[str] = []
+    reconciler = BundleReconciler(
+        resolver=s.resolver, writer=s.writer, metrics=s.metrics, check_key=seen.append
+    )
+    s.resolver.requests["apps/web"] = _request()
+    await reconciler.reconcile("apps/web")
+    assert seen == ["apps/web"]
+    assert "apps/web" in s.writer.bundles

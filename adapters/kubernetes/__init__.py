@@ -1,0 +1,1 @@
+"""Cluster mode: WindowsContainer resources on a Kubernetes API server (kubernetes-asyncio)."""

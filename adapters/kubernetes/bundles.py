@@ -1,0 +1,161 @@
+"""Cluster mode's bundle writers: ``<bundle root>/<namespace>/<name>/``, guarded by a finalizer.
+
+:class:`NamespacedBundleWriter` maps a key ``<namespace>/<name>`` onto the existing local
+writer (:class:`~adapters.bundles.local.LocalBundleWriter`) for the directory
+``<bundle root>/<namespace>``: the bundle id is the object's name, which the local writer
+checks like any bundle id (a DNS-1123 name, one path component); the namespace (a DNS-1123
+label) is checked here before it becomes a directory.
+
+:class:`FinalizingWriter` wraps it with the finalizer ``winspec.io/bundle``: it is added to
+the object before its first bundle is written (so a deletion always waits for winspec), and
+removed only after the bundle is deleted. A removal that fails (the bundle root unreachable)
+raises before the finalizer is touched, so the object stays until a retry succeeds. Both
+patches carry the object's resourceVersion: a concurrent change answers 409, and the
+reconcile is retried with a fresh copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from urllib.parse import quote
+
+from adapters.bundles.local import LocalBundleWriter
+from adapters.kubernetes.client import MERGE_PATCH, KubeClient
+from controller.bundle import BundleContent, check_bundle_id
+from controller.cluster import FINALIZER, GROUP, PLURAL, VERSION, WindowsContainer
+from controller.errors import NotFoundError, PermanentError, RequestDecodeError
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``<namespace>/<name>`` into its parts; anything else is a PermanentError."""
+    namespace, sep, name = key.partition("/")
+    if not sep or not _NAMESPACE.match(namespace) or not name or "/" in name:
+        raise PermanentError(f"invalid key {key!r}: not <namespace>/<name>")
+    return namespace, name
+
+
+def check_key(key: str) -> str:
+    """The key, checked (the reconciler's check before anything becomes a path)."""
+    _, name = split_key(key)
+    check_bundle_id(name)
+    return key
+
+
+class NamespacedBundleWriter:
+    """A :class:`~controller.ports.BundleWriter` for keys ``<namespace>/<name>``."""
+
+    def __init__(self, root: Path, *, fsync_threads: int = 4) -> None:
+        self._root = root
+        self._fsync_threads = fsync_threads
+        self._writers: dict[str, LocalBundleWriter] = {}
+
+    def _writer(self, namespace: str) -> LocalBundleWriter:
+        writer = self._writers.get(namespace)
+        if writer is None:
+            writer = LocalBundleWriter(self._root / namespace, fsync_threads=self._fsync_threads)
+            self._writers[namespace] = writer
+        return writer
+
+    async def write(self, bundle_id: str, content: BundleContent) -> bool:
+        """Write ``<root>/<namespace>/<name>`` atomically; False when unchanged."""
+        namespace, name = split_key(bundle_id)
+        return await self._writer(namespace).write(name, content)
+
+    async def remove(self, bundle_id: str) -> bool:
+        """Remove ``<root>/<namespace>/<name>``; False when there was none."""
+        namespace, name = split_key(bundle_id)
+        return await self._writer(namespace).remove(name)
+
+    async def list_ids(self) -> list[str]:
+        """Every bundle present, as ``<namespace>/<name>``."""
+        keys: list[str] = []
+        for namespace in self._namespaces():
+            keys += [f"{namespace}/{name}" for name in await self._writer(namespace).list_ids()]
+        return sorted(keys)
+
+    async def sweep(self, live_keys: set[str]) -> list[str]:
+        """Delete bundles whose key is not live and every temporary leftover; their keys."""
+        removed: list[str] = []
+        for namespace in self._namespaces():
+            live = {k.partition("/")[2] for k in live_keys if k.startswith(namespace + "/")}
+            removed += [f"{namespace}/{n}" for n in await self._writer(namespace).sweep(live)]
+        return removed
+
+    async def atomic_replace_supported(self) -> bool:
+        """Whether bundles below the root are replaced with one atomic swap."""
+        return await LocalBundleWriter(self._root, fsync_threads=0).atomic_replace_supported()
+
+    def _namespaces(self) -> list[str]:
+        try:
+            return sorted(
+                entry.name
+                for entry in self._root.iterdir()
+                if entry.is_dir() and _NAMESPACE.match(entry.name)
+            )
+        except FileNotFoundError:
+            return []
+
+    def close(self) -> None:
+        """Let every writer's fsync threads end."""
+        for writer in self._writers.values():
+            writer.close()
+
+
+class FinalizingWriter:
+    """A :class:`~controller.ports.BundleWriter` that keeps the finalizer in step with the
+    bundle: on the object before the bundle exists, off it only once the bundle is gone."""
+
+    def __init__(
+        self,
+        inner: NamespacedBundleWriter,
+        client: KubeClient,
+        *,
+        cache: Mapping[str, WindowsContainer | RequestDecodeError],
+        remember: Callable[[bytes], None],
+    ) -> None:
+        self._inner = inner
+        self._client = client
+        self._cache = cache
+        self._remember = remember
+
+    async def write(self, bundle_id: str, content: BundleContent) -> bool:
+        """Add the finalizer if missing, then write the bundle."""
+        wc = self._cache.get(bundle_id)
+        if isinstance(wc, WindowsContainer) and FINALIZER not in wc.metadata.finalizers:
+            await self._set_finalizers(wc, [*wc.metadata.finalizers, FINALIZER])
+        return await self._inner.write(bundle_id, content)
+
+    async def remove(self, bundle_id: str) -> bool:
+        """Remove the bundle, then the finalizer (of an object being deleted)."""
+        removed = await self._inner.remove(bundle_id)
+        wc = self._cache.get(bundle_id)
+        if (
+            isinstance(wc, WindowsContainer)
+            and wc.metadata.deletion_timestamp is not None
+            and FINALIZER in wc.metadata.finalizers
+        ):
+            rest = [f for f in wc.metadata.finalizers if f != FINALIZER]
+            with contextlib.suppress(NotFoundError):  # already gone
+                await self._set_finalizers(wc, rest)
+        return removed
+
+    async def list_ids(self) -> list[str]:
+        """Every bundle present, as ``<namespace>/<name>``."""
+        return await self._inner.list_ids()
+
+    async def _set_finalizers(self, wc: WindowsContainer, finalizers: list[str]) -> None:
+        meta = wc.metadata
+        path = (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(meta.namespace, safe='')}/{PLURAL}/"
+            f"{quote(meta.name, safe='')}"
+        )
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}}
+        answer = await self._client.request(
+            "PATCH", path, body=body, content_type=MERGE_PATCH, api="finalizer_patch"
+        )
+        self._remember(answer)

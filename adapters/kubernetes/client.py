@@ -1,0 +1,294 @@
+"""A small Kubernetes API client on kubernetes-asyncio: configuration, raw JSON calls, watches.
+
+kubernetes-asyncio supplies what is hard to get right: loading a kubeconfig (``--kubeconfig``,
+``KUBECONFIG``, ``~/.kube/config``) or the in-cluster service account (with its token
+refreshed as the kubelet rotates it), TLS, and authentication on every request. Its generated
+model classes are not used: bodies are bytes decoded by msgspec into winspec's own types (an
+order of magnitude faster and smaller than the generated models for thousands of objects).
+
+Every call is retried inside (tenacity: exponential backoff with jitter, bounded attempts,
+``Retry-After`` of a 429 or 503 honoured) on connection errors, timeouts, 429 and 5xx; what
+is left is mapped onto winspec's errors: 404 :class:`NotFoundError`, 409
+:class:`ConflictError`, 410 :class:`GoneError`, 403 :class:`ForbiddenError`, other 4xx
+:class:`PermanentError`, the rest :class:`TransientError`. Messages name the call and the
+server's own message, never a body sent (which may hold secret data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+import tenacity
+
+from controller.errors import NotFoundError, PermanentError, TransientError
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_TLS_CLOSE_SECONDS = 0.25
+
+
+class ConflictError(TransientError):
+    """409: the object changed since it was read (re-read and try again)."""
+
+    reason = "Conflict"
+
+
+class GoneError(TransientError):
+    """410: the resourceVersion asked for is too old (list again)."""
+
+    reason = "Expired"
+
+
+class ForbiddenError(TransientError):
+    """403: winspec's own account may not do this (an RBAC change can fix it)."""
+
+    reason = "Forbidden"
+
+
+class _RetryableError(TransientError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Status(msgspec.Struct):
+    """A ``meta/v1`` Status body (what the server answers errors with)."""
+
+    message: str = ""
+    reason: str = ""
+    code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How one call is retried."""
+
+    attempts: int = 5
+    initial: float = 0.1
+    maximum: float = 5.0
+    max_retry_after: float = 30.0
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        status = msgspec.json.decode(body, type=_Status)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return body[:200].decode(errors="replace").strip()
+    return status.message or status.reason
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def error_for(status: int, body: bytes, what: str) -> Exception:
+    """The winspec error for an HTTP error status of the call ``what``."""
+    message = f"{what}: {status} {_status_message(body)}".rstrip()
+    if status == 404:
+        return NotFoundError(message)
+    if status == 409:
+        return ConflictError(message)
+    if status == 410:
+        return GoneError(message)
+    if status == 403:
+        return ForbiddenError(message)
+    if 400 <= status < 500 and status != 429:
+        return PermanentError(message)
+    return TransientError(message)
+
+
+def kubeconfig_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
+    """The kubeconfig to use: ``explicit``, else ``KUBECONFIG`` (its first file), else
+    ``~/.kube/config`` when it exists; None means in-cluster."""
+    if explicit:
+        return explicit
+    if env.get("KUBECONFIG"):
+        return env["KUBECONFIG"].split(os.pathsep)[0]
+    default = os.path.expanduser("~/.kube/config")
+    return default if os.path.exists(default) else None
+
+
+async def load_api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+    """A kubernetes-asyncio ``ApiClient``: from ``kubeconfig`` (else ``KUBECONFIG``, else
+    ``~/.kube/config``) when one exists, else the in-cluster service account.
+
+    A kubeconfig that cannot be used is a :class:`PermanentError` naming it.
+    """
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.config.config_exception import ConfigException
+
+    path = kubeconfig_path(kubeconfig, os.environ)
+    try:
+        if path is not None:
+            return await config.new_client_from_config(
+                config_file=path, context=context, persist_config=False
+            )
+        configuration = client.Configuration()
+        # Unannotated upstream.
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return client.ApiClient(configuration)
+    except (ConfigException, OSError, ValueError) as exc:
+        where = path or "the in-cluster service account"
+        raise PermanentError(f"cannot use the Kubernetes configuration {where}: {exc}") from exc
+
+
+class KubeClient:
+    """Raw JSON calls and watches over a kubernetes-asyncio ``ApiClient`` (which it closes)."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._api = api_client
+        self._retry = retry or RetryPolicy()
+        self._on_retry = on_retry
+        self._timeout = timeout
+
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        host: str = self._api.configuration.host
+        return host
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._api.close()
+        if self.host.startswith("https:"):
+            # aiohttp closes TLS connections in the background (the TLS close_notify); the
+            # loop must run a moment longer or their sockets are left to the garbage collector.
+            await asyncio.sleep(_TLS_CLOSE_SECONDS)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = JSON,
+        limits: aiohttp.ClientTimeout | float | None,
+    ) -> aiohttp.ClientResponse:
+        """One request; the raw response (the caller reads and releases it)."""
+        try:
+            response: aiohttp.ClientResponse = await self._api.call_api(
+                path,
+                method,
+                query_params=list(query),
+                header_params={"Accept": JSON, "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=limits,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _RetryableError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        return response
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = JSON,
+        api: str,
+    ) -> bytes:
+        """One call, retried; the response body. Errors as described in the module."""
+        what = f"{method} {path}"
+
+        async def attempt() -> bytes:
+            response = await self._send(
+                method, path, query=query, body=body, content_type=content_type,
+                limits=self._timeout,
+            )  # fmt: skip
+            try:
+                data = await response.read()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise _RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                response.release()
+            if response.status < 300:
+                return data
+            if response.status in _RETRYABLE_STATUS:
+                raise _RetryableError(
+                    f"{what}: {response.status} {_status_message(data)}".rstrip(),
+                    _retry_after(response.headers),
+                )
+            raise error_for(response.status, data, what)
+
+        backoff = tenacity.wait_random_exponential(
+            multiplier=self._retry.initial, max=self._retry.maximum
+        )
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _RetryableError) and exc.retry_after is not None:
+                return min(exc.retry_after, self._retry.max_retry_after)
+            return float(backoff(state))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            if self._on_retry is not None:
+                self._on_retry(api)
+
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self._retry.attempts),
+            wait=wait,
+            retry=tenacity.retry_if_exception_type(_RetryableError),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            result: bytes = await retrying(attempt)
+        except _RetryableError as exc:
+            raise TransientError(str(exc)) from exc
+        return result
+
+    @asynccontextmanager
+    async def watch(
+        self, path: str, *, query: Sequence[tuple[str, str]]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open one watch (not retried: the caller relists or re-watches); the streaming
+        response, released on exit. An error status raises as :meth:`request` would."""
+        response = await self._send(
+            "GET",
+            path,
+            query=[*query, ("watch", "true")],
+            # No total timeout: the server ends the watch (timeoutSeconds); the caller's
+            # inactivity watchdog notices a dead one.
+            limits=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+        )
+        try:
+            if response.status >= 300:
+                data = await response.read()
+                raise error_for(response.status, data, f"watch {path}")
+            yield response
+        finally:
+            response.close()
+
+
+async def read_line(response: aiohttp.ClientResponse, *, idle: float) -> bytes:
+    """The next line of a watch stream (``b""`` at its end); TimeoutError after ``idle``
+    seconds without one (the inactivity watchdog)."""
+    async with asyncio.timeout(idle):
+        line: bytes = await response.content.readline()
+    return line

@@ -1,0 +1,360 @@
+"""Cluster mode's composition root: ``winspec run --source kubernetes``.
+
+Kubernetes client → :class:`~adapters.kubernetes.source.ClusterSource` (list+watch of
+WindowsContainers, Secrets, ConfigMaps, GMSACredentialSpecs) → the work queue → the controller
+loop with the shared :class:`~controller.reconcile.BundleReconciler`, whose ports here are the
+Kubernetes resolver, the local bundle writer under ``<bundle root>/<namespace>/<name>/``
+guarded by the finalizer, and the status writer → HTTP endpoints for metrics and health.
+
+Start-up mirrors Docker mode: listen first (a busy port fails before anything connects), then
+load the configuration (a kubeconfig that cannot be used: exit 2), reach the API server and
+check that the CRD is served (else exit 1 with one clear line). Shutdown too: stop watching,
+let in-flight reconciles finish within ``shutdown_timeout``, stop serving, close the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from adapters.compose import (
+    CANCEL_GRACE_SECONDS,
+    CLOSE_SECONDS,
+    SOURCE_STOP_SECONDS,
+    ListenError,
+    StartupError,
+    finish,
+)
+from adapters.http import bound_port, build_app, start_http_server, stop_http_server
+from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
+from adapters.kubernetes.client import KubeClient, RetryPolicy, load_api_client
+from adapters.kubernetes.leader import LeaderElector, LeaseSettings
+from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
+from adapters.kubernetes.source import (
+    EVENT_TYPES,
+    READY_CONDITION,
+    SOURCE,
+    ClusterSource,
+    SourceHooks,
+    WatchSettings,
+)
+from adapters.kubernetes.status import StatusWriter
+from controller.cluster import GROUP, NODE_LABEL, VERSION
+from controller.errors import NotFoundError, WinspecError
+from controller.health import HealthState
+from controller.loop import Controller
+from controller.metrics import Metrics
+from controller.reconcile import BundleReconciler
+from controller.settings import Settings, split_listen
+from controller.workqueue import WorkQueue
+
+log = logging.getLogger("winspec")
+
+CONTROLLER_NAME = "windowscontainer-bundles"
+INITIAL_LIST_CONDITION = "initial-list"
+LEADER_CONDITION = "leader"
+KUBERNETES_APIS = (
+    "version",
+    "discovery",
+    "list",
+    "secret_get",
+    "config_get",
+    "credential_spec_get",
+    "node_get",
+    "subjectaccessreview",
+    "finalizer_patch",
+    "status_patch",
+    "resource_get",
+    "event_create",
+    "lease_get",
+    "lease_create",
+    "lease_update",
+)
+
+
+class LeaseLostError(WinspecError):
+    """This replica lost the Lease: it stopped reconciling (a restart campaigns again)."""
+
+
+class APIServerUnreachableError(StartupError):
+    """The Kubernetes API server could not be reached at start-up (or lacks the CRD)."""
+
+
+class ClusterMode:
+    """One running cluster-mode controller; :meth:`run` returns when it has stopped."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, controller=CONTROLLER_NAME)
+        conditions = [READY_CONDITION, INITIAL_LIST_CONDITION]
+        # With --node-name each node's instance owns its own resources: no election.
+        self._elect = settings.leader_elect and settings.node_name is None
+        if self._elect:
+            conditions.append(LEADER_CONDITION)  # /readyz: whether this replica leads
+        self.health = HealthState(conditions)
+        self._stop = asyncio.Event()
+        self.http_port: int | None = None
+        self.started = asyncio.Event()
+        self._bundle_root = os.path.abspath(settings.bundle_root)
+
+    def request_stop(self) -> None:
+        """Ask the controller to shut down gracefully."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Listen, connect, watch and reconcile until asked to stop (see the module doc)."""
+        s = self.settings
+        m = self.metrics
+        for api in KUBERNETES_APIS:
+            m.declare_api(api)
+        m.declare_source(SOURCE, event_types=EVENT_TYPES)
+        host, port = split_listen(s.listen)
+        try:
+            runner = await start_http_server(
+                host, port, build_app(registry=self.registry, health=self.health)
+            )
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {s.listen}: {exc.strerror or exc}") from exc
+        self.http_port = bound_port(runner)
+        client: KubeClient | None = None
+        try:
+            api_client = await load_api_client(s.kubeconfig)  # PermanentError: exit 2
+            client = KubeClient(
+                api_client,
+                retry=RetryPolicy(attempts=s.retry_attempts),
+                on_retry=lambda api: m.api_retries.labels(api=api).inc(),
+                timeout=s.api_timeout,
+            )
+            connecting = asyncio.create_task(self._connect(client), name="kubernetes-connect")
+            stop_wait = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+                if not connecting.done() and not self._stop.is_set():
+                    connecting.cancel()
+            if self._stop.is_set():
+                await finish(connecting, within=0, what="connect")
+                log.info("stop asked for before the Kubernetes API server was reached")
+                return
+            connecting.result()
+            log.info(
+                "serving /metrics, /healthz and /readyz",
+                extra={"listen": f"{host}:{self.http_port}"},
+            )
+            await self._serve(client)
+            log.info("stopped")
+        finally:
+            await finish(
+                asyncio.ensure_future(stop_http_server(runner)),
+                within=CLOSE_SECONDS,
+                what="http server",
+            )
+            if client is not None:
+                await finish(
+                    asyncio.ensure_future(client.close()),
+                    within=CLOSE_SECONDS,
+                    what="kubernetes client",
+                )
+
+    async def _connect(self, client: KubeClient) -> None:
+        """Reach the API server and check that the WindowsContainer CRD is served."""
+        try:
+            await client.request("GET", "/version", api="version")
+        except WinspecError as exc:
+            raise APIServerUnreachableError(
+                f"cannot reach the Kubernetes API server {client.host}: {exc}"
+            ) from exc
+        try:
+            await client.request("GET", f"/apis/{GROUP}/{VERSION}", api="discovery")
+        except NotFoundError as exc:
+            raise APIServerUnreachableError(
+                f"the API server {client.host} does not serve {GROUP}/{VERSION}: apply "
+                "manifests/base/crd.yaml first"
+            ) from exc
+        except WinspecError as exc:
+            raise APIServerUnreachableError(
+                f"cannot reach the Kubernetes API server {client.host}: {exc}"
+            ) from exc
+        log.info("connected to the Kubernetes API server", extra={"server": client.host})
+
+    async def _serve(self, client: KubeClient) -> None:
+        elector: LeaderElector | None = None
+        leading: asyncio.Task[None] | None = None
+        # Started: connected, and campaigning or reconciling (a standby is started too).
+        self.started.set()
+        if self._elect:
+            elector = self._elector(client)
+            leading = asyncio.create_task(elector.run(), name="leader-election")
+            stop_wait = asyncio.create_task(self._stop.wait())
+            became = asyncio.create_task(elector.leading.wait())
+            try:
+                await asyncio.wait(
+                    {stop_wait, became, leading}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stop_wait.cancel()
+                became.cancel()
+            if not elector.leading.is_set():
+                leading.cancel()
+                await finish(leading, within=CANCEL_GRACE_SECONDS, what="leader election")
+                return  # asked to stop while standing by
+        try:
+            await self._reconcile_all(client, leading)
+        finally:
+            if elector is not None and leading is not None:
+                leading.cancel()
+                await finish(leading, within=CANCEL_GRACE_SECONDS, what="leader election")
+                await finish(
+                    asyncio.ensure_future(elector.release()),
+                    within=CLOSE_SECONDS,
+                    what="lease release",
+                )
+
+    def _elector(self, client: KubeClient) -> LeaderElector:
+        s = self.settings
+        lease = s.leader_election_id
+        self.metrics.declare_lease(lease)
+
+        def changed(leading: bool) -> None:
+            self.metrics.leader_election_master_status.labels(name=lease).set(int(leading))
+            self.health.set_ready(LEADER_CONDITION, leading)
+
+        return LeaderElector(
+            client,
+            LeaseSettings(
+                namespace=s.leader_election_namespace,
+                name=lease,
+                identity=f"{socket.gethostname()}_{secrets.token_hex(4)}",
+                lease_duration=s.lease_duration,
+                renew_deadline=s.lease_duration * 2 / 3,
+                retry_period=s.lease_duration * 2 / 15,
+            ),
+            on_change=changed,
+        )
+
+    async def _reconcile_all(self, client: KubeClient, leading: asyncio.Task[None] | None) -> None:
+        """Watch and reconcile until asked to stop, a part fails, or the lease is lost."""
+        s = self.settings
+        m = self.metrics
+        queue = WorkQueue(CONTROLLER_NAME, metrics=m.queue_metrics(CONTROLLER_NAME))
+        bundles = NamespacedBundleWriter(Path(self._bundle_root))
+
+        async def synced() -> None:
+            # Bundles whose resource is gone (deleted while winspec was down) go now.
+            for key in await bundles.list_ids():
+                if key not in source.cache:
+                    queue.add(key)
+            m.last_sync_timestamp.labels(source=SOURCE).set(time.time())
+            self.health.set_ready(INITIAL_LIST_CONDITION, True)
+
+        source = ClusterSource(
+            client,
+            enqueue=queue.add,
+            enqueue_after=queue.add_after,
+            namespaces=s.namespace,
+            label_selector=_selector(s.selector, s.node_name),
+            settings=WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
+            hooks=SourceHooks(
+                on_event=lambda kind: m.events_received.labels(source=SOURCE, type=kind).inc(),
+                on_restart=lambda reason: m.watch_restarts.labels(
+                    source=SOURCE, reason=reason
+                ).inc(),
+                on_ready=lambda ready: self.health.set_ready(READY_CONDITION, ready),
+                on_synced=lambda: _spawn(synced()),
+            ),
+        )
+        removed = await bundles.sweep(set(await bundles.list_ids()))
+        if removed:
+            log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
+        writer = FinalizingWriter(bundles, client, cache=source.cache, remember=source.remember)
+        resolver = KubernetesResolver(
+            client,
+            cache=source.cache,
+            node_defaults=NodeDefaults(
+                windows_build=s.windows_build,
+                cpu_count=s.cpu_count,
+                default_isolation=s.default_isolation,
+                lcow=s.lcow,
+                dns_search=tuple(s.dns_search),
+                daemon_root=s.daemon_root,
+            ),
+            observe=lambda kind, seconds: m.dependency_fetch_seconds.labels(kind=kind).observe(
+                seconds
+            ),
+            node_name=s.node_name,
+        )
+        status = StatusWriter(
+            client,
+            cache=source.cache,
+            generations=resolver.resolved_generation,
+            remember=source.remember,
+        )
+        controller = Controller(
+            CONTROLLER_NAME,
+            queue=queue,
+            reconciler=BundleReconciler(
+                resolver=resolver, writer=writer, metrics=m, status=status, check_key=check_key
+            ),
+            workers=s.workers,
+            metrics=m,
+        )
+
+        controller_task = asyncio.create_task(controller.run(), name="controller")
+        source_task = asyncio.create_task(source.run(), name="kubernetes-source")
+        failed: BaseException | None = None
+        try:
+            stop_wait = asyncio.create_task(self._stop.wait())
+            watched: set[asyncio.Future[Any]] = {stop_wait, controller_task, source_task}
+            if leading is not None:
+                watched.add(leading)
+            try:
+                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+            for task in (source_task, controller_task):
+                if task in done and not task.cancelled() and task.exception() is not None:
+                    failed = task.exception()
+                    break
+            if failed is None and leading is not None and leading in done:
+                # The lease is gone: another replica may be reconciling already. Stop now.
+                failed = LeaseLostError("lost the leader election lease; stopped reconciling")
+        finally:
+            log.info("shutting down", extra={"deadline_seconds": s.shutdown_timeout})
+            source_task.cancel()
+            await finish(source_task, within=SOURCE_STOP_SECONDS, what="kubernetes source")
+            await finish(
+                asyncio.ensure_future(controller.stop(s.shutdown_timeout)),
+                within=s.shutdown_timeout + CANCEL_GRACE_SECONDS,
+                what="reconciles",
+            )
+            await finish(controller_task, within=CANCEL_GRACE_SECONDS, what="controller")
+            bundles.close()
+        if failed is not None:
+            raise failed
+
+
+def _selector(selector: str | None, node_name: str | None) -> str | None:
+    """The label selector of the resources: --selector, and the node label of --node-name."""
+    parts = [p for p in (selector, f"{NODE_LABEL}={node_name}" if node_name else None) if p]
+    return ",".join(parts) or None
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine in the background, holding a reference until it ends."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)

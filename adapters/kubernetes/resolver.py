@@ -1,0 +1,338 @@
+"""Cluster mode's request resolver: a WindowsContainer key in, the generator's request out.
+
+The resource itself comes from the source's cache (listed and watched, never fetched per
+reconcile). What it refers to is fetched when it is reconciled, so the bundle always carries
+the current data:
+
+- Secret and ConfigMap keys, by reference in the resource's namespace. A missing object or
+  key is a :class:`DependencyMissingError` (transient: retried with backoff, and re-queued at
+  once by the source's watch when the object appears or changes).
+- GMSACredentialSpecs (``windows.k8s.io/v1``, cluster-scoped, the JSON under ``credspec``), by
+  name, and only after a SubjectAccessReview says the resource's service account may ``use``
+  it: what the windows-gmsa admission webhook checks for a pod. Denied is a permanent
+  :class:`CredentialSpecDeniedError`; nothing is written.
+- Node facts, from the Node object named by ``spec.nodeName`` (Windows build from the
+  ``node.kubernetes.io/windows-build`` label or ``status.nodeInfo.kernelVersion``, CPUs from
+  ``status.capacity.cpu``, LCOW and default isolation from winspec's annotations), settings
+  as fallbacks. A node that does not exist yet is retried, not an error. Cached briefly: one
+  GET per node, not per reconcile.
+
+No data fetched here ever reaches a message, a log line or a metric: errors name objects and
+keys only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import msgspec
+
+from adapters.kubernetes.client import KubeClient
+from controller.cluster import (
+    NODE_LABEL,
+    ConfigMapKeyRef,
+    Dependencies,
+    SecretKeyRef,
+    WindowsContainer,
+    credential_spec_names,
+    to_request,
+)
+from controller.errors import NotFoundError, PermanentError, RequestDecodeError, TransientError
+from controller.models import NodeFacts, Request
+
+#: Node annotations (or labels) winspec reads; documented in the README.
+LCOW_ANNOTATION = "winspec.io/lcow"
+ISOLATION_ANNOTATION = "winspec.io/default-isolation"
+WINDOWS_BUILD_LABEL = "node.kubernetes.io/windows-build"
+NODE_CACHE_SECONDS = 30.0
+
+
+class DependencyMissingError(TransientError):
+    """A referenced Secret, ConfigMap, key, GMSACredentialSpec or Node does not exist (yet)."""
+
+    reason = "DependencyMissing"
+
+
+class CredentialSpecDeniedError(PermanentError):
+    """The resource's service account may not ``use`` the GMSACredentialSpec it names."""
+
+    reason = "CredentialSpecUseDenied"
+
+
+class _Secret(msgspec.Struct):
+    data: dict[str, str] | None = None
+
+
+class _ConfigMap(msgspec.Struct, rename="camel"):
+    data: dict[str, str] | None = None
+    binary_data: dict[str, str] | None = None
+
+
+class _GMSA(msgspec.Struct):
+    # Raw: kept as the JSON it is (msgspec takes no Raw in a union, so "absent" is "null").
+    credspec: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _SARStatus(msgspec.Struct):
+    allowed: bool = False
+    denied: bool = False
+    reason: str = ""
+
+
+class _SAR(msgspec.Struct):
+    status: _SARStatus = msgspec.field(default_factory=_SARStatus)
+
+
+class _NodeInfo(msgspec.Struct, rename="camel"):
+    kernel_version: str = ""
+
+
+class _NodeStatus(msgspec.Struct, rename="camel"):
+    capacity: dict[str, str] = msgspec.field(default_factory=dict)
+    node_info: _NodeInfo = msgspec.field(default_factory=_NodeInfo)
+
+
+class _NodeMeta(msgspec.Struct):
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class _Node(msgspec.Struct):
+    metadata: _NodeMeta = msgspec.field(default_factory=_NodeMeta)
+    status: _NodeStatus = msgspec.field(default_factory=_NodeStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDefaults:
+    """Settings that stand in for what a Node object does not say (``None``: built-in)."""
+
+    windows_build: int | None = None
+    cpu_count: int | None = None
+    default_isolation: str | None = None
+    lcow: bool | None = None
+    dns_search: tuple[str, ...] = ()
+    daemon_root: str | None = None
+
+
+def _decode(body: bytes, kind: type[msgspec.Struct], what: str) -> msgspec.Struct:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise RequestDecodeError(f"invalid {what}: {exc}") from exc
+
+
+def _build(version: str) -> int | None:
+    """The build number of "10.0.17763" or "10.0.17763.1234"."""
+    parts = version.strip().split(".")
+    if len(parts) >= 3 and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def _cpus(quantity: str) -> int | None:
+    """A CPU quantity ("4", "3500m") as whole CPUs (at least 1)."""
+    try:
+        if quantity.endswith("m"):
+            return max(int(quantity[:-1]) // 1000, 1)
+        return max(int(quantity), 1)
+    except ValueError:
+        return None
+
+
+def node_facts(node: _Node, defaults: NodeDefaults) -> NodeFacts:
+    """Node facts from a Node object; settings, then built-in defaults, for what it lacks."""
+    meta = node.metadata
+    marks = {**meta.labels, **meta.annotations}
+    build = _build(meta.labels.get(WINDOWS_BUILD_LABEL, "")) or _build(
+        node.status.node_info.kernel_version
+    )
+    facts = NodeFacts()
+    isolation = marks.get(ISOLATION_ANNOTATION, "").lower()
+    lcow = marks.get(LCOW_ANNOTATION, "").lower()
+    return NodeFacts(
+        windows_build=build or defaults.windows_build or facts.windows_build,
+        cpu_count=_cpus(node.status.capacity.get("cpu", "")) or defaults.cpu_count or 1,
+        default_isolation=isolation
+        if isolation in ("process", "hyperv")
+        else defaults.default_isolation or facts.default_isolation,
+        lcow_supported=lcow == "true"
+        if lcow in ("true", "false")
+        else bool(defaults.lcow) or facts.lcow_supported,
+        dns_search=list(defaults.dns_search) or None,
+        daemon_root=defaults.daemon_root or facts.daemon_root,
+    )
+
+
+class KubernetesResolver:
+    """A :class:`~controller.ports.RequestResolver` over the source's cache and the API."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        cache: Mapping[str, WindowsContainer | RequestDecodeError],
+        node_defaults: NodeDefaults | None = None,
+        observe: Callable[[str, float], None] | None = None,
+        node_name: str | None = None,
+    ) -> None:
+        self._client = client
+        self._node_name = node_name
+        self._cache = cache
+        self._defaults = node_defaults or NodeDefaults()
+        self._observe = observe
+        self._nodes: dict[str, tuple[float, NodeFacts]] = {}
+        #: The generation each key was last resolved at (read by the status writer).
+        self.resolved_generation: dict[str, int] = {}
+
+    async def resolve(self, key: str) -> Request | None:
+        """The request for ``key``; None when it is gone or being deleted."""
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if isinstance(entry, RequestDecodeError):
+            raise entry
+        wc = entry
+        if wc.metadata.deletion_timestamp is not None:
+            return None
+        self.resolved_generation[key] = wc.metadata.generation
+        if self._node_name is not None and wc.spec.node_name != self._node_name:
+            # Labelled for this node but scheduled to another: its label is wrong.
+            raise PermanentError(
+                f"labelled {NODE_LABEL}={self._node_name} but spec.nodeName is "
+                f"{wc.spec.node_name}; the label must name spec.nodeName"
+            )
+        deps = Dependencies()
+        ns = wc.metadata.namespace
+        secrets: dict[str, dict[str, str]] = {}
+        for sref in wc.spec.secrets:
+            if sref.secret_name not in secrets:
+                secrets[sref.secret_name] = await self._secret(ns, sref.secret_name)
+            deps.secrets[(sref.secret_name, sref.key)] = _secret_value(ns, sref, secrets)
+        configs: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+        for cref in wc.spec.configs:
+            if cref.config_map_name not in configs:
+                configs[cref.config_map_name] = await self._config_map(ns, cref.config_map_name)
+            deps.configs[(cref.config_map_name, cref.key)] = _config_value(ns, cref, configs)
+        for name in credential_spec_names(wc.spec):
+            deps.credential_specs[name] = await self._credential_spec(wc, name)
+        node = await self._node(wc.spec.node_name)
+        return to_request(wc, node=node, deps=deps)
+
+    async def _get(self, path: str, *, kind: str, missing: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self._client.request("GET", path, api=f"{kind}_get")
+        except NotFoundError as exc:
+            raise DependencyMissingError(missing) from exc
+        finally:
+            if self._observe is not None:
+                self._observe(kind, loop.time() - started)
+
+    async def _secret(self, ns: str, name: str) -> dict[str, str]:
+        path = f"/api/v1/namespaces/{quote(ns, safe='')}/secrets/{quote(name, safe='')}"
+        body = await self._get(path, kind="secret", missing=f"Secret {ns}/{name} not found")
+        secret = _decode(body, _Secret, f"Secret {ns}/{name}")
+        assert isinstance(secret, _Secret)
+        return secret.data or {}
+
+    async def _config_map(self, ns: str, name: str) -> tuple[dict[str, str], dict[str, str]]:
+        path = f"/api/v1/namespaces/{quote(ns, safe='')}/configmaps/{quote(name, safe='')}"
+        body = await self._get(path, kind="config", missing=f"ConfigMap {ns}/{name} not found")
+        cm = _decode(body, _ConfigMap, f"ConfigMap {ns}/{name}")
+        assert isinstance(cm, _ConfigMap)
+        return cm.data or {}, cm.binary_data or {}
+
+    async def _credential_spec(self, wc: WindowsContainer, name: str) -> str:
+        ns, account = wc.metadata.namespace, wc.spec.service_account_name
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{ns}:{account}",
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}"],
+                # The resource's namespace, as the windows-gmsa webhook asks for a pod's: a Role
+                # and RoleBinding there can grant `use` (or a ClusterRole and a binding).
+                "resourceAttributes": {
+                    "namespace": ns,
+                    "group": "windows.k8s.io",
+                    "resource": "gmsacredentialspecs",
+                    "verb": "use",
+                    "name": name,
+                },
+            },
+        }
+        answer = await self._client.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            body=review,
+            api="subjectaccessreview",
+        )
+        sar = _decode(answer, _SAR, "SubjectAccessReview")
+        assert isinstance(sar, _SAR)
+        if not sar.status.allowed:
+            raise CredentialSpecDeniedError(
+                f"service account {ns}/{account} may not use GMSACredentialSpec {name} "
+                "(grant it the verb use on that gmsacredentialspecs resource)"
+            )
+        body = await self._get(
+            f"/apis/windows.k8s.io/v1/gmsacredentialspecs/{quote(name, safe='')}",
+            kind="credential_spec",
+            missing=f"GMSACredentialSpec {name} not found",
+        )
+        gmsa = _decode(body, _GMSA, f"GMSACredentialSpec {name}")
+        assert isinstance(gmsa, _GMSA)
+        if bytes(gmsa.credspec).strip() in (b"", b"null"):
+            raise PermanentError(f"GMSACredentialSpec {name} has no credspec")
+        # Compact JSON text, as a credential spec file holds it.
+        return msgspec.json.encode(msgspec.json.decode(gmsa.credspec)).decode()
+
+    async def _node(self, name: str) -> NodeFacts:
+        loop = asyncio.get_running_loop()
+        cached = self._nodes.get(name)
+        if cached is not None and loop.time() - cached[0] < NODE_CACHE_SECONDS:
+            return cached[1]
+        body = await self._get(
+            f"/api/v1/nodes/{quote(name, safe='')}",
+            kind="node",
+            missing=f"Node {name} not found (yet); retrying",
+        )
+        node = _decode(body, _Node, f"Node {name}")
+        assert isinstance(node, _Node)
+        facts = node_facts(node, self._defaults)
+        self._nodes[name] = (loop.time(), facts)
+        return facts
+
+
+def _secret_value(ns: str, ref: SecretKeyRef, secrets: Mapping[str, Mapping[str, str]]) -> bytes:
+    encoded = secrets[ref.secret_name].get(ref.key)
+    if encoded is None:
+        raise DependencyMissingError(f"Secret {ns}/{ref.secret_name} has no key {ref.key}")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestDecodeError(
+            f"Secret {ns}/{ref.secret_name} key {ref.key} is not base64"
+        ) from exc
+
+
+_ConfigData = tuple[Mapping[str, str], Mapping[str, str]]
+
+
+def _config_value(ns: str, ref: ConfigMapKeyRef, configs: Mapping[str, _ConfigData]) -> bytes:
+    data, binary = configs[ref.config_map_name]
+    if ref.key in data:
+        return data[ref.key].encode()
+    if ref.key in binary:
+        try:
+            return base64.b64decode(binary[ref.key], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestDecodeError(
+                f"ConfigMap {ns}/{ref.config_map_name} key {ref.key} is not base64"
+            ) from exc
+    raise DependencyMissingError(f"ConfigMap {ns}/{ref.config_map_name} has no key {ref.key}")

@@ -1,0 +1,310 @@
+"""Cluster mode against a real kube-apiserver: N resources that already exist → all reconciled,
+beside the floor and a minimal kopf operator doing the same work, in the same run.
+
+Run: ``python -m tests.benchmarks.bench_kubernetes [--resources N] [--skip-kopf]`` (needs the
+binaries of .ci/install-kube-apiserver.sh; kopf, for the comparison, is not a dependency of
+winspec: ``pip install kopf``). It starts its own etcd + kube-apiserver (tests/kube.py).
+
+Each phase gets its own namespace holding N WindowsContainers, each referring to one key of
+one Secret (shared), created before the phase starts. Per resource, every phase does the same
+API calls and disk work:
+
+1. **floor**: a raw aiohttp client (this process), 16 resources in flight: list the resources
+   (pages of 500), then per resource GET the Secret, PATCH the finalizer on, write a file of the
+   size of winspec's bundle and fsync it, PATCH the status. What any controller must do at least.
+2. **winspec**: ``winspec run --source kubernetes`` as a child process (default settings apart
+   from paths, no leader election, ``--workers 16``): list+watch, resolve (GET the Secret, the
+   Node once), generate, finalizer, bundle (atomic, fsynced), status.
+3. **kopf**: a minimal kopf operator as a child process (``tests/benchmarks/kopf_operator.py``),
+   the same calls: GET the Secret, PATCH the finalizer (kopf's own), write + fsync, status.
+
+Measured: time from the child's start (or the floor's first call) until every resource is done
+(its status written), reconciles per second, and the child's peak RSS (``VmHWM``, sampled every
+0.2 s). winspec's completion is read from its /metrics (successful reconciles, each ending with
+its status write); kopf's from its files, then one list of the statuses. Child start-up (Python
+imports, about a second) counts against winspec and kopf, not the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import functools
+import importlib.util
+import json
+import os
+import signal
+import ssl
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from controller.cluster import FINALIZER
+from tests.clustermode import ensure_node, windows_container
+from tests.kube import KubeCluster
+from tests.processes import REPO, clean_env, free_port, winspec_run_command
+
+IN_FLIGHT = 16
+BUNDLE_BYTES = 4200  # winspec's bundle: config.json, links.json and one secret (bench_bundle_write)
+
+
+@dataclass
+class Figures:
+    """One phase's results."""
+
+    name: str
+    seconds: float
+    resources: int
+    peak_rss_mb: float | None
+
+    @property
+    def rate(self) -> float:
+        """Resources reconciled per second."""
+        return self.resources / self.seconds if self.seconds else 0.0
+
+
+def populate(kube: KubeCluster, ns: str, count: int) -> None:
+    """A namespace with one Secret and ``count`` WindowsContainers referring to it."""
+    kube.create_namespace(ns)
+    kube.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+         "data": {"password": base64.b64encode(b"s3cr3t").decode()}},
+    )  # fmt: skip
+    path = f"/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
+    ref = [{"secretName": "db", "key": "password", "target": "db-password"}]
+
+    def create(i: int) -> None:
+        kube.api("POST", path, windows_container(f"r{i:05d}", secrets=ref))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(count)))
+
+
+def done_count(kube: KubeCluster, ns: str, is_done: Callable[[dict[str, Any]], bool]) -> int:
+    """How many resources of the namespace a phase has finished (one paginated list)."""
+    path = f"/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
+    done, token = 0, ""
+    while True:
+        page = kube.api("GET", f"{path}?limit=500" + (f"&continue={token}" if token else ""))
+        done += sum(1 for item in page["items"] if is_done(item))
+        token = page["metadata"].get("continue", "")
+        if not token:
+            return done
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident set size of a live process, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+async def run_child(
+    argv: list[str],
+    finished: Callable[[], int],
+    count: int,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> Figures:
+    """Start a child, poll ``finished()`` (in a thread) until it reaches ``count``; figures."""
+    started = time.monotonic()
+    child = await asyncio.create_subprocess_exec(
+        *argv,
+        env=env or clean_env(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    peak: float | None = None
+    try:
+        while True:
+            await asyncio.sleep(0.2)
+            peak = max(peak or 0.0, peak_rss_mb(child.pid) or 0.0)
+            if child.returncode is not None:
+                raise RuntimeError(f"{name} exited with {child.returncode}")
+            if await asyncio.to_thread(finished) >= count:
+                return Figures(name, time.monotonic() - started, count, peak)
+    finally:
+        if child.returncode is None:
+            child.terminate()
+            await child.wait()
+
+
+def winspec_successes(port: int) -> int:
+    """Successful reconciles so far (the status write is part of one), from winspec's /metrics:
+    cheap to poll, unlike listing every resource."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("controller_runtime_reconcile_total{") and 'result="success"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def kopf_finished(kube: KubeCluster, ns: str, out: Path, count: int) -> int:
+    """kopf's finished resources: its files first (cheap), then one list for the statuses."""
+    try:
+        written = len(os.listdir(out))
+    except OSError:
+        return 0
+    if written < count:
+        return 0
+    return done_count(kube, ns, _kopf_done)
+
+
+def _kopf_done(item: dict[str, Any]) -> bool:
+    return bool((item.get("status") or {}).get("digest"))
+
+
+async def run_floor(kube: KubeCluster, ns: str, count: int, out: Path) -> Figures:
+    """The floor: the same calls, nothing else, 16 in flight."""
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+    context = ssl.create_default_context(cafile=str(kube.ca))
+    headers = {"Authorization": f"Bearer {kube.admin_token}"}
+    base = kube.url
+    wc = f"/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
+    payload = b"x" * BUNDLE_BYTES
+    merge = {"Content-Type": "application/merge-patch+json"}
+
+    def write(name: str) -> None:
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession(
+        headers=headers, connector=aiohttp.TCPConnector(ssl=context, limit=IN_FLIGHT)
+    ) as http:
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            url = f"{base}{wc}?limit=500" + (f"&continue={token}" if token else "")
+            async with http.get(url) as r:
+                page = await r.json()
+            items += page["items"]
+            token = page["metadata"].get("continue", "")
+            if not token:
+                break
+        gate = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(item: dict[str, Any]) -> None:
+            name = item["metadata"]["name"]
+            async with gate:
+                async with http.get(f"{base}/api/v1/namespaces/{ns}/secrets/db") as r:
+                    await r.read()
+                version = item["metadata"]["resourceVersion"]
+                body = {"metadata": {"finalizers": [FINALIZER], "resourceVersion": version}}
+                async with http.patch(
+                    f"{base}{wc}/{name}", data=json.dumps(body), headers=merge
+                ) as r:
+                    patched = await r.json()
+                await asyncio.to_thread(write, name)
+                status = {"metadata": {"resourceVersion": patched["metadata"]["resourceVersion"]},
+                          "status": {"digest": "0" * 64, "observedGeneration": 1}}  # fmt: skip
+                async with http.patch(
+                    f"{base}{wc}/{name}/status", data=json.dumps(status), headers=merge
+                ) as r:
+                    await r.read()
+
+        await asyncio.gather(*(one(item) for item in items))
+    return Figures("floor", time.monotonic() - started, len(items), None)
+
+
+async def run_all(kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool) -> list[Figures]:
+    """The three phases, one after the other, each on its own namespace."""
+    results: list[Figures] = []
+    for ns in ("bench-floor", "bench-winspec") + (() if skip_kopf else ("bench-kopf",)):
+        print(f"creating {count} resources in {ns} ...", file=sys.stderr)
+        await asyncio.to_thread(populate, kube, ns, count)
+    print("floor ...", file=sys.stderr)
+    results.append(await run_floor(kube, "bench-floor", count, scratch / "floor"))
+    print("winspec ...", file=sys.stderr)
+    port = free_port()
+    argv = winspec_run_command(
+        "--source", "kubernetes", "--kubeconfig", str(kube.admin_kubeconfig),
+        "--bundle-root", str(scratch / "winspec"), "--listen", f"127.0.0.1:{port}",
+        "--namespace", "bench-winspec", "--no-leader-elect", "--workers", str(IN_FLIGHT),
+        "--log-level", "warning",
+    )  # fmt: skip
+    results.append(
+        await run_child(argv, functools.partial(winspec_successes, port), count, "winspec")
+    )
+    if not skip_kopf:
+        print("kopf ...", file=sys.stderr)
+        env = clean_env() | {
+            "KUBECONFIG": str(kube.admin_kubeconfig),
+            "BENCH_OUT": str(scratch / "kopf"),
+        }
+        argv = [
+            sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", "bench-kopf",
+            "--quiet", str(REPO / "tests" / "benchmarks" / "kopf_operator.py"),
+        ]  # fmt: skip
+        finished = functools.partial(kopf_finished, kube, "bench-kopf", scratch / "kopf", count)
+        results.append(await run_child(argv, finished, count, "kopf", env))
+    return results
+
+
+def report(results: list[Figures]) -> None:
+    """Print the figures side by side, with ratios to the floor and to kopf."""
+    floor = results[0]
+    by_name = {r.name: r for r in results}
+    print(
+        f"{'phase':8} {'resources':>9} {'seconds':>8} {'per s':>7} {'peak RSS':>9} {'× floor':>8}"
+    )
+    for r in results:
+        rss = f"{r.peak_rss_mb:.0f} MB" if r.peak_rss_mb else "-"
+        print(f"{r.name:8} {r.resources:9d} {r.seconds:8.1f} {r.rate:7.0f} {rss:>9} "
+              f"{r.seconds / floor.seconds:8.2f}")  # fmt: skip
+    kopf, winspec = by_name.get("kopf"), by_name["winspec"]
+    if kopf and kopf.peak_rss_mb and winspec.peak_rss_mb:
+        print(f"winspec / kopf: time {winspec.seconds / kopf.seconds:.2f}×, "
+              f"peak RSS {winspec.peak_rss_mb / kopf.peak_rss_mb:.2f}×")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resources", type=int, default=5000)
+    parser.add_argument("--skip-kopf", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_kopf and importlib.util.find_spec("kopf") is None:
+        print("kopf is not installed (pip install kopf): its phase is skipped", file=sys.stderr)
+        args.skip_kopf = True
+    # SIGTERM too stops the API server and etcd this started (through the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    kube = KubeCluster()
+    try:
+        kube.start()
+        kube.apply_crd()
+        kube.apply_gmsa_crd()
+        ensure_node(kube)
+        with tempfile.TemporaryDirectory(prefix="winspec-bench-") as scratch:
+            results = asyncio.run(run_all(kube, args.resources, Path(scratch), args.skip_kopf))
+        report(results)
+    finally:
+        kube.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
