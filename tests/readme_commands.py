@@ -56,6 +56,14 @@ RUN_WITH_ENGINE: dict[str, tuple[str, ...]] = {
     ".venv/bin/python -m tests.benchmarks.bench_relist": ("--containers", "5"),
     ".venv/bin/python -m tests.benchmarks.bench_flood": ("--events", "40", "--containers", "5"),
 }
+#: The cluster-mode commands: tests/integration/test_readme_cluster.py runs them against the
+#: fixtures' real kube-apiserver (kubectl with the test cluster's kubeconfig).
+RUN_WITH_KUBE: tuple[str, ...] = (
+    "kubectl apply -f manifests/base/crd.yaml -f manifests/base/namespace.yaml "
+    "-f manifests/base/rbac.yaml",
+    "winspec run --source kubernetes --kubeconfig ~/.kube/config "
+    "--bundle-root /var/lib/winspec/bundles",
+)
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
 WINDOWS_ONLY: frozenset[str] = frozenset(

@@ -19,6 +19,7 @@ from tests.readme_commands import (
     RUN_BY_CI,
     RUN_HERE,
     RUN_WITH_ENGINE,
+    RUN_WITH_KUBE,
     TOUR,
     WINDOWS_ONLY,
     argv,
@@ -30,7 +31,14 @@ COMMANDS = readme_commands()
 
 def test_every_readme_command_is_run_somewhere() -> None:
     """Each README command is listed as run here, with an engine, by .ci/run or on Windows."""
-    known = set(RUN_BY_CI) | set(RUN_HERE) | set(TOUR) | set(RUN_WITH_ENGINE) | WINDOWS_ONLY
+    known = (
+        set(RUN_BY_CI)
+        | set(RUN_HERE)
+        | set(TOUR)
+        | set(RUN_WITH_ENGINE)
+        | set(RUN_WITH_KUBE)
+        | WINDOWS_ONLY
+    )
     assert len(COMMANDS) > 10
     unknown = sorted(set(COMMANDS) - known)
     assert not unknown, f"README commands no test or .ci/run runs: {unknown}"
