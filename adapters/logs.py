@@ -37,4 +37,4 @@ def configure_logging(*, fmt: str, level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # kubernetes-asyncio logs every response body at debug level: Secret data, a TokenReview's
     # answer (which echoes the token). Never below warning, whatever --log-level says.
-    logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    logging.getLogger("kubernetes_asyncio").setLevel(max(logging.WARNING, root.level))

@@ -338,7 +338,9 @@ async def test_resources_created_while_down_are_all_reconciled_at_start(
 
         await eventually(all_ready, within=90, what="300 resources Ready")
         assert mode.health.is_ready()
-        assert len(list((tmp_path / "bundles" / ns).iterdir())) == 300
+        # Every bundle, and nothing but the root's own .digest-key beside them.
+        entries = {p.name for p in (tmp_path / "bundles" / ns).iterdir()}
+        assert entries - {".digest-key"} == {f"r{i:03d}" for i in range(300)}
 
 
 async def test_node_name_reconciles_only_the_resources_labelled_for_its_node(
