@@ -55,7 +55,11 @@ runtime_deps() {
     apt_install etcd-server openssl
 }
 
-mkdir -p "$CACHE"
+if ! mkdir -p "$CACHE" 2>/dev/null || [ ! -w "$CACHE" ]; then
+    # /var/cache needs root: create the cache once, owned by whoever runs CI.
+    "${as_root[@]}" mkdir -p "$CACHE"
+    "${as_root[@]}" chown "$(id -u):$(id -g)" "$CACHE"
+fi
 # One build at a time per cache directory (two CI jobs on one machine share the cache).
 exec 9>"$CACHE/.lock"
 flock 9

@@ -49,7 +49,7 @@ def check_key(key: str) -> str:
 class NamespacedBundleWriter:
     """A :class:`~controller.ports.BundleWriter` for keys ``<namespace>/<name>``."""
 
-    def __init__(self, root: Path, *, fsync_threads: int = 4) -> None:
+    def __init__(self, root: Path, *, fsync_threads: int = 8) -> None:
         self._root = root
         self._fsync_threads = fsync_threads
         self._writers: dict[str, LocalBundleWriter] = {}

@@ -193,6 +193,7 @@ class KubernetesResolver:
         """The request for ``key``; None when it is gone or being deleted."""
         entry = self._cache.get(key)
         if entry is None:
+            self.resolved_generation.pop(key, None)  # gone: nothing to report any more
             return None
         if isinstance(entry, RequestDecodeError):
             raise entry

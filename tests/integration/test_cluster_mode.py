@@ -375,3 +375,26 @@ async def test_node_name_reconciles_only_the_resources_labelled_for_its_node(
             assert "status" not in await api(kube, "GET", wc_path(ns, name))
             assert not bundle(tmp_path, ns, name).exists()
         assert mode.health.is_ready()  # no leader condition with --node-name
+
+
+async def test_a_status_conflict_is_re_read_and_retried(
+    kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A 409 on the status patch makes winspec re-read the object and write the status again."""
+    ns = kube_namespace
+    kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
+
+    def status_patch(method: str, path_qs: str) -> bool:
+        return method == "PATCH" and path_qs.split("?")[0].endswith("/conflicted/status")
+
+    kube_proxy.fail(409, count=1, when=status_patch)
+    async with running(kubeconfig, tmp_path, namespace=[ns]) as mode:
+        await api(kube, "POST", wc_path(ns), windows_container("conflicted"))
+        await eventually(ready_object(kube, ns, "conflicted"), what="Ready after a 409")
+        reread = kube_proxy.count(
+            lambda e: e.method == "GET" and e.path_qs.split("?")[0] == wc_path(ns, "conflicted")
+        )
+        assert reread >= 1
+        assert kube_proxy.count(lambda e: e.injected) == 1
+        assert metric(mode, "controller_runtime_reconcile_errors_total",
+                      controller="windowscontainer-bundles") == 0  # fmt: skip
