@@ -64,6 +64,11 @@ RUN_WITH_KUBE: tuple[str, ...] = (
     "winspec run --source kubernetes --kubeconfig ~/.kube/config "
     "--bundle-root /var/lib/winspec/bundles",
 )
+#: The cluster-mode benchmark (it starts its own kube-apiserver), and the options that make the
+#: test's run of it small.
+BENCH_KUBE: dict[str, tuple[str, ...]] = {
+    ".venv/bin/python -m tests.benchmarks.bench_kubernetes": ("--resources", "10", "--skip-kopf"),
+}
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
 WINDOWS_ONLY: frozenset[str] = frozenset(

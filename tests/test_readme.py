@@ -14,6 +14,7 @@ from adapters.cli import _build_parser
 from controller.settings import load_settings
 from tests.processes import clean_env
 from tests.readme_commands import (
+    BENCH_KUBE,
     CI_RUN,
     ROOT,
     RUN_BY_CI,
@@ -37,6 +38,7 @@ def test_every_readme_command_is_run_somewhere() -> None:
         | set(TOUR)
         | set(RUN_WITH_ENGINE)
         | set(RUN_WITH_KUBE)
+        | set(BENCH_KUBE)
         | WINDOWS_ONLY
     )
     assert len(COMMANDS) > 10

@@ -19,7 +19,7 @@ import pytest
 
 from tests.kube import KubeCluster
 from tests.processes import clean_env, free_port, http_status, winspec_run_command
-from tests.readme_commands import ROOT, RUN_WITH_KUBE
+from tests.readme_commands import BENCH_KUBE, ROOT, RUN_WITH_KUBE, argv
 
 pytestmark = pytest.mark.kube
 
@@ -92,3 +92,21 @@ def test_cluster_run_command_becomes_ready_and_stops(kube: KubeCluster, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("command", sorted(BENCH_KUBE))
+def test_the_cluster_benchmark_runs(kube: KubeCluster, command: str) -> None:
+    """The README's cluster-mode benchmark runs (10 resources, no kopf) and prints its figures."""
+    proc = subprocess.run(
+        argv(command, BENCH_KUBE[command]),
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "floor" in proc.stdout
+    assert "winspec" in proc.stdout
