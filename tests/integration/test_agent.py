@@ -157,6 +157,10 @@ async def http(cluster: Cluster) -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client session (for requests the agent client would never send)."""
     async with aiohttp.ClientSession() as session:
         yield session
+    # aiohttp's documented graceful shutdown: SSL transports close asynchronously after the
+    # session does; without the pause one can still be open when the loop goes away (a
+    # ResourceWarning for an unclosed socket).
+    await asyncio.sleep(0.25)
 
 
 def _files(tag: str = "v1", secret: bytes = b"s3cr3t-\x00\xff") -> dict[str, bytes]:
