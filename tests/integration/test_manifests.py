@@ -362,12 +362,10 @@ def _dry_run_apply(kube: KubeCluster, obj: dict[str, Any], resource: dict[str, A
 def test_overlay_passes_a_server_side_dry_run(
     kustomization: str, rendered: dict[str, Any], kube: KubeCluster
 ) -> None:
-    """Every object of the overlay passes a dry-run apply on kube-apiserver 1.20.
-
-    policy/v1 PodDisruptionBudget is not served by 1.20 (added in 1.21; policy/v1beta1 is
-    removed in 1.25): its spec is dry-run as policy/v1beta1 there, the fields used being the
-    same in both. Nothing else may be skipped.
-    """
+    """Every object of the overlay passes a dry-run apply on kube-apiserver 1.20."""
+    # policy/v1 PodDisruptionBudget is not served by 1.20 (added in 1.21; policy/v1beta1 is
+    # removed in 1.25): its spec is dry-run as policy/v1beta1 there, the fields used being the
+    # same in both. Nothing else may be skipped.
     # The namespaced objects' dry-run needs their namespace to exist (a dry-run create of the
     # Namespace stores nothing).
     kube.create_namespace("winspec-system")
