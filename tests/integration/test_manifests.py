@@ -406,3 +406,36 @@ def test_server_dry_run_refuses_an_invalid_object(
 def test_monitoring_kinds_are_not_dry_run_on_1_20(kube: KubeCluster) -> None:
     """monitoring.coreos.com is a Prometheus Operator CRD, not served by a bare API server."""
     assert _served(kube, "monitoring.coreos.com/v1") == {}
+
+
+def _dockerfile_lines(path: Path) -> list[str]:
+    """The instructions of a Dockerfile, comments dropped."""
+    return [
+        line.strip() for line in path.read_text().splitlines() if line.strip()[:1] not in ("#", "")
+    ]
+
+
+def test_controller_image_user_is_the_deployments_non_root_user(
+    rendered: dict[str, Any],
+) -> None:
+    """The Linux image runs as the numeric non-root user the Deployment's securityContext names."""
+    lines = _dockerfile_lines(MANIFESTS / "images/controller.Dockerfile")
+    (user,) = (line.split()[1] for line in lines if line.startswith("USER "))
+    deployment = next(o for o in rendered["overlays/central"] if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert user == f"{pod['runAsUser']}:{pod['runAsGroup']}"
+    assert pod["runAsUser"] != 0
+    assert 'ENTRYPOINT ["winspec"]' in lines
+
+
+def test_windows_image_is_the_one_the_windows_workloads_run(rendered: dict[str, Any]) -> None:
+    """The Windows workloads run the image whose entry point is winspec (manifests/swarm)."""
+    lines = _dockerfile_lines(MANIFESTS / "swarm/Dockerfile")
+    assert 'ENTRYPOINT ["winspec"]' in lines
+    images = {
+        c["image"]
+        for name in ("overlays/central", "overlays/node-local")
+        for where, c in containers(rendered[name])
+        if where.startswith("DaemonSet/")
+    }
+    assert images == {"winspec-windows:0.1.0"}
