@@ -18,6 +18,7 @@ from tests.readme_commands import (
     ROOT,
     RUN_BY_CI,
     RUN_HERE,
+    RUN_MANIFESTS,
     RUN_WITH_ENGINE,
     RUN_WITH_KUBE,
     TOUR,
@@ -37,6 +38,7 @@ def test_every_readme_command_is_run_somewhere() -> None:
         | set(TOUR)
         | set(RUN_WITH_ENGINE)
         | set(RUN_WITH_KUBE)
+        | set(RUN_MANIFESTS)
         | WINDOWS_ONLY
     )
     assert len(COMMANDS) > 10

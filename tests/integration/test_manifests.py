@@ -7,6 +7,7 @@ apply on the fixtures' real kube-apiserver."""
 from __future__ import annotations
 
 import copy
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from tests.manifests import (
     render,
     required_tool,
 )
+from tests.processes import clean_env
+from tests.readme_commands import ROOT, RUN_MANIFESTS
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -439,3 +442,34 @@ def test_windows_image_is_the_one_the_windows_workloads_run(rendered: dict[str, 
         if where.startswith("DaemonSet/")
     }
     assert images == {"winspec-windows:0.1.0"}
+
+
+@pytest.mark.parametrize(
+    "command", [c for c in RUN_MANIFESTS if c.startswith("kubectl kustomize ")]
+)
+def test_readme_kustomize_command_prints_the_rendered_objects(command: str) -> None:
+    """The README's `kubectl kustomize` command exits 0 and prints the objects the tests check."""
+    words = shlex.split(command)
+    proc = subprocess.run(
+        [required_tool("kubectl"), *words[1:]],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    printed = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    assert printed == render(words[2].removeprefix("manifests/"))
+
+
+@pytest.mark.kube
+def test_readme_apply_of_node_local_passes_a_server_dry_run(kube: KubeCluster) -> None:
+    """The README's `kubectl apply -k` of node-local succeeds with --dry-run=server on 1.20."""
+    (command,) = (c for c in RUN_MANIFESTS if c.startswith("kubectl apply "))
+    words = shlex.split(command)
+    kube.create_namespace("winspec-system")
+    proc = subprocess.run(
+        [required_tool("kubectl"), *words[1:], "--dry-run=server"],
+        cwd=ROOT, env={**clean_env(), "KUBECONFIG": str(kube.admin_kubeconfig)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "daemonset.apps/winspec-node" in proc.stdout
+    assert "(server dry run)" in proc.stdout
