@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import shlex
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import yaml
 from adapters.agent.settings import load_agent_settings
 from adapters.cli import _build_parser
 from controller.settings import load_settings
+from tests.agent import AgentProcess, make_tls
 from tests.kube import KubeAPIError, KubeCluster
 from tests.manifests import (
     DASHBOARD,
@@ -473,3 +476,74 @@ def test_readme_apply_of_node_local_passes_a_server_dry_run(kube: KubeCluster) -
     assert proc.returncode == 0, proc.stderr
     assert "daemonset.apps/winspec-node" in proc.stdout
     assert "(server dry run)" in proc.stdout
+
+
+def _audience_token(kube: KubeCluster, namespace: str, name: str, audience: str) -> str:
+    """A token of an existing ServiceAccount issued for ``audience`` (TokenRequest API)."""
+    issued = kube.api(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600, "audiences": [audience]},
+        },
+    )
+    token: str = issued["status"]["token"]
+    return token
+
+
+def _list_bundles(agent: AgentProcess, token: str) -> int:
+    """The status of the agent's GET /v1/bundles with ``token``."""
+    request = urllib.request.Request(
+        agent.url.replace("127.0.0.1", "localhost") + "/v1/bundles",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(
+            request, context=agent.tls.client_context(), timeout=30
+        ) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_agent_rbac_rule_says_why() -> None:
+    """Each rule of the agent's ClusterRole is preceded by a comment justifying it."""
+    lines = (MANIFESTS / "base/agent-rbac.yaml").read_text().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
+    assert rules
+    for i in rules:
+        assert lines[i - 1].strip().startswith("#"), lines[i]
+
+
+@pytest.mark.kube
+@pytest.mark.timeout(120)
+def test_agent_as_the_base_account_admits_only_the_controller(
+    rendered: dict[str, Any], kube: KubeCluster, tmp_path: Path
+) -> None:
+    """With the base's RBAC applied, the agent (as winspec-agent) admits winspec, refuses others."""
+    base = [o for o in rendered["overlays/central"] if o["kind"] != "CustomResourceDefinition"]
+    for obj in base:
+        if obj["kind"] in ("Namespace", "ServiceAccount") or "rbac" in obj["apiVersion"]:
+            kube.apply(obj)
+    _, container = next(c for c in containers(rendered["overlays/central"]) if "agent" in c[0])
+    flags = dict(a.removeprefix("--").split("=", 1) for a in container["args"][1:])
+    agent = AgentProcess(
+        root=tmp_path / "bundles",
+        tls=make_tls(tmp_path / "tls"),
+        kubeconfig=kube.kubeconfig(kube.service_account_token("winspec-system", "winspec-agent")),
+        allowed=[flags["allowed-identity"]],
+        audience=flags["token-audience"],
+    )
+    agent.start()  # ready: its TokenReview access works with exactly the base's rule
+    try:
+        audience = flags["token-audience"]
+        assert (
+            _list_bundles(agent, _audience_token(kube, "winspec-system", "winspec", audience))
+            == 200
+        )
+        other = _audience_token(kube, "winspec-system", "winspec-agent", audience)
+        assert _list_bundles(agent, other) == 403
+    finally:
+        agent.stop()
