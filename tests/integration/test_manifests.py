@@ -164,7 +164,7 @@ def test_kustomization_builds(kustomization: str) -> None:
 
 
 def test_central_overlay_has_the_deployment_shape(rendered: dict[str, Any]) -> None:
-    """Central: a 2-replica probed, non-root controller with a PDB, a Windows agent DaemonSet."""
+    """Central: 2 probed non-root controller replicas, a PDB, and a Windows agent DaemonSet."""
     by_kind = {(o["kind"], o["metadata"]["name"]): o for o in rendered["overlays/central"]}
     deployment = by_kind["Deployment", "winspec-controller"]
     assert deployment["spec"]["replicas"] == 2
@@ -172,7 +172,8 @@ def test_central_overlay_has_the_deployment_shape(rendered: dict[str, Any]) -> N
     (container,) = pod["containers"]
     assert "--leader-elect" in container["args"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Not /readyz: only the leader is ready there, so rollouts and drains would stall.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
