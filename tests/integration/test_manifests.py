@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -35,8 +36,6 @@ from tests.manifests import (
 )
 from tests.processes import clean_env
 from tests.readme_commands import ROOT, RUN_MANIFESTS
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 _DURATION = {"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"}
 _STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
