@@ -22,6 +22,7 @@ RUN_BY_CI: dict[str, str] = {
     ".ci/install-docker.sh": "bash .ci/install-docker.sh",
     ".ci/install-oci-checks.sh": "bash .ci/install-oci-checks.sh",
     ".ci/install-kube-apiserver.sh": "bash .ci/install-kube-apiserver.sh",
+    ".ci/install-manifest-checks.sh": "bash .ci/install-manifest-checks.sh",
     ".venv/bin/ruff check .": ".venv/bin/ruff check .",
     ".venv/bin/ruff format --check .": ".venv/bin/ruff format --check .",
     ".venv/bin/mypy controller adapters": ".venv/bin/mypy controller adapters",
@@ -69,6 +70,14 @@ RUN_WITH_KUBE: tuple[str, ...] = (
 BENCH_KUBE: dict[str, tuple[str, ...]] = {
     ".venv/bin/python -m tests.benchmarks.bench_kubernetes": ("--resources", "10", "--skip-kopf"),
 }
+#: The deployment commands: tests/integration/test_manifests.py runs the kustomize builds as
+#: they are and the apply with --dry-run=server against the fixtures' real kube-apiserver.
+RUN_MANIFESTS: tuple[str, ...] = (
+    "kubectl kustomize manifests/overlays/node-local",
+    "kubectl kustomize manifests/overlays/central",
+    "kubectl kustomize manifests/monitoring",
+    "kubectl apply -k manifests/overlays/node-local",
+)
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
 WINDOWS_ONLY: frozenset[str] = frozenset(

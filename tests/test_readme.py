@@ -19,6 +19,7 @@ from tests.readme_commands import (
     ROOT,
     RUN_BY_CI,
     RUN_HERE,
+    RUN_MANIFESTS,
     RUN_WITH_ENGINE,
     RUN_WITH_KUBE,
     TOUR,
@@ -39,6 +40,7 @@ def test_every_readme_command_is_run_somewhere() -> None:
         | set(RUN_WITH_ENGINE)
         | set(RUN_WITH_KUBE)
         | set(BENCH_KUBE)
+        | set(RUN_MANIFESTS)
         | WINDOWS_ONLY
     )
     assert len(COMMANDS) > 10
