@@ -7,13 +7,18 @@ between replicas moves the failover), and it writes naive local times. This one 
 client-go's leaderelection instead:
 
 - a candidate takes the Lease only when it has seen the same record unchanged for a whole
-  ``lease_duration`` on its *own* monotonic clock (never trusting another replica's clock);
-- every attempt is bounded by ``retry_period``, and writes carry the resourceVersion they read
-  (a 409 means someone else won this round);
+  ``lease_duration`` on its *own* monotonic clock, timed from when the change was observed
+  (never trusting another replica's clock);
+- writes carry the resourceVersion they read (a 409 means someone else won this round);
 - the leader renews every ``retry_period``; when no renew has succeeded for ``renew_deadline``
-  (shorter than the lease, so it gives up before anyone may take over), it has lost;
+  (shorter than the lease, so it gives up before anyone may take over), it has lost. Every
+  request is cut off at that deadline (and at a retry period while campaigning), so a hung
+  connection cannot stretch it;
+- a Lease that names another holder while this replica leads is lost at once (someone took
+  it over, or overwrote it): never two leaders until the renew deadline runs out;
 - on a clean stop the leader releases the Lease (empty holder), so another replica takes over
-  without waiting for it to expire.
+  without waiting for it to expire; a 409 there (a renew cancelled in flight that landed after
+  the read) is read again and retried.
 
 The mode runs the controller only while :meth:`LeaderElector.run` says it leads and stops
 reconciling the moment it does not.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +52,18 @@ class LeaseSettings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+
+
+class _Outcome(enum.Enum):
+    OURS = "ours"  # acquired or renewed
+    HELD = "held"  # another identity holds it (unexpired, or at all while we lead)
+    ERROR = "error"  # no answer that settles it: try again
+
+
+#: Reads and writes a release makes when the Lease keeps changing under it (409s).
+_CONFLICT_REREADS = 3
+#: A holder's leaseDurationSeconds beyond this (or missing, or not positive) is not believed.
+_MAX_LEASE_SECONDS = 3600
 
 
 class _LeaseSpec(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -97,35 +115,61 @@ class LeaderElector:
         it is lost (the caller stops reconciling at once)."""
         loop = asyncio.get_running_loop()
         while True:
-            if await self._attempt():
+            started = loop.time()
+            if await self._attempt(started + self._s.retry_period) is _Outcome.OURS:
                 break
             await asyncio.sleep(self._s.retry_period)
         log.info("became the leader", extra={"lease": self._s.name, "identity": self._s.identity})
         self._set(True)
-        last_renew = loop.time()
+        # The deadline counts from when the last successful renew was *sent*: the server
+        # wrote its renewTime no earlier, so this replica gives up no later than it should.
+        renewed_at = started
         try:
             while True:
-                await asyncio.sleep(self._s.retry_period)
-                if await self._attempt():
-                    last_renew = loop.time()
-                elif loop.time() - last_renew >= self._s.renew_deadline:
-                    log.error("lost the lease; stopping", extra={"lease": self._s.name})
+                deadline = renewed_at + self._s.renew_deadline
+                await asyncio.sleep(min(self._s.retry_period, max(deadline - loop.time(), 0)))
+                started = loop.time()
+                if started >= deadline:
+                    log.error(
+                        "lost the lease: no renew within the renew deadline; stopping",
+                        extra={"lease": self._s.name},
+                    )
+                    return
+                outcome = await self._attempt(deadline)
+                if outcome is _Outcome.OURS:
+                    renewed_at = started
+                elif outcome is _Outcome.HELD:
+                    log.error(
+                        "lost the lease: another replica holds it; stopping",
+                        extra={"lease": self._s.name, "holder": self._holder()},
+                    )
                     return
         finally:
             self._set(False)
 
     async def release(self) -> None:
-        """Give the Lease up (a clean stop): the next candidate need not wait for expiry."""
+        """Give the Lease up (a clean stop): the next candidate need not wait for expiry.
+
+        A 409 means the Lease changed since it was read (typically a renew cancelled in flight
+        that landed late): it is read again, so one conflict never leaves the Lease held."""
         if self._observed is None or self._observed.holder_identity != self._s.identity:
             return
         try:
-            lease = await self._get()
-            if lease is None or lease.spec.holder_identity != self._s.identity:
-                return
-            lease.spec.holder_identity = ""
-            lease.spec.lease_duration_seconds = 1
-            await self._put(lease)
-        except WinspecError as exc:
+            async with asyncio.timeout(self._s.renew_deadline):
+                for _ in range(_CONFLICT_REREADS):
+                    lease = await self._get()
+                    if lease is None or lease.spec.holder_identity != self._s.identity:
+                        return
+                    lease.spec.holder_identity = ""
+                    lease.spec.lease_duration_seconds = 1
+                    try:
+                        await self._put(lease)
+                    except ConflictError:
+                        continue
+                    log.info("released the lease", extra={"lease": self._s.name})
+                    return
+                log.warning("could not release the lease: it kept changing")
+        except (TimeoutError, WinspecError, msgspec.DecodeError) as exc:
             log.warning("could not release the lease", extra={"error": str(exc)})
 
     def _set(self, leading: bool) -> None:
@@ -136,18 +180,21 @@ class LeaderElector:
         if self._on_change is not None:
             self._on_change(leading)
 
-    async def _attempt(self) -> bool:
-        """One bounded try to acquire or renew; whether this candidate holds the Lease now."""
+    def _holder(self) -> str:
+        return (self._observed.holder_identity or "") if self._observed is not None else ""
+
+    async def _attempt(self, deadline: float) -> _Outcome:
+        """One try to acquire or renew, cut off at ``deadline`` (loop time)."""
         try:
-            async with asyncio.timeout(self._s.retry_period):
+            async with asyncio.timeout_at(deadline):
                 return await self._try_acquire_or_renew()
         except (TimeoutError, ConflictError):
-            return False
-        except WinspecError as exc:
+            return _Outcome.ERROR
+        except (WinspecError, msgspec.DecodeError) as exc:
             log.warning("leader election attempt failed", extra={"error": str(exc)})
-            return False
+            return _Outcome.ERROR
 
-    async def _try_acquire_or_renew(self) -> bool:
+    async def _try_acquire_or_renew(self) -> _Outcome:
         loop = asyncio.get_running_loop()
         now = _micro_time()
         me = self._s.identity
@@ -162,14 +209,16 @@ class LeaderElector:
             )
             await self._create(spec)
             self._observe(spec, loop.time())
-            return True
+            return _Outcome.OURS
         if self._observed != lease.spec:
+            # Timed from when the answer arrived, on this process's clock.
             self._observe(lease.spec, loop.time())
         holder = lease.spec.holder_identity or ""
         if holder and holder != me:
-            expires = self._observed_at + (lease.spec.lease_duration_seconds or 0)
-            if loop.time() < expires:
-                return False  # someone else holds it, and we have not seen it expire
+            if self.leading.is_set():
+                return _Outcome.HELD  # taken from us: lost now, whatever its timing says
+            if loop.time() < self._observed_at + self._duration_of(lease.spec):
+                return _Outcome.HELD  # someone else holds it, and we have not seen it expire
         if holder != me:
             lease.spec.lease_transitions = (lease.spec.lease_transitions or 0) + 1
             lease.spec.acquire_time = now
@@ -178,7 +227,14 @@ class LeaderElector:
         lease.spec.renew_time = now
         await self._put(lease)
         self._observe(lease.spec, loop.time())
-        return True
+        return _Outcome.OURS
+
+    def _duration_of(self, spec: _LeaseSpec) -> float:
+        """The holder's promised duration; ours when its record has none that makes sense."""
+        value = spec.lease_duration_seconds
+        if value is not None and 0 < value <= _MAX_LEASE_SECONDS:
+            return float(value)
+        return self._s.lease_duration
 
     def _observe(self, spec: _LeaseSpec, at: float) -> None:
         self._observed = msgspec.structs.replace(spec)

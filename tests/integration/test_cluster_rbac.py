@@ -1,5 +1,6 @@
 """Cluster mode as its own least-privilege ServiceAccount (manifests/base/rbac.yaml), against
-the real kube-apiserver: everything winspec does works with exactly these rules."""
+the real kube-apiserver: everything winspec does works with exactly these rules, and the API
+server's SubjectAccessReviews allow exactly the listed requests and refuse the rest."""
 
 from __future__ import annotations
 
@@ -39,6 +40,114 @@ def winspec_token(kube: KubeCluster) -> str:
     for doc in _documents(NAMESPACE) + _documents(RBAC):
         kube.apply(doc)
     return kube.service_account_token("winspec-system", "winspec")
+
+
+ACCOUNT_NS = "winspec-system"
+LEASE = "winspec"
+USER = f"system:serviceaccount:{ACCOUNT_NS}:winspec"
+GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{ACCOUNT_NS}", "system:authenticated"]
+
+#: (verb, group, resource, namespace or "", name or "") the ServiceAccount must be allowed.
+ALLOWED = [
+    *[(v, "winspec.io", "windowscontainers", "apps", "") for v in ("get", "list", "watch")],
+    ("patch", "winspec.io", "windowscontainers", "apps", "web"),
+    ("patch", "winspec.io", "windowscontainers/status", "apps", "web"),
+    *[(v, "", r, "apps", "") for r in ("secrets", "configmaps") for v in ("get", "list", "watch")],
+    *[(v, "", r, "", "") for r in ("secrets", "configmaps") for v in ("list", "watch")],
+    *[(v, "windows.k8s.io", "gmsacredentialspecs", "", "") for v in ("get", "list", "watch")],
+    ("get", "", "nodes", "", "win-1"),
+    ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
+    ("create", "", "events", "apps", ""),
+    *[(v, "rbac.authorization.k8s.io", r, "", "") for v in ("list", "watch")
+      for r in ("roles", "rolebindings", "clusterroles", "clusterrolebindings")],
+    ("create", "coordination.k8s.io", "leases", ACCOUNT_NS, ""),
+    *[(v, "coordination.k8s.io", "leases", ACCOUNT_NS, LEASE) for v in ("get", "update")],
+]  # fmt: skip
+
+#: What it must be refused: writes to what it only reads, other kinds, other Leases, escalation.
+REFUSED = [
+    ("delete", "", "secrets", "apps", "db"),
+    ("create", "", "secrets", "apps", ""),
+    ("update", "", "secrets", "apps", "db"),
+    ("patch", "", "configmaps", "apps", "cfg"),
+    ("list", "", "pods", "apps", ""),
+    ("get", "", "pods", "apps", "p"),
+    ("create", "", "pods/exec", "apps", "p"),
+    ("list", "", "serviceaccounts", "apps", ""),
+    ("create", "", "serviceaccounts/token", "apps", "default"),
+    ("create", "winspec.io", "windowscontainers", "apps", ""),
+    ("update", "winspec.io", "windowscontainers", "apps", "web"),
+    ("delete", "winspec.io", "windowscontainers", "apps", "web"),
+    ("deletecollection", "winspec.io", "windowscontainers", "apps", ""),
+    ("update", "winspec.io", "windowscontainers/status", "apps", "web"),
+    ("use", "windows.k8s.io", "gmsacredentialspecs", "", "webapp"),
+    ("update", "windows.k8s.io", "gmsacredentialspecs", "", "webapp"),
+    ("list", "", "nodes", "", ""),
+    ("update", "", "nodes", "", "win-1"),
+    ("patch", "", "nodes/status", "", "win-1"),
+    ("patch", "", "events", "apps", "e"),
+    ("delete", "", "events", "apps", "e"),
+    ("list", "", "events", "apps", ""),
+    ("get", "rbac.authorization.k8s.io", "clusterroles", "", "cluster-admin"),
+    ("create", "rbac.authorization.k8s.io", "rolebindings", "apps", ""),
+    ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
+    ("escalate", "rbac.authorization.k8s.io", "clusterroles", "", "winspec"),
+    ("bind", "rbac.authorization.k8s.io", "clusterroles", "", "cluster-admin"),
+    ("get", "coordination.k8s.io", "leases", ACCOUNT_NS, "kube-scheduler"),
+    ("update", "coordination.k8s.io", "leases", ACCOUNT_NS, "other"),
+    ("delete", "coordination.k8s.io", "leases", ACCOUNT_NS, LEASE),
+    ("list", "coordination.k8s.io", "leases", ACCOUNT_NS, ""),
+    ("get", "coordination.k8s.io", "leases", "kube-system", LEASE),
+    ("create", "coordination.k8s.io", "leases", "apps", ""),
+    ("impersonate", "", "serviceaccounts", "apps", "default"),
+    ("create", "authentication.k8s.io", "tokenreviews", "", ""),
+]
+
+
+def _allowed(kube: KubeCluster, verb: str, group: str, resource: str, ns: str, name: str) -> bool:
+    """The API server's own answer (a SubjectAccessReview) for the winspec ServiceAccount."""
+    resource, _, subresource = resource.partition("/")
+    attributes = {"verb": verb, "group": group, "resource": resource}
+    attributes |= {k: v for k, v in (("subresource", subresource), ("namespace", ns),
+                                     ("name", name)) if v}  # fmt: skip
+    review = kube.api(
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {"user": USER, "groups": GROUPS, "resourceAttributes": attributes},
+        },
+    )
+    return bool(review["status"].get("allowed"))
+
+
+def test_the_roles_grant_exactly_the_listed_rights() -> None:
+    """The ClusterRole and Role rules, expanded, are exactly ALLOWED's (verb, group, resource)."""
+    granted = set()
+    for doc in _documents(RBAC):
+        if doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        granted |= {(verb, group, resource) for verb in rule["verbs"]}
+    assert granted == {(verb, group, resource) for verb, group, resource, _, _ in ALLOWED}
+
+
+@pytest.mark.parametrize(("verb", "group", "resource", "ns", "name"), ALLOWED)
+def test_the_service_account_may(
+    kube: KubeCluster, winspec_token: str, verb: str, group: str, resource: str, ns: str, name: str
+) -> None:
+    """The API server allows the ServiceAccount each request cluster mode makes."""
+    assert _allowed(kube, verb, group, resource, ns, name)
+
+
+@pytest.mark.parametrize(("verb", "group", "resource", "ns", "name"), REFUSED)
+def test_the_service_account_may_not(
+    kube: KubeCluster, winspec_token: str, verb: str, group: str, resource: str, ns: str, name: str
+) -> None:
+    """The API server refuses the ServiceAccount everything beyond that (other Leases too)."""
+    assert not _allowed(kube, verb, group, resource, ns, name)
 
 
 def test_every_rule_says_why() -> None:
