@@ -56,8 +56,13 @@ class _PodMeta(msgspec.Struct, kw_only=True):
     deletion_timestamp: str | None = msgspec.field(name="deletionTimestamp", default=None)
 
 
+class _PodSpec(msgspec.Struct, rename="camel", kw_only=True):
+    node_name: str = ""
+
+
 class _Pod(msgspec.Struct, kw_only=True):
     metadata: _PodMeta = msgspec.field(default_factory=_PodMeta)
+    spec: _PodSpec = msgspec.field(default_factory=_PodSpec)
     status: _PodStatus = msgspec.field(default_factory=_PodStatus)
 
 
@@ -90,34 +95,52 @@ class AgentLocator:
         """Drop the cached address (a call to it failed; the pod may have moved)."""
         self._cache.pop(node, None)
 
+    async def _running(self, node: str | None) -> list[_Pod]:
+        """The running agent pods (on ``node``, or everywhere), by name."""
+        e = self._endpoint
+        query = [("labelSelector", e.selector)]
+        if node is not None:
+            query.append(("fieldSelector", f"spec.nodeName={node}"))
+        data = await self._client.request(
+            "GET",
+            f"/api/v1/namespaces/{quote(e.namespace, safe='')}/pods",
+            query=query,
+            api="agent_pod_list",
+        )
+        try:
+            pods = msgspec.json.decode(data, type=_PodList).items
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise TransientError(f"unreadable agent pod list: {exc}") from None
+        return sorted(
+            (p for p in pods if p.status.phase == "Running" and p.status.pod_ip
+             and p.spec.node_name and p.metadata.deletion_timestamp is None),
+            key=lambda p: p.metadata.name,
+        )  # fmt: skip
+
+    async def nodes(self) -> list[str]:
+        """Every node with a running agent pod (its address cached)."""
+        found: dict[str, str] = {}
+        for pod in await self._running(None):
+            found.setdefault(pod.spec.node_name, self._url(pod.status.pod_ip))
+        self._cache.update(found)
+        return sorted(found)
+
+    def _url(self, ip: str) -> str:
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"https://{host}:{self._endpoint.port}"
+
     async def base_url(self, node: str) -> str:
         """``https://<podIP>:<port>`` of the running agent pod on ``node``."""
         cached = self._cache.get(node)
         if cached is not None:
             return cached
         e = self._endpoint
-        data = await self._client.request(
-            "GET",
-            f"/api/v1/namespaces/{quote(e.namespace, safe='')}/pods",
-            query=[("labelSelector", e.selector), ("fieldSelector", f"spec.nodeName={node}")],
-            api="agent_pod_list",
-        )
-        try:
-            pods = msgspec.json.decode(data, type=_PodList).items
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise TransientError(f"node {node}: unreadable agent pod list: {exc}") from None
-        ready = sorted(
-            (p for p in pods if p.status.phase == "Running" and p.status.pod_ip
-             and p.metadata.deletion_timestamp is None),
-            key=lambda p: p.metadata.name,
-        )  # fmt: skip
+        ready = await self._running(node)
         if not ready:
             raise TransientError(
                 f"node {node}: no running agent pod ({e.selector!r} in namespace {e.namespace})"
             )
-        ip = ready[0].status.pod_ip
-        host = f"[{ip}]" if ":" in ip else ip
-        url = f"https://{host}:{e.port}"
+        url = self._url(ready[0].status.pod_ip)
         self._cache[node] = url
         return url
 
@@ -241,6 +264,10 @@ class RemoteBundleWriter:
     async def list_ids(self) -> list[str]:
         """The ids delivered in this run (an agent's own list comes from :meth:`node_bundles`)."""
         return sorted(self.delivered)
+
+    async def agent_nodes(self) -> list[str]:
+        """Every node with a running agent, and every node delivered to in this run."""
+        return sorted(set(await self._locator.nodes()) | {n for n, _ in self.delivered.values()})
 
     async def node_bundles(self, node: str) -> dict[str, str]:
         """Every bundle the agent on ``node`` holds: id to its digest."""
