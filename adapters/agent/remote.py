@@ -4,7 +4,8 @@
 ``<namespace>/<name>``. The node is the resource's ``spec.nodeName`` (from the source's cache);
 the agent on it is found by :class:`AgentLocator`: the agent pod on that node, listed through
 the API (the agents' label selector and ``fieldSelector=spec.nodeName=<node>``, a running pod
-with a ``podIP``) and reached at ``https://<podIP>:<agent port>``. The address is cached per
+with a ``podIP``) and reached at ``https://<podIP>:<port>``, the port the pod declares as its
+container port named ``https``, else the agent port setting. The address is cached per
 node and forgotten when a call to it fails, so a restarted agent (new pod, new IP) is found
 again on the next attempt.
 
@@ -44,6 +45,8 @@ from controller.ports import Stage, StatusReporter
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+#: The agent pod's container port of this name, when declared, wins over the port setting.
+AGENT_PORT_NAME = "https"
 
 
 class _PodStatus(msgspec.Struct, rename="camel", kw_only=True):
@@ -56,8 +59,26 @@ class _PodMeta(msgspec.Struct, kw_only=True):
     deletion_timestamp: str | None = msgspec.field(name="deletionTimestamp", default=None)
 
 
+class _Port(msgspec.Struct, rename="camel", kw_only=True):
+    name: str = ""
+    container_port: int = 0
+
+
+class _Container(msgspec.Struct, kw_only=True):
+    ports: list[_Port] = msgspec.field(default_factory=list)
+
+
 class _PodSpec(msgspec.Struct, rename="camel", kw_only=True):
     node_name: str = ""
+    containers: list[_Container] = msgspec.field(default_factory=list)
+
+    def port(self, name: str) -> int | None:
+        """The container port called ``name`` (None: no container declares it)."""
+        for container in self.containers:
+            for port in container.ports:
+                if port.name == name and 0 < port.container_port < 65536:
+                    return port.container_port
+        return None
 
 
 class _Pod(msgspec.Struct, kw_only=True):
@@ -121,13 +142,15 @@ class AgentLocator:
         """Every node with a running agent pod (its address cached)."""
         found: dict[str, str] = {}
         for pod in await self._running(None):
-            found.setdefault(pod.spec.node_name, self._url(pod.status.pod_ip))
+            found.setdefault(pod.spec.node_name, self._url(pod))
         self._cache.update(found)
         return sorted(found)
 
-    def _url(self, ip: str) -> str:
+    def _url(self, pod: _Pod) -> str:
+        ip = pod.status.pod_ip
         host = f"[{ip}]" if ":" in ip else ip
-        return f"https://{host}:{self._endpoint.port}"
+        port = pod.spec.port(AGENT_PORT_NAME) or self._endpoint.port
+        return f"https://{host}:{port}"
 
     async def base_url(self, node: str) -> str:
         """``https://<podIP>:<port>`` of the running agent pod on ``node``."""
@@ -140,7 +163,7 @@ class AgentLocator:
             raise TransientError(
                 f"node {node}: no running agent pod ({e.selector!r} in namespace {e.namespace})"
             )
-        url = self._url(ready[0].status.pod_ip)
+        url = self._url(ready[0])
         self._cache[node] = url
         return url
 
@@ -274,11 +297,15 @@ class RemoteBundleWriter:
         return await self._on_node(node, "listing bundles", lambda c: c.list_bundles())
 
     async def resync(
-        self, nodes: Iterable[str], enqueue: Callable[[str], None]
+        self,
+        nodes: Iterable[str],
+        enqueue: Callable[[str], None],
+        owns: Callable[[str], bool] = lambda key: True,
     ) -> tuple[list[str], list[str]]:
         """Compare each node's bundles with the desired state: delete orphans (bundles of
         resources gone or moved to another node), enqueue keys missing or differing there.
 
+        Only keys ``owns`` accepts are orphans (another instance may watch other namespaces).
         Returns (orphans deleted, keys enqueued). A node that fails is skipped (logged).
         """
         removed: list[str] = []
@@ -295,7 +322,7 @@ class RemoteBundleWriter:
                 continue
             wanted = desired.get(node, set())
             for key in sorted(set(held) - wanted):
-                if key in self._cache:
+                if key in self._cache or not owns(key):
                     continue  # a resource still there (being deleted): its reconcile removes it
                 try:
                     await self._delete_on(node, key)

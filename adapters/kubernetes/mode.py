@@ -321,7 +321,7 @@ class ClusterMode:
         )
         if remote is not None:
             status = NodeDigestStatus(status, remote)
-            _spawn(_resync_agents(remote, queue.add, s.resync_interval))
+            _spawn(_resync_agents(remote, queue.add, s.resync_interval, _owned(s)))
         controller = Controller(
             CONTROLLER_NAME,
             queue=queue,
@@ -384,14 +384,17 @@ def _remote_writer(s: Settings, client: KubeClient, source: ClusterSource) -> Re
 
 
 async def _resync_agents(
-    remote: RemoteBundleWriter, enqueue: Callable[[str], None], interval: float
+    remote: RemoteBundleWriter,
+    enqueue: Callable[[str], None],
+    interval: float,
+    owns: Callable[[str], bool],
 ) -> None:
     """At start (once the first list is in) and every ``interval``: compare agents' bundles
     with the desired state (orphans deleted, missing or different ones re-queued)."""
     await asyncio.sleep(min(interval, AGENT_RESYNC_FIRST_SECONDS))
     while True:
         try:
-            removed, queued = await remote.resync(await remote.agent_nodes(), enqueue)
+            removed, queued = await remote.resync(await remote.agent_nodes(), enqueue, owns)
             if removed or queued:
                 log.info(
                     "agent resync", extra={"orphans_removed": len(removed), "requeued": len(queued)}
@@ -399,6 +402,17 @@ async def _resync_agents(
         except WinspecError as exc:
             log.warning("agent resync failed", extra={"error": str(exc)})
         await asyncio.sleep(interval)
+
+
+def _owned(s: Settings) -> Callable[[str], bool]:
+    """Which agent bundles this instance may delete as orphans: none under --selector (it
+    cannot tell another selector's bundles from orphans), else those of watched namespaces."""
+    if s.selector:
+        return lambda key: False
+    if not s.namespace:
+        return lambda key: True
+    watched = set(s.namespace)
+    return lambda key: key.partition("/")[0] in watched
 
 
 def _selector(selector: str | None, node_name: str | None) -> str | None:
