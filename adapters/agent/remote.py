@@ -49,9 +49,9 @@ _T = TypeVar("_T")
 AGENT_PORT_NAME = "https"
 
 
-class _PodStatus(msgspec.Struct, rename="camel", kw_only=True):
+class _PodStatus(msgspec.Struct, kw_only=True):
     phase: str = ""
-    pod_ip: str = ""
+    pod_ip: str = msgspec.field(name="podIP", default="")
 
 
 class _PodMeta(msgspec.Struct, kw_only=True):
@@ -259,7 +259,8 @@ class RemoteBundleWriter:
             ) from None
         except TransientError as exc:
             self._locator.forget(node)
-            raise TransientError(f"node {node}: {what} failed: {exc}") from None
+            text = str(exc).removeprefix(f"node {node}: ")
+            raise TransientError(f"node {node}: {what} failed: {text}") from None
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Deliver the bundle to its node's agent; False when the agent had it already."""

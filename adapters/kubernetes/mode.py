@@ -321,7 +321,12 @@ class ClusterMode:
         )
         if remote is not None:
             status = NodeDigestStatus(status, remote)
-            _spawn(_resync_agents(remote, queue.add, s.resync_interval, _owned(s)))
+            resync: asyncio.Task[None] | None = asyncio.create_task(
+                _resync_agents(remote, queue.add, s.resync_interval, _owned(s)),
+                name="agent-resync",
+            )
+        else:
+            resync = None
         controller = Controller(
             CONTROLLER_NAME,
             queue=queue,
@@ -362,6 +367,9 @@ class ClusterMode:
             )
             await finish(controller_task, within=CANCEL_GRACE_SECONDS, what="controller")
             bundles.close()
+            if resync is not None:
+                resync.cancel()
+                await finish(resync, within=CANCEL_GRACE_SECONDS, what="agent resync")
             if remote is not None:
                 await remote.close()
         if failed is not None:

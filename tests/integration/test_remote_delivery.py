@@ -128,7 +128,8 @@ def _agent_pod(d: Delivery, node: str, port: int) -> None:
     d.kube.api("POST", f"/api/v1/namespaces/{d.namespace}/pods", {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "winspec-agent"}},
-        "spec": {"nodeName": node, "automountServiceAccountToken": False,
+        "spec": {"nodeName": node, "serviceAccountName": "agent",
+                 "automountServiceAccountToken": False,
                  "containers": [{"name": "agent", "image": "winspec-agent:test",
                                  "ports": [{"name": "https", "containerPort": port}]}]},
     })  # fmt: skip
