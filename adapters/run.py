@@ -122,6 +122,54 @@ def add_run_parser(sub: Any) -> None:
         help="cluster mode: server-side timeout of each watch (default: 300)",
     )
     p.add_argument(
+        "--delivery",
+        choices=["local", "agent"],
+        help="cluster mode: write bundles under --bundle-root (local), or hand each to the "
+        "node agent on its resource's node (agent; default: local)",
+    )
+    p.add_argument(
+        "--agent-port",
+        type=int,
+        metavar="PORT",
+        help="--delivery agent: the agents' HTTPS port (default: 9443)",
+    )
+    p.add_argument(
+        "--agent-ca-file",
+        metavar="FILE",
+        help="--delivery agent: CA bundle the agents' certificates are checked against "
+        "(default: the system's CAs)",
+    )
+    p.add_argument(
+        "--agent-token-file",
+        metavar="FILE",
+        help="--delivery agent: projected service-account token (audience winspec-agent), "
+        "re-read on every call (default: /var/run/secrets/winspec/token)",
+    )
+    p.add_argument(
+        "--agent-selector",
+        metavar="LABELS",
+        help="--delivery agent: label selector of the agent pods "
+        "(default: app.kubernetes.io/name=winspec-agent)",
+    )
+    p.add_argument(
+        "--agent-namespace",
+        metavar="NAME",
+        help="--delivery agent: namespace of the agent pods (default: winspec-system)",
+    )
+    p.add_argument(
+        "--agent-concurrency",
+        type=int,
+        metavar="N",
+        help="--delivery agent: calls at once to one node's agent (default: 4)",
+    )
+    p.add_argument(
+        "--agent-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="--delivery agent: deadline of one delivery to one node, retries included; "
+        "a slower node's resources are retried later (default: 60)",
+    )
+    p.add_argument(
         "--docker-host",
         metavar="URL",
         help="engine endpoint: unix:///path, npipe:////./pipe/NAME or tcp://HOST:PORT "

@@ -75,6 +75,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leader_election_id: str = "winspec"
     #: Seconds a Lease is valid without renewal (renew deadline 2/3 of it, retry 2/15).
     lease_duration: float = 15.0
+    # Central delivery (--delivery agent): bundles go to the node agent on each resource's node.
+    #: Where bundles go in cluster mode: "local" (--bundle-root) or "agent" (node agents).
+    delivery: Literal["local", "agent"] = "local"
+    #: The port the node agents serve HTTPS on.
+    agent_port: int = 9443
+    #: CA bundle (PEM) the agents' certificates are checked against (default: the system's).
+    agent_ca_file: str | None = None
+    #: The projected service-account token (audience winspec-agent), re-read on every call.
+    agent_token_file: str = "/var/run/secrets/winspec/token"
+    #: Label selector of the agent pods, and their namespace.
+    agent_selector: str = "app.kubernetes.io/name=winspec-agent"
+    agent_namespace: str = "winspec-system"
+    #: Calls at once to one node's agent, and one delivery's deadline in seconds.
+    agent_concurrency: int = 4
+    agent_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         # Every check that needs no adapter; docker_host is parsed by the Docker client's own
@@ -103,6 +118,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError(f"node_name {self.node_name!r} is not a node name")
         if self.watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
+        if not 1 <= self.agent_port <= 65535:
+            raise ValueError("agent_port must be from 1 to 65535")
+        if self.agent_concurrency < 1:
+            raise ValueError("agent_concurrency must be at least 1")
+        if not (self.agent_timeout > 0 and math.isfinite(self.agent_timeout)):
+            raise ValueError("agent_timeout must be a positive number of seconds")
+        if not _NAMESPACE.match(self.agent_namespace):
+            raise ValueError("agent_namespace is not a namespace name")
+        if not self.agent_selector or not self.agent_token_file:
+            raise ValueError("agent_selector and agent_token_file must not be empty")
         for ns in self.namespace:
             if not _NAMESPACE.match(ns):
                 raise ValueError(f"namespace {ns!r} is not a namespace name")

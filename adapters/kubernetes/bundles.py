@@ -27,6 +27,7 @@ from adapters.kubernetes.client import MERGE_PATCH, KubeClient
 from controller.bundle import BundleContent, check_bundle_id
 from controller.cluster import FINALIZER, GROUP, PLURAL, VERSION, WindowsContainer
 from controller.errors import NotFoundError, PermanentError, RequestDecodeError
+from controller.ports import BundleWriter
 
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -112,7 +113,7 @@ class FinalizingWriter:
 
     def __init__(
         self,
-        inner: NamespacedBundleWriter,
+        inner: BundleWriter,
         client: KubeClient,
         *,
         cache: Mapping[str, WindowsContainer | RequestDecodeError],

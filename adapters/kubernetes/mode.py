@@ -20,12 +20,21 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from adapters.agent.remote import (
+    AgentEndpoint,
+    AgentLocator,
+    DeliveryPolicy,
+    NodeDigestStatus,
+    RemoteBundleWriter,
+    agent_ssl_context,
+    token_reader,
+)
 from adapters.compose import (
     CANCEL_GRACE_SECONDS,
     CLOSE_SECONDS,
@@ -53,6 +62,7 @@ from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
 from controller.loop import Controller
 from controller.metrics import Metrics
+from controller.ports import StatusReporter
 from controller.reconcile import BundleReconciler
 from controller.settings import Settings, split_listen
 from controller.workqueue import WorkQueue
@@ -78,7 +88,10 @@ KUBERNETES_APIS = (
     "lease_get",
     "lease_create",
     "lease_update",
+    "agent_pod_list",
 )
+#: The first agent resync waits this long (the first list is in by then, as a rule).
+AGENT_RESYNC_FIRST_SECONDS = 5.0
 
 
 class LeaseLostError(WinspecError):
@@ -274,10 +287,16 @@ class ClusterMode:
                 on_synced=lambda: _spawn(synced()),
             ),
         )
-        removed = await bundles.sweep(set(await bundles.list_ids()))
+        # Agent delivery leaves the local root alone (resync cleans the agents instead).
+        removed = (
+            [] if s.delivery == "agent" else await bundles.sweep(set(await bundles.list_ids()))
+        )
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
-        writer = FinalizingWriter(bundles, client, cache=source.cache, remember=source.remember)
+        remote = _remote_writer(s, client, source) if s.delivery == "agent" else None
+        writer = FinalizingWriter(
+            remote or bundles, client, cache=source.cache, remember=source.remember
+        )
         resolver = KubernetesResolver(
             client,
             cache=source.cache,
@@ -294,12 +313,20 @@ class ClusterMode:
             ),
             node_name=s.node_name,
         )
-        status = StatusWriter(
+        status: StatusReporter = StatusWriter(
             client,
             cache=source.cache,
             generations=resolver.resolved_generation,
             remember=source.remember,
         )
+        if remote is not None:
+            status = NodeDigestStatus(status, remote)
+            resync: asyncio.Task[None] | None = asyncio.create_task(
+                _resync_agents(remote, queue.add, s.resync_interval, _owned(s)),
+                name="agent-resync",
+            )
+        else:
+            resync = None
         controller = Controller(
             CONTROLLER_NAME,
             queue=queue,
@@ -340,8 +367,60 @@ class ClusterMode:
             )
             await finish(controller_task, within=CANCEL_GRACE_SECONDS, what="controller")
             bundles.close()
+            if resync is not None:
+                resync.cancel()
+                await finish(resync, within=CANCEL_GRACE_SECONDS, what="agent resync")
+            if remote is not None:
+                await remote.close()
         if failed is not None:
             raise failed
+
+
+def _remote_writer(s: Settings, client: KubeClient, source: ClusterSource) -> RemoteBundleWriter:
+    """The writer of ``--delivery agent``: each bundle to the agent pod on its node."""
+    locator = AgentLocator(
+        client,
+        AgentEndpoint(namespace=s.agent_namespace, selector=s.agent_selector, port=s.agent_port),
+    )
+    return RemoteBundleWriter(
+        locator,
+        cache=source.cache,
+        token=token_reader(Path(s.agent_token_file)),
+        ssl_context=agent_ssl_context(Path(s.agent_ca_file) if s.agent_ca_file else None),
+        policy=DeliveryPolicy(per_node=s.agent_concurrency, node_timeout=s.agent_timeout),
+    )
+
+
+async def _resync_agents(
+    remote: RemoteBundleWriter,
+    enqueue: Callable[[str], None],
+    interval: float,
+    owns: Callable[[str], bool],
+) -> None:
+    """At start (once the first list is in) and every ``interval``: compare agents' bundles
+    with the desired state (orphans deleted, missing or different ones re-queued)."""
+    await asyncio.sleep(min(interval, AGENT_RESYNC_FIRST_SECONDS))
+    while True:
+        try:
+            removed, queued = await remote.resync(await remote.agent_nodes(), enqueue, owns)
+            if removed or queued:
+                log.info(
+                    "agent resync", extra={"orphans_removed": len(removed), "requeued": len(queued)}
+                )
+        except WinspecError as exc:
+            log.warning("agent resync failed", extra={"error": str(exc)})
+        await asyncio.sleep(interval)
+
+
+def _owned(s: Settings) -> Callable[[str], bool]:
+    """Which agent bundles this instance may delete as orphans: none under --selector (it
+    cannot tell another selector's bundles from orphans), else those of watched namespaces."""
+    if s.selector:
+        return lambda key: False
+    if not s.namespace:
+        return lambda key: True
+    watched = set(s.namespace)
+    return lambda key: key.partition("/")[0] in watched
 
 
 def _selector(selector: str | None, node_name: str | None) -> str | None:

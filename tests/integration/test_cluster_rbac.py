@@ -167,6 +167,8 @@ def test_every_rule_says_why() -> None:
         ("GET", "/api/v1/namespaces/default/pods"),
         ("POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases"),
         ("DELETE", "/apis/coordination.k8s.io/v1/namespaces/winspec-system/leases/winspec"),
+        ("DELETE", "/api/v1/namespaces/winspec-system/pods/x"),
+        ("GET", "/api/v1/namespaces/winspec-system/pods/x"),
     ],
 )
 def test_the_service_account_may_do_nothing_else(
@@ -175,6 +177,14 @@ def test_the_service_account_may_do_nothing_else(
     """What winspec does not need is refused to its ServiceAccount (403)."""
     body = {"metadata": {"name": "x"}} if method == "POST" else None
     assert kube.status_of(method, path, body, token=winspec_token) == 403
+
+
+def test_the_service_account_may_list_agent_pods(kube: KubeCluster, winspec_token: str) -> None:
+    """Listing pods in the agents' namespace (finding the node agents) is granted."""
+    path = (
+        "/api/v1/namespaces/winspec-system/pods?labelSelector=app.kubernetes.io/name=winspec-agent"
+    )
+    assert kube.status_of("GET", path, None, token=winspec_token) == 200
 
 
 async def test_everything_works_as_the_service_account(

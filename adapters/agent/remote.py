@@ -1,0 +1,391 @@
+"""The central controller's bundle writer: each bundle goes to the node agent on its node.
+
+:class:`RemoteBundleWriter` implements :class:`~controller.ports.BundleWriter` for keys
+``<namespace>/<name>``. The node is the resource's ``spec.nodeName`` (from the source's cache);
+the agent on it is found by :class:`AgentLocator`: the agent pod on that node, listed through
+the API (the agents' label selector and ``fieldSelector=spec.nodeName=<node>``, a running pod
+with a ``podIP``) and reached at ``https://<podIP>:<port>``, the port the pod declares as its
+container port named ``https``, else the agent port setting. The address is cached per
+node and forgotten when a call to it fails, so a restarted agent (new pod, new IP) is found
+again on the next attempt.
+
+Isolation: every node has its own semaphore (``per_node`` calls at once) and every call its own
+deadline (``node_timeout``, over the client's own retries), so one slow or dead node holds at
+most its own resources; they fail with a :class:`~controller.errors.TransientError` naming the
+node, and the work queue retries them with backoff while the other nodes' bundles flow.
+
+The agents' certificates are checked against a CA bundle; every call carries the controller's
+service-account token, read from its projected file on every attempt (the kubelet rotates it).
+
+Status: the digest a node holds is the one its agent answers (its own writer's keyed digest),
+never one computed here: :class:`NodeDigestStatus` puts that digest in ``status.digest``, so the
+status says which digest the node in ``spec.nodeName`` has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from adapters.agent.client import AgentClient, ClientPolicy
+from adapters.kubernetes.client import KubeClient
+from controller.bundle import BundleContent
+from controller.cluster import WindowsContainer
+from controller.errors import PermanentError, RequestDecodeError, TransientError
+from controller.ports import Stage, StatusReporter
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+#: The agent pod's container port of this name, when declared, wins over the port setting.
+AGENT_PORT_NAME = "https"
+
+
+class _PodStatus(msgspec.Struct, kw_only=True):
+    phase: str = ""
+    pod_ip: str = msgspec.field(name="podIP", default="")
+
+
+class _PodMeta(msgspec.Struct, kw_only=True):
+    name: str = ""
+    deletion_timestamp: str | None = msgspec.field(name="deletionTimestamp", default=None)
+
+
+class _Port(msgspec.Struct, rename="camel", kw_only=True):
+    name: str = ""
+    container_port: int = 0
+
+
+class _Container(msgspec.Struct, kw_only=True):
+    ports: list[_Port] = msgspec.field(default_factory=list)
+
+
+class _PodSpec(msgspec.Struct, rename="camel", kw_only=True):
+    node_name: str = ""
+    containers: list[_Container] = msgspec.field(default_factory=list)
+
+    def port(self, name: str) -> int | None:
+        """The container port called ``name`` (None: no container declares it)."""
+        for container in self.containers:
+            for port in container.ports:
+                if port.name == name and 0 < port.container_port < 65536:
+                    return port.container_port
+        return None
+
+
+class _Pod(msgspec.Struct, kw_only=True):
+    metadata: _PodMeta = msgspec.field(default_factory=_PodMeta)
+    spec: _PodSpec = msgspec.field(default_factory=_PodSpec)
+    status: _PodStatus = msgspec.field(default_factory=_PodStatus)
+
+
+class _PodList(msgspec.Struct, kw_only=True):
+    items: list[_Pod] = msgspec.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEndpoint:
+    """Where the agents run: their pods' namespace and labels, and the port they serve on."""
+
+    namespace: str
+    selector: str
+    port: int
+
+
+class AgentLocator:
+    """The agent's address for a node, from its pod; cached until :meth:`forget`."""
+
+    def __init__(self, client: KubeClient, endpoint: AgentEndpoint) -> None:
+        self._client = client
+        self._endpoint = endpoint
+        self._cache: dict[str, str] = {}
+
+    def known(self) -> dict[str, str]:
+        """Every node whose agent was found: node to base URL."""
+        return dict(self._cache)
+
+    def forget(self, node: str) -> None:
+        """Drop the cached address (a call to it failed; the pod may have moved)."""
+        self._cache.pop(node, None)
+
+    async def _running(self, node: str | None) -> list[_Pod]:
+        """The running agent pods (on ``node``, or everywhere), by name."""
+        e = self._endpoint
+        query = [("labelSelector", e.selector)]
+        if node is not None:
+            query.append(("fieldSelector", f"spec.nodeName={node}"))
+        data = await self._client.request(
+            "GET",
+            f"/api/v1/namespaces/{quote(e.namespace, safe='')}/pods",
+            query=query,
+            api="agent_pod_list",
+        )
+        try:
+            pods = msgspec.json.decode(data, type=_PodList).items
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise TransientError(f"unreadable agent pod list: {exc}") from None
+        return sorted(
+            (p for p in pods if p.status.phase == "Running" and p.status.pod_ip
+             and p.spec.node_name and p.metadata.deletion_timestamp is None),
+            key=lambda p: p.metadata.name,
+        )  # fmt: skip
+
+    async def nodes(self) -> list[str]:
+        """Every node with a running agent pod (its address cached)."""
+        found: dict[str, str] = {}
+        for pod in await self._running(None):
+            found.setdefault(pod.spec.node_name, self._url(pod))
+        self._cache.update(found)
+        return sorted(found)
+
+    def _url(self, pod: _Pod) -> str:
+        ip = pod.status.pod_ip
+        host = f"[{ip}]" if ":" in ip else ip
+        port = pod.spec.port(AGENT_PORT_NAME) or self._endpoint.port
+        return f"https://{host}:{port}"
+
+    async def base_url(self, node: str) -> str:
+        """``https://<podIP>:<port>`` of the running agent pod on ``node``."""
+        cached = self._cache.get(node)
+        if cached is not None:
+            return cached
+        e = self._endpoint
+        ready = await self._running(node)
+        if not ready:
+            raise TransientError(
+                f"node {node}: no running agent pod ({e.selector!r} in namespace {e.namespace})"
+            )
+        url = self._url(ready[0])
+        self._cache[node] = url
+        return url
+
+
+def token_reader(path: Path) -> Callable[[], str]:
+    """A callable reading the projected token file anew on every call (it is rotated)."""
+
+    def read() -> str:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TransientError(f"cannot read the token file {path}: {exc.strerror}") from None
+        if not token:
+            raise TransientError(f"the token file {path} is empty")
+        return token
+
+    return read
+
+
+def agent_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A client context verifying agents against ``ca_file`` (else the system's CAs)."""
+    # Agents are reached by pod IP: their certificates must name it (an IP SAN).
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """Per-node isolation and the client's retries."""
+
+    #: Calls at once to one node's agent.
+    per_node: int = 4
+    #: Deadline of one delivery to one node, retries included, in seconds.
+    node_timeout: float = 60.0
+    client: ClientPolicy = field(default_factory=ClientPolicy)
+
+
+class RemoteBundleWriter:
+    """A :class:`~controller.ports.BundleWriter` delivering to each resource's node agent."""
+
+    def __init__(
+        self,
+        locator: AgentLocator,
+        *,
+        cache: Mapping[str, WindowsContainer | RequestDecodeError],
+        token: Callable[[], str],
+        ssl_context: ssl.SSLContext,
+        policy: DeliveryPolicy | None = None,
+    ) -> None:
+        self._locator = locator
+        self._cache = cache
+        self._token = token
+        self._ssl = ssl_context
+        self._policy = policy or DeliveryPolicy()
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._session: aiohttp.ClientSession | None = None
+        #: key -> (node, digest the node's agent holds), for status and resync.
+        self.delivered: dict[str, tuple[str, str]] = {}
+
+    def _client(self, base_url: str) -> AgentClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return AgentClient(
+            base_url,
+            token=self._token,
+            ssl_context=self._ssl,
+            policy=self._policy.client,
+            session=self._session,
+        )
+
+    def node_of(self, key: str) -> str | None:
+        """The node of the resource at ``key`` (None: not in the cache)."""
+        wc = self._cache.get(key)
+        if isinstance(wc, WindowsContainer):
+            return wc.spec.node_name
+        delivered = self.delivered.get(key)
+        return delivered[0] if delivered else None
+
+    async def _on_node(
+        self, node: str, what: str, call: Callable[[AgentClient], Awaitable[_T]]
+    ) -> _T:
+        """Run one agent call for ``node`` under its semaphore and deadline."""
+        limit = self._limits.setdefault(node, asyncio.Semaphore(self._policy.per_node))
+        try:
+            async with asyncio.timeout(self._policy.node_timeout), limit:
+                client = self._client(await self._locator.base_url(node))
+                return await call(client)
+        except PermanentError:
+            raise
+        except TimeoutError:
+            self._locator.forget(node)
+            raise TransientError(
+                f"node {node}: {what} took longer than {self._policy.node_timeout:g}s"
+            ) from None
+        except TransientError as exc:
+            self._locator.forget(node)
+            text = str(exc).removeprefix(f"node {node}: ")
+            raise TransientError(f"node {node}: {what} failed: {text}") from None
+
+    async def write(self, bundle_id: str, content: BundleContent) -> bool:
+        """Deliver the bundle to its node's agent; False when the agent had it already."""
+        node = self.node_of(bundle_id)
+        if node is None:
+            raise TransientError(f"{bundle_id}: its resource is not known yet (no node)")
+        state = await self._on_node(
+            node, f"delivering {bundle_id}", lambda c: c.put(bundle_id, content.files)
+        )
+        self.delivered[bundle_id] = (node, state.digest)
+        return bool(state.changed)
+
+    async def remove(self, bundle_id: str) -> bool:
+        """Remove the bundle from its node's agent; False when it had none (or no node known)."""
+        node = self.node_of(bundle_id)
+        if node is None:
+            return False
+        removed = await self._on_node(node, f"removing {bundle_id}", lambda c: c.delete(bundle_id))
+        self.delivered.pop(bundle_id, None)
+        return bool(removed)
+
+    async def _delete_on(self, node: str, bundle_id: str) -> bool:
+        return await self._on_node(node, f"removing {bundle_id}", lambda c: c.delete(bundle_id))
+
+    async def list_ids(self) -> list[str]:
+        """The ids delivered in this run (an agent's own list comes from :meth:`node_bundles`)."""
+        return sorted(self.delivered)
+
+    async def agent_nodes(self) -> list[str]:
+        """Every node with a running agent, and every node delivered to in this run."""
+        return sorted(set(await self._locator.nodes()) | {n for n, _ in self.delivered.values()})
+
+    async def node_bundles(self, node: str) -> dict[str, str]:
+        """Every bundle the agent on ``node`` holds: id to its digest."""
+        return await self._on_node(node, "listing bundles", lambda c: c.list_bundles())
+
+    async def resync(
+        self,
+        nodes: Iterable[str],
+        enqueue: Callable[[str], None],
+        owns: Callable[[str], bool] = lambda key: True,
+    ) -> tuple[list[str], list[str]]:
+        """Compare each node's bundles with the desired state: delete orphans (bundles of
+        resources gone or moved to another node), enqueue keys missing or differing there.
+
+        Only keys ``owns`` accepts are orphans (another instance may watch other namespaces).
+        Returns (orphans deleted, keys enqueued). A node that fails is skipped (logged).
+        """
+        removed: list[str] = []
+        queued: list[str] = []
+        desired: dict[str, set[str]] = {}
+        for key, wc in self._cache.items():
+            if isinstance(wc, WindowsContainer) and wc.metadata.deletion_timestamp is None:
+                desired.setdefault(wc.spec.node_name, set()).add(key)
+        for node in sorted(set(nodes) | set(desired)):
+            try:
+                held = await self.node_bundles(node)
+            except TransientError as exc:
+                log.warning("resync skipped a node", extra={"node": node, "error": str(exc)})
+                continue
+            wanted = desired.get(node, set())
+            for key in sorted(set(held) - wanted):
+                if key in self._cache or not owns(key):
+                    continue  # a resource still there (being deleted): its reconcile removes it
+                try:
+                    await self._delete_on(node, key)
+                except (TransientError, PermanentError) as exc:
+                    log.warning("orphan not removed", extra={"key": key, "error": str(exc)})
+                    continue
+                removed.append(key)
+            for key in sorted(wanted):
+                known = self.delivered.get(key)
+                if key not in held or known is None or known != (node, held[key]):
+                    enqueue(key)
+                    queued.append(key)
+        return removed, queued
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class NodeDigestStatus:
+    """A :class:`~controller.ports.StatusReporter` reporting the digest the node's agent holds."""
+
+    def __init__(self, inner: StatusReporter, writer: RemoteBundleWriter) -> None:
+        self._inner = inner
+        self._writer = writer
+
+    async def report(
+        self,
+        key: str,
+        *,
+        ok: bool,
+        message: str,
+        stage: Stage = "done",
+        reason: str = "",
+        digest: str | None = None,
+        permanent: bool = False,
+    ) -> None:
+        """Pass the outcome on, with the node's digest in place of this process's own."""
+        delivered = self._writer.delivered.get(key)
+        if ok and delivered is not None:
+            digest = delivered[1]
+        elif digest is not None:
+            digest = None  # never this process's digest: it is not comparable with a node's
+        await self._inner.report(
+            key,
+            ok=ok,
+            message=message,
+            stage=stage,
+            reason=reason,
+            digest=digest,
+            permanent=permanent,
+        )
+
+
+__all__ = [
+    "AgentEndpoint",
+    "AgentLocator",
+    "DeliveryPolicy",
+    "NodeDigestStatus",
+    "RemoteBundleWriter",
+    "agent_ssl_context",
+    "token_reader",
+]

@@ -1,0 +1,285 @@
+"""Central delivery (``--delivery agent``): cluster mode hands each bundle to the node agent of
+the resource's node, over real HTTPS on loopback, tokens checked by the real kube-apiserver.
+
+No kubelet runs: each "node" is a Node object plus a Pod object bound to it whose status
+(through the status subresource) says it runs at 127.0.0.1, with its agent's port as the
+container port ``https``; the agent itself is a real ``winspec agent`` child process with its
+own bundle root.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.agent.client import AgentClient, ClientPolicy
+from tests.agent import AgentProcess, TLSFiles, make_tls
+from tests.clustermode import api, condition, eventually, ready_object, running, wc_path
+from tests.clustermode import windows_container as _wc
+from tests.kube import KubeAPIError, KubeCluster
+
+pytestmark = pytest.mark.kube
+
+AUDIENCE = "winspec-agent"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One namespace holding the agent pods, the accounts, and the TLS files."""
+
+    kube: KubeCluster
+    namespace: str
+    tls: TLSFiles
+    agent_kubeconfig: Path
+    controller: str
+    token_file: Path
+    token: str
+
+    def agent(self, root: Path) -> AgentProcess:
+        """An agent (not started) writing below ``root`` and accepting only the controller."""
+        return AgentProcess(
+            root=root,
+            tls=self.tls,
+            kubeconfig=self.agent_kubeconfig,
+            allowed=[self.controller],
+            audience=AUDIENCE,
+        )
+
+
+def _token(kube: KubeCluster, ns: str, name: str, audiences: list[str] | None) -> str:
+    kube.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+        expect=(201, 409),
+    )
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if audiences:
+        spec["audiences"] = audiences
+    issued = kube.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+    )
+    token: str = issued["status"]["token"]
+    return token
+
+
+@pytest.fixture(scope="module")
+def delivery(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Delivery:
+    """Accounts (the agent may only create TokenReviews), TLS files, the controller's token."""
+    ns = f"deliver-{secrets.token_hex(4)}"
+    kube.create_namespace(ns)
+    role = f"winspec-agent-{ns}"
+    kube.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role},
+        "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                   "verbs": ["create"]}],
+    })  # fmt: skip
+    kube.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
+    })  # fmt: skip
+    files = tmp_path_factory.mktemp("delivery")
+    token = _token(kube, ns, "controller", [AUDIENCE])
+    token_file = files / "token"
+    token_file.write_text(token)
+    return Delivery(
+        kube=kube,
+        namespace=ns,
+        tls=make_tls(files / "tls"),
+        agent_kubeconfig=kube.kubeconfig(_token(kube, ns, "agent", None)),
+        controller=f"system:serviceaccount:{ns}:controller",
+        token_file=token_file,
+        token=token,
+    )
+
+
+def _node(kube: KubeCluster, name: str) -> None:
+    """A Windows Node object (build 17763, 4 CPUs)."""
+    try:
+        kube.api("POST", "/api/v1/nodes", {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name,
+                         "labels": {"node.kubernetes.io/windows-build": "10.0.17763"}},
+        })  # fmt: skip
+    except KubeAPIError as exc:
+        if exc.status != 409:
+            raise
+    kube.api(
+        "PATCH",
+        f"/api/v1/nodes/{name}/status",
+        {"status": {"capacity": {"cpu": "4"}, "nodeInfo": {"kernelVersion": "10.0.17763.1"}}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def _agent_pod(d: Delivery, node: str, port: int) -> None:
+    """The agent's Pod object on ``node``, running at 127.0.0.1 (its status set by hand)."""
+    name = f"agent-{node}"
+    d.kube.api("POST", f"/api/v1/namespaces/{d.namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "winspec-agent"}},
+        "spec": {"nodeName": node, "serviceAccountName": "agent",
+                 "automountServiceAccountToken": False,
+                 "containers": [{"name": "agent", "image": "winspec-agent:test",
+                                 "ports": [{"name": "https", "containerPort": port}]}]},
+    })  # fmt: skip
+    d.kube.api(
+        "PATCH",
+        f"/api/v1/namespaces/{d.namespace}/pods/{name}/status",
+        {"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}},
+        content_type="application/merge-patch+json",
+    )
+
+
+@dataclass
+class Node:
+    """A test node: its name and the agent serving it."""
+
+    name: str
+    agent: AgentProcess
+
+
+@pytest.fixture
+def nodes(delivery: Delivery, tmp_path: Path) -> Iterator[list[Node]]:
+    """Two nodes, each with a started agent and its Pod object."""
+    made: list[Node] = []
+    try:
+        for i in (1, 2):
+            name = f"win-{secrets.token_hex(3)}-{i}"
+            _node(delivery.kube, name)
+            (tmp_path / f"node{i}").mkdir()
+            agent = delivery.agent(tmp_path / f"node{i}" / "bundles")
+            agent.start()
+            _agent_pod(delivery, name, agent.port)
+            made.append(Node(name, agent))
+        yield made
+    finally:
+        for node in made:
+            node.agent.stop()
+            delivery.kube.api(
+                "DELETE",
+                f"/api/v1/namespaces/{delivery.namespace}/pods/agent-{node.name}",
+                expect=(200, 404),
+            )
+
+
+@pytest.fixture
+async def central(
+    kube: KubeCluster, kube_namespace: str, delivery: Delivery, tmp_path: Path
+) -> AsyncIterator[None]:
+    """Cluster mode with --delivery agent for the test's namespace, until the test ends."""
+    async with running(
+        kube.admin_kubeconfig,
+        tmp_path,
+        namespace=[kube_namespace],
+        delivery="agent",
+        agent_namespace=delivery.namespace,
+        agent_ca_file=str(delivery.tls.ca),
+        agent_token_file=str(delivery.token_file),
+        agent_timeout=5.0,
+        resync_interval=1.0,
+    ):
+        yield
+
+
+def _resource(name: str, node: str) -> dict[str, Any]:
+    return _wc(name, nodeName=node)
+
+
+def _on_agent(node: Node, ns: str, name: str) -> Path:
+    return node.agent.root / ns / name
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("*/*/.*") if p.name.startswith((".tmp-", ".old-")))
+
+
+async def test_bundle_reaches_the_agent_of_its_node(
+    kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None, tmp_path: Path
+) -> None:
+    """Created resource: bundle on its node's agent only, Ready with the agent's digest."""
+    ns = kube_namespace
+    a, b = nodes
+    await api(kube, "POST", wc_path(ns), _resource("web", a.name))
+    obj = await eventually(ready_object(kube, ns, "web"), within=30)
+    bundle = _on_agent(a, ns, "web")
+    assert (bundle / "config.json").is_file()
+    assert obj["status"]["digest"] == (bundle / ".digest").read_text().strip()
+    assert not _on_agent(b, ns, "web").exists()
+    assert not (tmp_path / "bundles" / ns).exists()  # nothing written locally
+
+
+async def test_a_dead_agent_holds_back_only_its_node(
+    kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None
+) -> None:
+    """One agent killed: the other node's resources become Ready, the dead node's name shows."""
+    ns = kube_namespace
+    a, b = nodes
+    b.agent.kill()
+    for i in range(3):
+        await api(kube, "POST", wc_path(ns), _resource(f"dead-{i}", b.name))
+    for i in range(3):
+        await api(kube, "POST", wc_path(ns), _resource(f"live-{i}", a.name))
+    for i in range(3):
+        await eventually(ready_object(kube, ns, f"live-{i}"), within=30)
+        assert (_on_agent(a, ns, f"live-{i}") / "config.json").is_file()
+
+    def refused() -> dict[str, Any] | None:
+        obj: dict[str, Any] = kube.api("GET", wc_path(ns, "dead-0"))
+        written = condition(obj, "BundleWritten")
+        return written if written and written["status"] == "False" else None
+
+    written = await eventually(refused, within=30)
+    assert b.name in written["message"]
+
+
+async def test_agent_restarted_delivery_completes_untorn(
+    kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None
+) -> None:
+    """Agent down while a resource is created, then restarted: delivered whole, no leftovers."""
+    ns = kube_namespace
+    a, _ = nodes
+    a.agent.kill()
+    await api(kube, "POST", wc_path(ns), _resource("restart", a.name))
+    a.agent.start()
+    obj = await eventually(ready_object(kube, ns, "restart"), within=60)
+    bundle = _on_agent(a, ns, "restart")
+    assert obj["status"]["digest"] == (bundle / ".digest").read_text().strip()
+    assert (bundle / "config.json").is_file()
+    assert _leftovers(a.agent.root) == []
+
+
+async def test_resync_deletes_an_orphan_on_an_agent(
+    kube: KubeCluster,
+    kube_namespace: str,
+    delivery: Delivery,
+    nodes: list[Node],
+    central: None,
+) -> None:
+    """A bundle on an agent with no resource behind it is deleted by the resync."""
+    ns = kube_namespace
+    a, _ = nodes
+    client = AgentClient(
+        a.agent.url,
+        token=lambda: delivery.token,
+        ssl_context=delivery.tls.client_context(),
+        policy=ClientPolicy(attempts=3, initial=0.05),
+    )
+    try:
+        await client.put(f"{ns}/orphan", {"config.json": b"{}"})
+        assert (_on_agent(a, ns, "orphan") / "config.json").is_file()
+
+        await eventually(lambda: not _on_agent(a, ns, "orphan").exists(), within=30)
+        assert f"{ns}/orphan" not in await client.list_bundles()
+    finally:
+        await client.close()
