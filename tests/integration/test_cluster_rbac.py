@@ -62,6 +62,7 @@ ALLOWED = [
       for r in ("roles", "rolebindings", "clusterroles", "clusterrolebindings")],
     ("create", "coordination.k8s.io", "leases", ACCOUNT_NS, ""),
     *[(v, "coordination.k8s.io", "leases", ACCOUNT_NS, LEASE) for v in ("get", "update")],
+    ("list", "", "pods", ACCOUNT_NS, ""),  # --delivery agent: find the node agents' pods
 ]  # fmt: skip
 
 #: What it must be refused: writes to what it only reads, other kinds, other Leases, escalation.
@@ -72,6 +73,7 @@ REFUSED = [
     ("patch", "", "configmaps", "apps", "cfg"),
     ("list", "", "pods", "apps", ""),
     ("get", "", "pods", "apps", "p"),
+    ("delete", "", "pods", ACCOUNT_NS, "p"),
     ("create", "", "pods/exec", "apps", "p"),
     ("list", "", "serviceaccounts", "apps", ""),
     ("create", "", "serviceaccounts/token", "apps", "default"),
