@@ -140,6 +140,12 @@ def add_run_parser(sub: Any) -> None:
         "(default: the system's CAs)",
     )
     p.add_argument(
+        "--agent-server-name",
+        metavar="NAME",
+        help="--delivery agent: the name the agents' certificates must carry, checked instead "
+        "of the pod IP dialled (e.g. winspec-agent.winspec-system.svc; default: the pod IP)",
+    )
+    p.add_argument(
         "--agent-token-file",
         metavar="FILE",
         help="--delivery agent: projected service-account token (audience winspec-agent), "

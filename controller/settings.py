@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent_port: int = 9443
     #: CA bundle (PEM) the agents' certificates are checked against (default: the system's).
     agent_ca_file: str | None = None
+    #: The name the agents' certificates are checked for (default: the pod IP dialled). One
+    #: certificate for every agent of a DaemonSet names a fixed service name, not each pod's IP.
+    agent_server_name: str | None = None
     #: The projected service-account token (audience winspec-agent), re-read on every call.
     agent_token_file: str = "/var/run/secrets/winspec/token"
     #: Label selector of the agent pods, and their namespace.

@@ -82,13 +82,16 @@ class AgentClient:
         ssl_context: ssl.SSLContext | None = None,
         policy: ClientPolicy | None = None,
         session: aiohttp.ClientSession | None = None,
+        server_name: str | None = None,
     ) -> None:
         """``ssl_context`` verifies the agent (e.g. the cluster's CA); a ``session`` passed in
-        is shared (one connection pool for many agents) and not closed here."""
+        is shared (one connection pool for many agents) and not closed here; ``server_name`` is
+        the name the agent's certificate is checked for, instead of the host in ``base_url``."""
         self._base = base_url.rstrip("/")
         self._token = token
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._policy = policy or ClientPolicy()
+        self._server_name = server_name
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession()
 
@@ -134,7 +137,7 @@ class AgentClient:
                 data = None if body is None else io.BytesIO(body)
                 async with self._session.request(
                     method, self._base + path, data=data, headers=headers, ssl=self._ssl,
-                    timeout=timeout, allow_redirects=False,
+                    server_hostname=self._server_name, timeout=timeout, allow_redirects=False,
                 ) as response:  # fmt: skip
                     answer = await response.read()
                     status = response.status

@@ -211,8 +211,10 @@ class RemoteBundleWriter:
         token: Callable[[], str],
         ssl_context: ssl.SSLContext,
         policy: DeliveryPolicy | None = None,
+        server_name: str | None = None,
     ) -> None:
         self._locator = locator
+        self._server_name = server_name
         self._cache = cache
         self._token = token
         self._ssl = ssl_context
@@ -231,6 +233,7 @@ class RemoteBundleWriter:
             ssl_context=self._ssl,
             policy=self._policy.client,
             session=self._session,
+            server_name=self._server_name,
         )
 
     def node_of(self, key: str) -> str | None:

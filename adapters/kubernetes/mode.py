@@ -388,6 +388,7 @@ def _remote_writer(s: Settings, client: KubeClient, source: ClusterSource) -> Re
         token=token_reader(Path(s.agent_token_file)),
         ssl_context=agent_ssl_context(Path(s.agent_ca_file) if s.agent_ca_file else None),
         policy=DeliveryPolicy(per_node=s.agent_concurrency, node_timeout=s.agent_timeout),
+        server_name=s.agent_server_name,
     )
 
 

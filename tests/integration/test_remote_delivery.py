@@ -283,3 +283,43 @@ async def test_resync_deletes_an_orphan_on_an_agent(
         assert f"{ns}/orphan" not in await client.list_bundles()
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(("server_name", "delivered"), [("localhost", True), ("wrong.test", False)])
+async def test_agent_certificates_are_checked_for_the_server_name(
+    kube: KubeCluster,
+    kube_namespace: str,
+    delivery: Delivery,
+    nodes: list[Node],
+    tmp_path: Path,
+    server_name: str,
+    delivered: bool,
+) -> None:
+    """--agent-server-name: the agent's certificate must carry that name, not the IP dialled."""
+    ns = kube_namespace
+    a, _ = nodes
+    async with running(
+        kube.admin_kubeconfig,
+        tmp_path,
+        namespace=[ns],
+        delivery="agent",
+        agent_namespace=delivery.namespace,
+        agent_ca_file=str(delivery.tls.ca),
+        agent_token_file=str(delivery.token_file),
+        agent_server_name=server_name,
+        agent_timeout=3.0,
+    ):
+        await api(kube, "POST", wc_path(ns), _resource("named", a.name))
+        if delivered:
+            await eventually(ready_object(kube, ns, "named"), within=30)
+            assert (_on_agent(a, ns, "named") / "config.json").is_file()
+            return
+
+        def refused() -> dict[str, Any] | None:
+            obj: dict[str, Any] = kube.api("GET", wc_path(ns, "named"))
+            written = condition(obj, "BundleWritten")
+            return written if written and written["status"] == "False" else None
+
+        written = await eventually(refused, within=30)
+        assert a.name in written["message"]
+        assert not _on_agent(a, ns, "named").exists()
