@@ -36,7 +36,7 @@ from adapters.compose import (
 )
 from adapters.http import bound_port, build_app, start_http_server, stop_http_server
 from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
-from adapters.kubernetes.client import KubeClient, RetryPolicy, load_api_client
+from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
 from adapters.kubernetes.source import (
@@ -48,6 +48,7 @@ from adapters.kubernetes.source import (
     WatchSettings,
 )
 from adapters.kubernetes.status import StatusWriter
+from adapters.retry import RetryPolicy
 from controller.cluster import GROUP, NODE_LABEL, VERSION
 from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
