@@ -237,6 +237,13 @@ class KubeClient:
         try:
             if response.status >= 300:
                 data = await response.read()
+                if response.status in _RETRYABLE_STATUS:
+                    # The caller backs off before re-watching; the server's Retry-After, if
+                    # any, is the least it waits.
+                    raise RetryableError(
+                        f"watch {path}: {response.status} {_status_message(data)}".rstrip(),
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    )
                 raise error_for(response.status, data, f"watch {path}")
             yield response
         finally:

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import msgspec
 
 from adapters.kubernetes.client import GoneError, KubeClient, read_line
+from adapters.retry import RetryableError, RetryPolicy
 from controller.cluster import (
     CONFIG_MAP,
     FINALIZER,
@@ -54,6 +55,8 @@ EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 READY_CONDITION = "kubernetes-watch"
 #: How long after an RBAC change a denied credential spec is asked about once more.
 GRANT_SETTLE_SECONDS = 2.0
+#: The longest ``Retry-After`` a refused list or watch obeys (as for every other call).
+MAX_RETRY_AFTER = RetryPolicy().max_retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,15 +242,19 @@ class Reflector:
                 delay = await self._back_off(exc, delay)
 
     async def _back_off(self, exc: WinspecError, delay: float) -> float:
-        """Count and log a failed list or watch, wait ``delay``; the next delay."""
+        """Count and log a failed list or watch, wait ``delay`` (or the server's
+        ``Retry-After``, capped, when longer); the next delay."""
         self._restarted("error")
         if self._hooks.on_ready:
             self._hooks.on_ready(False)
+        wait = delay
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            wait = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
         log.warning(
             "list or watch failed; retrying",
-            extra={"what": self.what, "error": str(exc), "delay": round(delay, 2)},
+            extra={"what": self.what, "error": str(exc), "delay": round(wait, 2)},
         )
-        await asyncio.sleep(delay)
+        await asyncio.sleep(wait)
         return min(delay * 2, self._settings.reconnect_max)
 
     def _restarted(self, reason: str) -> None:
