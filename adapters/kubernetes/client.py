@@ -32,6 +32,8 @@ from controller.errors import NotFoundError, PermanentError, TransientError
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+#: Where Kubernetes mounts a pod's service account token and the cluster's CA.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _TLS_CLOSE_SECONDS = 0.25
 
@@ -97,9 +99,16 @@ def kubeconfig_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
     return default if os.path.exists(default) else None
 
 
-async def load_api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+async def load_api_client(
+    kubeconfig: str | None = None,
+    *,
+    context: str | None = None,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+) -> Any:
     """A kubernetes-asyncio ``ApiClient``: from ``kubeconfig`` (else ``KUBECONFIG``, else
-    ``~/.kube/config``) when one exists, else the in-cluster service account.
+    ``~/.kube/config``) when one exists, else the in-cluster service account: the API server
+    at ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, the ``token`` and ``ca.crt``
+    in ``service_account_dir``.
 
     A kubeconfig that cannot be used is a :class:`PermanentError` naming it.
     """
@@ -114,10 +123,14 @@ async def load_api_client(kubeconfig: str | None = None, *, context: str | None 
             )
         configuration = client.Configuration()
         # Unannotated upstream.
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration,
+            token_filename=os.path.join(service_account_dir, "token"),
+            cert_filename=os.path.join(service_account_dir, "ca.crt"),
+        )
         return client.ApiClient(configuration)
     except (ConfigException, OSError, ValueError) as exc:
-        where = path or "the in-cluster service account"
+        where = path or f"the in-cluster service account ({service_account_dir})"
         raise PermanentError(f"cannot use the Kubernetes configuration {where}: {exc}") from exc
 
 

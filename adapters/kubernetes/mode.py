@@ -129,7 +129,9 @@ class ClusterMode:
         self.http_port = bound_port(runner)
         client: KubeClient | None = None
         try:
-            api_client = await load_api_client(s.kubeconfig)  # PermanentError: exit 2
+            api_client = await load_api_client(  # PermanentError: exit 2
+                s.kubeconfig, service_account_dir=s.service_account_dir
+            )
             client = KubeClient(
                 api_client,
                 retry=RetryPolicy(attempts=s.retry_attempts),
