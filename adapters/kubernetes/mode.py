@@ -280,7 +280,13 @@ class ClusterMode:
         removed = await bundles.sweep(set(await bundles.list_ids()))
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
-        writer = FinalizingWriter(bundles, client, cache=source.cache, remember=source.remember)
+        writer = FinalizingWriter(
+            bundles,
+            client,
+            cache=source.cache,
+            remember=source.remember,
+            released=source.released,
+        )
         resolver = KubernetesResolver(
             client,
             cache=source.cache,

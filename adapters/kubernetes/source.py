@@ -343,6 +343,10 @@ class ClusterSource:
         self._settings = settings or WatchSettings()
         self._hooks = hooks or SourceHooks()
         self.cache: dict[str, WindowsContainer | RequestDecodeError] = {}
+        #: Resources that left the watched set (a label no longer matching --selector or
+        #: --node-name) while still carrying winspec's finalizer: their bundle is removed like
+        #: a deleted one's, and the finalizer taken off so a later deletion is not blocked.
+        self.released: dict[str, WindowsContainer] = {}
         self.index = ReferenceIndex()
         self._ready: dict[str, bool] = {}
         scopes: list[str | None] = list(namespaces) or [None]
@@ -461,6 +465,7 @@ class ClusterSource:
             wc = exc
         if isinstance(wc, WindowsContainer):
             key = wc.key
+            self.released.pop(key, None)  # back in the watched set
             cached = self.cache.get(key)
             if isinstance(cached, WindowsContainer):
                 if not _newer(wc.metadata.resource_version, cached.metadata.resource_version):
@@ -502,6 +507,12 @@ class ClusterSource:
         if event_type == "DELETED":
             meta = _meta(raw)
             gone = f"{meta.namespace}/{meta.name}"
+            with contextlib.suppress(RequestDecodeError):
+                last = decode_windows_container(bytes(raw))
+                # A real deletion ends only once the finalizer is off: still on, the object
+                # merely stopped matching the label selector.
+                if FINALIZER in last.metadata.finalizers:
+                    self.released[gone] = last
             self.cache.pop(gone, None)
             self.index.remove(gone)
             self._enqueue(gone)
