@@ -93,12 +93,12 @@ def _kube_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"kube-apiserver unavailable: {reason}")
 
 
-def _start_kube(*, with_controller_manager: bool) -> KubeCluster:
+def _start_kube(*, with_controller_manager: bool, watch_cache: bool = False) -> KubeCluster:
     """A started etcd + kube-apiserver with the project's CRD and the GMSACredentialSpec CRD."""
     reason = kube_unavailable_reason(controller_manager=with_controller_manager)
     if reason is not None:
         _kube_unavailable(reason)
-    cluster = KubeCluster(with_controller_manager=with_controller_manager)
+    cluster = KubeCluster(with_controller_manager=with_controller_manager, watch_cache=watch_cache)
     try:
         cluster.start()
         cluster.apply_crd()
@@ -124,6 +124,17 @@ def kube_with_controller_manager() -> Iterator[KubeCluster]:
     """An API server with kube-controller-manager (default ServiceAccounts, GC), for the
     few tests that need what the controllers do."""
     cluster = _start_kube(with_controller_manager=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def kube_with_watch_cache() -> Iterator[KubeCluster]:
+    """A second API server with its watch cache on, for the tests of watch bookmarks (the
+    session's server has it off so that 410 Gone can be produced on demand)."""
+    cluster = _start_kube(with_controller_manager=False, watch_cache=True)
     try:
         yield cluster
     finally:
