@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import pytest
@@ -150,15 +151,29 @@ def kube_namespace(kube: KubeCluster) -> str:
     return name
 
 
-@pytest.fixture
-async def kube_proxy(kube: KubeCluster) -> AsyncIterator[FaultProxy]:
-    """A fault-injecting proxy in front of the session's API server."""
-    proxy = FaultProxy(upstream=kube.url, ca_file=str(kube.ca))
+@asynccontextmanager
+async def proxy_for(cluster: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A started fault-injecting proxy in front of ``cluster``'s API server."""
+    proxy = FaultProxy(upstream=cluster.url, ca_file=str(cluster.ca))
     await proxy.start()
     try:
         yield proxy
     finally:
         await proxy.stop()
+
+
+@pytest.fixture
+async def kube_proxy(kube: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's API server."""
+    async with proxy_for(kube) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def cache_proxy(kube_with_watch_cache: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of the watch-cache API server (to see each watch's query)."""
+    async with proxy_for(kube_with_watch_cache) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ resourceVersion advances, and no reconcile is queued for them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,17 +24,6 @@ from tests.kube import KubeCluster
 from tests.kubeproxy import FaultProxy, is_watch
 
 pytestmark = pytest.mark.kube
-
-
-@pytest.fixture
-async def cache_proxy(kube_with_watch_cache: KubeCluster) -> AsyncIterator[FaultProxy]:
-    """The (pass-through) proxy in front of the watch-cache server, to see each watch's query."""
-    proxy = FaultProxy(upstream=kube_with_watch_cache.url, ca_file=str(kube_with_watch_cache.ca))
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.stop()
 
 
 def _watch_versions(proxy: FaultProxy, ns: str) -> list[int]:
