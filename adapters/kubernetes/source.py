@@ -37,6 +37,7 @@ from controller.cluster import (
     FINALIZER,
     GMSA_CREDENTIAL_SPEC,
     GROUP,
+    NODE,
     PLURAL,
     SECRET,
     VERSION,
@@ -383,6 +384,16 @@ class ClusterSource:
                 self._on_grant_event,
                 None,
             )
+        # A Node appearing re-queues the resources scheduled to it: a resource waiting for its
+        # Node (retried with backoff until then) becomes Ready at once.
+        self._add(
+            client,
+            collection_path(group="", version="v1", plural="nodes"),
+            "nodes",
+            self._on_dependencies_listed(NODE),
+            self._on_node_event,
+            None,
+        )
         self._add(
             client,
             collection_path(group="windows.k8s.io", version="v1", plural="gmsacredentialspecs"),
@@ -544,6 +555,13 @@ class ClusterSource:
                 # The API server's authorizer learns of RBAC changes through its own watch,
                 # a moment after winspec may: ask again once it surely has.
                 self._enqueue_after(key, GRANT_SETTLE_SECONDS)
+
+    def _on_node_event(self, event_type: str, raw: msgspec.Raw) -> None:
+        # Only a Node appearing: its status changes (kubelet heartbeats) would re-queue every
+        # resource of the node again and again; the resolver re-reads node facts anyway.
+        if event_type == "ADDED":
+            for key in self.index.keys_for((NODE, "", _meta(raw).name)):
+                self._enqueue(key)
 
     def _on_dependency_event(self, kind: str) -> Callable[[str, msgspec.Raw], None]:
         def changed(event_type: str, raw: msgspec.Raw) -> None:
