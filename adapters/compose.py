@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from adapters.bundles.local import LocalBundleWriter
-from adapters.docker.client import DockerClient, RetryPolicy
+from adapters.docker.client import DockerClient
 from adapters.docker.events import (
     EVENT_TYPES,
     READY_CONDITION,
@@ -40,6 +40,7 @@ from adapters.docker.events import (
 from adapters.docker.resolver import DockerRequestResolver, NodeOverrides, node_facts_from_info
 from adapters.docker.types import Info, decode
 from adapters.http import bound_port, build_app, start_http_server, stop_http_server
+from adapters.retry import RetryPolicy
 from controller.errors import WinspecError
 from controller.health import HealthState
 from controller.loop import Controller

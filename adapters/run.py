@@ -74,6 +74,12 @@ def add_run_parser(sub: Any) -> None:
         "the in-cluster service account)",
     )
     p.add_argument(
+        "--service-account-dir",
+        metavar="DIR",
+        help="cluster mode, in-cluster: the directory of the pod's service account token and "
+        "ca.crt (default: /var/run/secrets/kubernetes.io/serviceaccount)",
+    )
+    p.add_argument(
         "--namespace",
         action="append",
         metavar="NAME",

@@ -359,17 +359,19 @@ def to_request(wc: WindowsContainer, *, node: NodeFacts, deps: Dependencies) -> 
 SECRET = "Secret"
 CONFIG_MAP = "ConfigMap"
 GMSA_CREDENTIAL_SPEC = "GMSACredentialSpec"
+NODE = "Node"
 
 #: (kind, namespace, name) of an object a resource depends on; "" namespace: cluster-scoped.
 Ref = tuple[str, str, str]
 
 
 def references(wc: WindowsContainer) -> frozenset[Ref]:
-    """Every Secret, ConfigMap and GMSACredentialSpec a resource refers to."""
+    """Every Secret, ConfigMap and GMSACredentialSpec a resource refers to, and its Node."""
     ns = wc.metadata.namespace
     refs: set[Ref] = {(SECRET, ns, s.secret_name) for s in wc.spec.secrets}
     refs |= {(CONFIG_MAP, ns, c.config_map_name) for c in wc.spec.configs}
     refs |= {(GMSA_CREDENTIAL_SPEC, "", name) for name in credential_spec_names(wc.spec)}
+    refs.add((NODE, "", wc.spec.node_name))
     return frozenset(refs)
 
 

@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Cluster mode (--source kubernetes).
     #: kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else in-cluster).
     kubeconfig: str | None = None
+    #: Where the in-cluster service account's ``token`` and ``ca.crt`` are read when no
+    #: kubeconfig is found (the directory Kubernetes mounts into every pod).
+    service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
     #: Namespaces to watch (default: all).
     namespace: list[str] = msgspec.field(default_factory=list)
     #: Label selector of the WindowsContainers to reconcile (default: all).

@@ -117,11 +117,13 @@ def ready_object(
 
 
 @asynccontextmanager
-async def running(kubeconfig: Path, tmp_path: Path, **overrides: Any) -> AsyncIterator[ClusterMode]:
-    """Run cluster mode until the block ends."""
+async def running(
+    kubeconfig: Path | None, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[ClusterMode]:
+    """Run cluster mode until the block ends (``kubeconfig`` None: in-cluster)."""
     settings = {
         "source": "kubernetes",
-        "kubeconfig": str(kubeconfig),
+        "kubeconfig": None if kubeconfig is None else str(kubeconfig),
         "bundle_root": str(tmp_path / "bundles"),
         "listen": "127.0.0.1:0",
         "retry_attempts": 3,

@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import pytest
@@ -93,12 +94,12 @@ def _kube_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"kube-apiserver unavailable: {reason}")
 
 
-def _start_kube(*, with_controller_manager: bool) -> KubeCluster:
+def _start_kube(*, with_controller_manager: bool, watch_cache: bool = False) -> KubeCluster:
     """A started etcd + kube-apiserver with the project's CRD and the GMSACredentialSpec CRD."""
     reason = kube_unavailable_reason(controller_manager=with_controller_manager)
     if reason is not None:
         _kube_unavailable(reason)
-    cluster = KubeCluster(with_controller_manager=with_controller_manager)
+    cluster = KubeCluster(with_controller_manager=with_controller_manager, watch_cache=watch_cache)
     try:
         cluster.start()
         cluster.apply_crd()
@@ -130,6 +131,17 @@ def kube_with_controller_manager() -> Iterator[KubeCluster]:
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def kube_with_watch_cache() -> Iterator[KubeCluster]:
+    """A second API server with its watch cache on, for the tests of watch bookmarks (the
+    session's server has it off so that 410 Gone can be produced on demand)."""
+    cluster = _start_kube(with_controller_manager=False, watch_cache=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def kube_namespace(kube: KubeCluster) -> str:
     """A fresh namespace for one test (left behind: without the controller manager a
@@ -139,15 +151,29 @@ def kube_namespace(kube: KubeCluster) -> str:
     return name
 
 
-@pytest.fixture
-async def kube_proxy(kube: KubeCluster) -> AsyncIterator[FaultProxy]:
-    """A fault-injecting proxy in front of the session's API server."""
-    proxy = FaultProxy(upstream=kube.url, ca_file=str(kube.ca))
+@asynccontextmanager
+async def proxy_for(cluster: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A started fault-injecting proxy in front of ``cluster``'s API server."""
+    proxy = FaultProxy(upstream=cluster.url, ca_file=str(cluster.ca))
     await proxy.start()
     try:
         yield proxy
     finally:
         await proxy.stop()
+
+
+@pytest.fixture
+async def kube_proxy(kube: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's API server."""
+    async with proxy_for(kube) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def cache_proxy(kube_with_watch_cache: KubeCluster) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of the watch-cache API server (to see each watch's query)."""
+    async with proxy_for(kube_with_watch_cache) as proxy:
+        yield proxy
 
 
 @pytest.fixture

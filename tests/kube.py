@@ -115,9 +115,11 @@ def _openssl(*args: str, cwd: Path) -> None:
 class KubeCluster:
     """One etcd + kube-apiserver (+ optional kube-controller-manager) for a test session."""
 
-    def __init__(self, *, with_controller_manager: bool = False) -> None:
+    def __init__(self, *, with_controller_manager: bool = False, watch_cache: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="winspec-kube-"))
         self.with_controller_manager = with_controller_manager
+        #: The API server's watch cache: off by default (see the flag); on, it sends bookmarks.
+        self.watch_cache = watch_cache
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.ca = self.dir / "ca.crt"
@@ -288,7 +290,9 @@ class KubeCluster:
                 # Watches go to etcd itself, not the watch cache (whose history window tests
                 # cannot control): a watch from a compacted resourceVersion then gets 410 Gone
                 # at once, so tests can produce it on demand (compact_etcd).
-                "--watch-cache=false",
+                # With the cache on (watch_cache=True) the server sends bookmarks, about 2 s
+                # before each watch's timeoutSeconds ends.
+                f"--watch-cache={'true' if self.watch_cache else 'false'}",
             ],
         )  # fmt: skip
 

@@ -17,7 +17,8 @@ Faults, all asynchronous-safe from the test's event loop:
   the server sends meanwhile is discarded, as a half-dead connection loses it) until
   :meth:`FaultProxy.resume_watches`.
 
-Every request is recorded (:attr:`FaultProxy.log`) with the status the client got.
+Every request is recorded (:attr:`FaultProxy.log`) with the status the client got and when it
+arrived.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -63,6 +65,8 @@ class Logged:
     path_qs: str
     status: int = 0
     injected: bool = False
+    #: When it arrived (``time.monotonic()``).
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

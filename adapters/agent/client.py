@@ -25,7 +25,6 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
-import tenacity
 
 from adapters.agent.wire import (
     API_PREFIX,
@@ -38,6 +37,7 @@ from adapters.agent.wire import (
     encode_upload,
     split_bundle_id,
 )
+from adapters.retry import RetryableError, parse_retry_after, retrying
 from controller.errors import PermanentError, TransientError
 
 _T = TypeVar("_T")
@@ -47,12 +47,6 @@ _PERMANENT = frozenset({400, 404, 405, 413, 415})
 
 class AgentAuthError(TransientError):
     """401 or 403: the agent does not accept this client's token or identity."""
-
-
-class _RetryableError(TransientError):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,37 +135,23 @@ class AgentClient:
                 ) as response:  # fmt: skip
                     answer = await response.read()
                     status = response.status
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _RetryableError(f"{what}: {type(exc).__name__}: {exc}") from None
+                raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from None
             if status < 300:
                 return answer
             message = f"{what}: {status} {_error_message(answer)}".rstrip()
             if status in _RETRYABLE:
-                raise _RetryableError(message, retry_after)
+                raise RetryableError(message, retry_after)
             if status in (401, 403):
                 raise AgentAuthError(message)
             if status in _PERMANENT:
                 raise PermanentError(message)
             raise TransientError(message)
 
-        backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _RetryableError) and exc.retry_after is not None:
-                return min(exc.retry_after, policy.max_retry_after)
-            return float(backoff(state))
-
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(policy.attempts),
-            wait=wait,
-            retry=tenacity.retry_if_exception_type(_RetryableError),
-            reraise=True,
-        )
         try:
-            result: bytes = await retrying(attempt)
-        except _RetryableError as exc:
+            result: bytes = await retrying(policy, policy.attempts)(attempt)
+        except RetryableError as exc:
             raise TransientError(str(exc)) from None
         return result
 
@@ -179,15 +159,6 @@ class AgentClient:
 def _bundle_path(bundle_id: str) -> str:
     namespace, name = split_bundle_id(bundle_id)
     return f"{API_PREFIX}/{quote(namespace, safe='')}/{quote(name, safe='')}"
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
 
 
 def _error_message(data: bytes) -> str:

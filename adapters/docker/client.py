@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
-import tenacity
 
 from adapters.docker.paths import check_path
+from adapters.retry import RetryableError, RetryPolicy, parse_retry_after, retrying
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
@@ -131,48 +131,6 @@ def tls_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
                 f"cannot load the client certificate {cert} and key {key}: {exc.strerror or exc}"
             ) from exc
     return ctx
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How remote calls are retried."""
-
-    attempts: int = 5
-    initial: float = 0.1
-    maximum: float = 5.0
-    max_retry_after: float = 30.0
-
-
-class _RetryableError(TransientError):
-    """A transient failure inside the retry loop; carries the server's Retry-After."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _wait_with_retry_after(
-    policy: RetryPolicy,
-) -> Callable[[tenacity.RetryCallState], float]:
-    backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _RetryableError) and exc.retry_after is not None:
-            return min(exc.retry_after, policy.max_retry_after)
-        return float(backoff(state))
-
-    return wait
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
 
 
 class DockerClient:
@@ -318,18 +276,16 @@ class DockerClient:
         body: Any,
         versioned: bool = True,
     ) -> bytes:
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self._retry.attempts),
-            wait=_wait_with_retry_after(self._retry),
-            retry=tenacity.retry_if_exception_type(_RetryableError),
-            before_sleep=lambda _state: self._on_retry(api) if self._on_retry else None,
-            reraise=True,
+        attempts = retrying(
+            self._retry,
+            self._retry.attempts,
+            lambda _state: self._on_retry(api) if self._on_retry else None,
         )
         try:
-            async for attempt in retrying:
+            async for attempt in attempts:
                 with attempt:
                     return await self._once(method, path, params, body, versioned)
-        except _RetryableError as exc:
+        except RetryableError as exc:
             raise TransientError(
                 f"Docker engine at {self.endpoint.display}: {exc} "
                 f"(gave up after {self._retry.attempts} attempts)"
@@ -365,15 +321,16 @@ class DockerClient:
                         f"HTTP 503 {message}"
                     )
                 if resp.status == 429 or resp.status >= 500:
-                    raise _RetryableError(
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    raise RetryableError(
                         f"{method} {path}: HTTP {resp.status} {message}",
-                        _retry_after(resp.headers) if resp.status == 429 else None,
+                        retry_after if resp.status == 429 else None,
                     )
                 raise DockerAPIError(f"{method} {path}: HTTP {resp.status} {message}")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _RetryableError(f"connection failed: {exc}") from exc
+            raise RetryableError(f"connection failed: {exc}") from exc
         except TimeoutError as exc:
-            raise _RetryableError(f"{method} {path} timed out after {self._timeout}s") from exc
+            raise RetryableError(f"{method} {path} timed out after {self._timeout}s") from exc
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:

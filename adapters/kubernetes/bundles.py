@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from urllib.parse import quote
 
 from adapters.bundles.local import LocalBundleWriter
 from adapters.kubernetes.client import MERGE_PATCH, KubeClient
 from controller.bundle import BundleContent, check_bundle_id
-from controller.cluster import FINALIZER, GROUP, PLURAL, VERSION, WindowsContainer
+from controller.cluster import (
+    FINALIZER,
+    GROUP,
+    PLURAL,
+    VERSION,
+    WindowsContainer,
+    decode_windows_container,
+)
 from controller.errors import NotFoundError, PermanentError, RequestDecodeError
 from controller.ports import BundleWriter
 
@@ -118,11 +125,15 @@ class FinalizingWriter:
         *,
         cache: Mapping[str, WindowsContainer | RequestDecodeError],
         remember: Callable[[bytes], None],
+        released: MutableMapping[str, WindowsContainer] | None = None,
     ) -> None:
         self._inner = inner
         self._client = client
         self._cache = cache
         self._remember = remember
+        self._released: MutableMapping[str, WindowsContainer] = (
+            released if released is not None else {}
+        )
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Add the finalizer if missing, then write the bundle."""
@@ -143,20 +154,44 @@ class FinalizingWriter:
             rest = [f for f in wc.metadata.finalizers if f != FINALIZER]
             with contextlib.suppress(NotFoundError):  # already gone
                 await self._set_finalizers(wc, rest)
+        elif wc is None and bundle_id in self._released:
+            await self._release(bundle_id)
         return removed
+
+    async def _release(self, key: str) -> None:
+        """Take the finalizer off an object that left the watched set (it still exists,
+        unwatched: its current version is read, and the answer not cached)."""
+        try:
+            body = await self._client.request(
+                "GET", self._path(self._released[key]), api="resource_get"
+            )
+            current = decode_windows_container(body)
+            if FINALIZER in current.metadata.finalizers:
+                rest = [f for f in current.metadata.finalizers if f != FINALIZER]
+                await self._set_finalizers(current, rest, remember=False)
+        except NotFoundError:
+            pass  # deleted meanwhile: nothing holds it
+        self._released.pop(key, None)
 
     async def list_ids(self) -> list[str]:
         """Every bundle present, as ``<namespace>/<name>``."""
         return await self._inner.list_ids()
 
-    async def _set_finalizers(self, wc: WindowsContainer, finalizers: list[str]) -> None:
+    @staticmethod
+    def _path(wc: WindowsContainer) -> str:
         meta = wc.metadata
-        path = (
+        return (
             f"/apis/{GROUP}/{VERSION}/namespaces/{quote(meta.namespace, safe='')}/{PLURAL}/"
             f"{quote(meta.name, safe='')}"
         )
+
+    async def _set_finalizers(
+        self, wc: WindowsContainer, finalizers: list[str], *, remember: bool = True
+    ) -> None:
+        meta = wc.metadata
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}}
         answer = await self._client.request(
-            "PATCH", path, body=body, content_type=MERGE_PATCH, api="finalizer_patch"
+            "PATCH", self._path(wc), body=body, content_type=MERGE_PATCH, api="finalizer_patch"
         )
-        self._remember(answer)
+        if remember:
+            self._remember(answer)

@@ -20,18 +20,20 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import msgspec
 import tenacity
 
+from adapters.retry import RetryableError, RetryPolicy, parse_retry_after, retrying
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+#: Where Kubernetes mounts a pod's service account token and the cluster's CA.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _TLS_CLOSE_SECONDS = 0.25
 
@@ -54,12 +56,6 @@ class ForbiddenError(TransientError):
     reason = "Forbidden"
 
 
-class _RetryableError(TransientError):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 class _Status(msgspec.Struct):
     """A ``meta/v1`` Status body (what the server answers errors with)."""
 
@@ -68,32 +64,12 @@ class _Status(msgspec.Struct):
     code: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How one call is retried."""
-
-    attempts: int = 5
-    initial: float = 0.1
-    maximum: float = 5.0
-    max_retry_after: float = 30.0
-
-
 def _status_message(body: bytes) -> str:
     try:
         status = msgspec.json.decode(body, type=_Status)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return body[:200].decode(errors="replace").strip()
     return status.message or status.reason
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
 
 
 def error_for(status: int, body: bytes, what: str) -> Exception:
@@ -123,9 +99,16 @@ def kubeconfig_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
     return default if os.path.exists(default) else None
 
 
-async def load_api_client(kubeconfig: str | None = None, *, context: str | None = None) -> Any:
+async def load_api_client(
+    kubeconfig: str | None = None,
+    *,
+    context: str | None = None,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+) -> Any:
     """A kubernetes-asyncio ``ApiClient``: from ``kubeconfig`` (else ``KUBECONFIG``, else
-    ``~/.kube/config``) when one exists, else the in-cluster service account.
+    ``~/.kube/config``) when one exists, else the in-cluster service account: the API server
+    at ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT``, the ``token`` and ``ca.crt``
+    in ``service_account_dir``.
 
     A kubeconfig that cannot be used is a :class:`PermanentError` naming it.
     """
@@ -140,10 +123,14 @@ async def load_api_client(kubeconfig: str | None = None, *, context: str | None 
             )
         configuration = client.Configuration()
         # Unannotated upstream.
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration,
+            token_filename=os.path.join(service_account_dir, "token"),
+            cert_filename=os.path.join(service_account_dir, "ca.crt"),
+        )
         return client.ApiClient(configuration)
     except (ConfigException, OSError, ValueError) as exc:
-        where = path or "the in-cluster service account"
+        where = path or f"the in-cluster service account ({service_account_dir})"
         raise PermanentError(f"cannot use the Kubernetes configuration {where}: {exc}") from exc
 
 
@@ -200,7 +187,7 @@ class KubeClient:
                 _request_timeout=limits,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _RetryableError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise RetryableError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         return response
 
     async def request(
@@ -224,42 +211,25 @@ class KubeClient:
             try:
                 data = await response.read()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise _RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
             finally:
                 response.release()
             if response.status < 300:
                 return data
             if response.status in _RETRYABLE_STATUS:
-                raise _RetryableError(
+                raise RetryableError(
                     f"{what}: {response.status} {_status_message(data)}".rstrip(),
-                    _retry_after(response.headers),
+                    parse_retry_after(response.headers.get("Retry-After")),
                 )
             raise error_for(response.status, data, what)
-
-        backoff = tenacity.wait_random_exponential(
-            multiplier=self._retry.initial, max=self._retry.maximum
-        )
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _RetryableError) and exc.retry_after is not None:
-                return min(exc.retry_after, self._retry.max_retry_after)
-            return float(backoff(state))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             if self._on_retry is not None:
                 self._on_retry(api)
 
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self._retry.attempts),
-            wait=wait,
-            retry=tenacity.retry_if_exception_type(_RetryableError),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         try:
-            result: bytes = await retrying(attempt)
-        except _RetryableError as exc:
+            result: bytes = await retrying(self._retry, self._retry.attempts, before_sleep)(attempt)
+        except RetryableError as exc:
             raise TransientError(str(exc)) from exc
         return result
 
@@ -280,6 +250,13 @@ class KubeClient:
         try:
             if response.status >= 300:
                 data = await response.read()
+                if response.status in _RETRYABLE_STATUS:
+                    # The caller backs off before re-watching; the server's Retry-After, if
+                    # any, is the least it waits.
+                    raise RetryableError(
+                        f"watch {path}: {response.status} {_status_message(data)}".rstrip(),
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    )
                 raise error_for(response.status, data, f"watch {path}")
             yield response
         finally:

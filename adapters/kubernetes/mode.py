@@ -45,7 +45,7 @@ from adapters.compose import (
 )
 from adapters.http import bound_port, build_app, start_http_server, stop_http_server
 from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
-from adapters.kubernetes.client import KubeClient, RetryPolicy, load_api_client
+from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
 from adapters.kubernetes.source import (
@@ -57,6 +57,7 @@ from adapters.kubernetes.source import (
     WatchSettings,
 )
 from adapters.kubernetes.status import StatusWriter
+from adapters.retry import RetryPolicy
 from controller.cluster import GROUP, NODE_LABEL, VERSION
 from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
@@ -141,7 +142,9 @@ class ClusterMode:
         self.http_port = bound_port(runner)
         client: KubeClient | None = None
         try:
-            api_client = await load_api_client(s.kubeconfig)  # PermanentError: exit 2
+            api_client = await load_api_client(  # PermanentError: exit 2
+                s.kubeconfig, service_account_dir=s.service_account_dir
+            )
             client = KubeClient(
                 api_client,
                 retry=RetryPolicy(attempts=s.retry_attempts),
@@ -295,7 +298,11 @@ class ClusterMode:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
         remote = _remote_writer(s, client, source) if s.delivery == "agent" else None
         writer = FinalizingWriter(
-            remote or bundles, client, cache=source.cache, remember=source.remember
+            remote or bundles,
+            client,
+            cache=source.cache,
+            remember=source.remember,
+            released=source.released,
         )
         resolver = KubernetesResolver(
             client,

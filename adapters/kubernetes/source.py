@@ -31,11 +31,13 @@ from urllib.parse import quote
 import msgspec
 
 from adapters.kubernetes.client import GoneError, KubeClient, read_line
+from adapters.retry import RetryableError, RetryPolicy
 from controller.cluster import (
     CONFIG_MAP,
     FINALIZER,
     GMSA_CREDENTIAL_SPEC,
     GROUP,
+    NODE,
     PLURAL,
     SECRET,
     VERSION,
@@ -54,6 +56,8 @@ EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 READY_CONDITION = "kubernetes-watch"
 #: How long after an RBAC change a denied credential spec is asked about once more.
 GRANT_SETTLE_SECONDS = 2.0
+#: The longest ``Retry-After`` a refused list or watch obeys (as for every other call).
+MAX_RETRY_AFTER = RetryPolicy().max_retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,15 +243,19 @@ class Reflector:
                 delay = await self._back_off(exc, delay)
 
     async def _back_off(self, exc: WinspecError, delay: float) -> float:
-        """Count and log a failed list or watch, wait ``delay``; the next delay."""
+        """Count and log a failed list or watch, wait ``delay`` (or the server's
+        ``Retry-After``, capped, when longer); the next delay."""
         self._restarted("error")
         if self._hooks.on_ready:
             self._hooks.on_ready(False)
+        wait = delay
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            wait = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
         log.warning(
             "list or watch failed; retrying",
-            extra={"what": self.what, "error": str(exc), "delay": round(delay, 2)},
+            extra={"what": self.what, "error": str(exc), "delay": round(wait, 2)},
         )
-        await asyncio.sleep(delay)
+        await asyncio.sleep(wait)
         return min(delay * 2, self._settings.reconnect_max)
 
     def _restarted(self, reason: str) -> None:
@@ -336,6 +344,10 @@ class ClusterSource:
         self._settings = settings or WatchSettings()
         self._hooks = hooks or SourceHooks()
         self.cache: dict[str, WindowsContainer | RequestDecodeError] = {}
+        #: Resources that left the watched set (a label no longer matching --selector or
+        #: --node-name) while still carrying winspec's finalizer: their bundle is removed like
+        #: a deleted one's, and the finalizer taken off so a later deletion is not blocked.
+        self.released: dict[str, WindowsContainer] = {}
         self.index = ReferenceIndex()
         self._ready: dict[str, bool] = {}
         scopes: list[str | None] = list(namespaces) or [None]
@@ -372,6 +384,16 @@ class ClusterSource:
                 self._on_grant_event,
                 None,
             )
+        # A Node appearing re-queues the resources scheduled to it: a resource waiting for its
+        # Node (retried with backoff until then) becomes Ready at once.
+        self._add(
+            client,
+            collection_path(group="", version="v1", plural="nodes"),
+            "nodes",
+            self._on_dependencies_listed(NODE),
+            self._on_node_event,
+            None,
+        )
         self._add(
             client,
             collection_path(group="windows.k8s.io", version="v1", plural="gmsacredentialspecs"),
@@ -454,6 +476,7 @@ class ClusterSource:
             wc = exc
         if isinstance(wc, WindowsContainer):
             key = wc.key
+            self.released.pop(key, None)  # back in the watched set
             cached = self.cache.get(key)
             if isinstance(cached, WindowsContainer):
                 if not _newer(wc.metadata.resource_version, cached.metadata.resource_version):
@@ -495,6 +518,12 @@ class ClusterSource:
         if event_type == "DELETED":
             meta = _meta(raw)
             gone = f"{meta.namespace}/{meta.name}"
+            with contextlib.suppress(RequestDecodeError):
+                last = decode_windows_container(bytes(raw))
+                # A real deletion ends only once the finalizer is off: still on, the object
+                # merely stopped matching the label selector.
+                if FINALIZER in last.metadata.finalizers:
+                    self.released[gone] = last
             self.cache.pop(gone, None)
             self.index.remove(gone)
             self._enqueue(gone)
@@ -526,6 +555,13 @@ class ClusterSource:
                 # The API server's authorizer learns of RBAC changes through its own watch,
                 # a moment after winspec may: ask again once it surely has.
                 self._enqueue_after(key, GRANT_SETTLE_SECONDS)
+
+    def _on_node_event(self, event_type: str, raw: msgspec.Raw) -> None:
+        # Only a Node appearing: its status changes (kubelet heartbeats) would re-queue every
+        # resource of the node again and again; the resolver re-reads node facts anyway.
+        if event_type == "ADDED":
+            for key in self.index.keys_for((NODE, "", _meta(raw).name)):
+                self._enqueue(key)
 
     def _on_dependency_event(self, kind: str) -> Callable[[str, msgspec.Raw], None]:
         def changed(event_type: str, raw: msgspec.Raw) -> None:

@@ -55,7 +55,7 @@ ALLOWED = [
     *[(v, "", r, "apps", "") for r in ("secrets", "configmaps") for v in ("get", "list", "watch")],
     *[(v, "", r, "", "") for r in ("secrets", "configmaps") for v in ("list", "watch")],
     *[(v, "windows.k8s.io", "gmsacredentialspecs", "", "") for v in ("get", "list", "watch")],
-    ("get", "", "nodes", "", "win-1"),
+    *[(v, "", "nodes", "", n) for v, n in (("get", "win-1"), ("list", ""), ("watch", ""))],
     ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
     ("create", "", "events", "apps", ""),
     *[(v, "rbac.authorization.k8s.io", r, "", "") for v in ("list", "watch")
@@ -84,7 +84,6 @@ REFUSED = [
     ("update", "winspec.io", "windowscontainers/status", "apps", "web"),
     ("use", "windows.k8s.io", "gmsacredentialspecs", "", "webapp"),
     ("update", "windows.k8s.io", "gmsacredentialspecs", "", "webapp"),
-    ("list", "", "nodes", "", ""),
     ("update", "", "nodes", "", "win-1"),
     ("patch", "", "nodes/status", "", "win-1"),
     ("patch", "", "events", "apps", "e"),

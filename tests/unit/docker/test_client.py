@@ -24,11 +24,11 @@ from adapters.docker.client import (
     DockerClient,
     Endpoint,
     NotSwarmManagerError,
-    RetryPolicy,
     default_host,
     parse_host,
     tls_context,
 )
+from adapters.retry import RetryPolicy
 from controller.errors import NotFoundError, PermanentError, TransientError
 from tests.unit.docker.scripted import ScriptedEngine, answer_json
 

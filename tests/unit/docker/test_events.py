@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from adapters.docker.client import DockerClient, RetryPolicy
+from adapters.docker.client import DockerClient
 from adapters.docker.events import (
     EVENT_FILTERS,
     EVENT_TYPES,
@@ -22,6 +22,7 @@ from adapters.docker.events import (
     EventSourceSettings,
     resume_since,
 )
+from adapters.retry import RetryPolicy
 from controller.errors import RequestDecodeError
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from adapters.docker.client import DockerClient, RetryPolicy
+from adapters.docker.client import DockerClient
 from adapters.docker.paths import IdKind, api_path, check_path, is_valid
 from adapters.docker.resolver import DockerRequestResolver
 from adapters.docker.secrets import (
@@ -27,6 +27,7 @@ from adapters.docker.secrets import (
     read_secret,
     windows_link_allowed,
 )
+from adapters.retry import RetryPolicy
 from controller.errors import PermanentError
 from controller.models import NodeFacts
 from tests.unit.docker.scripted import ScriptedEngine, answer_json

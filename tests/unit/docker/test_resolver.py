@@ -22,13 +22,14 @@ from typing import Any
 import pytest
 
 import adapters.docker.resolver as resolver_module
-from adapters.docker.client import DockerClient, NotSwarmManagerError, RetryPolicy
+from adapters.docker.client import DockerClient, NotSwarmManagerError
 from adapters.docker.resolver import (
     DockerRequestResolver,
     NodeOverrides,
     node_facts_from_info,
 )
 from adapters.docker.types import Info, decode
+from adapters.retry import RetryPolicy
 from controller.credspec import INVALID_VALUE
 from controller.errors import PermanentError, RequestDecodeError, SpecError, TransientError
 from controller.generate import generate

@@ -1,0 +1,109 @@
+"""Retrying remote calls: one policy, one ``Retry-After`` parser, one wait rule for every client.
+
+The Docker Engine client, the Kubernetes client and the agent client all retry connection errors,
+timeouts, 429 and 5xx with jittered exponential backoff, except that a server's ``Retry-After``
+(seconds or an HTTP date) replaces the backoff, capped at ``max_retry_after`` so a hostile or
+confused server cannot park a call for hours.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+
+import tenacity
+
+from controller.errors import TransientError
+
+
+class Backoff(Protocol):
+    """What the wait rule reads from a policy (``RetryPolicy`` or a client's own policy)."""
+
+    @property
+    def initial(self) -> float:
+        """The first backoff, in seconds."""
+
+    @property
+    def maximum(self) -> float:
+        """The longest backoff, in seconds."""
+
+    @property
+    def max_retry_after(self) -> float:
+        """The longest ``Retry-After`` obeyed, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How one remote call is retried."""
+
+    #: Attempts per call (1: no retry).
+    attempts: int = 5
+    #: First backoff, and the longest one, in seconds.
+    initial: float = 0.1
+    maximum: float = 5.0
+    #: The longest ``Retry-After`` obeyed, in seconds.
+    max_retry_after: float = 30.0
+
+
+class RetryableError(TransientError):
+    """A transient failure inside a retry loop; carries the server's ``Retry-After`` if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value; ``None`` when absent or malformed.
+
+    RFC 9110 allows delta-seconds or an HTTP date; a date in the past means 0. Non-finite
+    numbers (``nan``, ``inf``) are malformed: asyncio cannot sleep for them.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is taken as such
+            return None
+        seconds = when.timestamp() - now()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+def retry_wait(policy: Backoff) -> Callable[[tenacity.RetryCallState], float]:
+    """tenacity's wait: the server's ``Retry-After`` (capped) if given, else jittered backoff."""
+    backoff = tenacity.wait_random_exponential(multiplier=policy.initial, max=policy.maximum)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            return min(exc.retry_after, policy.max_retry_after)
+        return float(backoff(state))
+
+    return wait
+
+
+def retrying(
+    policy: Backoff,
+    attempts: int,
+    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+) -> tenacity.AsyncRetrying:
+    """An ``AsyncRetrying`` that retries ``RetryableError`` up to ``attempts`` times."""
+    return tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=retry_wait(policy),
+        retry=tenacity.retry_if_exception_type(RetryableError),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
