@@ -25,7 +25,8 @@ Measured per resource: from just before the test's POST (wall clock; ``creationT
 whole seconds only) to the modification time of the bundle's ``.digest`` on the node, the last
 file written before the bundle's directory is renamed into place and synced (so within that
 rename + fsync of durable). Throughput: R over the time from the first POST to the last
-``.digest``. Everything shares this machine's cores: the API server, etcd, the agents and the
+``.digest``; beside it the rate of the POSTs themselves (the offered rate, which bounds it).
+Everything shares this machine's cores: the API server, etcd, the agents and the
 controllers, unlike a real cluster where each node brings its own.
 """
 
@@ -65,6 +66,8 @@ class Figures:
     nodes: int
     latencies: list[float]
     seconds: float
+    #: How long the POSTs took (the offered rate: a phase cannot be faster).
+    posting: float
     peak_rss_mb: float
 
     @property
@@ -126,9 +129,10 @@ def create_and_measure(
     ns: str,
     placement: dict[str, tuple[str, Path]],
     pids: list[int],
-) -> tuple[list[float], float, float]:
+) -> tuple[list[float], float, float, float]:
     """POST every resource (``name`` → its node and where its bundle lands), wait for every
-    ``.digest``; the latencies, the phase's seconds, and the children's summed peak RSS."""
+    ``.digest``; the latencies, the phase's seconds, the POSTs' seconds, and the children's
+    summed peak RSS."""
     kube.create_namespace(ns)
     posted: dict[str, float] = {}
 
@@ -139,6 +143,7 @@ def create_and_measure(
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, sorted(placement)))
+    posting = time.time() - min(posted.values())
     durable: dict[str, float] = {}
     deadline = time.monotonic() + 120 + len(placement)
     peaks = dict.fromkeys(pids, 0.0)
@@ -153,7 +158,8 @@ def create_and_measure(
                     durable[name] = os.stat(bundle / ".digest").st_mtime
         time.sleep(0.2)
     latencies = [durable[n] - posted[n] for n in placement]
-    return latencies, max(durable.values()) - min(posted.values()), sum(peaks.values())
+    seconds = max(durable.values()) - min(posted.values())
+    return latencies, seconds, posting, sum(peaks.values())
 
 
 def central(
@@ -182,11 +188,11 @@ def central(
         )  # fmt: skip
         with children([command]) as started:
             pids = [p.pid for p, _ in started] + [a.proc.pid for a in agents if a.proc]
-            latencies, seconds, rss = create_and_measure(kube, ns, placement, pids)
+            measured = create_and_measure(kube, ns, placement, pids)
     finally:
         for agent in agents:
             agent.stop()
-    return Figures("central", len(nodes), latencies, seconds, rss)
+    return Figures("central", len(nodes), *measured)
 
 
 def node_local(
@@ -207,21 +213,20 @@ def node_local(
         for node in nodes
     ]
     with children(commands) as started:
-        latencies, seconds, rss = create_and_measure(
-            kube, ns, placement, [p.pid for p, _ in started]
-        )
-    return Figures("node-local", len(nodes), latencies, seconds, rss)
+        measured = create_and_measure(kube, ns, placement, [p.pid for p, _ in started])
+    return Figures("node-local", len(nodes), *measured)
 
 
 def report(results: list[Figures]) -> None:
     """Print both phases side by side."""
     print(
-        f"{'shape':10} {'nodes':>5} {'bundles':>7} {'seconds':>7} {'per s':>6} "
+        f"{'shape':10} {'nodes':>5} {'bundles':>7} {'seconds':>7} {'per s':>6} {'POST/s':>6} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'peak RSS':>9}"
     )
     for r in results:
         print(
             f"{r.name:10} {r.nodes:5d} {len(r.latencies):7d} {r.seconds:7.1f} {r.rate:6.1f} "
+            f"{len(r.latencies) / r.posting:6.1f} "
             f"{r.percentile(0.5):7.0f} {r.percentile(0.99):7.0f} {r.percentile(1.0):7.0f} "
             f"{r.peak_rss_mb:6.0f} MB"
         )
