@@ -69,6 +69,7 @@ RUN_WITH_KUBE: tuple[str, ...] = (
 #: test's run of it small.
 BENCH_KUBE: dict[str, tuple[str, ...]] = {
     ".venv/bin/python -m tests.benchmarks.bench_kubernetes": ("--resources", "10", "--skip-kopf"),
+    ".venv/bin/python -m tests.benchmarks.bench_delivery": ("--nodes", "2", "--resources", "10"),
 }
 #: The deployment commands: tests/integration/test_manifests.py runs the kustomize builds as
 #: they are and the apply with --dry-run=server against the fixtures' real kube-apiserver.

@@ -73,7 +73,14 @@ def _token(kube: KubeCluster, ns: str, name: str, audiences: list[str] | None) -
 @pytest.fixture(scope="module")
 def delivery(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Delivery:
     """Accounts (the agent may only create TokenReviews), TLS files, the controller's token."""
-    ns = f"deliver-{secrets.token_hex(4)}"
+    return make_delivery(
+        kube, f"deliver-{secrets.token_hex(4)}", tmp_path_factory.mktemp("delivery")
+    )
+
+
+def make_delivery(kube: KubeCluster, ns: str, files: Path) -> Delivery:
+    """Namespace ``ns`` with the accounts (the agent may only create TokenReviews), TLS files
+    below ``files``, and the controller's audience-bound token."""
     kube.create_namespace(ns)
     role = f"winspec-agent-{ns}"
     kube.apply({
@@ -88,7 +95,6 @@ def delivery(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Del
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
         "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}],
     })  # fmt: skip
-    files = tmp_path_factory.mktemp("delivery")
     token = _token(kube, ns, "controller", [AUDIENCE])
     token_file = files / "token"
     token_file.write_text(token)
