@@ -432,8 +432,19 @@ class KubeCluster:
             expect=(201, 409),
         )
 
-    def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
-        """A bearer token of a ServiceAccount (created if needed), from the TokenRequest API."""
+    def service_account_token(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        seconds: int = 3600,
+        audiences: list[str] | None = None,
+    ) -> str:
+        """A bearer token of a ServiceAccount (created if needed), from the TokenRequest API;
+        bound to ``audiences`` when given (else the API server's own)."""
+        spec: dict[str, Any] = {"expirationSeconds": seconds}
+        if audiences:
+            spec["audiences"] = audiences
         self.api(
             "POST",
             f"/api/v1/namespaces/{namespace}/serviceaccounts",
@@ -443,11 +454,7 @@ class KubeCluster:
         issued = self.api(
             "POST",
             f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-            {
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {"expirationSeconds": seconds},
-            },
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         )
         token: str = issued["status"]["token"]
         return token

@@ -77,22 +77,7 @@ class Cluster:
 
 
 def _token(kube: KubeCluster, namespace: str, name: str, audiences: list[str] | None) -> str:
-    kube.api(
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts",
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
-        expect=(201, 409),
-    )
-    spec: dict[str, Any] = {"expirationSeconds": 3600}
-    if audiences:
-        spec["audiences"] = audiences
-    issued = kube.api(
-        "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
-    )
-    token: str = issued["status"]["token"]
-    return token
+    return kube.service_account_token(namespace, name, audiences=audiences)
 
 
 @pytest.fixture(scope="module")

@@ -52,22 +52,7 @@ class Delivery:
 
 
 def _token(kube: KubeCluster, ns: str, name: str, audiences: list[str] | None) -> str:
-    kube.api(
-        "POST",
-        f"/api/v1/namespaces/{ns}/serviceaccounts",
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
-        expect=(201, 409),
-    )
-    spec: dict[str, Any] = {"expirationSeconds": 3600}
-    if audiences:
-        spec["audiences"] = audiences
-    issued = kube.api(
-        "POST",
-        f"/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
-    )
-    token: str = issued["status"]["token"]
-    return token
+    return kube.service_account_token(ns, name, audiences=audiences)
 
 
 @pytest.fixture(scope="module")
