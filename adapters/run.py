@@ -96,14 +96,11 @@ def add_run_parser(sub: Any) -> None:
         help="cluster mode: reconcile only the WindowsContainers labelled "
         "winspec.io/node-name=NODE (one instance per node; turns leader election off)",
     )
-    elect = p.add_mutually_exclusive_group()
-    elect.add_argument(
+    p.add_argument(
         "--leader-elect",
-        dest="leader_elect",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="cluster mode: only the holder of a Lease reconciles (default: on)",
     )
-    elect.add_argument("--no-leader-elect", dest="leader_elect", action="store_false")
     p.add_argument(
         "--leader-election-namespace",
         metavar="NAME",
@@ -255,14 +252,11 @@ def add_run_parser(sub: Any) -> None:
         choices=["process", "hyperv"],
         help="node default isolation (default: the engine's, else process)",
     )
-    lcow = p.add_mutually_exclusive_group()
-    lcow.add_argument(
+    p.add_argument(
         "--lcow",
-        dest="lcow",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="the node runs Linux containers (default: only when the engine is Linux)",
     )
-    lcow.add_argument("--no-lcow", dest="lcow", action="store_false")
     p.add_argument(
         "--dns-search",
         action="append",
