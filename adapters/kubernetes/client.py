@@ -43,6 +43,10 @@ from controller.errors import NotFoundError, PermanentError, TransientError
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+#: Metadata only (``PartialObjectMetadata``), falling back to whole objects on a server that
+#: cannot: a list, then a watch (what client-go's metadata client asks for).
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, " + JSON
+METADATA_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, " + JSON
 #: Where Kubernetes mounts a pod's service account token and the cluster's CA.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -203,6 +207,7 @@ class KubeClient:
         query: Sequence[tuple[str, str]] = (),
         body: Any = None,
         content_type: str = JSON,
+        accept: str = JSON,
         limits: aiohttp.ClientTimeout | float | None,
     ) -> aiohttp.ClientResponse:
         """One request; the raw response (the caller reads and releases it)."""
@@ -216,7 +221,7 @@ class KubeClient:
         url = self.host + path
         if query:
             url += "?" + urlencode(query)
-        headers = {**self._api.default_headers, "Accept": JSON, "Content-Type": content_type}
+        headers = {**self._api.default_headers, "Accept": accept, "Content-Type": content_type}
         # The current credentials (a rotated service-account token, a refreshed exec token).
         bearer = (await self._api.configuration.auth_settings()).get("BearerToken")
         if bearer:
@@ -245,6 +250,7 @@ class KubeClient:
         query: Sequence[tuple[str, str]] = (),
         body: Any = None,
         content_type: str = JSON,
+        accept: str = JSON,
         api: str,
     ) -> bytes:
         """One call, retried; the response body. Errors as described in the module."""
@@ -253,7 +259,7 @@ class KubeClient:
         async def attempt() -> bytes:
             response = await self._send(
                 method, path, query=query, body=body, content_type=content_type,
-                limits=self._timeout,
+                accept=accept, limits=self._timeout,
             )  # fmt: skip
             try:
                 data = await response.read()
@@ -282,7 +288,7 @@ class KubeClient:
 
     @asynccontextmanager
     async def watch(
-        self, path: str, *, query: Sequence[tuple[str, str]]
+        self, path: str, *, query: Sequence[tuple[str, str]], accept: str = JSON
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open one watch (not retried: the caller relists or re-watches); the streaming
         response, released on exit. An error status raises as :meth:`request` would."""
@@ -290,6 +296,7 @@ class KubeClient:
             "GET",
             path,
             query=[*query, ("watch", "true")],
+            accept=accept,
             # No total timeout: the server ends the watch (timeoutSeconds); the caller's
             # inactivity watchdog notices a dead one.
             limits=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),

@@ -30,7 +30,14 @@ from urllib.parse import quote
 
 import msgspec
 
-from adapters.kubernetes.client import GoneError, KubeClient, read_line
+from adapters.kubernetes.client import (
+    JSON,
+    METADATA_LIST,
+    METADATA_WATCH,
+    GoneError,
+    KubeClient,
+    read_line,
+)
 from adapters.retry import RetryableError, RetryPolicy
 from controller.cluster import (
     CONFIG_MAP,
@@ -103,7 +110,8 @@ class _ListMeta(msgspec.Struct, rename="camel"):
 
 class _List(msgspec.Struct):
     metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
-    items: list[msgspec.Raw] = msgspec.field(default_factory=list)
+    # ``null`` in an empty PartialObjectMetadataList.
+    items: list[msgspec.Raw] | None = None
 
 
 class _Event(msgspec.Struct):
@@ -143,6 +151,9 @@ class Reflector:
 
     ``on_list(items)`` gets every object of a (re)list at once; ``on_event(type, raw)`` each
     ADDED/MODIFIED/DELETED event's object, undecoded (the owner decides how to decode it).
+    With ``metadata_only`` the server sends each object's metadata alone
+    (``PartialObjectMetadata``): what a change of a Secret needs to re-queue its users, without
+    its data crossing the wire or being decoded.
     """
 
     def __init__(
@@ -157,9 +168,11 @@ class Reflector:
         hooks: SourceHooks,
         label_selector: str | None = None,
         optional: bool = False,
+        metadata_only: bool = False,
     ) -> None:
         self._client = client
         self._path = path
+        self._accept = (METADATA_LIST, METADATA_WATCH) if metadata_only else (JSON, JSON)
         # An optional collection may not exist (a CRD not installed): that is waited out.
         self._optional = optional
         self.what = what
@@ -183,7 +196,9 @@ class Reflector:
             if token:
                 query.append(("continue", token))
             try:
-                body = await self._client.request("GET", self._path, query=query, api="list")
+                body = await self._client.request(
+                    "GET", self._path, query=query, accept=self._accept[0], api="list"
+                )
             except GoneError:
                 if not token:
                     raise
@@ -194,7 +209,7 @@ class Reflector:
                 page = _list_decoder.decode(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise RequestDecodeError(f"invalid list of {self.what}: {exc}") from exc
-            items.extend(page.items)
+            items.extend(page.items or ())
             token = page.metadata.continue_
             if not token:
                 self._resource_version = page.metadata.resource_version
@@ -272,7 +287,7 @@ class Reflector:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(s.timeout_seconds)),
         ]
-        async with self._client.watch(self._path, query=query) as response:
+        async with self._client.watch(self._path, query=query, accept=self._accept[1]) as response:
             while True:
                 try:
                     line = await read_line(response, idle=s.idle_timeout)
@@ -360,6 +375,7 @@ class ClusterSource:
                 self._on_containers_listed(ns),
                 self._on_container_event,
                 label_selector,
+                metadata_only=False,
             )
             for kind, plural in ((SECRET, "secrets"), (CONFIG_MAP, "configmaps")):
                 self._add(
@@ -414,7 +430,11 @@ class ClusterSource:
         selector: str | None,
         *,
         optional: bool = False,
+        metadata_only: bool = True,
     ) -> None:
+        """One more reflector. Only the WindowsContainers are needed whole
+        (``metadata_only=False``); of everything else (Secrets above all) a change is all
+        that matters: the resolver reads what it uses when it reconciles."""
         name = f"{what}@{path}"
         self._ready[name] = False
         hooks = SourceHooks(
@@ -433,6 +453,7 @@ class ClusterSource:
                 hooks=hooks,
                 label_selector=selector,
                 optional=optional,
+                metadata_only=metadata_only,
             )
         )
 

@@ -1,15 +1,19 @@
 """The Kubernetes client's own HTTP path against the real kube-apiserver: credentials asked
-for on every call, the proxy the environment names (through a real CONNECT proxy), NO_PROXY."""
+for on every call, the proxy the environment names (through a real CONNECT proxy), NO_PROXY,
+and metadata-only lists and watches of what resources depend on."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
 
 from adapters.kubernetes.client import ForbiddenError, KubeClient, env_proxy, load_api_client
+from adapters.kubernetes.source import Reflector, SourceHooks, WatchSettings, collection_path
 from tests.kube import KubeCluster
 
 
@@ -135,5 +139,73 @@ async def test_credentials_are_read_for_every_call(kube: KubeCluster) -> None:
         configuration.api_key["BearerToken"] = f"Bearer {kube.nobody_token}"
         with pytest.raises(ForbiddenError):
             await client.request("GET", path, api="list")
+    finally:
+        await client.close()
+
+
+async def test_dependency_reflectors_receive_metadata_without_secret_data(
+    kube: KubeCluster, kube_namespace: str
+) -> None:
+    """A metadata-only reflector of Secrets lists and watches them without their data."""
+    secret = "app-credentials"
+    path = f"/api/v1/namespaces/{kube_namespace}/secrets"
+
+    def body(value: bytes) -> dict[str, Any]:
+        data = {"password": base64.b64encode(value).decode()}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret}, "data": data}
+
+    kube.api("POST", path, body(b"first-value"))
+    listed: list[dict[str, Any]] = []
+    events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+    client = KubeClient(await load_api_client(str(kube.admin_kubeconfig)), timeout=10.0)
+    reflector = Reflector(
+        client,
+        path=collection_path(group="", version="v1", plural="secrets", namespace=kube_namespace),
+        what="secrets",
+        on_list=lambda items: listed.extend(msgspec.json.decode(i) for i in items),
+        on_event=lambda kind, raw: events.put_nowait((kind, msgspec.json.decode(raw))),
+        settings=WatchSettings(),
+        hooks=SourceHooks(),
+        metadata_only=True,
+    )
+    task = asyncio.create_task(reflector.run())
+    try:
+        await asyncio.wait_for(reflector.synced.wait(), 10)
+        mine = [o for o in listed if o["metadata"]["name"] == secret]
+        assert [o.get("kind") for o in mine] == ["PartialObjectMetadata"]
+        assert "data" not in mine[0]
+        kube.api("PUT", f"{path}/{secret}", body(b"second-value"))
+        while True:
+            kind, obj = await asyncio.wait_for(events.get(), 10)
+            if obj["metadata"]["name"] == secret and kind == "MODIFIED":
+                break
+        assert obj.get("kind") == "PartialObjectMetadata"
+        assert "data" not in obj
+        assert base64.b64encode(b"second-value") not in msgspec.json.encode(obj)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+async def test_a_metadata_only_list_of_an_empty_collection_syncs(
+    kube: KubeCluster, kube_namespace: str
+) -> None:
+    """An empty PartialObjectMetadataList (its items null) is an empty list, not an error."""
+    listed: list[int] = []
+    client = KubeClient(await load_api_client(str(kube.admin_kubeconfig)), timeout=10.0)
+    reflector = Reflector(
+        client,
+        path=collection_path(group="", version="v1", plural="secrets", namespace=kube_namespace),
+        what="secrets",
+        on_list=lambda items: listed.append(len(items)),
+        on_event=lambda kind, raw: None,
+        settings=WatchSettings(),
+        hooks=SourceHooks(),
+        metadata_only=True,
+    )
+    try:
+        await asyncio.wait_for(reflector.relist(), 10)
+        assert listed == [0]
     finally:
         await client.close()
