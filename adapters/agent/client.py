@@ -37,7 +37,7 @@ from adapters.agent.wire import (
     encode_upload,
     split_bundle_id,
 )
-from adapters.retry import RetryableError, parse_retry_after, retrying
+from adapters.retry import RetryableError, call_with_retries, parse_retry_after
 from controller.errors import PermanentError, TransientError
 
 _T = TypeVar("_T")
@@ -150,7 +150,7 @@ class AgentClient:
             raise TransientError(message)
 
         try:
-            result: bytes = await retrying(policy, policy.attempts)(attempt)
+            result = await call_with_retries(policy, policy.attempts, attempt)
         except RetryableError as exc:
             raise TransientError(str(exc)) from None
         return result

@@ -23,7 +23,7 @@ import aiohttp
 import msgspec
 
 from adapters.docker.paths import check_path
-from adapters.retry import RetryableError, RetryPolicy, parse_retry_after, retrying
+from adapters.retry import RetryableError, RetryPolicy, call_with_retries, parse_retry_after
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
@@ -276,21 +276,18 @@ class DockerClient:
         body: Any,
         versioned: bool = True,
     ) -> bytes:
-        attempts = retrying(
-            self._retry,
-            self._retry.attempts,
-            lambda _state: self._on_retry(api) if self._on_retry else None,
-        )
         try:
-            async for attempt in attempts:
-                with attempt:
-                    return await self._once(method, path, params, body, versioned)
+            return await call_with_retries(
+                self._retry,
+                self._retry.attempts,
+                lambda: self._once(method, path, params, body, versioned),
+                lambda _state: self._on_retry(api) if self._on_retry else None,
+            )
         except RetryableError as exc:
             raise TransientError(
                 f"Docker engine at {self.endpoint.display}: {exc} "
                 f"(gave up after {self._retry.attempts} attempts)"
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
         self,

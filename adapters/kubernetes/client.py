@@ -37,7 +37,7 @@ import aiohttp
 import msgspec
 import tenacity
 
-from adapters.retry import RetryableError, RetryPolicy, parse_retry_after, retrying
+from adapters.retry import RetryableError, RetryPolicy, call_with_retries, parse_retry_after
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 JSON = "application/json"
@@ -281,10 +281,9 @@ class KubeClient:
                 self._on_retry(api)
 
         try:
-            result: bytes = await retrying(self._retry, self._retry.attempts, before_sleep)(attempt)
+            return await call_with_retries(self._retry, self._retry.attempts, attempt, before_sleep)
         except RetryableError as exc:
             raise TransientError(str(exc)) from exc
-        return result
 
     @asynccontextmanager
     async def watch(

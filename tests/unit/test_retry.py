@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.retry import RetryableError, RetryPolicy, parse_retry_after, retrying
+from adapters.retry import (
+    RetryableError,
+    RetryPolicy,
+    call_with_retries,
+    parse_retry_after,
+    retrying,
+)
 
 
 def test_retry_after_in_seconds() -> None:
@@ -44,3 +50,53 @@ async def test_retrying_obeys_retry_after_capped() -> None:
 
     assert await retrying(policy, policy.attempts, before_sleep)(attempt) == "done"
     assert slept == [0.01, 0.01]
+
+
+async def test_call_with_retries_waits_and_counts_exactly_as_tenacity() -> None:
+    """call_with_retries: the first failure's Retry-After, before_sleep per retry, the count."""
+    policy = RetryPolicy(attempts=3, initial=10.0, maximum=10.0, max_retry_after=0.01)
+    calls = 0
+    slept: list[tuple[int, float]] = []
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise RetryableError(f"busy {calls}", retry_after=3600.0)
+        return "done"
+
+    def before_sleep(state: object) -> None:
+        slept.append((state.attempt_number, state.upcoming_sleep))  # type: ignore[attr-defined]
+
+    assert await call_with_retries(policy, policy.attempts, attempt, before_sleep) == "done"
+    assert calls == 3
+    assert slept == [(1, 0.01), (2, 0.01)]
+
+
+async def test_call_with_retries_gives_up_after_the_attempts_with_the_last_error() -> None:
+    """call_with_retries: attempts in all (the first included), then the last error raised."""
+    policy = RetryPolicy(attempts=2, initial=0.001, maximum=0.001)
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        raise RetryableError(f"down {calls}")
+
+    with pytest.raises(RetryableError, match="down 2"):
+        await call_with_retries(policy, policy.attempts, attempt)
+    assert calls == 2
+
+
+async def test_call_with_retries_does_not_retry_other_errors() -> None:
+    """call_with_retries: an error that is not RetryableError ends the call at once."""
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad"):
+        await call_with_retries(RetryPolicy(attempts=5), 5, attempt)
+    assert calls == 1
