@@ -1,8 +1,8 @@
 """``winspec agent`` that stops, once, at a chosen point inside its bundle writer (tests only).
 
 ``python -m tests.agent_pause <point> <marker> <winspec arguments>`` runs ``adapters.cli``
-unchanged except that the first call of the writer's function ``<point>`` (a name in
-:data:`POINTS`) creates the file ``<marker>`` and then blocks for good. A test that waits for
+unchanged except that the first call of the function ``<point>`` (a name in :data:`POINTS`)
+creates the file ``<marker>`` and then blocks for good. A test that waits for
 the marker knows the agent is inside that step of a write and can SIGKILL it there, at the same
 step every run: no sleep decides where the kill lands.
 
@@ -12,6 +12,8 @@ The points, in a write's order (see :mod:`adapters.bundles.local`):
   not yet swapped in; the old version (if any) is still at ``<root>/<id>``.
 * ``_finish_carry``: an update that carries payload directories over has been swapped in, its
   payload directories still stand-in links into the old version, now under ``.tmp-``.
+* ``answer``: the write is complete and durable, the agent has not answered yet (it is about to
+  read back the digest it keeps, :mod:`adapters.agent.store`).
 """
 
 from __future__ import annotations
@@ -23,16 +25,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapters.agent import store
 from adapters.bundles import local
 
-POINTS = ("_sync_all", "_finish_carry")
+#: Point name: (module, function) patched.
+POINTS: dict[str, tuple[Any, str]] = {
+    "_sync_all": (local, "_sync_all"),
+    "_finish_carry": (local, "_finish_carry"),
+    "answer": (store, "_read_digest"),
+}
 
 
 def pause_at(point: str, marker: Path) -> None:
-    """Make the first call of ``local.<point>`` create ``marker`` and never return."""
+    """Make the first call of the function at ``point`` create ``marker`` and never return."""
     if point not in POINTS:
         raise SystemExit(f"unknown pause point {point!r}; one of {', '.join(POINTS)}")
-    original: Callable[..., Any] = getattr(local, point)
+    module, function = POINTS[point]
+    original: Callable[..., Any] = getattr(module, function)
     first = threading.Lock()
 
     @functools.wraps(original)
@@ -42,7 +51,7 @@ def pause_at(point: str, marker: Path) -> None:
             threading.Event().wait()  # until the process is killed
         return original(*args, **kwargs)
 
-    setattr(local, point, paused)
+    setattr(module, function, paused)
 
 
 def main(argv: list[str]) -> int:

@@ -205,6 +205,7 @@ class Run:
     watch: BundleWatch
     bundle: Path
     marker: Path
+    payload: bytes
 
 
 @asynccontextmanager
@@ -218,10 +219,12 @@ async def _watched(
     *,
     pause: str | None = None,
     via: int | None = None,
+    size: int = 4096,
 ) -> AsyncIterator[Run]:
     """The agent started (stopping at ``pause``, a point of tests/agent_pause.py), its Pod
-    (declaring port ``via``, else the agent's), cluster mode delivering for ``ns`` and a watch
-    on the bundle ``name``; after the block, the watch saw it whole and never torn."""
+    (declaring port ``via``, else the agent's), cluster mode delivering for ``ns``, a watch on
+    the bundle ``name``, and the resource created with a Secret of ``size`` random bytes; after
+    the block, the watch saw the bundle whole and never torn."""
     marker = tmp_path / "paused"
     await asyncio.to_thread(node.agent.start, pause=None if pause is None else (pause, marker))
     _agent_pod(d, node.name, via or node.agent.port)
@@ -229,7 +232,9 @@ async def _watched(
     with BundleWatch(bundle) as watch:
         # A deadline well above a kill's timing: the kill, not the deadline, ends the attempt.
         async with d.central(tmp_path, [ns], agent_timeout=20.0, resync_interval=1.0) as mode:
-            yield Run(mode, watch, bundle, marker)
+            payload = os.urandom(size)
+            await _create(kube, ns, name, payload, node.name)
+            yield Run(mode, watch, bundle, marker, payload)
     assert watch.torn == []
     assert watch.whole > 0
 
@@ -243,7 +248,7 @@ async def _create(kube: KubeCluster, ns: str, name: str, payload: bytes, node: s
 
 async def _restart_and_deliver(
     kube: KubeCluster,
-    mode: ClusterMode,
+    run: Run,
     node: KillNode,
     ns: str,
     name: str,
@@ -256,15 +261,11 @@ async def _restart_and_deliver(
     # Swept before the agent serves: the killed write's own leftovers are gone now.
     assert not [n for n in killed if (node.root / ns / n).exists()]
     obj = await eventually(ready_object(kube, ns, name, generation=generation), within=60)
-    bundle = node.root / ns / name
-    assert obj["status"]["digest"] == (bundle / DIGEST_FILE).read_text().strip()
+    assert obj["status"]["digest"] == (run.bundle / DIGEST_FILE).read_text().strip()
+    assert [p.read_bytes() for p in (run.bundle / SECRETS_DIR).iterdir()] == [run.payload]
     assert _leftovers(node.root) == []
-    assert metric(mode, "winspec_api_retries_total", api="agent_put") >= 1
+    assert metric(run.mode, "winspec_api_retries_total", api="agent_put") >= 1
     return obj
-
-
-def _payloads(bundle: Path) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((bundle / SECRETS_DIR).iterdir())]
 
 
 async def test_agent_killed_mid_body_then_the_retry_delivers(
@@ -272,17 +273,17 @@ async def test_agent_killed_mid_body_then_the_retry_delivers(
 ) -> None:
     """Agent SIGKILLed with part of a PUT body received: nothing written, the retry delivers."""
     ns, name = kube_namespace, "mid-body"
-    payload = os.urandom(512 * 1024)
     async with Relay(node.agent.port).serving() as relay:
         relay.hold_after(HELD_AFTER)
-        async with _watched(kube, delivery, node, ns, name, tmp_path, via=relay.port) as run:
-            await _create(kube, ns, name, payload, node.name)
+        big = 512 * 1024
+        async with _watched(
+            kube, delivery, node, ns, name, tmp_path, via=relay.port, size=big
+        ) as run:
             await asyncio.wait_for(relay.holding.wait(), timeout=60)
             await asyncio.to_thread(node.agent.kill)
             assert not run.bundle.exists()
             assert _leftovers(node.root) == []
-            await _restart_and_deliver(kube, run.mode, node, ns, name, killed=[])
-            assert _payloads(run.bundle) == [payload]
+            await _restart_and_deliver(kube, run, node, ns, name, killed=[])
 
 
 async def test_agent_killed_inside_its_write_before_the_swap(
@@ -290,17 +291,32 @@ async def test_agent_killed_inside_its_write_before_the_swap(
 ) -> None:
     """Agent SIGKILLed with the new version in .tmp-: never visible, swept, the retry delivers."""
     ns, name = kube_namespace, "mid-write"
-    payload = os.urandom(4096)
     async with _watched(kube, delivery, node, ns, name, tmp_path, pause="_sync_all") as run:
-        await _create(kube, ns, name, payload, node.name)
         await eventually(run.marker.exists, within=60)
         killed = _leftovers(node.root)
         assert [n for n in killed if n.startswith(f"{TEMP_PREFIX}{name}-")]
         await asyncio.to_thread(node.agent.kill)
         assert not run.bundle.exists()
         assert _leftovers(node.root) == killed
-        await _restart_and_deliver(kube, run.mode, node, ns, name, killed=killed)
-        assert _payloads(run.bundle) == [payload]
+        await _restart_and_deliver(kube, run, node, ns, name, killed=killed)
+
+
+async def test_agent_killed_after_its_write_before_it_answers(
+    kube: KubeCluster, kube_namespace: str, delivery: Delivery, node: KillNode, tmp_path: Path
+) -> None:
+    """Killed with the bundle durable but unacknowledged: the retry finds it, Ready, unchanged."""
+    ns, name = kube_namespace, "unanswered"
+    async with _watched(kube, delivery, node, ns, name, tmp_path, pause="answer") as run:
+        await eventually(run.marker.exists, within=60)
+        written = (run.bundle / DIGEST_FILE).read_text().strip()
+        version = os.stat(run.bundle).st_ino
+        await asyncio.to_thread(node.agent.kill)
+        assert run.watch.check() == "whole"
+        obj = await _restart_and_deliver(kube, run, node, ns, name, killed=[])
+        assert obj["status"]["digest"] == written
+        # The retry found the content in place: answered unchanged, nothing rewritten.
+        assert os.stat(run.bundle).st_ino == version
+        assert metric(run.mode, "winspec_bundles_written_total", result="unchanged") >= 1
 
 
 async def test_agent_killed_inside_an_update_after_the_swap(
@@ -308,10 +324,8 @@ async def test_agent_killed_inside_an_update_after_the_swap(
 ) -> None:
     """Killed between swap and carry-back: bundle whole, original payloads restored, Ready."""
     ns, name = kube_namespace, "mid-update"
-    payload = os.urandom(4096)
     async with _watched(kube, delivery, node, ns, name, tmp_path, pause="_finish_carry") as run:
         bundle = run.bundle
-        await _create(kube, ns, name, payload, node.name)
         first = await eventually(ready_object(kube, ns, name), within=60)
         original = os.stat(bundle / SECRETS_DIR).st_ino
         await api(
@@ -329,9 +343,7 @@ async def test_agent_killed_inside_an_update_after_the_swap(
         assert (bundle / SECRETS_DIR).is_symlink()
         # Whole while the agent is down, its payloads read through the stand-in.
         assert run.watch.check() == "whole"
-        obj = await _restart_and_deliver(
-            kube, run.mode, node, ns, name, killed=killed, generation=2
-        )
+        obj = await _restart_and_deliver(kube, run, node, ns, name, killed=killed, generation=2)
         assert not (bundle / SECRETS_DIR).is_symlink()
         assert os.stat(bundle / SECRETS_DIR).st_ino == original
         assert b"echo updated" in (bundle / CONFIG_FILE).read_bytes()
