@@ -45,7 +45,7 @@ _T = TypeVar("_T")
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 _PERMANENT = frozenset({400, 404, 405, 413, 415})
 #: The ``api`` label of each call's retries (``winspec_api_retries_total``).
-AGENT_APIS = {"PUT": "agent_put", "DELETE": "agent_delete", "GET": "agent_list"}
+AGENT_APIS: Mapping[str, str] = {"PUT": "agent_put", "DELETE": "agent_delete", "GET": "agent_list"}
 
 
 class AgentAuthError(TransientError):
