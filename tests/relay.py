@@ -1,13 +1,13 @@
 """A TCP relay on loopback that can stop a request in the middle of its body.
 
-TLS passes through untouched (the relay never sees a byte in clear): the client still checks
-the agent's certificate and the agent still sees the client's token. :meth:`Relay.hold_after`
-arms the relay once: the first connection (open or new) whose client has sent more than
-``after`` bytes since it connected gets exactly ``after`` bytes forwarded, the rest is held back (not read, so the client's send blocks
-as on a slow link) and :attr:`Relay.holding` is set. A test then knows that the server has
-received part of that request, not all of it, and can kill the server at that moment. When the
-server side closes (killed), the client's connection is closed too. Unarmed, and once one
-connection is held, bytes pass through as they are.
+TLS passes through untouched (the relay never sees a byte in clear): the client still checks the
+agent's certificate and the agent still sees the client's token. :meth:`Relay.hold_after` arms
+the relay once: the first connection (open or new) whose client has sent more than ``after``
+bytes since it connected gets exactly ``after`` bytes forwarded, the rest is held back (not
+read, so the client's send blocks as on a slow link) and :attr:`Relay.holding` is set. A test
+then knows that the server has received part of that request, not all of it, and can kill the
+server at that moment. When the server side closes (killed), the client's connection is closed
+too. Unarmed, and once one connection is held, bytes pass through as they are.
 """
 
 from __future__ import annotations
