@@ -170,7 +170,7 @@ def test_the_bundle_watch_tells_whole_from_torn(tmp_path: Path) -> None:
 
 @dataclass
 class KillNode:
-    """A node whose agent the test kills: its name, agent, and the port its Pod declares."""
+    """A node whose agent the test kills: its name, its agent and the agent's bundle root."""
 
     name: str
     agent: AgentProcess
