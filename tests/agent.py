@@ -94,11 +94,17 @@ class AgentProcess:
         )  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, wait: bool = True) -> None:
-        """Start the process; with ``wait``, until ``/readyz`` answers 200."""
+    def start(self, *, wait: bool = True, pause: tuple[str, Path] | None = None) -> None:
+        """Start the process; with ``wait``, until ``/readyz`` answers 200. ``pause``: (point,
+        marker) of :mod:`tests.agent_pause`, to stop inside the first write at that point."""
+        argv = self._argv
+        if pause is not None:
+            # The same interpreter and arguments, through the launcher that installs the pause.
+            point, marker = pause
+            argv = [sys.executable, "-m", "tests.agent_pause", point, str(marker), *argv[3:]]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                self._argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=clean_env()
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=clean_env()
             )
         if wait:
             self.wait_ready()

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import aiohttp
 import msgspec
+import tenacity
 
 from adapters.agent.wire import (
     API_PREFIX,
@@ -43,6 +44,8 @@ from controller.errors import PermanentError, TransientError
 _T = TypeVar("_T")
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 _PERMANENT = frozenset({400, 404, 405, 413, 415})
+#: The ``api`` label of each call's retries (``winspec_api_retries_total``).
+AGENT_APIS: Mapping[str, str] = {"PUT": "agent_put", "DELETE": "agent_delete", "GET": "agent_list"}
 
 
 class AgentAuthError(TransientError):
@@ -77,15 +80,18 @@ class AgentClient:
         policy: ClientPolicy | None = None,
         session: aiohttp.ClientSession | None = None,
         server_name: str | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         """``ssl_context`` verifies the agent (e.g. the cluster's CA); a ``session`` passed in
         is shared (one connection pool for many agents) and not closed here; ``server_name`` is
-        the name the agent's certificate is checked for, instead of the host in ``base_url``."""
+        the name the agent's certificate is checked for, instead of the host in ``base_url``;
+        ``on_retry`` is called with the call's :data:`AGENT_APIS` name before each retry."""
         self._base = base_url.rstrip("/")
         self._token = token
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._policy = policy or ClientPolicy()
         self._server_name = server_name
+        self._on_retry = on_retry
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession()
 
@@ -149,8 +155,12 @@ class AgentClient:
                 raise PermanentError(message)
             raise TransientError(message)
 
+        def before_sleep(_state: tenacity.RetryCallState) -> None:
+            if self._on_retry is not None:
+                self._on_retry(AGENT_APIS[method])
+
         try:
-            result = await call_with_retries(policy, policy.attempts, attempt)
+            result = await call_with_retries(policy, policy.attempts, attempt, before_sleep)
         except RetryableError as exc:
             raise TransientError(str(exc)) from None
         return result

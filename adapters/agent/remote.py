@@ -212,8 +212,12 @@ class RemoteBundleWriter:
         ssl_context: ssl.SSLContext,
         policy: DeliveryPolicy | None = None,
         server_name: str | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_retry`` is called with the API name (``agent_put``, ``agent_delete``,
+        ``agent_list``) each time a call to an agent is retried."""
         self._locator = locator
+        self._on_retry = on_retry
         self._server_name = server_name
         self._cache = cache
         self._token = token
@@ -234,6 +238,7 @@ class RemoteBundleWriter:
             policy=self._policy.client,
             session=self._session,
             server_name=self._server_name,
+            on_retry=self._on_retry,
         )
 
     def node_of(self, key: str) -> str | None:

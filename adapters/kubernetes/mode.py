@@ -26,6 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from adapters.agent.client import AGENT_APIS
 from adapters.agent.remote import (
     AgentEndpoint,
     AgentLocator,
@@ -90,6 +91,7 @@ KUBERNETES_APIS = (
     "lease_create",
     "lease_update",
     "agent_pod_list",
+    *AGENT_APIS.values(),
 )
 #: The first agent resync waits this long (the first list is in by then, as a rule).
 AGENT_RESYNC_FIRST_SECONDS = 5.0
@@ -296,7 +298,11 @@ class ClusterMode:
         )
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
-        remote = _remote_writer(s, client, source) if s.delivery == "agent" else None
+        remote = (
+            _remote_writer(s, client, source, lambda api: m.api_retries.labels(api=api).inc())
+            if s.delivery == "agent"
+            else None
+        )
         writer = FinalizingWriter(
             remote or bundles,
             client,
@@ -383,7 +389,12 @@ class ClusterMode:
             raise failed
 
 
-def _remote_writer(s: Settings, client: KubeClient, source: ClusterSource) -> RemoteBundleWriter:
+def _remote_writer(
+    s: Settings,
+    client: KubeClient,
+    source: ClusterSource,
+    on_retry: Callable[[str], None],
+) -> RemoteBundleWriter:
     """The writer of ``--delivery agent``: each bundle to the agent pod on its node."""
     locator = AgentLocator(
         client,
@@ -396,6 +407,7 @@ def _remote_writer(s: Settings, client: KubeClient, source: ClusterSource) -> Re
         ssl_context=agent_ssl_context(Path(s.agent_ca_file) if s.agent_ca_file else None),
         policy=DeliveryPolicy(per_node=s.agent_concurrency, node_timeout=s.agent_timeout),
         server_name=s.agent_server_name,
+        on_retry=on_retry,
     )
 
 

@@ -14,9 +14,8 @@ import re
 import secrets
 import ssl
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,12 @@ class Cluster:
         )
 
     def client(
-        self, agent: AgentProcess, *, token: str | None = None, **policy: Any
+        self,
+        agent: AgentProcess,
+        *,
+        token: str | None = None,
+        on_retry: Callable[[str], None] | None = None,
+        **policy: Any,
     ) -> AgentClient:
         """A client of ``agent`` trusting only the test CA."""
         used = token if token is not None else self.token
@@ -73,6 +77,7 @@ class Cluster:
             token=lambda: used,
             ssl_context=self.tls.client_context(),
             policy=ClientPolicy(**({"attempts": 3, "initial": 0.05} | policy)),
+            on_retry=on_retry,
         )
 
 
@@ -506,12 +511,19 @@ async def test_client_retries_until_the_agent_is_up(cluster: Cluster, tmp_path: 
 async def test_client_gives_up_with_a_transient_error_when_the_agent_stays_down(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """With no agent listening the client fails after its attempts with TransientError."""
+    """With no agent listening the client fails after its attempts, each retry reported."""
     process = cluster.agent(tmp_path / "bundles")  # never started
-    client = cluster.client(process, attempts=2, initial=0.01)
+    retried: list[str] = []
+    client = cluster.client(process, attempts=3, initial=0.01, on_retry=retried.append)
     try:
         with pytest.raises(TransientError):
             await client.put(f"{cluster.namespace}/nobody-home", _files())
+        assert retried == ["agent_put"] * 2
+        with pytest.raises(TransientError):
+            await client.delete(f"{cluster.namespace}/nobody-home")
+        with pytest.raises(TransientError):
+            await client.list_bundles()
+        assert retried[2:] == ["agent_delete"] * 2 + ["agent_list"] * 2
     finally:
         await client.close()
 
@@ -526,54 +538,32 @@ def _big_files(tag: str, count: int, size: int) -> dict[str, bytes]:
 async def test_agent_killed_mid_delivery_leaves_nothing_torn_and_a_retry_completes(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """SIGKILL while a PUT is being written: the old bundle stays whole, a retried PUT lands."""
+    """SIGKILL inside a PUT's write: the old bundle stays whole, swept at start, a retry lands."""
     root = tmp_path / "bundles"
-    process = cluster.agent(root, "--max-request-bytes", str(256 * 1024 * 1024))
-    process.start()
+    process = cluster.agent(root)
     bundle_id = f"{cluster.namespace}/crash"
     client = cluster.client(process)
-    caught = False
+    old, new = _files("old", b"old secret"), _files("new", b"new secret")
     try:
-        old = _big_files("old", 4, 1024)
+        await asyncio.to_thread(process.start)
         await client.put(bundle_id, old)
-        for round_ in range(4):
-            new = _big_files(f"new{round_}", 150 * (round_ + 1), 256 * 1024)
-            seen = threading.Event()
-            stop_watch = threading.Event()
-
-            def watch(stop: threading.Event = stop_watch, hit: threading.Event = seen) -> None:
-                ns_dir = root / cluster.namespace
-                while not stop.is_set():
-                    with os.scandir(ns_dir) as entries:
-                        if any(e.name.startswith(".tmp-crash-") for e in entries):
-                            process.kill()
-                            hit.set()
-                            return
-                    time.sleep(0.0005)
-
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            once = cluster.client(process, attempts=1, timeout=120)
-            try:
-                await once.put(bundle_id, new)
-                answered = True
-            except TransientError:
-                answered = False
-            finally:
-                stop_watch.set()
-                watcher.join(10)
-                await once.close()
-            if seen.is_set() and not answered:
-                caught = True
-                # Killed mid-write: the bundle in place is the old one, whole.
-                assert _on_disk(root, bundle_id) == old
-                break
-            process.kill()
-            process.start()
-            await client.put(bundle_id, old)
-        assert caught, "the kill never landed during a write"
-        assert any(p.name.startswith(".tmp-") for p in (root / cluster.namespace).iterdir())
-        process.start()
+        await asyncio.to_thread(process.stop)
+        # Stopped (deterministically, see tests/agent_pause.py) with the new version complete in
+        # its .tmp- directory, before the swap.
+        marker = tmp_path / "paused"
+        await asyncio.to_thread(process.start, pause=("_sync_all", marker))
+        once = cluster.client(process, attempts=1)
+        put = asyncio.create_task(once.put(bundle_id, new))
+        try:
+            await asyncio.to_thread(wait_for, marker.exists, 30, message="the paused write")
+            assert _leftovers(root)
+            await asyncio.to_thread(process.kill)
+            with pytest.raises(TransientError):
+                await asyncio.wait_for(put, 30)
+        finally:
+            await once.close()
+        assert _on_disk(root, bundle_id) == old  # the old version, whole
+        await asyncio.to_thread(process.start)
         assert _leftovers(root) == []  # swept at start-up
         state = await client.put(bundle_id, new)
         assert state.changed

@@ -40,6 +40,19 @@ class Delivery:
     token_file: Path
     token: str
 
+    def central(self, tmp_path: Path, namespaces: list[str], **overrides: Any) -> Any:
+        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context)."""
+        return running(
+            self.kube.admin_kubeconfig,
+            tmp_path,
+            namespace=namespaces,
+            delivery="agent",
+            agent_namespace=self.namespace,
+            agent_ca_file=str(self.tls.ca),
+            agent_token_file=str(self.token_file),
+            **overrides,
+        )
+
     def agent(self, root: Path) -> AgentProcess:
         """An agent (not started) writing below ``root`` and accepting only the controller."""
         return AgentProcess(
@@ -169,17 +182,7 @@ async def central(
     kube: KubeCluster, kube_namespace: str, delivery: Delivery, tmp_path: Path
 ) -> AsyncIterator[None]:
     """Cluster mode with --delivery agent for the test's namespace, until the test ends."""
-    async with running(
-        kube.admin_kubeconfig,
-        tmp_path,
-        namespace=[kube_namespace],
-        delivery="agent",
-        agent_namespace=delivery.namespace,
-        agent_ca_file=str(delivery.tls.ca),
-        agent_token_file=str(delivery.token_file),
-        agent_timeout=5.0,
-        resync_interval=1.0,
-    ):
+    async with delivery.central(tmp_path, [kube_namespace], agent_timeout=5.0, resync_interval=1.0):
         yield
 
 
@@ -192,7 +195,9 @@ def _on_agent(node: Node, ns: str, name: str) -> Path:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return sorted(p.name for p in root.glob("*/*/.*") if p.name.startswith((".tmp-", ".old-")))
+    """What interrupted writes left: ``.tmp-``/``.old-`` entries beside the bundles of each
+    namespace (``<root>/<namespace>/``), where the writer builds and retires versions."""
+    return sorted(p.name for p in root.glob("*/.*") if p.name.startswith((".tmp-", ".old-")))
 
 
 async def test_bundle_reaches_the_agent_of_its_node(
