@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from adapters.kubernetes.mode import ClusterMode
 from tests.clustermode import (
     api,
     bundle,
@@ -76,6 +77,11 @@ async def _loose_crd_applied(kube: KubeCluster, ns: str) -> AsyncIterator[None]:
         await eventually(strict, within=30, what="the project's CRD served again")
 
 
+def _terminal(mode: ClusterMode) -> float:
+    """How many reconciles failed permanently so far."""
+    return metric(mode, "controller_runtime_terminal_reconcile_errors_total", controller=CONTROLLER)
+
+
 def _events(kube: KubeCluster, ns: str, name: str) -> list[dict[str, Any]]:
     events = kube.api("GET", f"/api/v1/namespaces/{ns}/events")["items"]
     return [e for e in events if e["involvedObject"]["name"] == name]
@@ -98,9 +104,10 @@ async def test_an_object_that_does_not_decode_gets_a_condition_and_one_event(
         async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]) as mode:
             obj = await eventually(lambda: _invalid_spec(kube, ns, "odd"), what="InvalidSpec")
             await eventually(lambda: _events(kube, ns, "odd"), what="the Event")
-            terminal = "controller_runtime_terminal_reconcile_errors_total"
-            assert metric(mode, terminal, controller=CONTROLLER) == 1
+            # The loop counts the failure once the reconcile (and its Event) is over.
+            await eventually(lambda: _terminal(mode), what="the failure counted")
             await asyncio.sleep(1.0)  # time for retries, if there were any
+            assert _terminal(mode) == 1
             assert metric(mode, "workqueue_retries_total", name=CONTROLLER) == 0
         for kind in ("SpecGenerated", "Ready"):
             cond = condition(obj, kind)
@@ -115,14 +122,7 @@ async def test_an_object_that_does_not_decode_gets_a_condition_and_one_event(
         # A restart lists it again and reconciles it again: the status already says it, so
         # no second Event.
         async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]) as mode:
-            await eventually(
-                lambda: metric(
-                    mode,
-                    "controller_runtime_terminal_reconcile_errors_total",
-                    controller=CONTROLLER,
-                ),
-                what="the object reconciled again",
-            )
+            await eventually(lambda: _terminal(mode), what="the object reconciled again")
             await asyncio.sleep(0.5)
             events = await asyncio.to_thread(_events, kube, ns, "odd")
             assert len(events) == 1
@@ -151,13 +151,12 @@ async def test_an_object_the_server_no_longer_accepts_gets_one_event_and_is_not_
     stored = await api(kube, "GET", wc_path(ns, "stale"))
     assert stored["spec"]["command"] == SECRET_COMMAND
     kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
-    terminal = "controller_runtime_terminal_reconcile_errors_total"
     async with running(kubeconfig, tmp_path, namespace=[ns], idle_timeout=2.0) as mode:
         events = await eventually(lambda: _events(kube, ns, "stale"), what="the Event")
         assert "$.spec.command" in events[0]["message"]
         assert "hunter2" not in events[0]["message"]
         assert events[0]["reason"] == "InvalidSpec"
-        assert metric(mode, terminal, controller=CONTROLLER) == 1
+        await eventually(lambda: _terminal(mode), what="the failure counted")
 
         # A relist (410 Gone from the real server) reconciles it again: still one Event.
         kube_proxy.silence_watches()
@@ -168,7 +167,7 @@ async def test_an_object_the_server_no_longer_accepts_gets_one_event_and_is_not_
         await asyncio.sleep(2.5)  # the inactivity watchdog gives up on the silent watch
         kube_proxy.resume_watches()
         await eventually(
-            lambda: metric(mode, terminal, controller=CONTROLLER) >= 2,
+            lambda: _terminal(mode) >= 2,
             within=30,
             what="reconciled again after the relist",
         )
