@@ -15,7 +15,10 @@ WindowsContainers in a cache the resolver reads (no GET per reconcile), keeps th
 :class:`~controller.cluster.ReferenceIndex` up to date, and puts only keys
 (``<namespace>/<name>``) on the queue: every added, changed or deleted WindowsContainer, and
 every resource referring to a Secret, ConfigMap or GMSACredentialSpec that changed. A relist
-also enqueues the resources that disappeared while nobody watched.
+also enqueues the resources that disappeared while nobody watched; one that disappeared still
+carrying winspec's finalizer left the label selector (a deletion waits for the finalizer) and is
+released, as one a watch reports DELETED. An object whose spec does not decode is cached as its
+:class:`~controller.cluster.InvalidObjectError` (metadata and status kept), so it is reported on.
 """
 
 from __future__ import annotations

@@ -18,8 +18,15 @@ The status is written through the ``status`` subresource with a JSON merge patch
 the resourceVersion it was computed from; a 409 re-reads the object and tries again. A status
 that would not change is not written at all (a no-op update costs no write). A permanent
 failure also gets one core/v1 ``Warning`` Event, when its message first appears (not on every
-reconcile that meets it again). Messages are the errors' own texts, which name objects and
-keys but never carry secret or credential spec content.
+reconcile that meets it again; an in-memory record covers failures whose status could not be
+written). Messages are the errors' own texts, which name objects and keys but never carry
+secret or credential spec content.
+
+A resource whose spec does not decode (its CRD changed under it) is reported on through its
+metadata and status, decoded on their own (:class:`~controller.cluster.InvalidObjectError`):
+reason ``InvalidSpec``, the field named. A server that refuses to store any write to such an
+object (Kubernetes 1.20 validates the whole object, spec included, on a status write) leaves the
+Event as the only record; the refusal is logged, not retried.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from adapters.kubernetes.mode import ClusterMode
+from controller.cluster import FINALIZER
 from tests.clustermode import (
     api,
     bundle,
@@ -137,6 +138,25 @@ async def test_an_object_that_does_not_decode_gets_a_condition_and_one_event(
             await api(kube, "PATCH", wc_path(ns, "odd"), fix, content_type=MERGE)
             await eventually(ready_object(kube, ns, "odd"), what="Ready after the fix")
             assert (bundle(tmp_path, ns, "odd") / "config.json").is_file()
+
+
+async def test_deleting_an_object_that_does_not_decode_is_not_blocked(
+    kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
+) -> None:
+    """A stored object of the wrong shape carrying winspec's finalizer: deleting it ends."""
+    ns = kube_namespace
+    async with _loose_crd_applied(kube, ns):
+        body = windows_container("doomed", command=SECRET_COMMAND)
+        # As if winspec had written its bundle under the CRD the object was valid for.
+        body["metadata"]["finalizers"] = [FINALIZER]
+        await api(kube, "POST", wc_path(ns), body)
+        async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]):
+            await eventually(lambda: _invalid_spec(kube, ns, "doomed"), what="InvalidSpec")
+            await api(kube, "DELETE", wc_path(ns, "doomed"))
+            await eventually(
+                lambda: kube.status_of("GET", wc_path(ns, "doomed")) == 404,
+                what="the finalizer removed and the object gone",
+            )
 
 
 async def test_an_object_the_server_no_longer_accepts_gets_one_event_and_is_not_retried(
