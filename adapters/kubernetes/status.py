@@ -222,18 +222,18 @@ class StatusWriter:
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise
                 wc = await self._reread(wc)
-            except PermanentError as exc:
+            except PermanentError:
                 if not isinstance(wc, InvalidObjectError):
                     raise
+                # Not the server's message: it may quote the stored spec's values.
                 log.warning(
                     "status not written: the server refuses the object as it is stored",
-                    extra={"key": key, "error": str(exc)},
+                    extra={"key": key},
                 )
                 break
-        if ok:
-            self._evented.pop(key, None)
-            return
         if not permanent:
+            # The failure is over (or another one stands): its return deserves an Event again.
+            self._evented.pop(key, None)
             return
         text = message[:_MAX_MESSAGE]
         seen = (wc.metadata.uid, text)
