@@ -14,7 +14,7 @@ GMSACredentialSpecs and hand their contents in as :class:`Dependencies`.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -195,14 +195,96 @@ class WindowsContainer(msgspec.Struct, rename="camel", kw_only=True):
         return f"{self.metadata.namespace}/{self.metadata.name}"
 
 
+class ObjectHead(msgspec.Struct, rename="camel", kw_only=True):
+    """A WindowsContainer's metadata and status alone, decoded leniently: what is needed to
+    report on an object whose spec these models do not decode."""
+
+    metadata: ObjectMeta
+    status: WindowsContainerStatus = msgspec.field(default_factory=WindowsContainerStatus)
+
+
+class InvalidObjectError(RequestDecodeError):
+    """A WindowsContainer the server holds whose spec these models refuse (its CRD was changed
+    under it, or is not this version's): permanent until the object is updated. Its metadata
+    and status, decoded on their own, are kept so status and an Event can still name it."""
+
+    reason = "InvalidSpec"
+
+    def __init__(self, message: str, head: ObjectHead) -> None:
+        super().__init__(message)
+        self.head = head
+
+    @property
+    def metadata(self) -> ObjectMeta:
+        """The object's metadata."""
+        return self.head.metadata
+
+    @property
+    def status(self) -> WindowsContainerStatus:
+        """The object's status as stored (for de-duplicating conditions and Events)."""
+        return self.head.status
+
+    @property
+    def key(self) -> str:
+        """The work queue key: ``<namespace>/<name>``."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    def again(self) -> InvalidObjectError:
+        """A new error with the same message and object (raising one instance over and over
+        would keep growing its traceback)."""
+        return InvalidObjectError(str(self), self.head)
+
+
+def _field_error(exc: msgspec.MsgspecError) -> str:
+    """msgspec's message, which names the field (``- at `$.spec.command```), without the value
+    it may quote: only an enum mismatch quotes one, and a spec may hold anything."""
+    message = str(exc)
+    if message.startswith("Invalid enum value"):
+        _, at, path = message.rpartition(" - at ")
+        return "Invalid enum value" + (f" - at {path}" if at else "")
+    return message
+
+
 def decode_windows_container(obj: Any) -> WindowsContainer:
-    """A WindowsContainer from its JSON form (bytes) or decoded JSON (a dict)."""
+    """A WindowsContainer from its JSON form (bytes) or decoded JSON (a dict).
+
+    What does not decode is a :class:`RequestDecodeError` naming the field, never its value;
+    an :class:`InvalidObjectError` (with the metadata) when the metadata alone decodes.
+    """
     try:
-        if isinstance(obj, bytes | str):
-            return msgspec.json.decode(obj, type=WindowsContainer)
-        return msgspec.convert(obj, WindowsContainer)
+        return _convert(obj, WindowsContainer)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise RequestDecodeError(f"invalid {KIND}: {exc}") from exc
+        message = f"invalid {KIND}: {_field_error(exc)}"
+        head = _decode_head(obj)
+        if head is None:
+            raise RequestDecodeError(message) from exc
+        raise InvalidObjectError(message, head) from exc
+
+
+def _decode_head(obj: Any) -> ObjectHead | None:
+    """The metadata (and the status, when it decodes) of an object; None without them."""
+    try:
+        return _convert(obj, ObjectHead)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    try:
+        return ObjectHead(metadata=_convert(obj, _MetadataOnly).metadata)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+_T = TypeVar("_T")
+
+
+def _convert(obj: Any, typ: type[_T]) -> _T:
+    """``obj`` (JSON bytes or text, or decoded JSON) as ``typ``."""
+    if isinstance(obj, bytes | str):
+        return msgspec.json.decode(obj, type=typ)
+    return msgspec.convert(obj, typ)
+
+
+class _MetadataOnly(msgspec.Struct):
+    metadata: ObjectMeta
 
 
 class Dependencies(msgspec.Struct, kw_only=True):

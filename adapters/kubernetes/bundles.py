@@ -30,6 +30,8 @@ from controller.cluster import (
     GROUP,
     PLURAL,
     VERSION,
+    InvalidObjectError,
+    ObjectMeta,
     WindowsContainer,
     decode_windows_container,
 )
@@ -125,36 +127,32 @@ class FinalizingWriter:
         *,
         cache: Mapping[str, WindowsContainer | RequestDecodeError],
         remember: Callable[[bytes], None],
-        released: MutableMapping[str, WindowsContainer] | None = None,
+        released: MutableMapping[str, ObjectMeta] | None = None,
     ) -> None:
         self._inner = inner
         self._client = client
         self._cache = cache
         self._remember = remember
-        self._released: MutableMapping[str, WindowsContainer] = (
-            released if released is not None else {}
-        )
+        self._released: MutableMapping[str, ObjectMeta] = released if released is not None else {}
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Add the finalizer if missing, then write the bundle."""
         wc = self._cache.get(bundle_id)
         if isinstance(wc, WindowsContainer) and FINALIZER not in wc.metadata.finalizers:
-            await self._set_finalizers(wc, [*wc.metadata.finalizers, FINALIZER])
+            await self._set_finalizers(wc.metadata, [*wc.metadata.finalizers, FINALIZER])
         return await self._inner.write(bundle_id, content)
 
     async def remove(self, bundle_id: str) -> bool:
-        """Remove the bundle, then the finalizer (of an object being deleted)."""
+        """Remove the bundle, then the finalizer (of an object being deleted, also one whose
+        spec does not decode: its deletion must not wait for a fix)."""
         removed = await self._inner.remove(bundle_id)
-        wc = self._cache.get(bundle_id)
-        if (
-            isinstance(wc, WindowsContainer)
-            and wc.metadata.deletion_timestamp is not None
-            and FINALIZER in wc.metadata.finalizers
-        ):
-            rest = [f for f in wc.metadata.finalizers if f != FINALIZER]
-            with contextlib.suppress(NotFoundError):  # already gone
-                await self._set_finalizers(wc, rest)
-        elif wc is None and bundle_id in self._released:
+        entry = self._cache.get(bundle_id)
+        if isinstance(entry, WindowsContainer | InvalidObjectError):
+            meta = entry.metadata
+            if meta.deletion_timestamp is not None and FINALIZER in meta.finalizers:
+                with contextlib.suppress(NotFoundError):  # already gone
+                    await self._set_finalizers(meta, _without(meta.finalizers))
+        elif entry is None and bundle_id in self._released:
             await self._release(bundle_id)
         return removed
 
@@ -165,10 +163,12 @@ class FinalizingWriter:
             body = await self._client.request(
                 "GET", self._path(self._released[key]), api="resource_get"
             )
-            current = decode_windows_container(body)
-            if FINALIZER in current.metadata.finalizers:
-                rest = [f for f in current.metadata.finalizers if f != FINALIZER]
-                await self._set_finalizers(current, rest, remember=False)
+            try:
+                current = decode_windows_container(body).metadata
+            except InvalidObjectError as exc:
+                current = exc.metadata
+            if FINALIZER in current.finalizers:
+                await self._set_finalizers(current, _without(current.finalizers), remember=False)
         except NotFoundError:
             pass  # deleted meanwhile: nothing holds it
         self._released.pop(key, None)
@@ -178,20 +178,23 @@ class FinalizingWriter:
         return await self._inner.list_ids()
 
     @staticmethod
-    def _path(wc: WindowsContainer) -> str:
-        meta = wc.metadata
+    def _path(meta: ObjectMeta) -> str:
         return (
             f"/apis/{GROUP}/{VERSION}/namespaces/{quote(meta.namespace, safe='')}/{PLURAL}/"
             f"{quote(meta.name, safe='')}"
         )
 
     async def _set_finalizers(
-        self, wc: WindowsContainer, finalizers: list[str], *, remember: bool = True
+        self, meta: ObjectMeta, finalizers: list[str], *, remember: bool = True
     ) -> None:
-        meta = wc.metadata
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}}
         answer = await self._client.request(
-            "PATCH", self._path(wc), body=body, content_type=MERGE_PATCH, api="finalizer_patch"
+            "PATCH", self._path(meta), body=body, content_type=MERGE_PATCH, api="finalizer_patch"
         )
         if remember:
             self._remember(answer)
+
+
+def _without(finalizers: list[str]) -> list[str]:
+    """``finalizers`` without winspec's."""
+    return [f for f in finalizers if f != FINALIZER]

@@ -37,6 +37,7 @@ from controller.cluster import (
     NODE_LABEL,
     ConfigMapKeyRef,
     Dependencies,
+    InvalidObjectError,
     SecretKeyRef,
     WindowsContainer,
     credential_spec_names,
@@ -195,8 +196,13 @@ class KubernetesResolver:
         if entry is None:
             self.resolved_generation.pop(key, None)  # gone: nothing to report any more
             return None
+        if isinstance(entry, InvalidObjectError):
+            if entry.metadata.deletion_timestamp is not None:
+                return None  # being deleted: its bundle goes, whatever its spec
+            self.resolved_generation[key] = entry.metadata.generation
+            raise entry.again()
         if isinstance(entry, RequestDecodeError):
-            raise entry
+            raise RequestDecodeError(str(entry))
         wc = entry
         if wc.metadata.deletion_timestamp is not None:
             return None

@@ -15,7 +15,10 @@ WindowsContainers in a cache the resolver reads (no GET per reconcile), keeps th
 :class:`~controller.cluster.ReferenceIndex` up to date, and puts only keys
 (``<namespace>/<name>``) on the queue: every added, changed or deleted WindowsContainer, and
 every resource referring to a Secret, ConfigMap or GMSACredentialSpec that changed. A relist
-also enqueues the resources that disappeared while nobody watched.
+also enqueues the resources that disappeared while nobody watched; one that disappeared still
+carrying winspec's finalizer left the label selector (a deletion waits for the finalizer) and is
+released, as one a watch reports DELETED. An object whose spec does not decode is cached as its
+:class:`~controller.cluster.InvalidObjectError` (metadata and status kept), so it is reported on.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from controller.cluster import (
     PLURAL,
     SECRET,
     VERSION,
+    InvalidObjectError,
+    ObjectMeta,
     ReferenceIndex,
     WindowsContainer,
     decode_windows_container,
@@ -362,7 +367,7 @@ class ClusterSource:
         #: Resources that left the watched set (a label no longer matching --selector or
         #: --node-name) while still carrying winspec's finalizer: their bundle is removed like
         #: a deleted one's, and the finalizer taken off so a later deletion is not blocked.
-        self.released: dict[str, WindowsContainer] = {}
+        self.released: dict[str, ObjectMeta] = {}
         self.index = ReferenceIndex()
         self._ready: dict[str, bool] = {}
         scopes: list[str | None] = list(namespaces) or [None]
@@ -495,24 +500,30 @@ class ClusterSource:
             wc: WindowsContainer | RequestDecodeError = decode_windows_container(bytes(raw))
         except RequestDecodeError as exc:
             wc = exc
-        if isinstance(wc, WindowsContainer):
-            key = wc.key
-            self.released.pop(key, None)  # back in the watched set
-            cached = self.cache.get(key)
-            if isinstance(cached, WindowsContainer):
-                if not _newer(wc.metadata.resource_version, cached.metadata.resource_version):
-                    return key, False  # a copy winspec already has, or an older one
-                matters = _matters(cached, wc)
-            else:
-                matters = True
-            self.index.record(key, references(wc))
-        else:
+        if not isinstance(wc, WindowsContainer | InvalidObjectError):
+            # Not even its metadata decodes: nothing to report on, but its key (if any) is
+            # still refused rather than forgotten.
             meta = _meta(raw)
             if not meta.name:
                 return None, False
             key = f"{meta.namespace}/{meta.name}"
             self.index.remove(key)
+            self.cache[key] = wc
+            return key, True
+        key = wc.key
+        cached = self.cache.get(key)
+        if isinstance(cached, WindowsContainer | InvalidObjectError):
+            if not _newer(wc.metadata.resource_version, cached.metadata.resource_version):
+                return key, False  # a copy winspec already has, or an older one
+            matters = _matters(cached, wc)
+        else:
             matters = True
+        if isinstance(wc, WindowsContainer):
+            self.released.pop(key, None)  # back in the watched set
+            self.index.record(key, references(wc))
+        else:
+            # An object that does not decode refers to nothing winspec can know of.
+            self.index.remove(key)
         self.cache[key] = wc
         return key, matters
 
@@ -528,30 +539,37 @@ class ClusterSource:
                     # Every listed key: a relist is how anything missed is caught up.
                     seen.add(key)
                     self._enqueue(key)
-            for key in before - seen:  # deleted while nobody watched
-                self.cache.pop(key, None)
-                self.index.remove(key)
-                self._enqueue(key)
+            for key in before - seen:  # deleted, or out of the selector, while nobody watched
+                self._forget(key, self.cache.get(key))
 
         return listed
 
     def _on_container_event(self, event_type: str, raw: msgspec.Raw) -> None:
         if event_type == "DELETED":
             meta = _meta(raw)
-            gone = f"{meta.namespace}/{meta.name}"
-            with contextlib.suppress(RequestDecodeError):
-                last = decode_windows_container(bytes(raw))
-                # A real deletion ends only once the finalizer is off: still on, the object
-                # merely stopped matching the label selector.
-                if FINALIZER in last.metadata.finalizers:
-                    self.released[gone] = last
-            self.cache.pop(gone, None)
-            self.index.remove(gone)
-            self._enqueue(gone)
+            try:
+                last: WindowsContainer | RequestDecodeError = decode_windows_container(bytes(raw))
+            except RequestDecodeError as exc:
+                last = exc
+            self._forget(f"{meta.namespace}/{meta.name}", last)
             return
         key, matters = self._store(raw)
         if key is not None and matters:
             self._enqueue(key)
+
+    def _forget(self, key: str, last: WindowsContainer | RequestDecodeError | None) -> None:
+        """A resource left the watched set: deleted, or no longer matching the selector (a
+        watch says DELETED either way; a relist simply no longer lists it). ``last`` is its
+        last known state. A real deletion ends only once the finalizers are off, so one that
+        still carries winspec's merely left the selector: it is released (bundle removed,
+        finalizer taken off), and a deleted one costs one GET that answers 404."""
+        if isinstance(last, WindowsContainer | InvalidObjectError) and (
+            FINALIZER in last.metadata.finalizers
+        ):
+            self.released[key] = last.metadata
+        self.cache.pop(key, None)
+        self.index.remove(key)
+        self._enqueue(key)
 
     # -- Secrets, ConfigMaps, GMSACredentialSpecs ---------------------------------------------
 
@@ -594,10 +612,13 @@ class ClusterSource:
         return changed
 
 
-def _matters(old: WindowsContainer, new: WindowsContainer) -> bool:
+def _matters(
+    old: WindowsContainer | InvalidObjectError, new: WindowsContainer | InvalidObjectError
+) -> bool:
     """Whether a change can change the bundle, the finalizer's work or what selects it: not
     a write of status alone, nor winspec's finalizer appearing (winspec's own writes come back
-    as watch events, sometimes before the answer to the write itself)."""
+    as watch events, sometimes before the answer to the write itself). An object that does
+    not decode changes only with its generation (its spec) or its metadata."""
     a, b = old.metadata, new.metadata
     return (
         a.generation != b.generation
@@ -605,7 +626,12 @@ def _matters(old: WindowsContainer, new: WindowsContainer) -> bool:
         or a.deletion_timestamp != b.deletion_timestamp
         or _finalizers_matter(a.finalizers, b.finalizers)
         or a.labels != b.labels
-        or old.spec != new.spec
+        or type(old) is not type(new)
+        or (
+            isinstance(old, WindowsContainer)
+            and isinstance(new, WindowsContainer)
+            and old.spec != new.spec
+        )
     )
 
 

@@ -18,8 +18,15 @@ The status is written through the ``status`` subresource with a JSON merge patch
 the resourceVersion it was computed from; a 409 re-reads the object and tries again. A status
 that would not change is not written at all (a no-op update costs no write). A permanent
 failure also gets one core/v1 ``Warning`` Event, when its message first appears (not on every
-reconcile that meets it again). Messages are the errors' own texts, which name objects and
-keys but never carry secret or credential spec content.
+reconcile that meets it again; an in-memory record covers failures whose status could not be
+written). Messages are the errors' own texts, which name objects and keys but never carry
+secret or credential spec content.
+
+A resource whose spec does not decode (its CRD changed under it) is reported on through its
+metadata and status, decoded on their own (:class:`~controller.cluster.InvalidObjectError`):
+reason ``InvalidSpec``, the field named. A server that refuses to store any write to such an
+object (Kubernetes 1.20 validates the whole object, spec included, on a status write) leaves the
+Event as the only record; the refusal is logged, not retried.
 """
 
 from __future__ import annotations
@@ -43,11 +50,12 @@ from controller.cluster import (
     SPEC_GENERATED,
     VERSION,
     Condition,
+    InvalidObjectError,
     WindowsContainer,
     WindowsContainerStatus,
     decode_windows_container,
 )
-from controller.errors import NotFoundError, RequestDecodeError
+from controller.errors import NotFoundError, PermanentError, RequestDecodeError
 from controller.ports import Stage
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,12 @@ log = logging.getLogger(__name__)
 COMPONENT = "winspec"
 _MAX_MESSAGE = 1024
 _CONFLICT_RETRIES = 5
+#: How many keys' last Events are remembered; past this the oldest is forgotten.
+_MAX_EVENTED = 10_000
+
+
+#: What status is written to: a decoded object, or the metadata and status of one that is not.
+_Target = WindowsContainer | InvalidObjectError
 
 
 def _now() -> str:
@@ -163,6 +177,9 @@ class StatusWriter:
         self._generations = generations
         self._remember = remember
         self._instance = instance or socket.gethostname()
+        #: key -> (uid, message) of the last Event, so a failure whose status cannot be
+        #: written still gets one Event, not one per reconcile (insertion-ordered: oldest first).
+        self._evented: dict[str, tuple[str, str]] = {}
 
     async def report(
         self,
@@ -176,9 +193,14 @@ class StatusWriter:
         permanent: bool = False,
     ) -> None:
         """Write the outcome into the resource's status (and an Event for a new permanent
-        failure). A resource that is gone or being deleted gets nothing."""
+        failure). A resource that is gone or being deleted gets nothing. One whose spec does
+        not decode is reported on through its metadata; when the server refuses any write to
+        it as stored (its CRD now rejects it), the Event is all there is."""
         wc = self._cache.get(key)
-        if not isinstance(wc, WindowsContainer) or wc.metadata.deletion_timestamp is not None:
+        if (
+            not isinstance(wc, WindowsContainer | InvalidObjectError)
+            or wc.metadata.deletion_timestamp is not None
+        ):
             return
         generation = self._generations.get(key, wc.metadata.generation)
         conditions = desired_conditions(
@@ -200,17 +222,38 @@ class StatusWriter:
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise
                 wc = await self._reread(wc)
-        if permanent and (ready_before is None or ready_before.message != message[:_MAX_MESSAGE]):
+            except PermanentError:
+                if not isinstance(wc, InvalidObjectError):
+                    raise
+                # Not the server's message: it may quote the stored spec's values.
+                log.warning(
+                    "status not written: the server refuses the object as it is stored",
+                    extra={"key": key},
+                )
+                break
+        if not permanent:
+            # The failure is over (or another one stands): its return deserves an Event again.
+            self._evented.pop(key, None)
+            return
+        text = message[:_MAX_MESSAGE]
+        seen = (wc.metadata.uid, text)
+        if (ready_before is None or ready_before.message != text) and self._evented.get(
+            key
+        ) != seen:
+            self._evented.pop(key, None)
+            self._evented[key] = seen
+            if len(self._evented) > _MAX_EVENTED:
+                del self._evented[next(iter(self._evented))]
             await self._event(wc, reason or "Failed", message)
 
-    def _path(self, wc: WindowsContainer) -> str:
+    def _path(self, wc: _Target) -> str:
         meta = wc.metadata
         return (
             f"/apis/{GROUP}/{VERSION}/namespaces/{quote(meta.namespace, safe='')}/{PLURAL}/"
             f"{quote(meta.name, safe='')}"
         )
 
-    async def _patch(self, wc: WindowsContainer, status: WindowsContainerStatus) -> None:
+    async def _patch(self, wc: _Target, status: WindowsContainerStatus) -> None:
         body = {
             "metadata": {"resourceVersion": wc.metadata.resource_version},
             "status": msgspec.to_builtins(status),
@@ -224,12 +267,15 @@ class StatusWriter:
         )
         self._remember(answer)
 
-    async def _reread(self, wc: WindowsContainer) -> WindowsContainer:
+    async def _reread(self, wc: _Target) -> _Target:
         body = await self._client.request("GET", self._path(wc), api="resource_get")
         self._remember(body)
-        return decode_windows_container(body)
+        try:
+            return decode_windows_container(body)
+        except InvalidObjectError as exc:
+            return exc
 
-    async def _event(self, wc: WindowsContainer, reason: str, message: str) -> None:
+    async def _event(self, wc: _Target, reason: str, message: str) -> None:
         meta = wc.metadata
         now = _now()
         event = {
