@@ -179,8 +179,7 @@ def test_container_reconciles_a_windowscontainer_to_ready(
     container_name: str,
     tmp_path: Path,
 ) -> None:
-    """The image's `winspec run --source kubernetes`, as the manifests' ServiceAccount with a
-    mounted kubeconfig, brings a WindowsContainer to Ready and writes its bundle as 10001."""
+    """The image's `winspec run --source kubernetes` brings a WindowsContainer to Ready as 10001."""
     for path in (MANIFESTS / "base" / "namespace.yaml", MANIFESTS / "base" / "rbac.yaml"):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
