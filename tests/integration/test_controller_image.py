@@ -78,10 +78,12 @@ class Built:
         words = argv(command.replace(README_TARBALL, str(base_tarball())))
         return [self.client, *words[1:]] if words[0] == "docker" else words
 
-    def run(self, words: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, words: list[str], *, timeout: float = 300, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command in the build context with the daemon's environment."""
         return subprocess.run(
-            words, cwd=self.context, env=self.env, capture_output=True, text=True,
+            words, cwd=self.context, env=self.env, input=stdin, capture_output=True, text=True,
             timeout=timeout, check=False,
         )  # fmt: skip
 
@@ -135,6 +137,26 @@ def test_image_is_built_on_the_debian_base_as_user_10001(built: Built) -> None:
     (build_command,) = (c for c in built.outputs if c.startswith("docker build "))
     assert "--network=none" in build_command
     assert "Successfully tagged " + IMAGE in built.outputs[build_command]
+
+
+def test_build_context_holds_only_what_the_image_installs(built: Built) -> None:
+    """.dockerignore lets only pyproject.toml, README.md, the packages and the wheels in."""
+    copy_context = f"FROM {BASE_IMAGE}\nCOPY . /context\n"
+    tag = "winspec-context:test"
+    proc = built.run(
+        [built.client, "build", "--network=none", "-q", "-t", tag, "-f", "-", "."],
+        stdin=copy_context,
+    )
+    assert proc.returncode == 0, proc.stderr
+    listing = (
+        "import os; print(*sorted(os.listdir('/context')), '|', *os.listdir('/context/build'))"
+    )
+    proc = built.docker("run", "--rm", "--network=none", tag, "python3", "-c", listing)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [
+        "README.md", "adapters", "build", "controller", "pyproject.toml", "|", "wheels"
+    ]  # fmt: skip
+    assert (built.context / "tests").is_dir()  # in the copy, kept out of the context
 
 
 def test_readme_run_prints_the_version(built: Built) -> None:
