@@ -42,20 +42,28 @@ def _dockerd_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"dockerd unavailable: {reason}")
 
 
-def _start_dockerd() -> DockerDaemon:
-    """A started private dockerd with an active single-node swarm and the test image."""
+def _start_dockerd(
+    *, storage_drivers: tuple[str, ...] = ("vfs",), swarm: bool = True
+) -> DockerDaemon:
+    """A started private dockerd, on the first storage driver that works; with ``swarm``, an
+    active single-node swarm and the test image."""
     reason = dockerd_unavailable_reason(probe=False)
     if reason is not None:
         _dockerd_unavailable(reason)
-    daemon = DockerDaemon()
-    try:
-        daemon.start()
-        daemon.init_swarm()
-        daemon.import_image()
-    except (DockerdError, DockerAPIError, OSError, TimeoutError) as exc:
-        daemon.stop()
-        _dockerd_unavailable(str(exc))
-    return daemon
+    failures = []
+    for driver in storage_drivers:
+        daemon = DockerDaemon(storage_driver=driver)
+        try:
+            daemon.start()
+            if swarm:
+                daemon.init_swarm()
+                daemon.import_image()
+        except (DockerdError, DockerAPIError, OSError, TimeoutError) as exc:
+            daemon.stop()
+            failures.append(f"{driver}: {exc}")
+        else:
+            return daemon
+    _dockerd_unavailable("; ".join(failures))
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +84,17 @@ def dockerd() -> Iterator[DockerDaemon]:
 def fresh_dockerd() -> Iterator[DockerDaemon]:
     """A private dockerd for one test (swarm active, test image imported) to restart or stop."""
     daemon = _start_dockerd()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def build_dockerd() -> Iterator[DockerDaemon]:
+    """A private dockerd for image builds (no swarm): overlay2 where it works, since vfs copies
+    the whole image for every build step and container (minutes instead of seconds)."""
+    daemon = _start_dockerd(storage_drivers=("overlay2", "vfs"), swarm=False)
     try:
         yield daemon
     finally:

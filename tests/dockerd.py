@@ -382,8 +382,17 @@ class DockerDaemon:
     temporary directory. ``stop()`` may be called any number of times.
     """
 
-    def __init__(self, *, binary: str | None = None, base_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        binary: str | None = None,
+        base_dir: str | None = None,
+        storage_driver: str = "vfs",
+    ) -> None:
         self.binary: str = binary or find_dockerd() or DOCKERD_CANDIDATES[-1]
+        #: vfs (the default) works on any file system; overlay2 makes image builds and
+        #: container starts cheap (no full copy of the image per container) where it works.
+        self.storage_driver: str = storage_driver
         self.base_dir: str = base_dir or tempfile.mkdtemp(prefix="winspec-dockerd-")
         self.socket_path: str = os.path.join(self.base_dir, "docker.sock")
         self.host: str = "unix://" + self.socket_path
@@ -436,7 +445,7 @@ class DockerDaemon:
             "--containerd-plugins-namespace",
             self.containerd_namespace + "-plugins",
             "--storage-driver",
-            "vfs",
+            self.storage_driver,
             "--bridge=none",
             "--iptables=false",
             "--ip6tables=false",

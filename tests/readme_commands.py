@@ -23,6 +23,7 @@ RUN_BY_CI: dict[str, str] = {
     ".ci/install-oci-checks.sh": "bash .ci/install-oci-checks.sh",
     ".ci/install-kube-apiserver.sh": "bash .ci/install-kube-apiserver.sh",
     ".ci/install-manifest-checks.sh": "bash .ci/install-manifest-checks.sh",
+    ".ci/build-base-image.sh": "bash .ci/build-base-image.sh",
     ".venv/bin/ruff check .": ".venv/bin/ruff check .",
     ".venv/bin/ruff format --check .": ".venv/bin/ruff format --check .",
     ".venv/bin/mypy controller adapters": ".venv/bin/mypy controller adapters",
@@ -79,6 +80,18 @@ RUN_MANIFESTS: tuple[str, ...] = (
     "kubectl kustomize manifests/monitoring",
     "kubectl apply -k manifests/overlays/node-local",
 )
+#: Building and running the controller's Linux image with no image registry:
+#: tests/integration/test_controller_image.py runs them in order against its private dockerd, in
+#: a copy of the repository (``docker`` is Debian's docker.io client; the base image tarball is
+#: the one .ci/build-base-image.sh made).
+RUN_WITH_IMAGE: tuple[str, ...] = (
+    "docker import /var/cache/winspec/base-bookworm.tar winspec-base:bookworm",
+    ".venv/bin/pip wheel --wheel-dir build/wheels . 'setuptools>=77'",
+    "docker build --network=none --build-arg BASE=winspec-base:bookworm "
+    "--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/build/wheels "
+    "-f manifests/images/controller.Dockerfile -t winspec-controller:0.1.0 .",
+    "docker run --rm winspec-controller:0.1.0 --version",
+)
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
 WINDOWS_ONLY: frozenset[str] = frozenset(
@@ -113,4 +126,6 @@ def argv(command: str, extra: tuple[str, ...] = ()) -> list[str]:
         words = [sys.executable, "-m", "adapters.cli", *words[1:]]
     elif words[0] == ".venv/bin/python":
         words = [sys.executable, *words[1:]]
+    elif words[0] == ".venv/bin/pip":
+        words = [sys.executable, "-m", "pip", *words[1:]]
     return [*words, *extra]

@@ -21,6 +21,7 @@ from tests.readme_commands import (
     RUN_HERE,
     RUN_MANIFESTS,
     RUN_WITH_ENGINE,
+    RUN_WITH_IMAGE,
     RUN_WITH_KUBE,
     TOUR,
     WINDOWS_ONLY,
@@ -41,6 +42,7 @@ def test_every_readme_command_is_run_somewhere() -> None:
         | set(RUN_WITH_KUBE)
         | set(BENCH_KUBE)
         | set(RUN_MANIFESTS)
+        | set(RUN_WITH_IMAGE)
         | WINDOWS_ONLY
     )
     assert len(COMMANDS) > 10
