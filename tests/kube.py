@@ -112,6 +112,12 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a live process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class KubeCluster:
     """One etcd + kube-apiserver (+ optional kube-controller-manager) for a test session."""
 
@@ -142,6 +148,15 @@ class KubeCluster:
         self._start_apiserver()
         if self.with_controller_manager:
             self._start_controller_manager()
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by etcd, the API server and the controller
+        manager: what a benchmark phase cost the server side."""
+        total = 0.0
+        for proc in self._procs.values():
+            with contextlib.suppress(OSError):
+                total += process_cpu_seconds(proc.pid)
+        return total
 
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL) and delete the directory. Idempotent."""

@@ -20,7 +20,11 @@ API calls and disk work:
 
 Measured: time from the child's start (or the floor's first call) until every resource is done
 (its status written), reconciles per second, and the child's peak RSS (``VmHWM``, sampled every
-0.2 s). winspec's completion is read from its bundles on disk, then its /metrics (successful
+0.2 s). Where the time goes is printed too, per resource: the CPU the client used (the floor's
+from this process's own usage, the children's from /proc), the CPU etcd and the API server used
+in the same phase, and the API requests the server counted (``apiserver_request_total``), so a
+difference to the floor shows whether it is the client's work or extra work it asks of the
+server. winspec's completion is read from its bundles on disk, then its /metrics (successful
 reconciles, each ending with its status write); kopf's from its files, then one list of the
 statuses. Child start-up (Python
 imports, about a second) counts against winspec and kopf, not the floor.
@@ -31,10 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import functools
 import importlib.util
 import json
 import os
+import re
+import resource
 import signal
 import ssl
 import sys
@@ -51,7 +58,7 @@ import aiohttp
 
 from controller.cluster import FINALIZER
 from tests.clustermode import ensure_node, windows_container
-from tests.kube import KubeCluster
+from tests.kube import KubeCluster, process_cpu_seconds
 from tests.processes import REPO, clean_env, free_port, winspec_run_command
 
 IN_FLIGHT = 16
@@ -66,6 +73,11 @@ class Figures:
     seconds: float
     resources: int
     peak_rss_mb: float | None
+    #: CPU seconds of the client (the floor: this process) and of etcd + the API server.
+    client_cpu: float | None = None
+    server_cpu: float | None = None
+    #: API requests the server counted during the phase.
+    requests: int | None = None
 
     @property
     def rate(self) -> float:
@@ -138,7 +150,8 @@ async def run_child(
             if child.returncode is not None:
                 raise RuntimeError(f"{name} exited with {child.returncode}")
             if await asyncio.to_thread(finished) >= count:
-                return Figures(name, time.monotonic() - started, count, peak)
+                seconds = time.monotonic() - started
+                return Figures(name, seconds, count, peak, process_cpu_seconds(child.pid))
     finally:
         if child.returncode is None:
             child.terminate()
@@ -203,6 +216,7 @@ async def run_floor(kube: KubeCluster, ns: str, count: int, out: Path) -> Figure
             os.close(fd)
 
     started = time.monotonic()
+    used = resource.getrusage(resource.RUSAGE_SELF)
     async with aiohttp.ClientSession(
         headers=headers, connector=aiohttp.TCPConnector(ssl=context, limit=IN_FLIGHT)
     ) as http:
@@ -238,7 +252,39 @@ async def run_floor(kube: KubeCluster, ns: str, count: int, out: Path) -> Figure
                     await r.read()
 
         await asyncio.gather(*(one(item) for item in items))
-    return Figures("floor", time.monotonic() - started, len(items), None)
+    seconds = time.monotonic() - started
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    return Figures("floor", seconds, len(items), None, cpu)
+
+
+def api_requests(kube: KubeCluster) -> int:
+    """Every request the API server has counted so far (``apiserver_request_total``)."""
+    context = ssl.create_default_context(cafile=str(kube.ca))
+    request = urllib.request.Request(
+        f"{kube.url}/metrics", headers={"Authorization": f"Bearer {kube.admin_token}"}
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+        text = answer.read().decode()
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("apiserver_request_total{")
+            and not re.search(r'resource="(namespaces|services|endpoints|leases)"', line)
+        )
+    )
+
+
+async def measured(kube: KubeCluster, phase: Any) -> Figures:
+    """Run one phase (an awaitable giving its Figures) with the server's CPU and requests."""
+    cpu, calls = kube.cpu_seconds(), await asyncio.to_thread(api_requests, kube)
+    figures: Figures = await phase
+    return dataclasses.replace(
+        figures,
+        server_cpu=kube.cpu_seconds() - cpu,
+        requests=await asyncio.to_thread(api_requests, kube) - calls,
+    )
 
 
 async def run_all(kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool) -> list[Figures]:
@@ -248,7 +294,7 @@ async def run_all(kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool)
         print(f"creating {count} resources in {ns} ...", file=sys.stderr)
         await asyncio.to_thread(populate, kube, ns, count)
     print("floor ...", file=sys.stderr)
-    results.append(await run_floor(kube, "bench-floor", count, scratch / "floor"))
+    results.append(await measured(kube, run_floor(kube, "bench-floor", count, scratch / "floor")))
     print("winspec ...", file=sys.stderr)
     port = free_port()
     argv = winspec_run_command(
@@ -257,14 +303,10 @@ async def run_all(kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool)
         "--namespace", "bench-winspec", "--no-leader-elect", "--workers", str(IN_FLIGHT),
         "--log-level", "warning",
     )  # fmt: skip
-    results.append(
-        await run_child(
-            argv,
-            functools.partial(winspec_finished, port, scratch / "winspec" / "bench-winspec", count),
-            count,
-            "winspec",
-        )
+    finished = functools.partial(
+        winspec_finished, port, scratch / "winspec" / "bench-winspec", count
     )
+    results.append(await measured(kube, run_child(argv, finished, count, "winspec")))
     if not skip_kopf:
         print("kopf ...", file=sys.stderr)
         env = clean_env() | {
@@ -276,21 +318,29 @@ async def run_all(kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool)
             "--quiet", str(REPO / "tests" / "benchmarks" / "kopf_operator.py"),
         ]  # fmt: skip
         finished = functools.partial(kopf_finished, kube, "bench-kopf", scratch / "kopf", count)
-        results.append(await run_child(argv, finished, count, "kopf", env))
+        results.append(await measured(kube, run_child(argv, finished, count, "kopf", env)))
     return results
 
 
 def report(results: list[Figures]) -> None:
-    """Print the figures side by side, with ratios to the floor and to kopf."""
+    """Print the figures side by side, with ratios to the floor and to kopf, and where the
+    time went: CPU per resource of the client and of the server side, requests per resource."""
     floor = results[0]
     by_name = {r.name: r for r in results}
     print(
         f"{'phase':8} {'resources':>9} {'seconds':>8} {'per s':>7} {'peak RSS':>9} {'× floor':>8}"
+        f" {'client CPU':>11} {'server CPU':>11} {'requests':>9}"
     )
+
+    def per(value: float | None, r: Figures, unit: str, scale: float = 1000.0) -> str:
+        return "-" if value is None else f"{value / r.resources * scale:.2f} {unit}".rstrip()
+
     for r in results:
         rss = f"{r.peak_rss_mb:.0f} MB" if r.peak_rss_mb else "-"
         print(f"{r.name:8} {r.resources:9d} {r.seconds:8.1f} {r.rate:7.0f} {rss:>9} "
-              f"{r.seconds / floor.seconds:8.2f}")  # fmt: skip
+              f"{r.seconds / floor.seconds:8.2f} {per(r.client_cpu, r, 'ms'):>11} "
+              f"{per(r.server_cpu, r, 'ms'):>11} {per(r.requests, r, '', 1.0):>9}")  # fmt: skip
+    print("(CPU and requests per resource; server: etcd + kube-apiserver in the same phase)")
     kopf, winspec = by_name.get("kopf"), by_name["winspec"]
     if kopf and kopf.peak_rss_mb and winspec.peak_rss_mb:
         print(f"winspec / kopf: time {winspec.seconds / kopf.seconds:.2f}×, "

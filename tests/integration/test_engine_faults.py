@@ -114,13 +114,15 @@ def _under_fault(engine: DockerDaemon, tmp_path: Path, fault: str) -> dict[str, 
             for _ in range(5):
                 load.created.append(engine.create_container(f"burst-{uuid.uuid4().hex[:12]}"))
             os.kill(engine.pid, signal.SIGSTOP)
+            frozen = time.monotonic()
             try:
                 time.sleep(3 * IDLE_TIMEOUT + 1)
             finally:
                 os.kill(engine.pid, signal.SIGCONT)
             down_until = time.monotonic()
-            # Noticed within two idle timeouts: one for the quiet stream, one for its re-open.
-            must_be_down = (began + 2 * IDLE_TIMEOUT + 1.0, down_until - 0.2)
+            # Noticed within two idle timeouts of the freeze (not of the burst before it, which
+            # takes seconds on a loaded machine): one for the quiet stream, one for its re-open.
+            must_be_down = (frozen + 2 * IDLE_TIMEOUT + 1.0, down_until - 0.2)
         time.sleep(2.0)
         load.stop.set()
         threads[0].join(timeout=120)
