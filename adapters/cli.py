@@ -7,7 +7,6 @@ the rules refuse, a malformed document, a bad option).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import msgspec
 
 from adapters.credspecs import NodeCredentialSpecReader
+from adapters.version import version
 from controller.errors import PermanentError, RequestDecodeError, WinspecError
 from controller.generate import encode_spec, generate
 from controller.models import MAX_REQUEST_BYTES, Request, decode_request
@@ -34,14 +34,6 @@ not show: "node" facts, "layerFolders", "volumePath", "endpoints" driver data, a
 Warnings (e.g. CPU options discarded under process isolation) go to stderr. A request the
 rules refuse prints the error to stderr and exits 2.
 """
-
-
-def version() -> str:
-    """The installed distribution's version (``unknown`` when run from a bare source tree)."""
-    try:
-        return importlib.metadata.version("winspec")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _build_parser() -> argparse.ArgumentParser:

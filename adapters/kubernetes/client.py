@@ -38,6 +38,7 @@ import msgspec
 import tenacity
 
 from adapters.retry import RetryableError, RetryPolicy, call_with_retries, parse_retry_after
+from adapters.version import user_agent
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 JSON = "application/json"
@@ -182,6 +183,7 @@ class KubeClient:
         self._proxy: str | None = configuration.proxy or env_proxy(configuration.host)
         self._server_hostname: str | None = configuration.tls_server_name or None
         self._session: aiohttp.ClientSession | None = None
+        self._user_agent = user_agent()
 
     @property
     def host(self) -> str:
@@ -221,7 +223,12 @@ class KubeClient:
         url = self.host + path
         if query:
             url += "?" + urlencode(query)
-        headers = {**self._api.default_headers, "Accept": accept, "Content-Type": content_type}
+        headers = {
+            **self._api.default_headers,
+            "User-Agent": self._user_agent,
+            "Accept": accept,
+            "Content-Type": content_type,
+        }
         # The current credentials (a rotated service-account token, a refreshed exec token).
         bearer = (await self._api.configuration.auth_settings()).get("BearerToken")
         if bearer:

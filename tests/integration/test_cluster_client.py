@@ -209,3 +209,23 @@ async def test_a_metadata_only_list_of_an_empty_collection_syncs(
         assert listed == [0]
     finally:
         await client.close()
+
+
+async def test_requests_name_winspec_as_their_field_manager(
+    kube: KubeCluster, kube_namespace: str
+) -> None:
+    """A write through the client is recorded in managedFields under the manager "winspec"."""
+    client = KubeClient(await load_api_client(str(kube.admin_kubeconfig)), timeout=10.0)
+    try:
+        path = f"/api/v1/namespaces/{kube_namespace}/configmaps"
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "managed"},
+            "data": {"key": "value"},
+        }
+        created = msgspec.json.decode(await client.request("POST", path, body=body, api="create"))
+        managers = {entry["manager"] for entry in created["metadata"]["managedFields"]}
+        assert managers == {"winspec"}
+    finally:
+        await client.close()
