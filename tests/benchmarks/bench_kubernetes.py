@@ -1,7 +1,8 @@
 """Cluster mode against a real kube-apiserver: N resources that already exist → all reconciled,
 beside the floor and a minimal kopf operator doing the same work, in the same run.
 
-Run: ``python -m tests.benchmarks.bench_kubernetes [--resources N] [--skip-kopf]`` (needs the
+Run: ``python -m tests.benchmarks.bench_kubernetes [--resources N] [--skip-kopf]
+[--skip-controller-floor]`` (needs the
 binaries of .ci/install-kube-apiserver.sh; kopf, for the comparison, is not a dependency of
 winspec: ``pip install kopf``). It starts its own etcd + kube-apiserver (tests/kube.py).
 
@@ -12,6 +13,10 @@ API calls and disk work:
 1. **floor**: a raw aiohttp client (this process), 16 resources in flight: list the resources
    (pages of 500), then per resource GET the Secret, PATCH the finalizer on, write a file of the
    size of winspec's bundle and fsync it, PATCH the status. What any controller must do at least.
+   **controller floor** (``floor+w``): the floor plus what any controller of this resource asks
+   of the server beyond those calls: a watch of the collection open throughout (every patch
+   comes back as an event, decoded) and a status with winspec's three conditions instead of
+   two fields (larger writes, larger ``managedFields``).
 2. **winspec**: ``winspec run --source kubernetes`` as a child process (default settings apart
    from paths, no leader election, ``--workers 16``): list+watch, resolve (GET the Secret, the
    Node once), generate, finalizer, bundle (atomic, fsynced), status.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -197,8 +203,23 @@ def _kopf_done(item: dict[str, Any]) -> bool:
     return bool((item.get("status") or {}).get("digest"))
 
 
-async def run_floor(kube: KubeCluster, ns: str, count: int, out: Path) -> Figures:
-    """The floor: the same calls, nothing else, 16 in flight."""
+#: The status winspec writes for a Ready resource (the controller floor's status).
+CONDITIONS = [
+    {"type": kind, "status": "True", "reason": reason, "message": message,
+     "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    for kind, reason, message in (
+        ("SpecGenerated", "Generated", "the spec was generated"),
+        ("BundleWritten", "Written", "bundle 0123456789ab is on disk"),
+        ("Ready", "BundleReady", "the bundle is current"),
+    )
+]  # fmt: skip
+
+
+async def run_floor(
+    kube: KubeCluster, ns: str, count: int, out: Path, *, controller: bool = False
+) -> Figures:
+    """The floor: the same calls, nothing else, 16 in flight; with ``controller``, also a
+    watch of the collection and winspec's conditions in each status."""
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     context = ssl.create_default_context(cafile=str(kube.ca))
     headers = {"Authorization": f"Bearer {kube.admin_token}"}
@@ -230,6 +251,19 @@ async def run_floor(kube: KubeCluster, ns: str, count: int, out: Path) -> Figure
             token = page["metadata"].get("continue", "")
             if not token:
                 break
+        watching: asyncio.Task[None] | None = None
+        if controller:
+            version = page["metadata"]["resourceVersion"]
+
+            async def watch() -> None:
+                url = f"{base}{wc}?watch=true&resourceVersion={version}"
+                no_limit = aiohttp.ClientTimeout(total=None)
+                async with http.get(url, timeout=no_limit) as r:
+                    async for line in r.content:
+                        json.loads(line)
+
+            watching = asyncio.create_task(watch())
+        extra = {"conditions": CONDITIONS} if controller else {}
         gate = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(item: dict[str, Any]) -> None:
@@ -244,18 +278,24 @@ async def run_floor(kube: KubeCluster, ns: str, count: int, out: Path) -> Figure
                 ) as r:
                     patched = await r.json()
                 await asyncio.to_thread(write, name)
-                status = {"metadata": {"resourceVersion": patched["metadata"]["resourceVersion"]},
-                          "status": {"digest": "0" * 64, "observedGeneration": 1}}  # fmt: skip
+                status = {
+                    "metadata": {"resourceVersion": patched["metadata"]["resourceVersion"]},
+                    "status": {"digest": "0" * 64, "observedGeneration": 1, **extra},
+                }
                 async with http.patch(
                     f"{base}{wc}/{name}/status", data=json.dumps(status), headers=merge
                 ) as r:
                     await r.read()
 
         await asyncio.gather(*(one(item) for item in items))
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
     seconds = time.monotonic() - started
     now = resource.getrusage(resource.RUSAGE_SELF)
     cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
-    return Figures("floor", seconds, len(items), None, cpu)
+    return Figures("floor+w" if controller else "floor", seconds, len(items), None, cpu)
 
 
 def api_requests(kube: KubeCluster) -> int:
@@ -287,14 +327,23 @@ async def measured(kube: KubeCluster, phase: Any) -> Figures:
     )
 
 
-async def run_all(kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool) -> list[Figures]:
-    """The three phases, one after the other, each on its own namespace."""
+async def run_all(
+    kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool, skip_controller_floor: bool
+) -> list[Figures]:
+    """The phases, one after the other, each on its own namespace."""
     results: list[Figures] = []
-    for ns in ("bench-floor", "bench-winspec") + (() if skip_kopf else ("bench-kopf",)):
+    namespaces = ["bench-floor", "bench-winspec"]
+    namespaces += [] if skip_controller_floor else ["bench-floor-w"]
+    namespaces += [] if skip_kopf else ["bench-kopf"]
+    for ns in namespaces:
         print(f"creating {count} resources in {ns} ...", file=sys.stderr)
         await asyncio.to_thread(populate, kube, ns, count)
     print("floor ...", file=sys.stderr)
     results.append(await measured(kube, run_floor(kube, "bench-floor", count, scratch / "floor")))
+    if not skip_controller_floor:
+        print("controller floor ...", file=sys.stderr)
+        phase = run_floor(kube, "bench-floor-w", count, scratch / "floor-w", controller=True)
+        results.append(await measured(kube, phase))
     print("winspec ...", file=sys.stderr)
     port = free_port()
     argv = winspec_run_command(
@@ -342,6 +391,10 @@ def report(results: list[Figures]) -> None:
               f"{per(r.server_cpu, r, 'ms'):>11} {per(r.requests, r, '', 1.0):>9}")  # fmt: skip
     print("(CPU and requests per resource; server: etcd + kube-apiserver in the same phase)")
     kopf, winspec = by_name.get("kopf"), by_name["winspec"]
+    controller_floor = by_name.get("floor+w")
+    if controller_floor:
+        print(f"winspec / controller floor (floor+w): time "
+              f"{winspec.seconds / controller_floor.seconds:.2f}×")  # fmt: skip
     if kopf and kopf.peak_rss_mb and winspec.peak_rss_mb:
         print(f"winspec / kopf: time {winspec.seconds / kopf.seconds:.2f}×, "
               f"peak RSS {winspec.peak_rss_mb / kopf.peak_rss_mb:.2f}×")  # fmt: skip
@@ -352,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resources", type=int, default=5000)
     parser.add_argument("--skip-kopf", action="store_true")
+    parser.add_argument("--skip-controller-floor", action="store_true")
     args = parser.parse_args(argv)
     if not args.skip_kopf and importlib.util.find_spec("kopf") is None:
         print("kopf is not installed (pip install kopf): its phase is skipped", file=sys.stderr)
@@ -365,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         kube.apply_gmsa_crd()
         ensure_node(kube)
         with tempfile.TemporaryDirectory(prefix="winspec-bench-") as scratch:
-            results = asyncio.run(run_all(kube, args.resources, Path(scratch), args.skip_kopf))
+            results = asyncio.run(
+                run_all(
+                    kube, args.resources, Path(scratch), args.skip_kopf, args.skip_controller_floor
+                )
+            )
         report(results)
     finally:
         kube.stop()
