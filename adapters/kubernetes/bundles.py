@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -195,6 +195,6 @@ class FinalizingWriter:
             self._remember(answer)
 
 
-def _without(finalizers: list[str]) -> list[str]:
+def _without(finalizers: Sequence[str]) -> list[str]:
     """``finalizers`` without winspec's."""
     return [f for f in finalizers if f != FINALIZER]

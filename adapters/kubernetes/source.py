@@ -143,6 +143,24 @@ def _meta(raw: msgspec.Raw) -> _Meta:
         return _Meta()
 
 
+#: A WindowsContainer as the source keeps it: its key (None without a name) and the object,
+#: or why it does not decode.
+_Decoded = tuple[str | None, "WindowsContainer | RequestDecodeError"]
+
+
+def _decode_container(raw: msgspec.Raw) -> _Decoded:
+    """One WindowsContainer from the server, decoded; the key from its metadata alone when
+    nothing else decodes."""
+    try:
+        wc: WindowsContainer | RequestDecodeError = decode_windows_container(bytes(raw))
+    except RequestDecodeError as exc:
+        wc = exc
+    if isinstance(wc, WindowsContainer | InvalidObjectError):
+        return wc.key, wc
+    meta = _meta(raw)
+    return (f"{meta.namespace}/{meta.name}" if meta.name else None), wc
+
+
 class _Restart(Exception):  # noqa: N818 - a signal, not an error
     """End this watch and open another from the last resourceVersion."""
 
@@ -154,8 +172,9 @@ class _Restart(Exception):  # noqa: N818 - a signal, not an error
 class Reflector:
     """List, then watch, one collection forever; hands every object to the callbacks.
 
-    ``on_list(items)`` gets every object of a (re)list at once; ``on_event(type, raw)`` each
-    ADDED/MODIFIED/DELETED event's object, undecoded (the owner decides how to decode it).
+    ``on_list(items)`` gets every object of a (re)list at once (each passed through ``decode``
+    page by page, when given); ``on_event(type, raw)`` each ADDED/MODIFIED/DELETED event's
+    object, undecoded (the owner decides how to decode it).
     With ``metadata_only`` the server sends each object's metadata alone
     (``PartialObjectMetadata``): what a change of a Secret needs to re-queue its users, without
     its data crossing the wire or being decoded.
@@ -167,15 +186,17 @@ class Reflector:
         *,
         path: str,
         what: str,
-        on_list: Callable[[list[msgspec.Raw]], None],
+        on_list: Callable[[list[Any]], None],
         on_event: Callable[[str, msgspec.Raw], None],
         settings: WatchSettings,
         hooks: SourceHooks,
         label_selector: str | None = None,
         optional: bool = False,
         metadata_only: bool = False,
+        decode: Callable[[msgspec.Raw], Any] | None = None,
     ) -> None:
         self._client = client
+        self._decode = decode
         self._path = path
         self._accept = (METADATA_LIST, METADATA_WATCH) if metadata_only else (JSON, JSON)
         # An optional collection may not exist (a CRD not installed): that is waited out.
@@ -214,7 +235,12 @@ class Reflector:
                 page = _list_decoder.decode(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise RequestDecodeError(f"invalid list of {self.what}: {exc}") from exc
-            items.extend(page.items or ())
+            if self._decode is None:
+                items.extend(page.items or ())
+            else:
+                # Each page decoded as it comes: no page's bytes outlive it, so a relist of
+                # thousands of objects never holds them all twice (as bytes and as objects).
+                items.extend(map(self._decode, page.items or ()))
             token = page.metadata.continue_
             if not token:
                 self._resource_version = page.metadata.resource_version
@@ -381,6 +407,7 @@ class ClusterSource:
                 self._on_container_event,
                 label_selector,
                 metadata_only=False,
+                decode=_decode_container,
             )
             for kind, plural in ((SECRET, "secrets"), (CONFIG_MAP, "configmaps")):
                 self._add(
@@ -430,12 +457,13 @@ class ClusterSource:
         client: KubeClient,
         path: str,
         what: str,
-        on_list: Callable[[list[msgspec.Raw]], None],
+        on_list: Callable[[list[Any]], None],
         on_event: Callable[[str, msgspec.Raw], None],
         selector: str | None,
         *,
         optional: bool = False,
         metadata_only: bool = True,
+        decode: Callable[[msgspec.Raw], Any] | None = None,
     ) -> None:
         """One more reflector. Only the WindowsContainers are needed whole
         (``metadata_only=False``); of everything else (Secrets above all) a change is all
@@ -459,6 +487,7 @@ class ClusterSource:
                 label_selector=selector,
                 optional=optional,
                 metadata_only=metadata_only,
+                decode=decode,
             )
         )
 
@@ -496,21 +525,19 @@ class ClusterSource:
     def _store(self, raw: msgspec.Raw) -> tuple[str | None, bool]:
         """Decode and cache one object; its key (None when it has none) and whether the change
         can matter to its bundle (not a status-only write, such as winspec's own)."""
-        try:
-            wc: WindowsContainer | RequestDecodeError = decode_windows_container(bytes(raw))
-        except RequestDecodeError as exc:
-            wc = exc
+        return self._store_decoded(_decode_container(raw))
+
+    def _store_decoded(self, decoded: _Decoded) -> tuple[str | None, bool]:
+        """Cache one decoded object (see :meth:`_store`)."""
+        key, wc = decoded
+        if key is None:
+            return None, False
         if not isinstance(wc, WindowsContainer | InvalidObjectError):
-            # Not even its metadata decodes: nothing to report on, but its key (if any) is
-            # still refused rather than forgotten.
-            meta = _meta(raw)
-            if not meta.name:
-                return None, False
-            key = f"{meta.namespace}/{meta.name}"
+            # Not even its metadata decodes: nothing to report on, but its key is still
+            # refused rather than forgotten.
             self.index.remove(key)
             self.cache[key] = wc
             return key, True
-        key = wc.key
         cached = self.cache.get(key)
         if isinstance(cached, WindowsContainer | InvalidObjectError):
             if not _newer(wc.metadata.resource_version, cached.metadata.resource_version):
@@ -527,14 +554,14 @@ class ClusterSource:
         self.cache[key] = wc
         return key, matters
 
-    def _on_containers_listed(self, namespace: str | None) -> Callable[[list[msgspec.Raw]], None]:
-        def listed(items: list[msgspec.Raw]) -> None:
+    def _on_containers_listed(self, namespace: str | None) -> Callable[[list[Any]], None]:
+        def listed(items: list[Any]) -> None:
             before = {
                 key for key in self.cache if namespace is None or key.startswith(f"{namespace}/")
             }
             seen: set[str] = set()
-            for raw in items:
-                key, _ = self._store(raw)
+            for decoded in items:  # decoded page by page (_decode_container)
+                key, _ = self._store_decoded(decoded)
                 if key is not None:
                     # Every listed key: a relist is how anything missed is caught up.
                     seen.add(key)
@@ -635,7 +662,7 @@ def _matters(
     )
 
 
-def _finalizers_matter(before: list[str], after: list[str]) -> bool:
+def _finalizers_matter(before: Sequence[str], after: Sequence[str]) -> bool:
     """Whether finalizers changed other than by winspec's own being added."""
     if FINALIZER in before and FINALIZER not in after:
         return True  # someone removed it: the next reconcile puts it back

@@ -69,7 +69,7 @@ def test_the_error_keeps_metadata_and_status_and_is_permanent() -> None:
     assert error.key == "apps/web"
     meta = error.metadata
     assert (meta.uid, meta.generation, meta.resource_version) == ("u-1", 4, "77")
-    assert meta.finalizers == ["winspec.io/bundle"]
+    assert meta.finalizers == ("winspec.io/bundle",)
     assert error.status.conditions[0].message == "before"
     again = error.again()
     assert again is not error
