@@ -19,6 +19,12 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 #: Settings given as comma-separated lists in the environment.
 _LIST_SETTINGS = ("dns_search", "namespace")
+#: Settings whose value is an address URL, where ``tcp://HOST:PORT`` is a real value.
+_URL_SETTINGS = frozenset({"docker_host", "swarm_host"})
+#: The value of a Kubernetes service link variable ``<SERVICE>_PORT`` or
+#: ``<SERVICE>_PORT_<N>_<PROTO>``: ``tcp://10.0.0.61:8443`` (udp, sctp; IPv6 in brackets).
+_SERVICE_LINK = re.compile(r"^(?:tcp|udp|sctp)://(?:[0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$")
+_LINK_SUFFIX = re.compile(r"_PORT(?:_[0-9]+_(?:TCP|UDP|SCTP))?$")
 
 
 def _default_bundle_root() -> str:
@@ -176,6 +182,28 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def service_link_error(variable: str, value: object, flag: str) -> str | None:
+    """Why the environment variable ``variable=value`` is a Kubernetes service link and not
+    a setting, or ``None`` when it is not one.
+
+    The kubelet gives every container ``<SERVICE>_PORT=tcp://<cluster IP>:<port>`` (and more)
+    for each Service of its namespace unless the pod says ``enableServiceLinks: false``; a
+    Service whose name starts with ``winspec-`` then writes into ``WINSPEC_*`` settings (the
+    Service ``winspec-agent`` sets ``WINSPEC_AGENT_PORT``). Such a value is never a valid
+    setting, so it is refused with its cause and the fix rather than as a malformed number.
+    ``flag`` is the option that sets the same value explicitly.
+    """
+    if not isinstance(value, str) or not _SERVICE_LINK.match(value):
+        return None
+    service = _LINK_SUFFIX.sub("", variable).lower().replace("_", "-")
+    return (
+        f"{variable}={value!r} is a Kubernetes service link (the address of the Service "
+        f"{service!r} in the pod's namespace), not a winspec setting: set "
+        f"enableServiceLinks: false in the pod spec (the shipped manifests do), or give {flag} "
+        "as a flag"
+    )
+
+
 #: Where a layer's values come from, for messages: a config file, the environment, flags.
 Origin = Literal["file", "env", "flag"]
 _FIELD_ERROR = re.compile(r" - at `\$\.(\w+)`$")
@@ -227,6 +255,13 @@ def load_settings(*layers: Mapping[str, Any], origins: Sequence[Origin | None] =
             if value is not None:
                 merged[key] = value
                 origin_of[key] = origin
+    for key, origin in origin_of.items():
+        if origin == "env" and key not in _URL_SETTINGS:
+            link = service_link_error(
+                setting_name(key, "env"), merged[key], setting_name(key, "flag")
+            )
+            if link is not None:
+                raise PermanentError(f"invalid settings: {link}")
     try:
         return msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:

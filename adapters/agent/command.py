@@ -158,7 +158,7 @@ def agent_command(args: argparse.Namespace) -> int:
     """Run the agent until stopped; the process exit code."""
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
-        settings = load_agent_settings(env_agent_settings(os.environ), flags)
+        settings = load_agent_settings(flags, env_layer=env_agent_settings(os.environ))
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

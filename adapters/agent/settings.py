@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from controller.errors import PermanentError
-from controller.settings import Settings, split_listen
+from controller.settings import Settings, service_link_error, split_listen
 
 ENV_PREFIX = "WINSPEC_AGENT_"
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -97,11 +97,24 @@ def env_agent_settings(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def load_agent_settings(*layers: Mapping[str, Any]) -> AgentSettings:
-    """Merge layers (later wins) into :class:`AgentSettings`; bad values raise PermanentError."""
+def load_agent_settings(
+    *layers: Mapping[str, Any], env_layer: Mapping[str, Any] | None = None
+) -> AgentSettings:
+    """Merge layers (later wins) into :class:`AgentSettings`; bad values raise PermanentError.
+
+    ``env_layer`` (from :func:`env_agent_settings`) comes first; a value of it that no later
+    layer overrides and that is a Kubernetes service link is refused with its cause.
+    """
     merged: dict[str, Any] = {}
-    for layer in layers:
+    for layer in (env_layer or {}, *layers):
         merged.update({k: v for k, v in layer.items() if v is not None})
+    overridden = {k for layer in layers for k, v in layer.items() if v is not None}
+    for key, value in (env_layer or {}).items():
+        if key not in overridden:
+            variable, flag = ENV_PREFIX + key.upper(), "--" + key.replace("_", "-")
+            link = service_link_error(variable, value, flag)
+            if link is not None:
+                raise PermanentError(f"invalid agent settings: {link}")
     try:
         return msgspec.convert(merged, AgentSettings, strict=False)
     except msgspec.ValidationError as exc:

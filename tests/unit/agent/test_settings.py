@@ -69,3 +69,12 @@ def test_help_documents_every_setting() -> None:
     ).stdout.decode()
     for name in FIELDS:
         assert "--" + name.replace("_", "-") in out, name
+
+
+def test_service_link_in_the_agents_environment_is_refused_naming_the_fix() -> None:
+    """A WINSPEC_AGENT_* value that is a service link is refused as one unless a flag wins."""
+    env = env_agent_settings({"WINSPEC_AGENT_LISTEN": "tcp://10.0.0.61:8443"})
+    with pytest.raises(PermanentError, match=r"is a Kubernetes service link .*enableServiceLinks"):
+        load_agent_settings(BASE, env_layer=env)
+    settings = load_agent_settings(BASE, {"listen": "127.0.0.1:9001"}, env_layer=env)
+    assert settings.listen == "127.0.0.1:9001"

@@ -102,3 +102,51 @@ def test_winspec_run_names_the_variable_on_stderr(tmp_path: Path) -> None:
     assert proc.stderr.decode() == (
         "winspec: invalid settings: WINSPEC_LCOW must be true or false, got 'maybe'\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "service"),
+    [
+        ("tcp://10.0.0.61:8443", "winspec-agent"),
+        ("udp://10.0.0.61:53", "winspec-agent"),
+        ("tcp://[fd00::61]:8443", "winspec-agent"),
+    ],
+)
+def test_service_link_in_the_environment_names_its_cause_and_fix(value: str, service: str) -> None:
+    """A WINSPEC_* value that is a Kubernetes service link is refused as one, with the fix."""
+    with pytest.raises(PermanentError) as info:
+        load_settings(
+            {}, env_settings({"WINSPEC_AGENT_PORT": value}), {}, origins=("file", "env", "flag")
+        )
+    assert str(info.value) == (
+        f"invalid settings: WINSPEC_AGENT_PORT={value!r} is a Kubernetes service link (the "
+        f"address of the Service {service!r} in the pod's namespace), not a winspec setting: "
+        "set enableServiceLinks: false in the pod spec (the shipped manifests do), or give "
+        "--agent-port as a flag"
+    )
+
+
+def test_service_link_of_a_port_variable_names_its_service() -> None:
+    """A <SERVICE>_PORT_<N>_<PROTO> link names the Service it belongs to."""
+    from controller.settings import service_link_error
+
+    message = service_link_error("WINSPEC_KUBECONFIG_PORT_443_TCP", "tcp://10.0.0.9:443", "--x")
+    assert message is not None
+    assert "the Service 'winspec-kubeconfig'" in message
+
+
+def test_a_flag_overrides_a_service_link_in_the_environment() -> None:
+    """A flag given for the same setting wins: the link is never read, the process starts."""
+    env = env_settings({"WINSPEC_AGENT_PORT": "tcp://10.0.0.61:8443"})
+    settings = load_settings({}, env, {"agent_port": 8443}, origins=("file", "env", "flag"))
+    assert settings.agent_port == 8443
+
+
+def test_an_engine_address_is_not_taken_for_a_service_link() -> None:
+    """tcp://HOST:PORT is a real value of the URL settings (WINSPEC_DOCKER_HOST, SWARM_HOST)."""
+    env = env_settings(
+        {"WINSPEC_DOCKER_HOST": "tcp://10.0.0.5:2376", "WINSPEC_SWARM_HOST": "tcp://10.0.0.6:2376"}
+    )
+    settings = load_settings({}, env, {}, origins=("file", "env", "flag"))
+    assert settings.docker_host == "tcp://10.0.0.5:2376"
+    assert settings.swarm_host == "tcp://10.0.0.6:2376"
