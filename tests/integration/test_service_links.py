@@ -129,20 +129,21 @@ def _wait_healthy(proc: subprocess.Popen[str], port: str, within: float = 60.0) 
     deadline = time.monotonic() + within
     while http_status(f"http://127.0.0.1:{port}/healthz") != 200:
         if proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"winspec exited with {proc.returncode}:\n{output[-3000:]}")
+            pytest.fail(f"winspec exited with {proc.returncode}:\n{_stop(proc)[-3000:]}")
         assert time.monotonic() < deadline, "never healthy"
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """Stop the process; its output."""
     if proc.poll() is None:
         proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output
 
 
 WORKLOADS = [
@@ -196,9 +197,9 @@ def test_service_links_in_the_environment_are_refused_naming_the_fix(
     args = _local_args(container["args"], env, mounts)
     proc = _start(kube, args, env, _account(kube, tmp_path, winspec_token))
     try:
-        output, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
-        _stop(proc)
+        output = _stop(proc)
     assert proc.returncode == 2, output
     assert f"WINSPEC_AGENT_PORT={env['WINSPEC_AGENT_PORT']!r}" in output
     assert "Kubernetes service link" in output
