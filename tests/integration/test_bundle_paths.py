@@ -20,19 +20,39 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 
 from adapters.agent.client import AgentClient
 from controller.cluster import NODE_LABEL
 from controller.generate import INTERNAL_CONFIGS_DIR, INTERNAL_SECRETS_DIR
 from controller.winpath import looks_windows
-from tests.clustermode import NODE, api, eventually, ready_object, running, wc_path
-from tests.integration.test_remote_delivery import Delivery, _agent_pod, make_delivery
+from tests.agent import TLSFiles
+from tests.clustermode import (
+    NODE,
+    api,
+    eventually,
+    ready_object,
+    running,
+    wc_path,
+    windows_container,
+)
+from tests.integration.test_remote_delivery import (
+    Delivery,
+    _agent_pod,
+    _node,
+    _not_ready,
+    make_delivery,
+)
 from tests.kube import KubeAPIError, KubeCluster
+from tests.processes import free_port
 from tests.readme_commands import README
 
 pytestmark = pytest.mark.kube
@@ -195,3 +215,67 @@ async def test_agent_delivery_bundle_mounts_point_into_the_agents_bundle(
     finally:
         agent.stop()
         await api(kube, "DELETE", f"/api/v1/namespaces/{delivery.namespace}/pods/agent-{node}")
+
+
+@asynccontextmanager
+async def _posing_agent(tls: TLSFiles, answer: bytes) -> AsyncIterator[tuple[int, list[str]]]:
+    """An HTTPS server with the agents' certificate answering ``GET /v1/node`` with ``answer``
+    (its port, and every request it got as ``METHOD path``)."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        if (request.method, request.path) == ("GET", "/v1/node"):
+            return web.Response(body=answer, content_type="application/json")
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+        yield port, seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"bundleRoot": "bundles"}',
+        b'{"bundleRoot": "C:\\\\bundles\\u0007"}',
+        b'{"root": "C:\\\\bundles"}',
+        b"not json",
+    ],
+    ids=["relative", "control-character", "no-root", "not-json"],
+)
+async def test_an_unusable_reported_root_is_a_retried_error_and_sends_nothing(
+    kube: KubeCluster,
+    kube_namespace: str,
+    delivery: Delivery,
+    tmp_path: Path,
+    answer: bytes,
+) -> None:
+    """An agent reporting a relative, unprintable or no root: not Ready, naming it; no PUT."""
+    ns = kube_namespace
+    node = f"win-{secrets.token_hex(3)}"
+    _node(kube, node)
+    async with _posing_agent(delivery.tls, answer) as (port, seen):
+        _agent_pod(delivery, node, port)
+        try:
+            await api(kube, "POST", wc_path(ns), windows_container("hostile", nodeName=node))
+            async with delivery.central(tmp_path, [ns], agent_timeout=3.0) as mode:
+                ready = await eventually(_not_ready(kube, ns, "hostile"), within=30)
+                assert ready["reason"] == "TransientError"
+                assert node in ready["message"]
+                assert "bundle root" in ready["message"]
+                assert mode.health.is_ready()  # still serving
+            assert seen
+            assert set(seen) == {"GET /v1/node"}
+        finally:
+            await api(kube, "DELETE", f"/api/v1/namespaces/{delivery.namespace}/pods/agent-{node}")
