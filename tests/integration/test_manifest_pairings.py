@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -281,18 +282,21 @@ def _selects_map(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 @pytest.mark.parametrize("overlay", ["central", "node-local"])
 def test_daemonset_bundle_root_is_the_hostpath_at_the_same_path(
-    overlay: str, central: Objects, node_local: Objects
+    overlay: str, central: Objects, node_local: Objects, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each DaemonSet's --bundle-root is a hostPath mounted at its own path on the node."""
+    """Each DaemonSet's --bundle-root, and the Windows default, is its hostPath's own path."""
     objects = central if overlay == "central" else node_local
     daemonsets = [o for o in objects if o["kind"] == "DaemonSet"]
     assert daemonsets
+    monkeypatch.setattr(sys, "platform", "win32")
+    windows_default = Settings().bundle_root  # the agent's default too
+    monkeypatch.undo()
     for daemonset in daemonsets:
         root = _settings(daemonset).bundle_root
         volume, below = _volume_of(daemonset, root)
         assert str(below) == "."
         flavour = _path_flavour(daemonset)
-        assert flavour(volume["hostPath"]["path"]) == flavour(root)
+        assert flavour(volume["hostPath"]["path"]) == flavour(root) == flavour(windows_default)
 
 
 @pytest.mark.parametrize("overlay", ["central", "node-local"])
