@@ -25,10 +25,12 @@ from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
 from adapters.threads import DaemonThreadPool
 from controller.errors import PermanentError, WinspecError
-from controller.settings import env_settings, load_settings
+from controller.settings import Settings, env_settings, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
+#: The built-in defaults, quoted by the help texts (so the help cannot name other values).
+_DEFAULTS = Settings()
 _RUN_HELP = """\
 Run winspec as a controller. In Docker mode it watches the engine's container create, start,
 update, rename and destroy events and network connect and disconnect events, resolves each
@@ -134,7 +136,8 @@ def add_run_parser(sub: Any) -> None:
         "--agent-port",
         type=int,
         metavar="PORT",
-        help="--delivery agent: the agents' HTTPS port (default: 9443)",
+        help=f"--delivery agent: the agents' HTTPS port when their pod declares no container "
+        f"port named https (default: {_DEFAULTS.agent_port})",
     )
     p.add_argument(
         "--agent-ca-file",
@@ -152,18 +155,19 @@ def add_run_parser(sub: Any) -> None:
         "--agent-token-file",
         metavar="FILE",
         help="--delivery agent: projected service-account token (audience winspec-agent), "
-        "re-read on every call (default: /var/run/secrets/winspec/token)",
+        f"re-read on every call (default: {_DEFAULTS.agent_token_file})",
     )
     p.add_argument(
         "--agent-selector",
         metavar="LABELS",
         help="--delivery agent: label selector of the agent pods "
-        "(default: app.kubernetes.io/name=winspec-agent)",
+        f"(default: {_DEFAULTS.agent_selector})",
     )
     p.add_argument(
         "--agent-namespace",
         metavar="NAME",
-        help="--delivery agent: namespace of the agent pods (default: winspec-system)",
+        help="--delivery agent: namespace of the agent pods "
+        f"(default: {_DEFAULTS.agent_namespace})",
     )
     p.add_argument(
         "--agent-concurrency",

@@ -34,6 +34,7 @@ from controller.models import (
     ResolvedCredentialSpecs,
     SecretRef,
 )
+from controller.winpath import host_join
 
 GROUP = "winspec.io"
 VERSION = "v1alpha1"
@@ -338,8 +339,31 @@ def config_payload_id(ref: ConfigMapKeyRef) -> str:
     return _payload_id("config", ref.config_map_name, ref.key)
 
 
-def to_request(wc: WindowsContainer, *, node: NodeFacts, deps: Dependencies) -> Request:
+def bundle_dir(wc: WindowsContainer, bundle_root: str | None) -> str | None:
+    """Where the resource's bundle is on its node, so the secrets and configs mounts point into
+    it: ``spec.bundleDir`` when set, else ``<bundle root>\\<namespace>\\<name>`` (joined with
+    the root's own separator), where cluster mode's writers and the node agent put it. ``None``
+    (no root known): the generator's default, Docker's ``<daemonRoot>\\containers\\<id>``.
+    """
+    if wc.spec.bundle_dir:
+        return wc.spec.bundle_dir
+    if not bundle_root:
+        return None
+    return host_join(bundle_root, wc.metadata.namespace, wc.metadata.name)
+
+
+def to_request(
+    wc: WindowsContainer,
+    *,
+    node: NodeFacts,
+    deps: Dependencies,
+    bundle_root: str | None,
+) -> Request:
     """The generator's request for a WindowsContainer, its references replaced by ``deps``.
+
+    ``bundle_root`` is the node's bundle root as the node names it (the directory holding
+    ``<namespace>/<name>/``): the payload mounts point into the bundle below it
+    (:func:`bundle_dir`). Required, so that no caller gets Docker's default by omission.
 
     Raises :class:`PermanentError` for what the CRD cannot refuse by itself (it has no
     cross-field rules on Kubernetes 1.20): a credential spec named both ways.
@@ -436,7 +460,7 @@ def to_request(wc: WindowsContainer, *, node: NodeFacts, deps: Dependencies) -> 
             for ref in s.configs
         ],
         credential_specs=ResolvedCredentialSpecs(config=dict(deps.credential_specs)),
-        bundle_dir=s.bundle_dir,
+        bundle_dir=bundle_dir(wc, bundle_root),
     )
 
 

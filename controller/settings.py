@@ -87,17 +87,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Central delivery (--delivery agent): bundles go to the node agent on each resource's node.
     #: Where bundles go in cluster mode: "local" (--bundle-root) or "agent" (node agents).
     delivery: Literal["local", "agent"] = "local"
-    #: The port the node agents serve HTTPS on.
-    agent_port: int = 9443
+    #: The port the node agents serve HTTPS on (``winspec agent``'s default --listen port, and
+    #: the shipped DaemonSet's container port ``https``).
+    agent_port: int = 8443
     #: CA bundle (PEM) the agents' certificates are checked against (default: the system's).
     agent_ca_file: str | None = None
     #: The name the agents' certificates are checked for (default: the pod IP dialled). One
     #: certificate for every agent of a DaemonSet names a fixed service name, not each pod's IP.
     agent_server_name: str | None = None
-    #: The projected service-account token (audience winspec-agent), re-read on every call.
-    agent_token_file: str = "/var/run/secrets/winspec/token"
-    #: Label selector of the agent pods, and their namespace.
-    agent_selector: str = "app.kubernetes.io/name=winspec-agent"
+    #: The projected service-account token (audience winspec-agent), re-read on every call
+    #: (where the shipped controller Deployment mounts it).
+    agent_token_file: str = "/var/run/secrets/winspec-agent/token"
+    #: Label selector of the agent pods (the shipped agent DaemonSet's pod labels, and no other
+    #: winspec pod's), and their namespace.
+    agent_selector: str = "app.kubernetes.io/name=winspec,app.kubernetes.io/component=agent"
     agent_namespace: str = "winspec-system"
     #: Calls at once to one node's agent, and one delivery's deadline in seconds.
     agent_concurrency: int = 4

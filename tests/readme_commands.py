@@ -101,7 +101,7 @@ WINDOWS_ONLY: frozenset[str] = frozenset(
     {
         r"winspec run --source docker --bundle-root C:\ProgramData\winspec\bundles",
         "winspec agent --tls-cert /etc/winspec/tls.crt --tls-key /etc/winspec/tls.key "
-        "--allowed-identity system:serviceaccount:winspec-system:winspec-controller "
+        "--allowed-identity system:serviceaccount:winspec-system:winspec "
         r"--token-audience winspec-agent --bundle-root 'C:\ProgramData\winspec\bundles'",
     }
 )

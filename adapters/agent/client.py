@@ -30,10 +30,12 @@ import tenacity
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    NODE_PATH,
     NONCE_BYTES,
     BundleList,
     BundleState,
     ErrorBody,
+    NodeInfo,
     Removal,
     encode_upload,
     split_bundle_id,
@@ -46,6 +48,8 @@ _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 _PERMANENT = frozenset({400, 404, 405, 413, 415})
 #: The ``api`` label of each call's retries (``winspec_api_retries_total``).
 AGENT_APIS: Mapping[str, str] = {"PUT": "agent_put", "DELETE": "agent_delete", "GET": "agent_list"}
+#: The ``api`` label of the retries of ``GET /v1/node`` (the agent's bundle root).
+AGENT_NODE_API = "agent_node"
 
 
 class AgentAuthError(TransientError):
@@ -123,7 +127,14 @@ class AgentClient:
         data = await self._call("GET", API_PREFIX)
         return {b.id: b.digest for b in _decode(data, BundleList, self._base).bundles}
 
-    async def _call(self, method: str, path: str, *, body: bytes | None = None) -> bytes:
+    async def node_info(self) -> NodeInfo:
+        """The agent's bundle root, as its node names it."""
+        data = await self._call("GET", NODE_PATH, api=AGENT_NODE_API)
+        return _decode(data, NodeInfo, self._base)
+
+    async def _call(
+        self, method: str, path: str, *, body: bytes | None = None, api: str | None = None
+    ) -> bytes:
         what = f"{method} {self._base}{path}"
         policy = self._policy
         timeout = aiohttp.ClientTimeout(total=policy.timeout, sock_connect=policy.connect_timeout)
@@ -157,7 +168,7 @@ class AgentClient:
 
         def before_sleep(_state: tenacity.RetryCallState) -> None:
             if self._on_retry is not None:
-                self._on_retry(AGENT_APIS[method])
+                self._on_retry(api or AGENT_APIS[method])
 
         try:
             result = await call_with_retries(policy, policy.attempts, attempt, before_sleep)

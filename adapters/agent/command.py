@@ -21,6 +21,7 @@ from adapters.agent.auth import Authenticator, KubeTokenReviewer
 from adapters.agent.metrics import AgentMetrics
 from adapters.agent.server import build_agent_app, watch_readiness
 from adapters.agent.settings import (
+    CONTROLLER_IDENTITY,
     DEFAULT_AUDIENCE,
     DEFAULT_MAX_REQUEST_BYTES,
     AgentSettings,
@@ -44,6 +45,8 @@ atomic, durable writer as `winspec run`.
   PUT    /v1/bundles/<namespace>/<name>   write a bundle (idempotent, integrity-checked)
   DELETE /v1/bundles/<namespace>/<name>   remove it
   GET    /v1/bundles                      every bundle and its digest (for a resync)
+  GET    /v1/node                         the bundle root, as the node names it (the
+                                          controller points each spec's mounts below it)
   /healthz, /readyz, /metrics             probes and Prometheus (no token needed)
 
 Every /v1/ request needs `Authorization: Bearer <token>`: a token the API server accepts for
@@ -109,8 +112,8 @@ def add_agent_parser(sub: Any) -> None:
         "--allowed-identity",
         action="append",
         metavar="USER",
-        help="a user allowed to deliver bundles, e.g. "
-        "system:serviceaccount:winspec-system:winspec-controller (repeatable; at least one)",
+        help=f"a user allowed to deliver bundles, e.g. {CONTROLLER_IDENTITY}, the shipped "
+        "controller's ServiceAccount (repeatable; at least one)",
     )
     p.add_argument(
         "--max-request-bytes",
@@ -292,6 +295,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             health=health,
             metrics=metrics,
             max_request_bytes=settings.max_request_bytes,
+            # As the node names it: the shipped DaemonSet mounts the hostPath at this path.
+            bundle_root=await asyncio.to_thread(os.path.abspath, settings.bundle_root),
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: What a request asked for (``other``: any path outside the bundle API).
-OPERATIONS = ("put", "delete", "list", "other")
+OPERATIONS = ("put", "delete", "list", "node", "other")
 #: How a request ended.
 RESULTS = (
     "ok",

@@ -17,6 +17,10 @@ node, and the work queue retries them with backoff while the other nodes' bundle
 The agents' certificates are checked against a CA bundle; every call carries the controller's
 service-account token, read from its projected file on every attempt (the kubelet rotates it).
 
+Paths: each spec is generated for the node it goes to. :meth:`RemoteBundleWriter.bundle_root`
+asks the node's agent where it keeps bundles (``GET /v1/node``, the root as the node names it),
+once per agent address, so the payload mounts point into the directory the agent writes.
+
 Status: the digest a node holds is the one its agent answers (its own writer's keyed digest),
 never one computed here: :class:`NodeDigestStatus` puts that digest in ``status.digest``, so the
 status says which digest the node in ``spec.nodeName`` has.
@@ -42,6 +46,7 @@ from controller.bundle import BundleContent
 from controller.cluster import WindowsContainer
 from controller.errors import PermanentError, RequestDecodeError, TransientError
 from controller.ports import Stage, StatusReporter
+from controller.winpath import is_absolute
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -227,6 +232,8 @@ class RemoteBundleWriter:
         self._session: aiohttp.ClientSession | None = None
         #: key -> (node, digest the node's agent holds), for status and resync.
         self.delivered: dict[str, tuple[str, str]] = {}
+        #: node -> (the agent's address, the bundle root it reported).
+        self._roots: dict[str, tuple[str, str]] = {}
 
     def _client(self, base_url: str) -> AgentClient:
         if self._session is None:
@@ -269,6 +276,22 @@ class RemoteBundleWriter:
             self._locator.forget(node)
             text = str(exc).removeprefix(f"node {node}: ")
             raise TransientError(f"node {node}: {what} failed: {text}") from None
+
+    async def bundle_root(self, node: str) -> str:
+        """The bundle root the agent on ``node`` reports, as that node names it; asked again
+        when the agent's address changes (a new pod)."""
+
+        async def ask(client: AgentClient) -> str:
+            known = self._roots.get(node)
+            if known is not None and known[0] == client.base_url:
+                return known[1]
+            root = (await client.node_info()).bundle_root
+            if not (is_absolute(root) and root.isprintable()):
+                raise TransientError(f"the agent reports an unusable bundle root {root[:300]!r}")
+            self._roots[node] = (client.base_url, root)
+            return root
+
+        return await self._on_node(node, "asking for its bundle root", ask)
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Deliver the bundle to its node's agent; False when the agent had it already."""

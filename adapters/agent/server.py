@@ -7,6 +7,8 @@ Routes (every ``/v1/`` request authenticated first, see :mod:`adapters.agent.aut
   the same content was already there (nothing rewritten).
 * ``DELETE /v1/bundles/<namespace>/<name>``: remove it; 200, ``changed`` false when absent.
 * ``GET /v1/bundles``: every bundle with its digest, for a resync.
+* ``GET /v1/node``: the agent's bundle root, as the node names it (the controller generates
+  each spec's payload mounts below it).
 * ``/healthz``, ``/readyz``, ``/metrics`` (:mod:`adapters.http`), without a token: the
   kubelet's probes and Prometheus carry none, and none of them shows a bundle.
 
@@ -34,10 +36,12 @@ from adapters.agent.store import AgentStore
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    NODE_PATH,
     BundleEntry,
     BundleList,
     BundleState,
     ErrorBody,
+    NodeInfo,
     Removal,
     decode_upload,
     split_bundle_id,
@@ -52,6 +56,7 @@ STORE_KEY = web.AppKey("agent_store", AgentStore)
 AUTH_KEY = web.AppKey("agent_auth", Authenticator)
 METRICS_KEY = web.AppKey("agent_metrics", AgentMetrics)
 LIMIT_KEY = web.AppKey("agent_max_request_bytes", int)
+ROOT_KEY = web.AppKey("agent_bundle_root", str)
 IDENTITY_KEY = "winspec_agent_identity"
 
 READY_ROOT = "bundle-root"
@@ -70,15 +75,20 @@ def build_agent_app(
     health: HealthState,
     metrics: AgentMetrics,
     max_request_bytes: int,
+    bundle_root: str,
 ) -> web.Application:
-    """The agent's application: the bundle API plus ``/metrics``, ``/healthz``, ``/readyz``."""
+    """The agent's application: the bundle API plus ``/metrics``, ``/healthz``, ``/readyz``.
+
+    ``bundle_root`` is what ``GET /v1/node`` reports: the root as the node names it."""
     app = build_app(registry=registry, health=health)
     app[STORE_KEY] = store
     app[AUTH_KEY] = authenticator
     app[METRICS_KEY] = metrics
     app[LIMIT_KEY] = max_request_bytes
+    app[ROOT_KEY] = bundle_root
     app.middlewares.append(_guard)
     app.router.add_get(API_PREFIX, _list)
+    app.router.add_get(NODE_PATH, _node)
     app.router.add_put(API_PREFIX + "/{id:.+}", _put)
     app.router.add_delete(API_PREFIX + "/{id:.+}", _delete)
     return app
@@ -110,6 +120,8 @@ _UNCOUNTED = frozenset({"/metrics", "/healthz", "/readyz"})
 def _operation(request: web.Request) -> str:
     if request.path == API_PREFIX and request.method == "GET":
         return "list"
+    if request.path == NODE_PATH and request.method == "GET":
+        return "node"
     if request.path.startswith(API_PREFIX + "/"):
         return {"PUT": "put", "DELETE": "delete"}.get(request.method, "other")
     return "other"
@@ -240,6 +252,10 @@ async def _list(request: web.Request) -> web.Response:
     except TransientError as exc:
         return error(503, "ListFailed", str(exc))
     return _json(BundleList(bundles=[BundleEntry(id=i, digest=d) for i, d in found]))
+
+
+async def _node(request: web.Request) -> web.Response:
+    return _json(NodeInfo(bundle_root=request.app[ROOT_KEY]))
 
 
 async def watch_readiness(

@@ -18,6 +18,9 @@ from controller.settings import Settings, service_link_error, split_listen
 ENV_PREFIX = "WINSPEC_AGENT_"
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 DEFAULT_AUDIENCE = "winspec-agent"
+#: The shipped controller's identity (manifests/base/rbac.yaml's ServiceAccount winspec in
+#: winspec-system): the one --allowed-identity the shipped agent DaemonSet admits.
+CONTROLLER_IDENTITY = "system:serviceaccount:winspec-system:winspec"
 
 
 def _default_bundle_root() -> str:
@@ -57,7 +60,7 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not self.allowed_identity:
             raise ValueError(
                 "at least one allowed_identity is required, e.g. "
-                "system:serviceaccount:winspec-system:winspec-controller"
+                f"{CONTROLLER_IDENTITY} (the shipped controller's ServiceAccount)"
             )
         for identity in self.allowed_identity:
             if not identity or not identity.isprintable() or identity != identity.strip():

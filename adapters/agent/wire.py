@@ -29,8 +29,14 @@ own writer keeps for the bundle (``.digest``): the controller records it for the
 compares later answers of the same agent (resync) with it, never with its own digests.
 
 Answers are JSON (small, and readable with curl): :class:`BundleState` for a PUT,
-:class:`Removal` for a DELETE, a :class:`BundleList` for ``GET /v1/bundles``, an
-:class:`ErrorBody` for every refusal.
+:class:`Removal` for a DELETE, a :class:`BundleList` for ``GET /v1/bundles``, a
+:class:`NodeInfo` for ``GET /v1/node``, an :class:`ErrorBody` for every refusal.
+
+**The bundle root** (``GET /v1/node``): the agent's ``--bundle-root`` made absolute, the path
+its bundles are below as the node names it (a Windows path on a Windows node; the shipped
+DaemonSet mounts the hostPath at that same path). The controller generates each spec for the
+node it goes to, so the secrets and configs mounts name ``<root>\\<namespace>\\<name>\\...``,
+the directories the agent writes.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from controller.errors import PermanentError
 
 BUNDLE_CONTENT_TYPE = "application/vnd.winspec.bundle.v1+msgpack"
 API_PREFIX = "/v1/bundles"
+NODE_PATH = "/v1/node"
 NONCE_MIN_BYTES = 16
 NONCE_MAX_BYTES = 64
 NONCE_BYTES = 32
@@ -86,6 +93,12 @@ class BundleList(msgspec.Struct, kw_only=True):
     """The answer of ``GET /v1/bundles``: every bundle present, sorted by id."""
 
     bundles: list[BundleEntry]
+
+
+class NodeInfo(msgspec.Struct, kw_only=True, rename="camel"):
+    """The answer of ``GET /v1/node``: where this agent keeps bundles, as the node names it."""
+
+    bundle_root: str
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

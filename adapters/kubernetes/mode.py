@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.agent.client import AGENT_APIS
+from adapters.agent.client import AGENT_APIS, AGENT_NODE_API
 from adapters.agent.remote import (
     AgentEndpoint,
     AgentLocator,
@@ -92,6 +92,7 @@ KUBERNETES_APIS = (
     "lease_update",
     "agent_pod_list",
     *AGENT_APIS.values(),
+    AGENT_NODE_API,
 )
 #: The first agent resync waits this long (the first list is in by then, as a rule).
 AGENT_RESYNC_FIRST_SECONDS = 5.0
@@ -122,6 +123,10 @@ class ClusterMode:
         self.http_port: int | None = None
         self.started = asyncio.Event()
         self._bundle_root = os.path.abspath(settings.bundle_root)
+
+    async def _local_root(self, node: str) -> str:
+        """The bundle root of every node when bundles are written here: ``--bundle-root``."""
+        return self._bundle_root
 
     def request_stop(self) -> None:
         """Ask the controller to shut down gracefully."""
@@ -325,6 +330,8 @@ class ClusterMode:
                 seconds
             ),
             node_name=s.node_name,
+            # Where each bundle will be on its node: the agent's root, or this instance's own.
+            bundle_root=remote.bundle_root if remote is not None else self._local_root,
         )
         status: StatusReporter = StatusWriter(
             client,

@@ -16,6 +16,11 @@ the current data:
   ``status.capacity.cpu``, LCOW and default isolation from winspec's annotations), settings
   as fallbacks. A node that does not exist yet is retried, not an error. Cached briefly: one
   GET per node, not per reconcile.
+- The node's bundle root (where the bundle will be on that node, as the node names it), from
+  ``bundle_root``: the local ``--bundle-root`` when bundles are written here, the root the
+  node's agent reports with ``--delivery agent``. The payload mounts point into
+  ``<root>/<namespace>/<name>/`` (unless ``spec.bundleDir`` says otherwise); without a root
+  they would point at Docker's own container directory, where nothing is written.
 
 No data fetched here ever reaches a message, a log line or a metric: errors name objects and
 keys only.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -180,8 +185,12 @@ class KubernetesResolver:
         node_defaults: NodeDefaults | None = None,
         observe: Callable[[str, float], None] | None = None,
         node_name: str | None = None,
+        bundle_root: Callable[[str], Awaitable[str]],
     ) -> None:
+        """``bundle_root`` gives a node's bundle root, as that node names it (a Windows path on
+        a Windows node): the directory its bundles ``<namespace>/<name>/`` are written below."""
         self._client = client
+        self._bundle_root = bundle_root
         self._node_name = node_name
         self._cache = cache
         self._defaults = node_defaults or NodeDefaults()
@@ -228,7 +237,8 @@ class KubernetesResolver:
         for name in credential_spec_names(wc.spec):
             deps.credential_specs[name] = await self._credential_spec(wc, name)
         node = await self._node(wc.spec.node_name)
-        return to_request(wc, node=node, deps=deps)
+        root = None if wc.spec.bundle_dir else await self._bundle_root(wc.spec.node_name)
+        return to_request(wc, node=node, deps=deps, bundle_root=root)
 
     async def _get(self, path: str, *, kind: str, missing: str) -> bytes:
         loop = asyncio.get_running_loop()

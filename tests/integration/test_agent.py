@@ -581,6 +581,28 @@ async def test_sigterm_stops_the_agent_with_exit_0(cluster: Cluster, tmp_path: P
     assert process.stop() == 0
 
 
+async def test_node_answers_the_bundle_root_to_the_allowed_identity_only(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession
+) -> None:
+    """GET /v1/node gives the controller the absolute --bundle-root; 401/403 to anyone else."""
+    sample = 'winspec_agent_requests_total{operation="node",result="ok"}'
+    before = await _metric(http, agent, sample)
+    client = cluster.client(agent)
+    try:
+        assert (await client.node_info()).bundle_root == str(agent.root.absolute())
+    finally:
+        await client.close()
+    assert await _metric(http, agent, sample) == before + 1
+    for token, status in ((None, 401), (cluster.intruder_token, 403)):
+        async with http.get(
+            agent.url + "/v1/node",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            ssl=agent.tls.client_context(),
+        ) as response:
+            assert response.status == status
+            assert str(agent.root) not in await response.text()
+
+
 async def test_healthz_readyz_and_metrics_need_no_token(
     agent: AgentProcess, http: aiohttp.ClientSession
 ) -> None:

@@ -10,7 +10,7 @@ own bundle root.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,9 @@ from tests.kube import KubeAPIError, KubeCluster
 pytestmark = pytest.mark.kube
 
 AUDIENCE = "winspec-agent"
+#: The shipped agent DaemonSet's pod labels (manifests/overlays/central/agent.yaml), which the
+#: default --agent-selector selects.
+AGENT_POD_LABELS = {"app.kubernetes.io/name": "winspec", "app.kubernetes.io/component": "agent"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _agent_pod(d: Delivery, node: str, port: int) -> None:
     name = f"agent-{node}"
     d.kube.api("POST", f"/api/v1/namespaces/{d.namespace}/pods", {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "winspec-agent"}},
+        "metadata": {"name": name, "labels": AGENT_POD_LABELS},
         "spec": {"nodeName": node, "serviceAccountName": "agent",
                  "automountServiceAccountToken": False,
                  "containers": [{"name": "agent", "image": "winspec-agent:test",
@@ -200,6 +203,16 @@ def _leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.glob("*/.*") if p.name.startswith((".tmp-", ".old-")))
 
 
+def _not_ready(kube: KubeCluster, ns: str, name: str) -> Callable[[], dict[str, Any] | None]:
+    """A probe: the resource's Ready condition once it is False."""
+
+    def probe() -> dict[str, Any] | None:
+        ready = condition(kube.api("GET", wc_path(ns, name)), "Ready")
+        return ready if ready and ready["status"] == "False" else None
+
+    return probe
+
+
 async def test_bundle_reaches_the_agent_of_its_node(
     kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None, tmp_path: Path
 ) -> None:
@@ -230,13 +243,11 @@ async def test_a_dead_agent_holds_back_only_its_node(
         await eventually(ready_object(kube, ns, f"live-{i}"), within=30)
         assert (_on_agent(a, ns, f"live-{i}") / "config.json").is_file()
 
-    def refused() -> dict[str, Any] | None:
-        obj: dict[str, Any] = kube.api("GET", wc_path(ns, "dead-0"))
-        written = condition(obj, "BundleWritten")
-        return written if written and written["status"] == "False" else None
-
-    written = await eventually(refused, within=30)
-    assert b.name in written["message"]
+    # Its spec waits for the bundle root the dead node's agent reports (the payload mounts
+    # point below it): Ready says why, naming the node.
+    ready = await eventually(_not_ready(kube, ns, "dead-0"), within=30)
+    assert ready["reason"] == "TransientError"
+    assert b.name in ready["message"]
 
 
 async def test_agent_restarted_delivery_completes_untorn(
@@ -311,11 +322,8 @@ async def test_agent_certificates_are_checked_for_the_server_name(
             assert (_on_agent(a, ns, "named") / "config.json").is_file()
             return
 
-        def refused() -> dict[str, Any] | None:
-            obj: dict[str, Any] = kube.api("GET", wc_path(ns, "named"))
-            written = condition(obj, "BundleWritten")
-            return written if written and written["status"] == "False" else None
-
-        written = await eventually(refused, within=30)
-        assert a.name in written["message"]
+        # Refused already when asked for its bundle root (before any spec): Ready says so.
+        ready = await eventually(_not_ready(kube, ns, "named"), within=30)
+        assert ready["reason"] == "TransientError"
+        assert a.name in ready["message"]
         assert not _on_agent(a, ns, "named").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from controller.bundle import build_bundle
@@ -20,7 +21,7 @@ from controller.cluster import (
     to_request,
 )
 from controller.errors import PermanentError, RequestDecodeError, SpecError
-from controller.generate import generate
+from controller.generate import INTERNAL_CONFIGS_DIR, INTERNAL_SECRETS_DIR, generate
 from controller.models import NodeFacts
 
 GMSA_JSON = '{"CmsPlugins":["ActiveDirectory"],"DomainJoinConfig":{"MachineAccountName":"web"}}'
@@ -51,7 +52,7 @@ def test_command_env_and_resources_reach_the_spec() -> None:
             workingDir="C:\\app",
         )
     )
-    request = to_request(wc, node=NodeFacts(), deps=Dependencies())
+    request = to_request(wc, node=NodeFacts(), deps=Dependencies(), bundle_root=None)
     spec = generate(request).spec
     assert spec.process is not None
     assert spec.process.args == ["cmd.exe", "/S", "/C", "echo hello"]
@@ -70,7 +71,7 @@ def test_secret_data_goes_into_the_bundle_under_a_stable_id() -> None:
         _object(secrets=[{"secretName": "db", "key": "password", "target": "db-password"}])
     )
     deps = Dependencies(secrets={("db", "password"): b"s3cr3t"})
-    request = to_request(wc, node=NodeFacts(), deps=deps)
+    request = to_request(wc, node=NodeFacts(), deps=deps, bundle_root=None)
     content = build_bundle(request, generate(request))
     payload_id = secret_payload_id(wc.spec.secrets[0])
     assert content.files[f"secrets/{payload_id}"] == b"s3cr3t"
@@ -93,7 +94,7 @@ def test_a_gmsa_credential_spec_is_the_windows_credential_spec(spec: dict[str, A
     wc = decode_windows_container(_object(**spec))
     assert credential_spec_names(wc.spec) == ["web-gmsa"]
     deps = Dependencies(credential_specs={"web-gmsa": GMSA_JSON})
-    generated = generate(to_request(wc, node=NodeFacts(), deps=deps))
+    generated = generate(to_request(wc, node=NodeFacts(), deps=deps, bundle_root=None))
     assert generated.spec.windows is not None
     assert generated.spec.windows.credentialSpec == GMSA_JSON
 
@@ -102,7 +103,7 @@ def test_an_unresolved_credential_spec_is_refused() -> None:
     """A named credential spec that was not resolved is the generator's rule error."""
     wc = decode_windows_container(_object(gmsaCredentialSpecName="missing"))
     with pytest.raises(SpecError, match="config missing not found"):
-        generate(to_request(wc, node=NodeFacts(), deps=Dependencies()))
+        generate(to_request(wc, node=NodeFacts(), deps=Dependencies(), bundle_root=None))
 
 
 def test_both_ways_of_naming_a_credential_spec_are_refused() -> None:
@@ -111,7 +112,7 @@ def test_both_ways_of_naming_a_credential_spec_are_refused() -> None:
         _object(gmsaCredentialSpecName="a", securityOptions=["credentialspec=raw://{}"])
     )
     with pytest.raises(PermanentError, match="both"):
-        to_request(wc, node=NodeFacts(), deps=Dependencies())
+        to_request(wc, node=NodeFacts(), deps=Dependencies(), bundle_root=None)
 
 
 def test_a_bad_cgroup_rule_is_refused_with_the_rule_message() -> None:
@@ -119,7 +120,9 @@ def test_a_bad_cgroup_rule_is_refused_with_the_rule_message() -> None:
     wc = decode_windows_container(
         _object(image={"os": "linux"}, command=["/bin/sh"], deviceCgroupRules=["c *:*  rwm"])
     )
-    request = to_request(wc, node=NodeFacts(lcow_supported=True), deps=Dependencies())
+    request = to_request(
+        wc, node=NodeFacts(lcow_supported=True), deps=Dependencies(), bundle_root=None
+    )
     with pytest.raises(SpecError) as info:
         generate(request)
     assert str(info.value) == (
@@ -129,11 +132,17 @@ def test_a_bad_cgroup_rule_is_refused_with_the_rule_message() -> None:
 
 def test_the_container_id_is_stable_and_docker_shaped() -> None:
     """The same object always gets the same 64-hex-digit container id; another uid another."""
-    first = to_request(decode_windows_container(_object()), node=NodeFacts(), deps=Dependencies())
-    again = to_request(decode_windows_container(_object()), node=NodeFacts(), deps=Dependencies())
+    first = to_request(
+        decode_windows_container(_object()), node=NodeFacts(), deps=Dependencies(), bundle_root=None
+    )
+    again = to_request(
+        decode_windows_container(_object()), node=NodeFacts(), deps=Dependencies(), bundle_root=None
+    )
     other = _object()
     other["metadata"]["uid"] = "u-2"
-    third = to_request(decode_windows_container(other), node=NodeFacts(), deps=Dependencies())
+    third = to_request(
+        decode_windows_container(other), node=NodeFacts(), deps=Dependencies(), bundle_root=None
+    )
     assert first.container.id == again.container.id != third.container.id
     assert len(first.container.id) == 64
     assert int(first.container.id, 16) >= 0
@@ -169,3 +178,56 @@ def test_the_reference_index_maps_objects_back_to_keys() -> None:
     index.remove("apps/a")
     assert index.keys_for((SECRET, "apps", "db")) == set()
     assert index.keys_for_kind(CONFIG_MAP) == set()
+
+
+_PAYLOAD_REFS = {
+    "secrets": [{"secretName": "db", "key": "password", "target": "db-password"}],
+    "configs": [{"configMapName": "web", "key": "app.json", "target": "C:\\app\\app.json"}],
+}
+_PAYLOAD_DEPS = Dependencies(
+    secrets={("db", "password"): b"s3cr3t"}, configs={("web", "app.json"): b"{}"}
+)
+
+
+def _payload_sources(request: Any) -> list[str]:
+    """The host sources of the spec's secrets and configs mounts, in order."""
+    spec = generate(request).spec
+    internal = (INTERNAL_SECRETS_DIR, INTERNAL_CONFIGS_DIR)
+    return [m.source for m in spec.mounts if m.destination in internal]
+
+
+@pytest.mark.parametrize(
+    ("root", "expected"),
+    [
+        (
+            "C:\\ProgramData\\winspec\\bundles",
+            "C:\\ProgramData\\winspec\\bundles\\apps\\web\\{}",
+        ),
+        ("D:\\bundles\\", "D:\\bundles\\apps\\web\\{}"),
+        ("/var/lib/winspec/bundles", "/var/lib/winspec/bundles/apps/web/{}"),
+    ],
+)
+def test_payload_mounts_point_into_the_bundle_below_the_node_root(root: str, expected: str) -> None:
+    """Without spec.bundleDir the payload mounts name <root>/<namespace>/<name>/secrets|configs."""
+    wc = decode_windows_container(_object(**_PAYLOAD_REFS))
+    request = to_request(wc, node=NodeFacts(), deps=_PAYLOAD_DEPS, bundle_root=root)
+    assert _payload_sources(request) == [expected.format("secrets"), expected.format("configs")]
+    files = build_bundle(request, generate(request)).files
+    # Each link's source is a file of the bundle's payload directory the mount points at.
+    links = msgspec.json.decode(files["links.json"])["links"]
+    assert len(links) == 2
+    for link in links:
+        directory, _, payload = link["source"].rpartition("\\")
+        assert f"{directory.rpartition(chr(92))[2]}/{payload}" in files
+
+
+def test_an_explicit_bundle_dir_wins_over_the_node_root() -> None:
+    """spec.bundleDir is where the payload mounts point, whatever the node's bundle root."""
+    wc = decode_windows_container(_object(bundleDir="E:\\elsewhere\\web", **_PAYLOAD_REFS))
+    request = to_request(
+        wc, node=NodeFacts(), deps=_PAYLOAD_DEPS, bundle_root="C:\\ProgramData\\winspec\\bundles"
+    )
+    assert _payload_sources(request) == [
+        "E:\\elsewhere\\web\\secrets",
+        "E:\\elsewhere\\web\\configs",
+    ]
