@@ -143,22 +143,16 @@ class Controller:
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
             for i in range(self._workers)
         ]
-        reporting = (
-            asyncio.create_task(
-                self._report_first_pass(self._initial, self._first_pass),
-                name=f"{self.name}-first-pass",
-            )
-            if self._initial is not None and self._first_pass is not None
-            else None
-        )
+        reporting: list[asyncio.Task[None]] = []
+        if self._initial is not None and self._first_pass is not None:
+            first_pass = self._report_first_pass(self._initial, self._first_pass)
+            reporting.append(asyncio.create_task(first_pass, name=f"{self.name}-first-pass"))
         try:
             await asyncio.wait(self._tasks)
         finally:
-            for task in self._tasks:
+            for task in (*self._tasks, *reporting):
                 task.cancel()
-            if reporting is not None:
-                reporting.cancel()
-            await asyncio.wait([*self._tasks, *([reporting] if reporting else [])])
+            await asyncio.wait([*self._tasks, *reporting])
         self._log.info("workers stopped", extra={"controller": self.name})
         for task in self._tasks:
             if not task.cancelled() and (exc := task.exception()) is not None:
