@@ -37,9 +37,20 @@ from adapters.docker.events import (
     EventSourceHooks,
     EventSourceSettings,
 )
-from adapters.docker.resolver import DockerRequestResolver, NodeOverrides, node_facts_from_info
+from adapters.docker.resolver import (
+    DEPENDENCY_KINDS,
+    DockerRequestResolver,
+    NodeOverrides,
+    node_facts_from_info,
+)
 from adapters.docker.types import Info, decode
-from adapters.http import bound_port, build_app, start_http_server, stop_http_server
+from adapters.http import (
+    bound_port,
+    build_app,
+    register_process_metrics,
+    start_http_server,
+    stop_http_server,
+)
 from adapters.retry import RetryPolicy
 from controller.errors import WinspecError
 from controller.health import HealthState
@@ -128,6 +139,7 @@ class DockerMode:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, controller=CONTROLLER_NAME)
+        register_process_metrics(self.registry)
         self.health = HealthState([READY_CONDITION, INITIAL_LIST_CONDITION])
         self._stop = asyncio.Event()
         self.http_port: int | None = None
@@ -151,6 +163,7 @@ class DockerMode:
         for api in DOCKER_APIS:
             m.declare_api(api)
         m.declare_source("docker", event_types=EVENT_TYPES)
+        m.declare_dependency_kinds(DEPENDENCY_KINDS)
 
         def engine_client(host: str | None) -> DockerClient:
             # The same TLS settings (DOCKER_TLS_VERIFY/DOCKER_CERT_PATH), retries and timeout.
@@ -289,15 +302,6 @@ class DockerMode:
             swarm_worker=swarm_worker,
         )
         queue = WorkQueue(CONTROLLER_NAME, metrics=m.queue_metrics(CONTROLLER_NAME))
-        controller = Controller(
-            CONTROLLER_NAME,
-            queue=queue,
-            # No credential spec reader: the resolver reads file:// and registry:// specs in a
-            # worker thread and fills the request's map, so nothing blocks the event loop.
-            reconciler=BundleReconciler(resolver=resolver, writer=writer, metrics=m),
-            workers=s.workers,
-            metrics=m,
-        )
 
         def on_synced() -> None:
             m.last_sync_timestamp.labels(source="docker").set(time.time())
@@ -320,6 +324,16 @@ class DockerMode:
                 on_synced=on_synced,
                 on_ready=lambda ready: self.health.set_ready(READY_CONDITION, ready),
             ),
+        )
+        controller = Controller(
+            CONTROLLER_NAME,
+            queue=queue,
+            # No credential spec reader: the resolver reads file:// and registry:// specs in a
+            # worker thread and fills the request's map, so nothing blocks the event loop.
+            reconciler=BundleReconciler(resolver=resolver, writer=writer, metrics=m),
+            workers=s.workers,
+            metrics=m,
+            initial=source,
         )
         controller_task = asyncio.create_task(controller.run(), name="controller")
         source_task = asyncio.create_task(source.run(), name="docker-events")

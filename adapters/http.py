@@ -11,13 +11,35 @@ would drown everything else.
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 
+from adapters.version import version
 from controller.health import HealthState
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 HEALTH_KEY = web.AppKey("health", HealthState)
+
+
+def register_process_metrics(registry: CollectorRegistry) -> None:
+    """The standard series of a process on ``registry``: prometheus-client's default
+    collectors (``process_*`` from ``/proc``, so Linux only; ``python_info``; ``python_gc_*``)
+    and ``winspec_build_info{version}`` (always 1), which says which version runs where."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Gauge(
+        "winspec_build_info",
+        "The winspec version this process runs (always 1)",
+        ["version"],
+        registry=registry,
+    ).labels(version=version()).set(1)
 
 
 def build_app(*, registry: CollectorRegistry, health: HealthState) -> web.Application:

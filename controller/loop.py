@@ -18,29 +18,48 @@ any other exception           add rate-limited                        error (+ p
 Any other exception is a bug (in Go, a recovered panic): still retried with backoff, so a
 fixed dependency heals it, but counted in ``controller_runtime_reconcile_panics_total`` and
 logged at error level with its type and traceback every time, never a silent retry loop.
+
+An expected failure is logged once per key and cause (a warning for a transient one, an error
+for a permanent one); the same failure of the same key again is logged at debug level, and the
+key's next success at info ("reconcile succeeded after failing"): the counters carry the rate.
+
+The loop also keeps what an operator watches: every key's state by its last outcome
+(``winspec_resources``: ready, not_ready, or pending while queued and not reconciled yet; a
+key whose object is gone is dropped), and, given the source's first list
+(:class:`~controller.ports.InitialKeys`), how far the workers are through it: progress every
+few seconds while it lasts, then one line saying it was worked through and how long it took.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from controller.errors import PermanentError, TransientError
 from controller.metrics import (
+    RESOURCE_STATES,
     RESULT_ERROR,
     RESULT_REQUEUE,
     RESULT_REQUEUE_AFTER,
     RESULT_SUCCESS,
+    STATE_NOT_READY,
+    STATE_PENDING,
+    STATE_READY,
     Metrics,
 )
+from controller.ports import InitialKeys
 from controller.workqueue import QueueShutDown, WorkQueue
 
 _log = logging.getLogger(__name__)
-# How many keys' last permanent errors are remembered for de-duplicating their log lines; past
-# this the oldest is forgotten (and would be logged at error level again).
-_MAX_REMEMBERED_TERMINAL = 10_000
+# How many keys' last failures are remembered for de-duplicating their log lines; past this
+# the oldest is forgotten (and its failure would be logged at warning or error level again).
+_MAX_REMEMBERED_FAILURES = 10_000
+#: How often the progress of a long first pass over the existing objects is logged.
+PROGRESS_INTERVAL_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,7 @@ class Result:
 
     requeue: bool = False  # run again after the key's backoff
     requeue_after: float | None = None  # run again after this many seconds (wins if > 0)
+    gone: bool = False  # the key's object no longer exists: it is no longer counted
 
 
 class Reconciler(Protocol):
@@ -71,7 +91,10 @@ class Controller:
         workers: int,
         metrics: Metrics,
         logger: logging.Logger | None = None,
+        initial: InitialKeys | None = None,
+        progress_interval: float = PROGRESS_INTERVAL_SECONDS,
     ) -> None:
+        """``initial``: the source whose first list the loop reports its first pass over."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.name = name
@@ -82,9 +105,21 @@ class Controller:
         self._log = logger or _log
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        # The last permanent error of each key, so a key that keeps coming back (events,
-        # resyncs) with the same bad input is logged at error level once, not every time.
-        self._terminal: dict[str, str] = {}
+        # The cause of each failing key's last failure, so a key that keeps failing the same
+        # way (retries, events, resyncs) is logged at warning or error level once, not every
+        # time, and its recovery is logged.
+        self._failing: dict[str, str] = {}
+        # Each key's state by its last outcome (keys queued and never reconciled are pending).
+        self._states: dict[str, str] = {}
+        self._state_counts = dict.fromkeys(RESOURCE_STATES, 0)
+        for state in RESOURCE_STATES:
+            metrics.resources.labels(controller=name, state=state).set_function(
+                functools.partial(self._count_state, state)
+            )
+        self._initial = initial
+        self._progress_interval = progress_interval
+        # Only with a source to report on: otherwise nothing is kept per key for it.
+        self._first_pass = _FirstPass() if initial is not None else None
 
         self._reconcile_total = {
             result: metrics.reconcile_total.labels(controller=name, result=result)
@@ -108,12 +143,16 @@ class Controller:
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
             for i in range(self._workers)
         ]
+        reporting: list[asyncio.Task[None]] = []
+        if self._initial is not None and self._first_pass is not None:
+            first_pass = self._report_first_pass(self._initial, self._first_pass)
+            reporting.append(asyncio.create_task(first_pass, name=f"{self.name}-first-pass"))
         try:
             await asyncio.wait(self._tasks)
         finally:
-            for task in self._tasks:
+            for task in (*self._tasks, *reporting):
                 task.cancel()
-            await asyncio.wait(self._tasks)
+            await asyncio.wait([*self._tasks, *reporting])
         self._log.info("workers stopped", extra={"controller": self.name})
         for task in self._tasks:
             if not task.cancelled() and (exc := task.exception()) is not None:
@@ -161,26 +200,26 @@ class Controller:
             result = await self._reconciler.reconcile(key)
         except PermanentError as exc:
             self._queue.forget(key)
-            self._count_error(terminal=True)
+            self._count_error(key, terminal=True)
             message = str(exc)
-            level = logging.DEBUG if self._terminal.get(key) == message else logging.ERROR
-            self._remember_terminal(key, message)
             self._log.log(
-                level,
+                self._failure_level(key, exc, logging.ERROR),
                 "reconcile failed permanently; not retrying",
                 extra={"controller": self.name, "key": key, "error": message},
             )
             return
         except Exception as exc:
             # Transient or unexpected: both are retried; only the unexpected one earns a
-            # traceback in the log.
+            # traceback in the log, every time.
             self._queue.add_rate_limited(key)
-            self._count_error(terminal=False)
+            self._count_error(key, terminal=False)
             expected = isinstance(exc, TransientError)
+            level = self._failure_level(key, exc, logging.WARNING)
             if not expected:
                 self._panics.inc()
+                level = logging.ERROR
             self._log.log(
-                logging.WARNING if expected else logging.ERROR,
+                level,
                 "reconcile failed; retrying with backoff"
                 if expected
                 else "reconcile failed unexpectedly; retrying with backoff",
@@ -191,30 +230,98 @@ class Controller:
         finally:
             self._reconcile_time.observe(loop.time() - started)
 
-        self._terminal.pop(key, None)
+        failed = self._failing.pop(key, None)
+        if failed is not None:
+            self._log.info(
+                "reconcile succeeded after failing",
+                extra={
+                    "controller": self.name,
+                    "key": key,
+                    "previous_error": failed,
+                    "retries": self._queue.num_requeues(key),
+                },
+            )
+        if self._first_pass is not None:
+            self._first_pass.attempted(key, ok=True)
         # As controller-runtime: a positive requeue_after wins over requeue.
         if result.requeue_after is not None and result.requeue_after > 0:
             self._queue.forget(key)
             self._queue.add_after(key, result.requeue_after)
             self._reconcile_total[RESULT_REQUEUE_AFTER].inc()
+            self._set_state(key, None if result.gone else STATE_READY)
         elif result.requeue:
             self._queue.add_rate_limited(key)
             self._reconcile_total[RESULT_REQUEUE].inc()
+            self._set_state(key, None if result.gone else STATE_PENDING)
         else:
             self._queue.forget(key)
             self._reconcile_total[RESULT_SUCCESS].inc()
+            self._set_state(key, None if result.gone else STATE_READY)
 
-    def _remember_terminal(self, key: str, message: str) -> None:
-        self._terminal.pop(key, None)
-        self._terminal[key] = message
-        if len(self._terminal) > _MAX_REMEMBERED_TERMINAL:
-            del self._terminal[next(iter(self._terminal))]
+    def _failure_level(self, key: str, exc: Exception, first: int) -> int:
+        """``first`` for a key's first failure of this cause, debug for the same one again."""
+        cause = str(exc) or type(exc).__name__
+        level = logging.DEBUG if self._failing.get(key) == cause else first
+        self._failing.pop(key, None)
+        self._failing[key] = cause
+        if len(self._failing) > _MAX_REMEMBERED_FAILURES:
+            del self._failing[next(iter(self._failing))]
+        return level
 
-    def _count_error(self, *, terminal: bool) -> None:
+    def _count_error(self, key: str, *, terminal: bool) -> None:
         if terminal:
             self._terminal_errors.inc()
         self._reconcile_errors.inc()
         self._reconcile_total[RESULT_ERROR].inc()
+        self._set_state(key, STATE_NOT_READY)
+        if self._first_pass is not None:
+            self._first_pass.attempted(key, ok=False)
+
+    def _set_state(self, key: str, state: str | None) -> None:
+        """Record the state of ``key`` (``None``: its object is gone, forget it)."""
+        previous = self._states.pop(key, None) if state is None else self._states.get(key)
+        if previous is not None:
+            self._state_counts[previous] -= 1
+        if state is not None:
+            self._states[key] = state
+            self._state_counts[state] += 1
+
+    def _count_state(self, state: str) -> float:
+        """How many keys are in ``state``: pending ones include those queued and never seen."""
+        count = self._state_counts[state]
+        if state == STATE_PENDING:
+            count += len(self._queue.keys().difference(tuple(self._states)))
+        return float(count)
+
+    async def _report_first_pass(self, initial: InitialKeys, first: _FirstPass) -> None:
+        """Once the source's first list is in, log progress through it every few seconds
+        while it lasts, then that it was worked through."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first.listed(await initial.initial_keys())
+        while first.remaining:
+            try:
+                async with asyncio.timeout(self._progress_interval):
+                    await first.finished.wait()
+            except TimeoutError:
+                self._log.info(
+                    "reconciling the existing resources",
+                    extra={
+                        "controller": self.name,
+                        "done": first.total - len(first.remaining),
+                        "total": first.total,
+                        "seconds": round(loop.time() - started, 2),
+                    },
+                )
+        self._log.info(
+            "reconciled the existing resources",
+            extra={
+                "controller": self.name,
+                "resources": first.total,
+                "failed": first.failed,
+                "seconds": round(loop.time() - started, 2),
+            },
+        )
 
     def _retry_fields(self, key: str, exc: Exception) -> dict[str, object]:
         return {
@@ -223,3 +330,42 @@ class Controller:
             "error": str(exc) or type(exc).__name__,
             "retries": self._queue.num_requeues(key),
         }
+
+
+class _FirstPass:
+    """How far the workers are through the keys of the source's first list.
+
+    Keys reconciled before the list is complete count too: a source enqueues them as it lists.
+    A key counts once its first reconcile ends, whatever the outcome.
+    """
+
+    def __init__(self) -> None:
+        self.before: dict[str, bool] | None = {}  # until the list is in: key -> last outcome ok
+        self.remaining: set[str] = set()
+        self.total = 0
+        self.failed = 0
+        self.finished = asyncio.Event()
+
+    def listed(self, keys: Iterable[str]) -> None:
+        """The list is in: what is left of it."""
+        before, self.before = self.before or {}, None
+        self.remaining = set(keys)
+        self.total = len(self.remaining)
+        for key, ok in before.items():
+            self._done(key, ok)
+        if not self.remaining:
+            self.finished.set()
+
+    def attempted(self, key: str, *, ok: bool) -> None:
+        """A reconcile of ``key`` ended."""
+        if self.before is not None:
+            self.before[key] = ok
+        elif self.remaining:
+            self._done(key, ok)
+            if not self.remaining:
+                self.finished.set()
+
+    def _done(self, key: str, ok: bool) -> None:
+        if key in self.remaining:
+            self.remaining.discard(key)
+            self.failed += not ok

@@ -7,9 +7,10 @@ registry: a process (or a test) builds one :class:`Metrics` per registry and han
 whatever counts.
 
 Label values are pre-set to 0 wherever the set of values is known, so a rate or an absence
-alert has a series to work with before the first event. Labels never carry a secret, a
-credential spec or a path with user data: only controller, queue, source, API and lease names
-and the fixed value sets below.
+alert has a series to work with before the first event; values only one mode uses are declared
+by that mode, so the other does not export them as zeros. Labels never carry a secret, a
+credential spec or a path with user data: only controller, queue, source, API, lease and node
+names and the fixed value sets below.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ BUNDLE_UNCHANGED = "unchanged"
 BUNDLE_REMOVED = "removed"
 BUNDLE_RESULTS = (BUNDLE_WRITTEN, BUNDLE_UNCHANGED, BUNDLE_REMOVED)
 
-# winspec_dependency_fetch_seconds{kind}: what a resolver fetched to build one request.
+# winspec_dependency_fetch_seconds{kind}: what a resolver fetched to build one request. Each
+# mode declares the kinds its resolver observes (Metrics.declare_dependency_kinds), so no mode
+# exports another's kinds as zeros.
 DEPENDENCY_KINDS = (
     "container",  # the container's inspect
     "image",  # the image's inspect (not observed when cached)
@@ -42,9 +45,14 @@ DEPENDENCY_KINDS = (
     "credential_spec",  # config://, file:// and registry:// credential specs
     "layers",  # reading the layer chain (windowsfilter's layerchain.json)
     "endpoints",  # the inspect of the container whose network is shared (container:<name>)
-    "resource",  # a custom resource (cluster mode)
     "node",  # a Node object's facts (cluster mode; cached briefly)
 )
+
+# winspec_resources{controller, state}: the keys a controller knows of, by their last outcome.
+STATE_READY = "ready"  # the last reconcile succeeded: the bundle is in place and current
+STATE_NOT_READY = "not_ready"  # the last reconcile failed (retried with backoff, or refused)
+STATE_PENDING = "pending"  # queued and not reconciled yet (new, changed before its first pass)
+RESOURCE_STATES = (STATE_READY, STATE_NOT_READY, STATE_PENDING)
 
 # winspec_watch_restarts_total{reason}: why a source had to list and watch again.
 WATCH_RESTART_REASONS = (
@@ -135,8 +143,17 @@ class Metrics:
             ["controller"],
             registry=r,
         )
+        self.resources = Gauge(
+            "winspec_resources",
+            "Objects (containers in Docker mode, WindowsContainers in cluster mode) a controller "
+            "knows of, by the outcome of their last reconcile: ready, not_ready, pending",
+            ["controller", "state"],
+            registry=r,
+        )
         for result in RECONCILE_RESULTS:
             self.reconcile_total.labels(controller=controller, result=result)
+        for state in RESOURCE_STATES:
+            self.resources.labels(controller=controller, state=state)
         self.reconcile_errors.labels(controller=controller)
         self.terminal_reconcile_errors.labels(controller=controller)
         self.reconcile_panics.labels(controller=controller)
@@ -242,10 +259,16 @@ class Metrics:
             ["api"],
             registry=r,
         )
+        # Cluster mode's --delivery agent only: a family without series elsewhere.
+        self.delivery_failures = Counter(
+            "winspec_delivery_failures",
+            "Bundle deliveries to a node's agent that failed (unreachable, too slow, refused), "
+            "by node",
+            ["node"],
+            registry=r,
+        )
         for result in BUNDLE_RESULTS:
             self.bundles_written.labels(result=result)
-        for kind in DEPENDENCY_KINDS:
-            self.dependency_fetch_seconds.labels(kind=kind)
 
     def queue_metrics(self, name: str) -> QueueMetrics:
         """The ``workqueue_*`` series of the queue called ``name`` (created at 0 on first use)."""
@@ -271,6 +294,15 @@ class Metrics:
         for reason in WATCH_RESTART_REASONS:
             self.watch_restarts.labels(source=source, reason=reason)
         self.last_sync_timestamp.labels(source=source)
+
+    def declare_dependency_kinds(self, kinds: Iterable[str]) -> None:
+        """Pre-set the fetch histogram of each dependency kind a mode's resolver observes."""
+        for kind in kinds:
+            self.dependency_fetch_seconds.labels(kind=kind)
+
+    def declare_node(self, node: str) -> None:
+        """Pre-set the delivery failure counter of a node bundles are delivered to."""
+        self.delivery_failures.labels(node=node)
 
     def declare_api(self, api: str) -> None:
         """Pre-set the retry counter of a remote API an adapter calls."""

@@ -6,6 +6,7 @@ a request, write or remove a bundle, and nothing more.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Literal, Protocol
 
 from controller.bundle import BundleContent
@@ -37,6 +38,14 @@ class BundleWriter(Protocol):
 
     async def list_ids(self) -> list[str]:
         """The ids of every bundle present."""
+        ...
+
+
+class InitialKeys(Protocol):
+    """What a key source's first complete list held: the loop reports its first pass by it."""
+
+    async def initial_keys(self) -> Collection[str]:
+        """The keys of the objects the source's first complete list found, once it has them."""
         ...
 
 

@@ -69,7 +69,9 @@ class BundleReconciler:
                     permanent=isinstance(exc, PermanentError),
                 )
             raise
-        if message is not None and self._status is not None:
+        if message is None:
+            return Result(gone=True)
+        if self._status is not None:
             await self._status.report(key, ok=True, message=message, digest=progress.digest)
         return Result()
 

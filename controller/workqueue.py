@@ -207,6 +207,11 @@ class WorkQueue:
         if not self._processing:
             self._idle.set()
 
+    def keys(self) -> set[str]:
+        """Every key waiting, delayed or being processed (a snapshot; safe from a scrape)."""
+        # Each copy is one step under the GIL (builtin containers of str, copied in C).
+        return set(self._dirty) | set(self._ready_at) | set(self._processing)
+
     def len(self) -> int:
         """How many keys are ready to be handed out (not those processing or delayed)."""
         return len(self._queue)

@@ -29,6 +29,7 @@ from adapters.agent.settings import (
     load_agent_settings,
 )
 from adapters.agent.store import AgentStore
+from adapters.http import register_process_metrics
 from adapters.logs import configure_logging
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
@@ -265,6 +266,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     )
     registry = CollectorRegistry()
     metrics = AgentMetrics.create(registry)
+    register_process_metrics(registry)
     store = AgentStore(Path(settings.bundle_root))
     reviewer = KubeTokenReviewer(
         await load_api_client(settings.kubeconfig), timeout=settings.api_timeout

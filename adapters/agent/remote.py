@@ -218,11 +218,15 @@ class RemoteBundleWriter:
         policy: DeliveryPolicy | None = None,
         server_name: str | None = None,
         on_retry: Callable[[str], None] | None = None,
+        on_delivery: Callable[[str, bool], None] | None = None,
     ) -> None:
         """``on_retry`` is called with the API name (``agent_put``, ``agent_delete``,
-        ``agent_list``) each time a call to an agent is retried."""
+        ``agent_list``) each time a call to an agent is retried; ``on_delivery`` with the
+        node and whether it succeeded each time a call to a node's agent (retries included)
+        ends, other than by cancellation."""
         self._locator = locator
         self._on_retry = on_retry
+        self._on_delivery = on_delivery
         self._server_name = server_name
         self._cache = cache
         self._token = token
@@ -257,6 +261,20 @@ class RemoteBundleWriter:
         return delivered[0] if delivered else None
 
     async def _on_node(
+        self, node: str, what: str, call: Callable[[AgentClient], Awaitable[_T]]
+    ) -> _T:
+        """:meth:`_call_node`, its success or failure reported (not a cancellation)."""
+        try:
+            answer = await self._call_node(node, what, call)
+        except Exception:
+            if self._on_delivery is not None:
+                self._on_delivery(node, False)
+            raise
+        if self._on_delivery is not None:
+            self._on_delivery(node, True)
+        return answer
+
+    async def _call_node(
         self, node: str, what: str, call: Callable[[AgentClient], Awaitable[_T]]
     ) -> _T:
         """Run one agent call for ``node`` under its semaphore and deadline."""

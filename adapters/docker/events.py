@@ -165,6 +165,8 @@ class DockerEventSource:
         self._since: str | None = None
         self._stopping = asyncio.Event()
         self._listed_at: float | None = None  # loop time the current stream was listed
+        self._first_list: frozenset[str] | None = None
+        self._first_listed = asyncio.Event()
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (promptly, whatever it is waiting for)."""
@@ -185,9 +187,19 @@ class DockerEventSource:
         for bid in await self._bundle_ids():
             if bid not in live:
                 self._enqueue(bid)
+        if self._first_list is None:
+            self._first_list = frozenset(live)
+            self._first_listed.set()
         if self._hooks.on_synced:
             self._hooks.on_synced()
         return len(live)
+
+    async def initial_keys(self) -> frozenset[str]:
+        """The containers of the first complete list (:class:`controller.ports.InitialKeys`),
+        once it has been taken."""
+        await self._first_listed.wait()
+        assert self._first_list is not None
+        return self._first_list
 
     async def run(self) -> None:
         """Watch until stopped: stream, relist on (re)connect, resync periodically.

@@ -100,6 +100,19 @@ def node_facts_from_info(info: Info, overrides: NodeOverrides) -> NodeFacts:
     )
 
 
+#: The ``kind`` label values of ``winspec_dependency_fetch_seconds`` in Docker mode.
+DEPENDENCY_KINDS = (
+    "container",
+    "image",
+    "task",
+    "secret",
+    "config",
+    "credential_spec",
+    "layers",
+    "endpoints",
+)
+
+
 class DockerRequestResolver:
     """Implements :class:`controller.ports.RequestResolver` against a Docker engine.
 
@@ -108,8 +121,8 @@ class DockerRequestResolver:
     its swarm-task containers are then refused with a permanent error saying so, instead of
     asking an engine that can only answer 503.
 
-    Every dependency fetch is timed through ``observe(kind, seconds)``; the kinds are those of
-    :data:`controller.metrics.DEPENDENCY_KINDS`: ``container``, ``image``, ``task``, ``secret``,
+    Every dependency fetch is timed through ``observe(kind, seconds)``; the kinds are
+    :data:`DEPENDENCY_KINDS`: ``container``, ``image``, ``task``, ``secret``,
     ``config`` (mounted configs), ``credential_spec`` (``config://``, ``file://`` and
     ``registry://``), ``layers`` (``layerchain.json``) and ``endpoints`` (the inspect of the
     container whose network is shared).

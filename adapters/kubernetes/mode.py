@@ -44,11 +44,17 @@ from adapters.compose import (
     StartupError,
     finish,
 )
-from adapters.http import bound_port, build_app, start_http_server, stop_http_server
+from adapters.http import (
+    bound_port,
+    build_app,
+    register_process_metrics,
+    start_http_server,
+    stop_http_server,
+)
 from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
 from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
-from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
+from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
 from adapters.kubernetes.source import (
     EVENT_TYPES,
     READY_CONDITION,
@@ -113,6 +119,7 @@ class ClusterMode:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, controller=CONTROLLER_NAME)
+        register_process_metrics(self.registry)
         conditions = [READY_CONDITION, INITIAL_LIST_CONDITION]
         # With --node-name each node's instance owns its own resources: no election.
         self._elect = settings.leader_elect and settings.node_name is None
@@ -139,6 +146,7 @@ class ClusterMode:
         for api in KUBERNETES_APIS:
             m.declare_api(api)
         m.declare_source(SOURCE, event_types=EVENT_TYPES)
+        m.declare_dependency_kinds(DEPENDENCY_KINDS)
         host, port = split_listen(s.listen)
         try:
             runner = await start_http_server(
@@ -303,11 +311,7 @@ class ClusterMode:
         )
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
-        remote = (
-            _remote_writer(s, client, source, lambda api: m.api_retries.labels(api=api).inc())
-            if s.delivery == "agent"
-            else None
-        )
+        remote = _remote_writer(s, client, source, m) if s.delivery == "agent" else None
         writer = FinalizingWriter(
             remote or bundles,
             client,
@@ -355,6 +359,7 @@ class ClusterMode:
             ),
             workers=s.workers,
             metrics=m,
+            initial=source,
         )
 
         controller_task = asyncio.create_task(controller.run(), name="controller")
@@ -397,12 +402,16 @@ class ClusterMode:
 
 
 def _remote_writer(
-    s: Settings,
-    client: KubeClient,
-    source: ClusterSource,
-    on_retry: Callable[[str], None],
+    s: Settings, client: KubeClient, source: ClusterSource, m: Metrics
 ) -> RemoteBundleWriter:
-    """The writer of ``--delivery agent``: each bundle to the agent pod on its node."""
+    """The writer of ``--delivery agent``: each bundle to the agent pod on its node, its
+    retries and per-node failures counted."""
+
+    def delivered(node: str, ok: bool) -> None:
+        m.declare_node(node)
+        if not ok:
+            m.delivery_failures.labels(node=node).inc()
+
     locator = AgentLocator(
         client,
         AgentEndpoint(namespace=s.agent_namespace, selector=s.agent_selector, port=s.agent_port),
@@ -414,7 +423,8 @@ def _remote_writer(
         ssl_context=agent_ssl_context(Path(s.agent_ca_file) if s.agent_ca_file else None),
         policy=DeliveryPolicy(per_node=s.agent_concurrency, node_timeout=s.agent_timeout),
         server_name=s.agent_server_name,
-        on_retry=on_retry,
+        on_retry=lambda api: m.api_retries.labels(api=api).inc(),
+        on_delivery=delivered,
     )
 
 

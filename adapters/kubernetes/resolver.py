@@ -174,6 +174,11 @@ def node_facts(node: _Node, defaults: NodeDefaults) -> NodeFacts:
     )
 
 
+#: The ``kind`` label values of ``winspec_dependency_fetch_seconds`` in cluster mode (the
+#: resources themselves come from the source's cache: no fetch to time).
+DEPENDENCY_KINDS = ("secret", "config", "credential_spec", "node")
+
+
 class KubernetesResolver:
     """A :class:`~controller.ports.RequestResolver` over the source's cache and the API."""
 

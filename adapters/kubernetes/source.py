@@ -396,6 +396,8 @@ class ClusterSource:
         self.released: dict[str, ObjectMeta] = {}
         self.index = ReferenceIndex()
         self._ready: dict[str, bool] = {}
+        self._first_list: frozenset[str] | None = None
+        self._first_listed = asyncio.Event()
         scopes: list[str | None] = list(namespaces) or [None]
         self.reflectors: list[Reflector] = []
         for ns in scopes:
@@ -505,8 +507,11 @@ class ClusterSource:
             )
             waiting: set[asyncio.Future[Any]] = {*tasks, synced}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if synced in done and self._hooks.on_synced:
-                self._hooks.on_synced()
+            if synced in done:
+                self._first_list = frozenset(self.cache)
+                self._first_listed.set()
+                if self._hooks.on_synced:
+                    self._hooks.on_synced()
             else:
                 synced.cancel()
             await _first_failure(tasks)
@@ -515,6 +520,13 @@ class ClusterSource:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def initial_keys(self) -> frozenset[str]:
+        """The WindowsContainers of the first complete lists
+        (:class:`controller.ports.InitialKeys`), once every reflector has listed."""
+        await self._first_listed.wait()
+        assert self._first_list is not None
+        return self._first_list
 
     # -- WindowsContainers -------------------------------------------------------------------
 

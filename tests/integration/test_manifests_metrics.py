@@ -83,12 +83,38 @@ def _scrape_agent(kube: KubeCluster, tmp_path: Path) -> str:
         agent.stop()
 
 
+#: What both processes export beside their own series: prometheus-client's default collectors
+#: and the build info (the dashboard's memory, CPU and version per pod).
+STANDARD_SERIES = {
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+    "python_gc_objects_collected_total",
+    "python_gc_collections_total",
+    "python_info",
+    "winspec_build_info",
+}
+
+
+def _sampled(exposition: str) -> set[str]:
+    """The series names that have a sample (not only a family declared)."""
+    return {s.name for f in text_string_to_metric_families(exposition) for s in f.samples}
+
+
 @pytest.mark.kube
 @pytest.mark.timeout(180)
 def test_alerts_and_dashboard_use_only_exported_metrics(kube: KubeCluster, tmp_path: Path) -> None:
     """Each metric name in the PrometheusRule and the dashboard is on a live winspec /metrics."""
-    exported = exported_names(_scrape_controller(kube, tmp_path))
-    exported |= exported_names(_scrape_agent(kube, tmp_path))
+    controller = _scrape_controller(kube, tmp_path)
+    agent = _scrape_agent(kube, tmp_path)
+    # Both processes: the standard series, each with a sample.
+    for exposition in (controller, agent):
+        assert _sampled(exposition) >= STANDARD_SERIES, STANDARD_SERIES - _sampled(exposition)
+    assert "winspec_resources" in _sampled(controller)
+    exported = exported_names(controller) | exported_names(agent)
     used = used_metric_names()
     assert len(used) > 10
     missing = {

@@ -9,15 +9,19 @@ own bundle root.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.agent.client import AgentClient, ClientPolicy
+from adapters.kubernetes.mode import ClusterMode
 from tests.agent import AgentProcess, TLSFiles, make_tls
 from tests.clustermode import api, condition, eventually, ready_object, running, wc_path
 from tests.clustermode import windows_container as _wc
@@ -183,10 +187,12 @@ def nodes(delivery: Delivery, tmp_path: Path) -> Iterator[list[Node]]:
 @pytest.fixture
 async def central(
     kube: KubeCluster, kube_namespace: str, delivery: Delivery, tmp_path: Path
-) -> AsyncIterator[None]:
+) -> AsyncIterator[ClusterMode]:
     """Cluster mode with --delivery agent for the test's namespace, until the test ends."""
-    async with delivery.central(tmp_path, [kube_namespace], agent_timeout=5.0, resync_interval=1.0):
-        yield
+    async with delivery.central(
+        tmp_path, [kube_namespace], agent_timeout=5.0, resync_interval=1.0
+    ) as mode:
+        yield mode
 
 
 def _resource(name: str, node: str) -> dict[str, Any]:
@@ -229,9 +235,9 @@ async def test_bundle_reaches_the_agent_of_its_node(
 
 
 async def test_a_dead_agent_holds_back_only_its_node(
-    kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None
+    kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: ClusterMode
 ) -> None:
-    """One agent killed: the other node's resources become Ready, the dead node's name shows."""
+    """One agent killed: others' resources Ready; the dead node named, its failures counted."""
     ns = kube_namespace
     a, b = nodes
     b.agent.kill()
@@ -248,6 +254,16 @@ async def test_a_dead_agent_holds_back_only_its_node(
     ready = await eventually(_not_ready(kube, ns, "dead-0"), within=30)
     assert ready["reason"] == "TransientError"
     assert b.name in ready["message"]
+    url = f"http://127.0.0.1:{central.http_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    failures = {
+        s.labels["node"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "winspec_delivery_failures_total"
+    }
+    assert failures[b.name] >= 1
+    assert failures[a.name] == 0  # delivered to: its series exists, at zero
 
 
 async def test_agent_restarted_delivery_completes_untorn(

@@ -24,6 +24,7 @@ import pytest
 import adapters.docker.resolver as resolver_module
 from adapters.docker.client import DockerClient, NotSwarmManagerError
 from adapters.docker.resolver import (
+    DEPENDENCY_KINDS,
     DockerRequestResolver,
     NodeOverrides,
     node_facts_from_info,
@@ -33,7 +34,6 @@ from adapters.retry import RetryPolicy
 from controller.credspec import INVALID_VALUE
 from controller.errors import PermanentError, RequestDecodeError, SpecError, TransientError
 from controller.generate import generate
-from controller.metrics import DEPENDENCY_KINDS
 from controller.models import NodeFacts, Request
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, serving
 

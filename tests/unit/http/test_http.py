@@ -7,9 +7,16 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from adapters.http import bound_port, build_app, start_http_server, stop_http_server
+from adapters.http import (
+    bound_port,
+    build_app,
+    register_process_metrics,
+    start_http_server,
+    stop_http_server,
+)
+from adapters.version import version
 from controller.health import HealthState
 
 
@@ -98,3 +105,17 @@ async def test_stopped_server_releases_its_port() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(url)
+
+
+def test_process_metrics_go_on_the_registry_given_with_the_build_info() -> None:
+    """Process, platform and GC series and winspec_build_info go on the given registry only."""
+    before = set(REGISTRY._names_to_collectors)
+    registry = CollectorRegistry()
+    register_process_metrics(registry)
+    get = registry.get_sample_value
+    assert get("winspec_build_info", {"version": version()}) == 1
+    assert (get("process_resident_memory_bytes") or 0) > 0
+    assert get("process_cpu_seconds_total") is not None
+    assert get("python_gc_collections_total", {"generation": "0"}) is not None
+    assert set(REGISTRY._names_to_collectors) == before
+    register_process_metrics(CollectorRegistry())  # another registry: no clash

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 
 import pytest
@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from controller.errors import PermanentError, TransientError
 from controller.loop import Controller, Result
 from controller.metrics import Metrics
+from controller.ports import InitialKeys
 from controller.workqueue import ExponentialFailureRateLimiter, WorkQueue
 from tests.unit.loop.waiting import eventually
 
@@ -47,7 +48,14 @@ class ScriptedReconciler:
 class Harness:
     """A controller on a fresh registry, with a fast backoff."""
 
-    def __init__(self, behaviour: Behaviour, *, workers: int = 1) -> None:
+    def __init__(
+        self,
+        behaviour: Behaviour,
+        *,
+        workers: int = 1,
+        initial: InitialKeys | None = None,
+        progress_interval: float = 5.0,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, controller=NAME)
         self.queue = WorkQueue(
@@ -62,6 +70,8 @@ class Harness:
             reconciler=self.reconciler,
             workers=workers,
             metrics=self.metrics,
+            initial=initial,
+            progress_interval=progress_interval,
         )
 
     def sample(self, name: str, **labels: str) -> float | None:
@@ -260,7 +270,7 @@ async def test_remembered_permanent_errors_are_bounded(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the memory limit the oldest key is forgotten and its error logged at error again."""
-    monkeypatch.setattr("controller.loop._MAX_REMEMBERED_TERMINAL", 2)
+    monkeypatch.setattr("controller.loop._MAX_REMEMBERED_FAILURES", 2)
 
     async def behaviour(key: str, attempt: int) -> Result:
         raise PermanentError("bad input")
@@ -423,3 +433,163 @@ def test_workers_must_be_positive() -> None:
     h = Harness(_succeed)
     with pytest.raises(ValueError, match="workers"):
         Controller(NAME, queue=h.queue, reconciler=h.reconciler, workers=0, metrics=h.metrics)
+
+
+def _records(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == message]
+
+
+async def test_a_repeated_transient_error_is_logged_once_and_its_recovery_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Retries failing the same way log one warning (the rest at debug), the success one info."""
+
+    async def behaviour(key: str, attempt: int) -> Result:
+        if attempt < 5:
+            raise TransientError("ConfigMap ns/settings not found")
+        return Result()
+
+    h = Harness(behaviour)
+    h.queue.add("a")
+    with caplog.at_level(logging.DEBUG, logger="controller.loop"):
+        async with h.running():
+            await eventually(lambda: h.total("success") == 1)
+    failures = _records(caplog, "reconcile failed; retrying with backoff")
+    assert [r.levelno for r in failures] == [logging.WARNING] + [logging.DEBUG] * 4
+    assert h.sample("controller_runtime_reconcile_errors_total") == 5  # the rate is counted
+    recovered = _records(caplog, "reconcile succeeded after failing")
+    assert [r.levelno for r in recovered] == [logging.INFO]
+    assert recovered[0].__dict__["previous_error"] == "ConfigMap ns/settings not found"
+    assert recovered[0].__dict__["retries"] == 5
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r not in failures]
+
+
+async def test_a_new_cause_or_another_key_is_logged_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key failing for another reason, or another key failing the same way, warns again."""
+    causes = ["Secret ns/a not found", "Secret ns/a not found", "node n1 unreachable"]
+
+    async def behaviour(key: str, attempt: int) -> Result:
+        if attempt < len(causes):
+            raise TransientError(causes[attempt])
+        return Result()
+
+    h = Harness(behaviour)
+    with caplog.at_level(logging.DEBUG, logger="controller.loop"):
+        async with h.running():
+            h.queue.add("a")
+            h.queue.add("b")
+            await eventually(lambda: h.total("success") == 2)
+    warned = [
+        (r.__dict__["key"], r.__dict__["error"])
+        for r in _records(caplog, "reconcile failed; retrying with backoff")
+        if r.levelno == logging.WARNING
+    ]
+    assert sorted(warned) == sorted(
+        (key, cause) for key in "ab" for cause in ("Secret ns/a not found", "node n1 unreachable")
+    )
+    assert len(_records(caplog, "reconcile succeeded after failing")) == 2
+
+
+async def test_resources_gauge_follows_each_keys_last_outcome() -> None:
+    """winspec_resources counts keys by last outcome: queued ones pending, gone ones dropped."""
+    gone: set[str] = set()
+    release = asyncio.Event()
+
+    async def behaviour(key: str, attempt: int) -> Result:
+        await release.wait()
+        if key in gone:
+            return Result(gone=True)
+        if key == "bad":
+            raise PermanentError("refused")
+        if key == "flaky" and attempt == 0:
+            raise TransientError("connection lost")
+        return Result()
+
+    h = Harness(behaviour, workers=2)
+
+    def states() -> dict[str, float | None]:
+        return {
+            state: h.sample("winspec_resources", state=state)
+            for state in ("ready", "not_ready", "pending")
+        }
+
+    assert states() == {"ready": 0, "not_ready": 0, "pending": 0}
+    for key in ("ok", "bad", "flaky", "gone"):
+        h.queue.add(key)
+    assert states() == {"ready": 0, "not_ready": 0, "pending": 4}
+    gone.add("gone")
+    async with h.running():
+        await asyncio.sleep(0.01)
+        assert states() == {"ready": 0, "not_ready": 0, "pending": 4}  # two being reconciled
+        release.set()
+        await eventually(lambda: h.total("success") == 3)
+        assert states() == {"ready": 2, "not_ready": 1, "pending": 0}
+        gone.add("ok")
+        h.queue.add("ok")
+        await eventually(lambda: h.total("success") == 4)
+        assert states() == {"ready": 1, "not_ready": 1, "pending": 0}
+
+
+class _FirstList:
+    """An InitialKeys whose first list arrives when the test says so."""
+
+    def __init__(self) -> None:
+        self.keys: asyncio.Future[Collection[str]] = asyncio.get_running_loop().create_future()
+
+    async def initial_keys(self) -> Collection[str]:
+        """The keys, once set."""
+        return await self.keys
+
+
+async def test_the_first_pass_reports_progress_then_that_it_is_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Progress through the first list is logged periodically, then one line once all are done."""
+    gate = asyncio.Event()
+
+    async def behaviour(key: str, attempt: int) -> Result:
+        if key.startswith("slow"):
+            await gate.wait()
+        if key == "fails":
+            raise PermanentError("refused")
+        return Result()
+
+    first = _FirstList()
+    h = Harness(behaviour, workers=2, initial=first, progress_interval=0.02)
+    with caplog.at_level(logging.INFO, logger="controller.loop"):
+        async with h.running():
+            for key in ("fast", "fails", "slow-1", "slow-2", "event-only"):
+                h.queue.add(key)
+            # Reconciles that end before the list is complete count: sources enqueue as they list.
+            await eventually(lambda: h.total("success") == 1 and h.total("error") == 1)
+            first.keys.set_result(["fast", "fails", "slow-1", "slow-2"])
+            await eventually(
+                lambda: len(_records(caplog, "reconciling the existing resources")) >= 2
+            )
+            assert not _records(caplog, "reconciled the existing resources")
+            gate.set()
+            await eventually(lambda: bool(_records(caplog, "reconciled the existing resources")))
+    progress = _records(caplog, "reconciling the existing resources")
+    assert {(r.__dict__["done"], r.__dict__["total"]) for r in progress} == {(2, 4)}
+    (done,) = _records(caplog, "reconciled the existing resources")
+    assert (done.__dict__["resources"], done.__dict__["failed"]) == (4, 1)
+    assert done.__dict__["seconds"] >= 0.04
+
+
+async def test_a_quick_first_pass_logs_only_that_it_is_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A first list worked through within the interval logs no progress, just the one line."""
+    first = _FirstList()
+    h = Harness(_succeed, initial=first, progress_interval=5.0)
+    with caplog.at_level(logging.INFO, logger="controller.loop"):
+        async with h.running():
+            first.keys.set_result(["a", "b"])
+            h.queue.add("a")
+            h.queue.add("b")
+            await eventually(lambda: bool(_records(caplog, "reconciled the existing resources")))
+    assert not _records(caplog, "reconciling the existing resources")
+    (done,) = _records(caplog, "reconciled the existing resources")
+    assert (done.__dict__["resources"], done.__dict__["failed"]) == (2, 0)

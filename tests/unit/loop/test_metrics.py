@@ -9,6 +9,7 @@ from controller.metrics import (
     BUNDLE_RESULTS,
     DEPENDENCY_KINDS,
     RECONCILE_RESULTS,
+    RESOURCE_STATES,
     WATCH_RESTART_REASONS,
     Metrics,
 )
@@ -42,8 +43,8 @@ def test_known_label_values_start_at_zero() -> None:
         assert get(name, {"name": "c"}) == 0, name
     for result in BUNDLE_RESULTS:
         assert get("winspec_bundles_written_total", {"result": result}) == 0
-    for kind in DEPENDENCY_KINDS:
-        assert get("winspec_dependency_fetch_seconds_count", {"kind": kind}) == 0
+    for state in RESOURCE_STATES:
+        assert get("winspec_resources", {"controller": "c", "state": state}) == 0
     assert get("winspec_bundle_write_seconds_count") == 0
 
 
@@ -54,6 +55,8 @@ def test_declared_sources_apis_and_leases_start_at_zero() -> None:
     metrics.declare_source("docker", event_types=("container", "secret"))
     metrics.declare_api("docker")
     metrics.declare_lease("winspec-leader")
+    metrics.declare_dependency_kinds(["secret", "node"])
+    metrics.declare_node("n1")
     get = registry.get_sample_value
     assert get("winspec_events_received_total", {"source": "docker", "type": "secret"}) == 0
     for reason in WATCH_RESTART_REASONS:
@@ -61,6 +64,22 @@ def test_declared_sources_apis_and_leases_start_at_zero() -> None:
     assert get("winspec_last_sync_timestamp_seconds", {"source": "docker"}) == 0
     assert get("winspec_api_retries_total", {"api": "docker"}) == 0
     assert get("leader_election_master_status", {"name": "winspec-leader"}) == 0
+    assert get("winspec_dependency_fetch_seconds_count", {"kind": "node"}) == 0
+    assert get("winspec_delivery_failures_total", {"node": "n1"}) == 0
+
+
+def test_label_values_of_one_mode_are_only_exported_once_declared() -> None:
+    """Dependency kinds and nodes have no series (not even zeros) until a mode declares them."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, controller="c")
+    get = registry.get_sample_value
+    for kind in DEPENDENCY_KINDS:
+        assert get("winspec_dependency_fetch_seconds_count", {"kind": kind}) is None, kind
+    metrics.declare_dependency_kinds(["container"])
+    assert get("winspec_dependency_fetch_seconds_count", {"kind": "container"}) == 0
+    assert get("winspec_dependency_fetch_seconds_count", {"kind": "node"}) is None
+    families = {f.name: f for f in registry.collect()}
+    assert families["winspec_delivery_failures"].samples == []
 
 
 def test_nothing_is_registered_on_the_global_registry() -> None:

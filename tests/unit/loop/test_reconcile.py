@@ -70,11 +70,11 @@ async def test_a_changed_request_rewrites_the_bundle() -> None:
 
 
 async def test_a_gone_object_has_its_bundle_removed() -> None:
-    """When the resolver returns None the bundle is removed and counted, without a status."""
+    """A gone object (resolver: None) has its bundle removed and counted, no status, Result gone."""
     s = Setup()
     await s.reconciler.reconcile(KEY)
     del s.resolver.requests[KEY]
-    assert await s.reconciler.reconcile(KEY) == Result()
+    assert await s.reconciler.reconcile(KEY) == Result(gone=True)
     assert KEY not in s.writer.bundles
     assert s.bundles("removed") == 1
     assert len(s.status.reports) == 1
