@@ -325,6 +325,10 @@ class ClusterMode:
                 seconds
             ),
             node_name=s.node_name,
+            namespaces=source.namespace_labels,
+            pod_security_default=s.pod_security_default,
+            grace_period=s.dependency_grace_period,
+            enqueue_after=queue.add_after,
         )
         status: StatusReporter = StatusWriter(
             client,

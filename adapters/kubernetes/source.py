@@ -10,7 +10,9 @@ retried with exponential backoff; 410 Gone (the resourceVersion compacted away, 
 status or a watch ERROR event) means list again. Every restart is counted by reason.
 
 :class:`ClusterSource` runs one reflector for WindowsContainers (per namespace watched, or one
-for all) and one each for Secrets, ConfigMaps and GMSACredentialSpecs. It keeps the decoded
+for all) and one each for Secrets, ConfigMaps, GMSACredentialSpecs and Namespaces (whose Pod
+Security label decides what a resource in it may ask for; a change of it re-queues the
+namespace's resources). It keeps the decoded
 WindowsContainers in a cache the resolver reads (no GET per reconcile), keeps the
 :class:`~controller.cluster.ReferenceIndex` up to date, and puts only keys
 (``<namespace>/<name>``) on the queue: every added, changed or deleted WindowsContainer, and
@@ -59,6 +61,7 @@ from controller.cluster import (
     references,
 )
 from controller.errors import NotFoundError, RequestDecodeError, WinspecError
+from controller.podsecurity import ENFORCE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,17 @@ class _Status(msgspec.Struct):
     message: str = ""
 
 
+class _NamespaceMeta(msgspec.Struct):
+    name: str = ""
+    labels: dict[str, str] | None = None
+
+
+class _Namespace(msgspec.Struct):
+    metadata: _NamespaceMeta = msgspec.field(default_factory=_NamespaceMeta)
+
+
 _list_decoder = msgspec.json.Decoder(_List)
+_namespace_decoder = msgspec.json.Decoder(_Namespace)
 _event_decoder = msgspec.json.Decoder(_Event)
 _object_decoder = msgspec.json.Decoder(_Object)
 _status_decoder = msgspec.json.Decoder(_Status)
@@ -395,6 +408,9 @@ class ClusterSource:
         #: a deleted one's, and the finalizer taken off so a later deletion is not blocked.
         self.released: dict[str, ObjectMeta] = {}
         self.index = ReferenceIndex()
+        #: Each namespace's Pod Security label (only that label; empty without it), once listed.
+        self._namespace_labels: dict[str, dict[str, str]] = {}
+        self._namespaces_listed = False
         self._ready: dict[str, bool] = {}
         scopes: list[str | None] = list(namespaces) or [None]
         self.reflectors: list[Reflector] = []
@@ -440,6 +456,16 @@ class ClusterSource:
             "nodes",
             self._on_dependencies_listed(NODE),
             self._on_node_event,
+            None,
+        )
+        # Namespaces, for their Pod Security label: cluster-scoped, so watched whole (also under
+        # --namespace); a change of the label re-queues the namespace's resources.
+        self._add(
+            client,
+            collection_path(group="", version="v1", plural="namespaces"),
+            "namespaces",
+            self._on_namespaces_listed,
+            self._on_namespace_event,
             None,
         )
         self._add(
@@ -598,6 +624,48 @@ class ClusterSource:
         self.index.remove(key)
         self._enqueue(key)
 
+    # -- Namespaces ---------------------------------------------------------------------------
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The Pod Security label of ``namespace`` (empty without one); None until namespaces
+        are listed, or while this one has not been seen."""
+        if not self._namespaces_listed:
+            return None
+        return self._namespace_labels.get(namespace)
+
+    def _on_namespaces_listed(self, items: list[msgspec.Raw]) -> None:
+        seen: dict[str, dict[str, str]] = {}
+        for raw in items:
+            name, labels = _namespace(raw)
+            if name:
+                seen[name] = labels
+        changed = {
+            name
+            for name in seen.keys() | self._namespace_labels.keys()
+            if seen.get(name) != self._namespace_labels.get(name)
+        }
+        self._namespace_labels = seen
+        self._namespaces_listed = True
+        self._enqueue_namespaces(changed)
+
+    def _on_namespace_event(self, event_type: str, raw: msgspec.Raw) -> None:
+        name, labels = _namespace(raw)
+        if not name:
+            return
+        before = self._namespace_labels.get(name)
+        if event_type == "DELETED":
+            self._namespace_labels.pop(name, None)
+        else:
+            self._namespace_labels[name] = labels
+        if self._namespace_labels.get(name) != before:
+            self._enqueue_namespaces({name})
+
+    def _enqueue_namespaces(self, namespaces: set[str]) -> None:
+        """Re-queue every resource in ``namespaces``."""
+        if namespaces:
+            for key in [k for k in self.cache if k.partition("/")[0] in namespaces]:
+                self._enqueue(key)
+
     # -- Secrets, ConfigMaps, GMSACredentialSpecs ---------------------------------------------
 
     def _on_dependencies_listed(self, kind: str) -> Callable[[list[msgspec.Raw]], None]:
@@ -637,6 +705,16 @@ class ClusterSource:
                 self._enqueue(key)
 
         return changed
+
+
+def _namespace(raw: msgspec.Raw) -> tuple[str, dict[str, str]]:
+    """A namespace's name and Pod Security label (("", {}) when it does not decode)."""
+    try:
+        meta = _namespace_decoder.decode(raw).metadata
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "", {}
+    labels = meta.labels or {}
+    return meta.name, {k: v for k, v in labels.items() if k == ENFORCE_LABEL}
 
 
 def _matters(
