@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.clustermode import (
+    NODE,
     api,
     bundle,
     condition,
@@ -33,6 +34,7 @@ from tests.clustermode import (
     wc_path,
     windows_container,
 )
+from tests.integration.test_remote_delivery import Delivery, Node, delivery, nodes  # noqa: F401
 from tests.kube import KubeCluster
 
 pytestmark = pytest.mark.kube
@@ -90,8 +92,7 @@ def events_of(kube: KubeCluster, ns: str, name: str) -> list[dict[str, Any]]:
 async def test_a_baseline_namespace_refuses_host_access(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """Labelled baseline: privileged, a bind of C:\\, the engine's pipe and a device are each a
-    permanent PodSecurityViolation naming the rule (no bundle, one Event); a plain one is Ready."""
+    """Baseline refuses privileged, a bind of C:\\, the engine pipe, a device; plain is Ready."""
     ns = kube_namespace
     await label(kube, ns, "baseline")
     async with running(kube.admin_kubeconfig, tmp_path):
@@ -116,8 +117,7 @@ async def test_a_baseline_namespace_refuses_host_access(
 async def test_the_namespace_label_applies_as_it_changes(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """No label (privileged, Kubernetes' default): a privileged container is written; labelled
-    restricted, its bundle is withdrawn at once; the label removed, it is written again."""
+    """Unlabelled: privileged allowed; labelled restricted: bundle withdrawn; label gone: back."""
     ns = kube_namespace
     async with running(kube.admin_kubeconfig, tmp_path):
         await api(kube, "POST", wc_path(ns), windows_container("admin", privileged=True))
@@ -139,8 +139,7 @@ async def test_the_namespace_label_applies_as_it_changes(
 async def test_the_default_level_applies_to_unlabelled_namespaces(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """With pod_security_default baseline a namespace without the label is baseline; its own
-    label (privileged) still wins."""
+    """pod_security_default applies to an unlabelled namespace; a namespace's own label wins."""
     ns = kube_namespace
     async with running(kube.admin_kubeconfig, tmp_path, pod_security_default="baseline"):
         await api(kube, "POST", wc_path(ns), windows_container("admin", privileged=True))
@@ -225,12 +224,15 @@ REVOKE: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-async def _revoked_withdrawn(kube: KubeCluster, ns: str, case: dict[str, Any], where: Path) -> None:
-    """Create the dependency and the resource, wait for its bundle; revoke the dependency and
-    check that the bundle stays whole for the grace period, then goes, never torn."""
+async def _revoked_withdrawn(
+    kube: KubeCluster, ns: str, case: dict[str, Any], where: Path, *, node: str = NODE
+) -> None:
+    """Create the dependency and the resource (on ``node``), wait for its bundle at ``where``;
+    revoke the dependency and check that the bundle stays whole for the grace period, then
+    goes, never torn."""
     plural, body = case["create"]
     await api(kube, "POST", f"/api/v1/namespaces/{ns}/{plural}", body)
-    await api(kube, "POST", wc_path(ns), windows_container("app", **case["spec"]))
+    await api(kube, "POST", wc_path(ns), windows_container("app", nodeName=node, **case["spec"]))
     await eventually(ready_object(kube, ns, "app"), within=30, what="Ready")
     assert (where / "config.json").is_file()
     with BundleSamples(where).running() as samples:
@@ -266,12 +268,24 @@ async def _revoked_withdrawn(kube: KubeCluster, ns: str, case: dict[str, Any], w
 async def test_a_revoked_payload_is_withdrawn_after_the_grace_period(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path, kind: str
 ) -> None:
-    """A referenced Secret or ConfigMap deleted, or its key removed: the bundle stays whole for
-    dependency_grace_period, then is removed at once (never torn); the status says so."""
+    """Secret/ConfigMap or key revoked: bundle whole for the grace period, then gone, never torn."""
     async with running(kube.admin_kubeconfig, tmp_path, dependency_grace_period=GRACE):
         await _revoked_withdrawn(
             kube, kube_namespace, REVOKE[kind], bundle(tmp_path, kube_namespace, "app")
         )
+
+
+async def test_a_revoked_payload_leaves_the_node_agent_too(
+    kube: KubeCluster, kube_namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """--delivery agent: a deleted Secret's bundle leaves the agent after the grace, never torn."""
+    d: Delivery = request.getfixturevalue("delivery")
+    agents: list[Node] = request.getfixturevalue("nodes")
+    ns = kube_namespace
+    where = agents[0].agent.root / ns / "app"
+    async with d.central(tmp_path, [ns], agent_timeout=5.0, dependency_grace_period=GRACE):
+        await _revoked_withdrawn(kube, ns, REVOKE["secret-deleted"], where, node=agents[0].name)
+    assert not (tmp_path / "bundles" / ns).exists()  # nothing written locally
 
 
 async def test_a_deleted_credential_spec_is_withdrawn(
@@ -300,8 +314,7 @@ async def test_a_deleted_credential_spec_is_withdrawn(
 async def test_a_rotation_within_the_grace_period_does_not_flap(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """A Secret deleted and created again within the grace period: the bundle is never absent
-    and ends with the new value."""
+    """A Secret deleted and recreated within the grace period: bundle never absent, new value."""
     ns = kube_namespace
     where = bundle(tmp_path, ns, "app")
     async with running(kube.admin_kubeconfig, tmp_path, dependency_grace_period=10.0):

@@ -157,8 +157,7 @@ def test_restricted_is_baseline_and_more(s: WindowsContainerSpec) -> None:
 def test_each_host_access_is_refused_from_baseline(
     fields: dict[str, Any], control: str, where: str
 ) -> None:
-    """Each field granting host access breaks its control at baseline and restricted, naming
-    the field; privileged allows it."""
+    """Each host-access field breaks its control from baseline on, named; privileged allows it."""
     s = spec(user="ContainerUser", **fields)
     assert violations(s, "privileged") == []
     for level in ("baseline", "restricted"):
@@ -177,8 +176,7 @@ def test_restricted_refuses_administrators(user: str) -> None:
 
 
 def test_restricted_allows_a_plain_windows_container() -> None:
-    """A Windows container as ContainerUser, with Secrets, configs and a gMSA, passes
-    restricted: those are RBAC's business, not the Pod Security level's."""
+    """ContainerUser with Secrets, configs and a gMSA passes restricted (RBAC governs those)."""
     s = spec(
         user="ContainerUser",
         capAdd=["NET_BIND_SERVICE"],
