@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -201,13 +201,13 @@ class KubernetesResolver:
         node_defaults: NodeDefaults | None = None,
         observe: Callable[[str, float], None] | None = None,
         node_name: str | None = None,
-        namespaces: Callable[[str], Mapping[str, str] | None],
+        namespaces: Callable[[str], Awaitable[Mapping[str, str] | None]],
         pod_security_default: Level = "privileged",
         grace_period: float = 30.0,
         enqueue_after: Callable[[str, float], None] | None = None,
     ) -> None:
         self._client = client
-        #: A namespace's labels (None while it has not been seen).
+        #: A namespace's labels (None when it has not been seen in time).
         self._namespaces = namespaces
         self._pod_security_default: Level = pod_security_default
         self._grace = grace_period
@@ -247,10 +247,10 @@ class KubernetesResolver:
                 f"{wc.spec.node_name}; the label must name spec.nodeName"
             )
         ns = wc.metadata.namespace
-        labels = self._namespaces(ns)
+        labels = await self._namespaces(ns)
         if labels is None:
             raise DependencyMissingError(
-                f"Namespace {ns} not seen yet (its Pod Security label is needed); retrying"
+                f"Namespace {ns} not seen (its Pod Security label is needed); retrying"
             )
         try:
             check_pod_security(

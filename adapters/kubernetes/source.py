@@ -71,6 +71,8 @@ EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 READY_CONDITION = "kubernetes-watch"
 #: How long after an RBAC change a denied credential spec is asked about once more.
 GRANT_SETTLE_SECONDS = 2.0
+#: How long a reconcile waits for its namespace's Pod Security label to be known.
+NAMESPACE_WAIT_SECONDS = 10.0
 #: The longest ``Retry-After`` a refused list or watch obeys (as for every other call).
 MAX_RETRY_AFTER = RetryPolicy().max_retry_after
 
@@ -411,6 +413,8 @@ class ClusterSource:
         #: Each namespace's Pod Security label (only that label; empty without it), once listed.
         self._namespace_labels: dict[str, dict[str, str]] = {}
         self._namespaces_listed = False
+        #: Set (and replaced) at every change of what is known of namespaces.
+        self._namespaces_changed = asyncio.Event()
         self._ready: dict[str, bool] = {}
         scopes: list[str | None] = list(namespaces) or [None]
         self.reflectors: list[Reflector] = []
@@ -626,12 +630,26 @@ class ClusterSource:
 
     # -- Namespaces ---------------------------------------------------------------------------
 
-    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
-        """The Pod Security label of ``namespace`` (empty without one); None until namespaces
-        are listed, or while this one has not been seen."""
-        if not self._namespaces_listed:
-            return None
-        return self._namespace_labels.get(namespace)
+    async def namespace_labels(
+        self, namespace: str, *, wait: float = NAMESPACE_WAIT_SECONDS
+    ) -> dict[str, str] | None:
+        """The Pod Security label of ``namespace`` (empty without one), waiting up to ``wait``
+        seconds for namespaces to be listed or this one to be seen; None if it is not by then
+        (a resource is not judged before its namespace's label is known)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not (self._namespaces_listed and namespace in self._namespace_labels):
+            changed = self._namespaces_changed
+            try:
+                await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                return None
+        return self._namespace_labels[namespace]
+
+    def _namespaces_seen(self) -> None:
+        """Wake whoever waits for a namespace."""
+        self._namespaces_changed.set()
+        self._namespaces_changed = asyncio.Event()
 
     def _on_namespaces_listed(self, items: list[msgspec.Raw]) -> None:
         seen: dict[str, dict[str, str]] = {}
@@ -644,9 +662,14 @@ class ClusterSource:
             for name in seen.keys() | self._namespace_labels.keys()
             if seen.get(name) != self._namespace_labels.get(name)
         }
+        first = not self._namespaces_listed
         self._namespace_labels = seen
         self._namespaces_listed = True
-        self._enqueue_namespaces(changed)
+        self._namespaces_seen()
+        if not first:
+            # A relist after a gap: a label may have changed unseen. (Before the first list
+            # no resource was judged: each waited for it.)
+            self._enqueue_namespaces(changed)
 
     def _on_namespace_event(self, event_type: str, raw: msgspec.Raw) -> None:
         name, labels = _namespace(raw)
@@ -657,6 +680,7 @@ class ClusterSource:
             self._namespace_labels.pop(name, None)
         else:
             self._namespace_labels[name] = labels
+        self._namespaces_seen()
         if self._namespace_labels.get(name) != before:
             self._enqueue_namespaces({name})
 
