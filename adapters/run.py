@@ -127,6 +127,19 @@ def add_run_parser(sub: Any) -> None:
         help="cluster mode: server-side timeout of each watch (default: 300)",
     )
     p.add_argument(
+        "--pod-security-default",
+        choices=["privileged", "baseline", "restricted"],
+        help="cluster mode: the Pod Security level of a namespace without a "
+        "pod-security.kubernetes.io/enforce label (default: privileged, as Kubernetes')",
+    )
+    p.add_argument(
+        "--dependency-grace-period",
+        type=float,
+        metavar="SECONDS",
+        help="cluster mode: how long a bundle keeps the payload of a Secret, ConfigMap or "
+        "GMSACredentialSpec that went missing before it is withdrawn (default: 30)",
+    )
+    p.add_argument(
         "--delivery",
         choices=["local", "agent"],
         help="cluster mode: write bundles under --bundle-root (local), or hand each to the "

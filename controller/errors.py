@@ -35,6 +35,11 @@ class TransientError(WinspecError):
     """A remote call failed in a way that may pass (connection lost, 5xx, 429)."""
 
 
+class WithdrawError(TransientError):
+    """Retried like any transient failure, but meanwhile the object has no valid bundle: one
+    written for an earlier state (a payload the cluster has since revoked) is removed."""
+
+
 class NotFoundError(WinspecError):
     """The object asked for does not exist (any more)."""
 

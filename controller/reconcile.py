@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from controller.bundle import build_bundle, check_bundle_id
 from controller.credspec import CredentialSpecReader
-from controller.errors import PermanentError, WinspecError, reason_of
+from controller.errors import PermanentError, WinspecError, WithdrawError, reason_of
 from controller.generate import generate
 from controller.loop import Result
 from controller.metrics import BUNDLE_REMOVED, BUNDLE_UNCHANGED, BUNDLE_WRITTEN, Metrics
@@ -56,7 +56,7 @@ class BundleReconciler:
         try:
             message = await self._reconcile(key, progress)
         except Exception as exc:
-            if isinstance(exc, PermanentError):
+            if isinstance(exc, PermanentError | WithdrawError):
                 await self._remove_stale(key)
             if self._status is not None:
                 await self._status.report(
@@ -111,8 +111,9 @@ class BundleReconciler:
         """Remove the bundle of an object whose current state the rules refuse.
 
         A bundle written for an earlier state (before a ``docker update`` or a spec change that
-        the rules refuse) no longer describes the object; a runtime must not start it from
-        that. A transient failure leaves the bundle alone: the state is not known then. A
+        the rules refuse, or with a payload since revoked: :class:`WithdrawError`) no longer
+        describes the object; a runtime must not start it from that. Any other transient
+        failure leaves the bundle alone: the state is not known then. A
         removal that fails is logged; the refusal is what the loop reports.
         """
         try:

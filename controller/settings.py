@@ -84,6 +84,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leader_election_id: str = "winspec"
     #: Seconds a Lease is valid without renewal (renew deadline 2/3 of it, retry 2/15).
     lease_duration: float = 15.0
+    #: The Pod Security level of a namespace without a pod-security.kubernetes.io/enforce
+    #: label (Kubernetes' own default is privileged, unless its admission configuration says
+    #: otherwise).
+    pod_security_default: Literal["privileged", "baseline", "restricted"] = "privileged"
+    #: Seconds a bundle keeps the payload of a Secret, ConfigMap or GMSACredentialSpec (or key)
+    #: that went missing before the bundle is withdrawn (0: at once).
+    dependency_grace_period: float = 30.0
     # Central delivery (--delivery agent): bundles go to the node agent on each resource's node.
     #: Where bundles go in cluster mode: "local" (--bundle-root) or "agent" (node agents).
     delivery: Literal["local", "agent"] = "local"
@@ -131,6 +138,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("leader_election_namespace is not a namespace name")
         if self.node_name is not None and not _NODE_NAME.match(self.node_name):
             raise ValueError(f"node_name {self.node_name!r} is not a node name")
+        if not (self.dependency_grace_period >= 0 and math.isfinite(self.dependency_grace_period)):
+            raise ValueError("dependency_grace_period must be a number of seconds, 0 or more")
         if self.watch_timeout < 1:
             raise ValueError("watch_timeout must be at least 1 second")
         if not 1 <= self.agent_port <= 65535:

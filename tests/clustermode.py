@@ -52,6 +52,33 @@ def secret(name: str, data: dict[str, bytes]) -> dict[str, Any]:
     }
 
 
+def gmsa_credential_spec(name: str) -> dict[str, Any]:
+    """A GMSACredentialSpec whose credspec is ``{"CmsPlugins": ["ActiveDirectory"]}``."""
+    return {
+        "apiVersion": "windows.k8s.io/v1",
+        "kind": "GMSACredentialSpec",
+        "metadata": {"name": name},
+        "credspec": {"CmsPlugins": ["ActiveDirectory"]},
+    }
+
+
+def grant_gmsa_use(kube: KubeCluster, ns: str, gmsa: str, *, name: str = "use-gmsa") -> None:
+    """Let ``ns``'s default ServiceAccount ``use`` GMSACredentialSpec ``gmsa`` (a Role and a
+    RoleBinding called ``name``)."""
+    group = "rbac.authorization.k8s.io"
+    rbac = f"/apis/{group}/v1/namespaces/{ns}"
+    kube.api("POST", f"{rbac}/roles", {
+        "apiVersion": f"{group}/v1", "kind": "Role", "metadata": {"name": name},
+        "rules": [{"apiGroups": ["windows.k8s.io"], "resources": ["gmsacredentialspecs"],
+                   "resourceNames": [gmsa], "verbs": ["use"]}],
+    })  # fmt: skip
+    kube.api("POST", f"{rbac}/rolebindings", {
+        "apiVersion": f"{group}/v1", "kind": "RoleBinding", "metadata": {"name": name},
+        "roleRef": {"apiGroup": group, "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+    })  # fmt: skip
+
+
 def ensure_node(kube: KubeCluster) -> str:
     """Create (once) the Windows Node object (build 17763, 4 CPUs) resources are scheduled to."""
     body = {

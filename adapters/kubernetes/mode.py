@@ -336,6 +336,10 @@ class ClusterMode:
             node_name=s.node_name,
             # Where each bundle will be on its node: the agent's root, or this instance's own.
             bundle_root=remote.bundle_root if remote is not None else self._local_root,
+            namespaces=source.namespace_labels,
+            pod_security_default=s.pod_security_default,
+            grace_period=s.dependency_grace_period,
+            enqueue_after=queue.add_after,
         )
         status: StatusReporter = StatusWriter(
             client,

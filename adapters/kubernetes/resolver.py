@@ -4,9 +4,16 @@ The resource itself comes from the source's cache (listed and watched, never fet
 reconcile). What it refers to is fetched when it is reconciled, so the bundle always carries
 the current data:
 
+- The namespace's Pod Security level (its ``pod-security.kubernetes.io/enforce`` label, from
+  the source's watch of namespaces), checked before anything is fetched: a spec the level
+  forbids is a permanent :class:`~controller.podsecurity.PodSecurityError`.
 - Secret and ConfigMap keys, by reference in the resource's namespace. A missing object or
   key is a :class:`DependencyMissingError` (transient: retried with backoff, and re-queued at
-  once by the source's watch when the object appears or changes).
+  once by the source's watch when the object appears or changes). One missing for longer than
+  the grace period (a GMSACredentialSpec too) is a :class:`DependencyWithdrawnError`: still
+  retried, but the bundle holding the revoked payload is removed meanwhile. The grace period
+  lets a delete-and-recreate rotation pass without the bundle flapping; its end is scheduled,
+  so a bundle is withdrawn within the period (plus one reconcile) of the first miss seen.
 - GMSACredentialSpecs (``windows.k8s.io/v1``, cluster-scoped, the JSON under ``credspec``), by
   name, and only after a SubjectAccessReview says the resource's service account may ``use``
   it: what the windows-gmsa admission webhook checks for a pod. Denied is a permanent
@@ -48,8 +55,15 @@ from controller.cluster import (
     credential_spec_names,
     to_request,
 )
-from controller.errors import NotFoundError, PermanentError, RequestDecodeError, TransientError
+from controller.errors import (
+    NotFoundError,
+    PermanentError,
+    RequestDecodeError,
+    TransientError,
+    WithdrawError,
+)
 from controller.models import NodeFacts, Request
+from controller.podsecurity import Level, check_pod_security, namespace_level
 
 #: Node annotations (or labels) winspec reads; documented in the README.
 LCOW_ANNOTATION = "winspec.io/lcow"
@@ -60,6 +74,13 @@ NODE_CACHE_SECONDS = 30.0
 
 class DependencyMissingError(TransientError):
     """A referenced Secret, ConfigMap, key, GMSACredentialSpec or Node does not exist (yet)."""
+
+    reason = "DependencyMissing"
+
+
+class DependencyWithdrawnError(WithdrawError):
+    """A referenced Secret, ConfigMap, key or GMSACredentialSpec has been missing for longer
+    than the grace period: the bundle with its old payload is withdrawn until it is back."""
 
     reason = "DependencyMissing"
 
@@ -191,11 +212,22 @@ class KubernetesResolver:
         observe: Callable[[str, float], None] | None = None,
         node_name: str | None = None,
         bundle_root: Callable[[str], Awaitable[str]],
+        namespaces: Callable[[str], Awaitable[Mapping[str, str] | None]],
+        pod_security_default: Level = "privileged",
+        grace_period: float = 30.0,
+        enqueue_after: Callable[[str, float], None] | None = None,
     ) -> None:
         """``bundle_root`` gives a node's bundle root, as that node names it (a Windows path on
         a Windows node): the directory its bundles ``<namespace>/<name>/`` are written below."""
         self._client = client
         self._bundle_root = bundle_root
+        #: A namespace's labels (None when it has not been seen in time).
+        self._namespaces = namespaces
+        self._pod_security_default: Level = pod_security_default
+        self._grace = grace_period
+        self._enqueue_after = enqueue_after
+        #: key -> when (monotonic) a dependency of it was first seen missing, this time.
+        self._missing_since: dict[str, float] = {}
         self._node_name = node_name
         self._cache = cache
         self._defaults = node_defaults or NodeDefaults()
@@ -209,6 +241,7 @@ class KubernetesResolver:
         entry = self._cache.get(key)
         if entry is None:
             self.resolved_generation.pop(key, None)  # gone: nothing to report any more
+            self._missing_since.pop(key, None)
             return None
         if isinstance(entry, InvalidObjectError):
             if entry.metadata.deletion_timestamp is not None:
@@ -227,6 +260,49 @@ class KubernetesResolver:
                 f"labelled {NODE_LABEL}={self._node_name} but spec.nodeName is "
                 f"{wc.spec.node_name}; the label must name spec.nodeName"
             )
+        ns = wc.metadata.namespace
+        labels = await self._namespaces(ns)
+        if labels is None:
+            raise DependencyMissingError(
+                f"Namespace {ns} not seen (its Pod Security label is needed); retrying"
+            )
+        try:
+            check_pod_security(
+                wc.spec, level=namespace_level(labels, self._pod_security_default), namespace=ns
+            )
+        except PermanentError:
+            self._missing_since.pop(key, None)  # a later miss has its grace period again
+            raise
+        try:
+            deps = await self._dependencies(wc)
+        except DependencyMissingError as exc:
+            raise self._missing(key, exc) from exc
+        self._missing_since.pop(key, None)
+        node = await self._node(wc.spec.node_name)
+        root = None if wc.spec.bundle_dir else await self._bundle_root(wc.spec.node_name)
+        return to_request(wc, node=node, deps=deps, bundle_root=root)
+
+    def _missing(self, key: str, exc: DependencyMissingError) -> TransientError:
+        """What a missing dependency means now: within the grace period, a retry (and the end
+        of the period scheduled); past it, the bundle's withdrawal."""
+        now = asyncio.get_running_loop().time()
+        since = self._missing_since.get(key)
+        if since is None:
+            since = self._missing_since[key] = now
+            if self._grace > 0 and self._enqueue_after is not None:
+                self._enqueue_after(key, self._grace)
+        if now - since >= self._grace:
+            return DependencyWithdrawnError(
+                f"{exc}: missing for {self._grace:g}s or more, so the bundle is withdrawn "
+                "until it is back"
+            )
+        return DependencyMissingError(
+            f"{exc}; retrying (the bundle is withdrawn if it is still missing after "
+            f"{self._grace:g}s)"
+        )
+
+    async def _dependencies(self, wc: WindowsContainer) -> Dependencies:
+        """The Secret and ConfigMap keys and the credential specs ``wc`` refers to."""
         deps = Dependencies()
         ns = wc.metadata.namespace
         secrets: dict[str, dict[str, str]] = {}
@@ -241,9 +317,7 @@ class KubernetesResolver:
             deps.configs[(cref.config_map_name, cref.key)] = _config_value(ns, cref, configs)
         for name in credential_spec_names(wc.spec):
             deps.credential_specs[name] = await self._credential_spec(wc, name)
-        node = await self._node(wc.spec.node_name)
-        root = None if wc.spec.bundle_dir else await self._bundle_root(wc.spec.node_name)
-        return to_request(wc, node=node, deps=deps, bundle_root=root)
+        return deps
 
     async def _get(self, path: str, *, kind: str, missing: str) -> bytes:
         loop = asyncio.get_running_loop()

@@ -10,7 +10,9 @@ retried with exponential backoff; 410 Gone (the resourceVersion compacted away, 
 status or a watch ERROR event) means list again. Every restart is counted by reason.
 
 :class:`ClusterSource` runs one reflector for WindowsContainers (per namespace watched, or one
-for all) and one each for Secrets, ConfigMaps and GMSACredentialSpecs. It keeps the decoded
+for all) and one each for Secrets, ConfigMaps, GMSACredentialSpecs and Namespaces (whose Pod
+Security label decides what a resource in it may ask for; a change of it re-queues the
+namespace's resources). It keeps the decoded
 WindowsContainers in a cache the resolver reads (no GET per reconcile), keeps the
 :class:`~controller.cluster.ReferenceIndex` up to date, and puts only keys
 (``<namespace>/<name>``) on the queue: every added, changed or deleted WindowsContainer, and
@@ -59,6 +61,7 @@ from controller.cluster import (
     references,
 )
 from controller.errors import NotFoundError, RequestDecodeError, WinspecError
+from controller.podsecurity import ENFORCE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 READY_CONDITION = "kubernetes-watch"
 #: How long after an RBAC change a denied credential spec is asked about once more.
 GRANT_SETTLE_SECONDS = 2.0
+#: How long a reconcile waits for its namespace's Pod Security label to be known.
+NAMESPACE_WAIT_SECONDS = 10.0
 #: The longest ``Retry-After`` a refused list or watch obeys (as for every other call).
 MAX_RETRY_AFTER = RetryPolicy().max_retry_after
 
@@ -129,7 +134,17 @@ class _Status(msgspec.Struct):
     message: str = ""
 
 
+class _NamespaceMeta(msgspec.Struct):
+    name: str = ""
+    labels: dict[str, str] | None = None
+
+
+class _Namespace(msgspec.Struct):
+    metadata: _NamespaceMeta = msgspec.field(default_factory=_NamespaceMeta)
+
+
 _list_decoder = msgspec.json.Decoder(_List)
+_namespace_decoder = msgspec.json.Decoder(_Namespace)
 _event_decoder = msgspec.json.Decoder(_Event)
 _object_decoder = msgspec.json.Decoder(_Object)
 _status_decoder = msgspec.json.Decoder(_Status)
@@ -395,6 +410,11 @@ class ClusterSource:
         #: a deleted one's, and the finalizer taken off so a later deletion is not blocked.
         self.released: dict[str, ObjectMeta] = {}
         self.index = ReferenceIndex()
+        #: Each namespace's Pod Security label (only that label; empty without it), once listed.
+        self._namespace_labels: dict[str, dict[str, str]] = {}
+        self._namespaces_listed = False
+        #: Set (and replaced) at every change of what is known of namespaces.
+        self._namespaces_changed = asyncio.Event()
         self._ready: dict[str, bool] = {}
         self._first_list: frozenset[str] | None = None
         self._first_listed = asyncio.Event()
@@ -442,6 +462,16 @@ class ClusterSource:
             "nodes",
             self._on_dependencies_listed(NODE),
             self._on_node_event,
+            None,
+        )
+        # Namespaces, for their Pod Security label: cluster-scoped, so watched whole (also under
+        # --namespace); a change of the label re-queues the namespace's resources.
+        self._add(
+            client,
+            collection_path(group="", version="v1", plural="namespaces"),
+            "namespaces",
+            self._on_namespaces_listed,
+            self._on_namespace_event,
             None,
         )
         self._add(
@@ -610,6 +640,68 @@ class ClusterSource:
         self.index.remove(key)
         self._enqueue(key)
 
+    # -- Namespaces ---------------------------------------------------------------------------
+
+    async def namespace_labels(
+        self, namespace: str, *, wait: float = NAMESPACE_WAIT_SECONDS
+    ) -> dict[str, str] | None:
+        """The Pod Security label of ``namespace`` (empty without one), waiting up to ``wait``
+        seconds for namespaces to be listed or this one to be seen; None if it is not by then
+        (a resource is not judged before its namespace's label is known)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not (self._namespaces_listed and namespace in self._namespace_labels):
+            changed = self._namespaces_changed
+            try:
+                await asyncio.wait_for(changed.wait(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                return None
+        return self._namespace_labels[namespace]
+
+    def _namespaces_seen(self) -> None:
+        """Wake whoever waits for a namespace."""
+        self._namespaces_changed.set()
+        self._namespaces_changed = asyncio.Event()
+
+    def _on_namespaces_listed(self, items: list[msgspec.Raw]) -> None:
+        seen: dict[str, dict[str, str]] = {}
+        for raw in items:
+            name, labels = _namespace(raw)
+            if name:
+                seen[name] = labels
+        changed = {
+            name
+            for name in seen.keys() | self._namespace_labels.keys()
+            if seen.get(name) != self._namespace_labels.get(name)
+        }
+        first = not self._namespaces_listed
+        self._namespace_labels = seen
+        self._namespaces_listed = True
+        self._namespaces_seen()
+        if not first:
+            # A relist after a gap: a label may have changed unseen. (Before the first list
+            # no resource was judged: each waited for it.)
+            self._enqueue_namespaces(changed)
+
+    def _on_namespace_event(self, event_type: str, raw: msgspec.Raw) -> None:
+        name, labels = _namespace(raw)
+        if not name:
+            return
+        before = self._namespace_labels.get(name)
+        if event_type == "DELETED":
+            self._namespace_labels.pop(name, None)
+        else:
+            self._namespace_labels[name] = labels
+        self._namespaces_seen()
+        if self._namespace_labels.get(name) != before:
+            self._enqueue_namespaces({name})
+
+    def _enqueue_namespaces(self, namespaces: set[str]) -> None:
+        """Re-queue every resource in ``namespaces``."""
+        if namespaces:
+            for key in [k for k in self.cache if k.partition("/")[0] in namespaces]:
+                self._enqueue(key)
+
     # -- Secrets, ConfigMaps, GMSACredentialSpecs ---------------------------------------------
 
     def _on_dependencies_listed(self, kind: str) -> Callable[[list[msgspec.Raw]], None]:
@@ -649,6 +741,16 @@ class ClusterSource:
                 self._enqueue(key)
 
         return changed
+
+
+def _namespace(raw: msgspec.Raw) -> tuple[str, dict[str, str]]:
+    """A namespace's name and Pod Security label (("", {}) when it does not decode)."""
+    try:
+        meta = _namespace_decoder.decode(raw).metadata
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "", {}
+    labels = meta.labels or {}
+    return meta.name, {k: v for k, v in labels.items() if k == ENFORCE_LABEL}
 
 
 def _matters(

@@ -4,6 +4,7 @@ server's SubjectAccessReviews allow exactly the listed requests and refuse the r
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from tests.clustermode import (
     bundle,
     condition,
     eventually,
+    gmsa_credential_spec,
+    grant_gmsa_use,
     ready_object,
     running,
     secret,
@@ -56,6 +59,7 @@ ALLOWED = [
     *[(v, "", r, "", "") for r in ("secrets", "configmaps") for v in ("list", "watch")],
     *[(v, "windows.k8s.io", "gmsacredentialspecs", "", "") for v in ("get", "list", "watch")],
     *[(v, "", "nodes", "", n) for v, n in (("get", "win-1"), ("list", ""), ("watch", ""))],
+    *[(v, "", "namespaces", "", "") for v in ("list", "watch")],
     ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
     ("create", "", "events", "apps", ""),
     *[(v, "rbac.authorization.k8s.io", r, "", "") for v in ("list", "watch")
@@ -86,6 +90,9 @@ REFUSED = [
     ("update", "windows.k8s.io", "gmsacredentialspecs", "", "webapp"),
     ("update", "", "nodes", "", "win-1"),
     ("patch", "", "nodes/status", "", "win-1"),
+    ("patch", "", "namespaces", "", "apps"),
+    ("update", "", "namespaces", "", "apps"),
+    ("delete", "", "namespaces", "", "apps"),
     ("patch", "", "events", "apps", "e"),
     ("delete", "", "events", "apps", "e"),
     ("list", "", "events", "apps", ""),
@@ -194,23 +201,10 @@ async def test_everything_works_as_the_service_account(
     """As its ServiceAccount: Lease, Secret, ConfigMap, gMSA, Event, finalizer all work."""
     ns = kube_namespace
     gmsa = f"rbac-{ns}"
-    await api(kube, "POST", "/apis/windows.k8s.io/v1/gmsacredentialspecs", {
-        "apiVersion": "windows.k8s.io/v1", "kind": "GMSACredentialSpec",
-        "metadata": {"name": gmsa}, "credspec": {"CmsPlugins": ["ActiveDirectory"]},
-    })  # fmt: skip
-    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
-    await api(kube, "POST", f"{rbac}/roles", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "gmsa"},
-        "rules": [{"apiGroups": ["windows.k8s.io"], "resources": ["gmsacredentialspecs"],
-                   "resourceNames": [gmsa], "verbs": ["use"]}],
-    })  # fmt: skip
-    await api(kube, "POST", f"{rbac}/rolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "gmsa"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gmsa"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
-    })  # fmt: skip
+    await api(
+        kube, "POST", "/apis/windows.k8s.io/v1/gmsacredentialspecs", gmsa_credential_spec(gmsa)
+    )
+    await asyncio.to_thread(grant_gmsa_use, kube, ns, gmsa, name="gmsa")
     await api(kube, "POST", f"/api/v1/namespaces/{ns}/secrets", secret("db", {"pw": b"x"}))
     await api(kube, "POST", f"/api/v1/namespaces/{ns}/configmaps", {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},

@@ -70,6 +70,8 @@ def test_an_unreachable_api_server_exits_1(
     [
         (["--namespace", "Not_A_Namespace"], "is not a namespace name"),
         (["--watch-timeout", "0"], "watch_timeout must be at least 1"),
+        (["--dependency-grace-period", "-1"], "dependency_grace_period must be a number"),
+        (["--dependency-grace-period", "inf"], "dependency_grace_period must be a number"),
     ],
 )
 def test_bad_cluster_settings_exit_2(
