@@ -1,6 +1,7 @@
 """examples/cluster applied as the README says, against a fresh real kube-apiserver that has no
 GMSACredentialSpec CRD (as a cluster without the windows-gmsa webhook), with the README's
-`winspec run --source kubernetes` reconciling it.
+`winspec run --source kubernetes` reconciling it (for the variants, with the flags of their
+deployment shape: node-local's --node-name, central's --delivery agent to a real agent).
 
 What differs from what a user runs, and why: the kubeconfig is the test cluster's, for the
 manifests' own ServiceAccount ``winspec-system/winspec`` (a user's ``~/.kube/config`` is theirs);
@@ -26,7 +27,9 @@ from typing import Any
 
 import pytest
 
+from tests.agent import AgentProcess
 from tests.clustermode import condition, ensure_node, wc_path
+from tests.integration.test_remote_delivery import AUDIENCE, _agent_pod, make_delivery
 from tests.kube import KubeCluster, wait_for
 from tests.processes import clean_env, free_port, http_status
 from tests.readme_commands import ROOT, RUN_EXAMPLE, RUN_WITH_KUBE, argv
@@ -56,14 +59,19 @@ def _kubectl(kube: KubeCluster, command: str) -> subprocess.CompletedProcess[str
     )
 
 
-@contextmanager
-def _cluster_mode(kube: KubeCluster, tmp_path: Path) -> Iterator[Path]:
-    """The README's base manifests applied, the stand-in Node created, and the README's
-    `winspec run --source kubernetes` running as the manifests' ServiceAccount until it is
-    ready; yields the bundle root. Stopped with SIGTERM afterwards, which must exit 0."""
+def _base_manifests(kube: KubeCluster) -> None:
+    """The README's first cluster-mode command (the CRD, namespace and RBAC), and the Node."""
     applied = _kubectl(kube, KUBECTL_APPLY)
     assert applied.returncode == 0, applied.stderr
     ensure_node(kube)
+
+
+@contextmanager
+def _cluster_mode(kube: KubeCluster, tmp_path: Path, *extra: str) -> Iterator[Path]:
+    """The README's base manifests applied, the stand-in Node created, and the README's
+    `winspec run --source kubernetes` (plus ``extra``) running as the manifests' ServiceAccount
+    until it is ready; yields the bundle root. Stopped with SIGTERM afterwards: exit 0."""
+    _base_manifests(kube)
     token = kube.service_account_token("winspec-system", "winspec")
     kubeconfig = kube.kubeconfig(token)
     bundles = tmp_path / "bundles"
@@ -74,7 +82,7 @@ def _cluster_mode(kube: KubeCluster, tmp_path: Path) -> Iterator[Path]:
     log = tmp_path / "winspec.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            argv(command, ("--listen", f"127.0.0.1:{port}")),
+            argv(command, ("--listen", f"127.0.0.1:{port}", *extra)),
             cwd=ROOT,
             env=clean_env(),
             stdout=subprocess.DEVNULL,
@@ -139,3 +147,65 @@ def test_a_credential_spec_whose_crd_is_not_served_says_so_in_the_condition(
         assert cond["reason"] == "DependencyMissing"
         assert cond["message"].startswith("GMSACredentialSpec web-gmsa: the API server")
         assert "examples/cluster/gmsa-crd.yaml" in cond["message"]
+
+
+def _apply_example(kube: KubeCluster, example: str) -> None:
+    """The README's example commands, with ``example`` for the folder ``kubectl apply -k``
+    applies; each must succeed (the last waits for Ready)."""
+    for command in RUN_EXAMPLE:
+        done = _kubectl(kube, command.replace("-k examples/cluster", f"-k {example}"))
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+
+
+@pytest.mark.timeout(240)
+def test_the_node_local_variant_is_ready_under_the_node_local_instance(
+    kube_without_gmsa_crd: KubeCluster, tmp_path: Path
+) -> None:
+    """examples/cluster/node-local gets Ready under `--node-name win-node-1 --no-leader-elect`."""
+    # The flags the node-local overlay runs winspec with; its instance sees only labelled ones.
+    kube = kube_without_gmsa_crd
+    with _cluster_mode(kube, tmp_path, "--node-name", "win-node-1", "--no-leader-elect") as root:
+        _apply_example(kube, "examples/cluster/node-local")
+        assert (root / "apps" / "web" / "config.json").is_file()
+        web = kube.api("GET", wc_path("apps", "web"))
+        assert web["metadata"]["labels"] == {"winspec.io/node-name": "win-node-1"}
+
+
+@pytest.mark.timeout(240)
+def test_examples_cluster_is_ready_with_central_delivery(
+    kube_without_gmsa_crd: KubeCluster, tmp_path: Path
+) -> None:
+    """examples/cluster as it is gets Ready under `--delivery agent`: the bundle is on the agent."""
+    # As the central overlay deploys it: the controller as winspec-system/winspec, its agent pod
+    # found in winspec-system by the default selector, the agent accepting only that account's
+    # tokens of audience winspec-agent. The agent is a real `winspec agent` on loopback whose
+    # Pod object (no kubelet) says it runs at 127.0.0.1; its certificate is for that address,
+    # so no --agent-server-name.
+    kube = kube_without_gmsa_crd
+    _base_manifests(kube)
+    (tmp_path / "delivery").mkdir()
+    delivery = make_delivery(kube, "winspec-system", tmp_path / "delivery")
+    controller = "system:serviceaccount:winspec-system:winspec"
+    token_file = tmp_path / "controller-token"
+    token_file.write_text(
+        kube.service_account_token("winspec-system", "winspec", audiences=[AUDIENCE])
+    )
+    (tmp_path / "node").mkdir()
+    agent = AgentProcess(
+        root=tmp_path / "node" / "bundles",
+        tls=delivery.tls,
+        kubeconfig=delivery.agent_kubeconfig,
+        allowed=[controller],
+        audience=AUDIENCE,
+    )
+    agent.start()
+    try:
+        _agent_pod(delivery, "win-node-1", agent.port)
+        central = ("--delivery", "agent", "--agent-ca-file", str(delivery.tls.ca),
+                   "--agent-token-file", str(token_file))  # fmt: skip
+        with _cluster_mode(kube, tmp_path, *central) as local_root:
+            _apply_example(kube, "examples/cluster")
+            assert (agent.root / "apps" / "web" / "config.json").is_file()
+            assert not (local_root / "apps").exists()
+    finally:
+        agent.stop()
