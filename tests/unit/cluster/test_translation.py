@@ -113,7 +113,7 @@ def test_a_host_credential_spec_is_refused_naming_what_to_use(option: str) -> No
     """file:// and registry:// are refused in cluster mode, pointing to a GMSACredentialSpec."""
     wc = decode_windows_container(_object(securityOptions=[option]))
     with pytest.raises(SpecError) as info:
-        to_request(wc, node=NodeFacts(), deps=Dependencies())
+        to_request(wc, node=NodeFacts(), deps=Dependencies(), bundle_root=None)
     scheme = option.partition("=")[2].partition("://")[0]
     assert str(info.value) == (
         f"spec.securityOptions: credentialspec={scheme}:// is refused in cluster mode (it would "
