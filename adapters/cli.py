@@ -7,10 +7,13 @@ the rules refuse, a malformed document, a bad option).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -27,9 +30,11 @@ Read one request document and print the OCI runtime spec (config.json) that Dock
 daemon would generate for it.
 
 A request is a JSON object whose "container" and "image" members are Docker inspect objects
-verbatim (paste `docker inspect` output), and whose other members carry what an inspect does
-not show: "node" facts, "layerFolders", "volumePath", "endpoints" driver data, and resolved
-"secrets", "configs" and "credentialSpecs". `winspec schema` prints its JSON Schema.
+verbatim (paste `docker inspect CONTAINER` output as "container" and `docker image inspect
+IMAGE` output as "image": {"container": [...], "image": [...], "layerFolders": [...]}), and
+whose other members carry what an inspect does not show: "node" facts, "layerFolders",
+"volumePath", "endpoints" driver data, and resolved "secrets", "configs" and
+"credentialSpecs". `winspec schema` prints its JSON Schema.
 
 Warnings (e.g. CPU options discarded under process isolation) go to stderr. A request the
 rules refuse prints the error to stderr and exits 2.
@@ -40,7 +45,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="winspec",
         description="Generate the OCI runtime specs and bundles Docker's Windows daemon would "
-        "write, for one request or continuously from Docker events.",
+        "write: for one request document (generate), continuously from a Docker engine's "
+        "events or from WindowsContainer resources on a Kubernetes API server (run; cluster "
+        "mode with --source kubernetes), and receive bundles on a Windows node from a "
+        "cluster-mode controller (agent).",
     )
     parser.add_argument("--version", action="version", version=f"winspec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -85,6 +93,46 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one sub-command (``generate``, ``run``, …)."""
+    for action in parser._actions:  # argparse keeps no public list of its sub-parsers
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    raise KeyError(command)
+
+
+#: How a request wraps what `docker inspect` prints (said when inspect output is pasted bare).
+_WRAP_HINT = (
+    'a request wraps it: {"container": <docker inspect CONTAINER>, "image": <docker image '
+    'inspect IMAGE>, "layerFolders": ["C:\\\\ProgramData\\\\docker\\\\windowsfilter\\\\<layer>", '
+    "...]} (`winspec schema` prints the whole schema)"
+)
+
+
+#: Members only an image inspect object has.
+_IMAGE_MEMBERS = frozenset({"RootFS", "RepoTags", "RepoDigests"})
+
+
+def _pasted_inspect(data: bytes) -> str | None:
+    """What was pasted, when a document that is not a request is `docker inspect` output: the
+    array it prints, or one inspect object; None otherwise."""
+    top_level = list[dict[str, msgspec.Raw]] | dict[str, msgspec.Raw]
+    try:
+        top = msgspec.json.decode(data, type=top_level)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if isinstance(top, list):
+        if top and "Id" in top[0]:
+            return "`docker inspect` output (an array)"
+        return None
+    if "Id" not in top or "container" in top:
+        return None
+    if _IMAGE_MEMBERS.intersection(top):
+        return "an image's inspect object, not a request"
+    return "a container's inspect object, not a request"
+
+
 def _read_request(source: str) -> Request:
     """The request document from ``source`` (``-``: standard input), read up to its limit."""
     if source == "-":
@@ -94,7 +142,72 @@ def _read_request(source: str) -> Request:
             data = f.read(MAX_REQUEST_BYTES + 1)
     if len(data) > MAX_REQUEST_BYTES:
         raise RequestDecodeError(f"invalid request: larger than {MAX_REQUEST_BYTES} bytes")
-    return decode_request(data)
+    try:
+        return decode_request(data)
+    except RequestDecodeError as exc:
+        pasted = _pasted_inspect(data)
+        if pasted is None:
+            raise
+        raise RequestDecodeError(f"{exc}; this is {pasted}: {_WRAP_HINT}") from exc
+
+
+def _prepare(path: str, body: bytes) -> tuple[Path | None, IO[bytes] | None]:
+    """Stage ``body`` for ``path``: a temporary file beside it to rename over it (returned
+    first), or, for what exists and is not a regular file (a FIFO, ``/dev/stdout``), the file
+    opened for writing (second). Raises OSError when ``path`` cannot be written."""
+    target = Path(path)
+    if target.exists() and not target.is_file():
+        return None, open(target, "wb")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        if target.is_file():
+            # A file that may be written in a directory that may not: opened now (not
+            # truncated), written in place once every output is staged.
+            return None, open(target, "r+b")
+        # Named as the user wrote it, not by the temporary name.
+        raise OSError(exc.errno, exc.strerror, path) from exc
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would have created it
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp), None
+
+
+def _write_outputs(outputs: list[tuple[str, bytes]]) -> None:
+    """Write every ``(path, body)``, or none: each is staged first, then all are put in place.
+
+    A path that cannot be written (no such directory, no permission) fails before any output
+    is changed. Raises OSError."""
+    staged: list[tuple[str, Path | None, IO[bytes] | None]] = []
+    try:
+        for path, body in outputs:
+            tmp, opened = _prepare(path, body)
+            staged.append((path, tmp, opened))
+        for (path, tmp, opened), (_, body) in zip(staged, outputs, strict=True):
+            try:
+                if tmp is not None:
+                    os.replace(tmp, path)
+                elif opened is not None:
+                    opened.write(body)
+                    if opened.seekable():
+                        opened.truncate()
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, path) from exc
+    finally:
+        for _, tmp, opened in staged:
+            if opened is not None:
+                with contextlib.suppress(OSError):
+                    opened.close()
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -135,16 +248,20 @@ def _generate(args: argparse.Namespace) -> int:
     for warning in generated.warnings:
         print(f"winspec: warning: {warning}", file=sys.stderr)
     body = encode_spec(generated.spec) + b"\n"
+    files: list[tuple[str, bytes]] = []
+    if args.output:
+        files.append((args.output, body))
+    if args.links:
+        files.append((args.links, msgspec.json.encode({"links": generated.links}) + b"\n"))
     try:
-        if args.output:
-            Path(args.output).write_bytes(body)
-        else:
+        # Both files or neither; standard output only once they are written.
+        _write_outputs(files)
+        if not args.output:
             sys.stdout.buffer.write(body)
             sys.stdout.flush()
-        if args.links:
-            Path(args.links).write_bytes(msgspec.json.encode({"links": generated.links}) + b"\n")
     except OSError as exc:
-        print(f"winspec: cannot write output: {exc}", file=sys.stderr)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"winspec: cannot write output{where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -192,7 +309,10 @@ def request_schema() -> bytes:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``winspec`` console script."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Reported with the usage of the command they were given to, not winspec's own.
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "generate":
         return _generate(args)
     if args.command == "schema":

@@ -199,7 +199,10 @@ class DockerMode:
                     connecting.cancel()
             if self._stop.is_set():
                 await finish(connecting, within=0, what="connect")
-                log.info("stop asked for before the Docker engine was reached")
+                log.warning(
+                    "stop asked for before the Docker engine was reached",
+                    extra={"docker_host": client.endpoint.display},
+                )
                 stopped = True
                 return
             info = connecting.result()
@@ -246,14 +249,29 @@ class DockerMode:
                 log.info("stopped")
 
     async def _connect(self, client: DockerClient, swarm_client: DockerClient | None) -> Info:
-        """Open the clients, negotiate the API versions and read ``/info``."""
+        """Open the clients, negotiate the API versions and read ``/info``.
+
+        The first failed attempt is logged at once, before the retries: ``/metrics`` already
+        answers (all zeros) and a user stopping winspec meanwhile must still learn why."""
         await client.open()  # PermanentError: TLS files, a named pipe off Windows
+
+        def not_answering(api: str, exc: BaseException) -> None:
+            client.on_retry_error = None  # once
+            log.warning(
+                "cannot reach the Docker engine yet; retrying (no bundle is written until it "
+                "answers)",
+                extra={"docker_host": client.endpoint.display, "error": str(exc)},
+            )
+
+        client.on_retry_error = not_answering
         try:
             await client.negotiate()
             raw_info = await client.get_raw("/info", api="info")
         except WinspecError as exc:
             # The client's errors already name the endpoint.
             raise EngineUnreachableError(f"cannot reach the Docker engine: {exc}") from exc
+        finally:
+            client.on_retry_error = None
         info = decode(raw_info, Info, "/info")
         if swarm_client is not None:
             await swarm_client.open()

@@ -24,7 +24,7 @@ from adapters.compose import DockerMode, RunnableMode, StartupError, run_until_s
 from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
 from adapters.threads import DaemonThreadPool
-from controller.errors import PermanentError, WinspecError
+from controller.errors import PermanentError, TransientError, WinspecError
 from controller.settings import Settings, env_settings, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -39,10 +39,11 @@ OCI bundle for every container under --bundle-root (removed when the container i
 all containers at start, after every reconnect and every --resync-interval, so no container is
 missed. /metrics, /healthz and /readyz are served on --listen.
 
-With --source kubernetes (cluster mode, preview) it lists and watches WindowsContainer resources
-(winspec.io/v1alpha1) on the API server of --kubeconfig (else KUBECONFIG, ~/.kube/config or the
-in-cluster service account) and keeps a bundle per resource under
---bundle-root/<namespace>/<name>, with the resource's status, a finalizer and events.
+With --source kubernetes (cluster mode) it lists and watches WindowsContainer resources
+(winspec.io/v1alpha1, an alpha API) on the API server of --kubeconfig (else KUBECONFIG,
+~/.kube/config or the in-cluster service account) and keeps a bundle per resource under
+--bundle-root/<namespace>/<name> (or, with --delivery agent, hands it to the node agent on the
+resource's node), with the resource's status, a finalizer and events.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (also before the engine was reached), 1 the engine
 (or API server) unreachable or --listen unusable, 2 a bad setting (refused before anything
@@ -67,7 +68,7 @@ def add_run_parser(sub: Any) -> None:
         "--source",
         choices=["docker", "kubernetes"],
         help="where containers come from: a Docker engine's events, or WindowsContainer "
-        "resources on a Kubernetes API server (cluster mode, preview) (default: docker)",
+        "resources on a Kubernetes API server (cluster mode) (default: docker)",
     )
     p.add_argument(
         "--kubeconfig",
@@ -248,7 +249,9 @@ def add_run_parser(sub: Any) -> None:
     )
     p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
     p.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="(default: info)"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe log messages written (default: info)",
     )
     p.add_argument(
         "--shutdown-timeout",
@@ -345,6 +348,24 @@ def check_bundle_root(path: str) -> None:
             probe.rmdir()
 
 
+#: What the agent token file is called in messages.
+_AGENT_TOKEN_FILE = (
+    "agent token file (--agent-token-file, WINSPEC_AGENT_TOKEN_FILE, agent_token_file)"
+)
+
+
+def check_agent_token_file(path: str) -> None:
+    """Refuse, at start, a ``--delivery agent`` token file that cannot be read or is empty
+    (else the first delivery would be the first to find out). It is read again on every call:
+    the kubelet rotates it. Raises :class:`PermanentError` naming the path."""
+    from adapters.agent.remote import token_reader
+
+    try:
+        token_reader(Path(path))()
+    except TransientError as exc:
+        raise PermanentError(f"{_AGENT_TOKEN_FILE}: {exc}") from exc
+
+
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """``asyncio.run(main)``, except that no worker thread can hold up the exit.
 
@@ -377,6 +398,8 @@ def run_command(args: argparse.Namespace) -> int:
             if settings.swarm_host:
                 parse_host(settings.swarm_host)
         check_bundle_root(settings.bundle_root)
+        if settings.source == "kubernetes" and settings.delivery == "agent":
+            check_agent_token_file(settings.agent_token_file)
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

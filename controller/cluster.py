@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from controller.errors import PermanentError, RequestDecodeError
+from controller.errors import PermanentError, RequestDecodeError, SpecError
 from controller.models import (
     ConfigRef,
     Container,
@@ -318,6 +318,21 @@ def credential_spec_names(spec: WindowsContainerSpec) -> list[str]:
     return names
 
 
+def _refuse_host_credential_specs(options: list[str]) -> None:
+    """Refuse ``file://`` and ``registry://`` credential specs, naming what to use instead:
+    they would be read on the host winspec runs on, which in a cluster is not the node."""
+    for option in options:
+        key, sep, value = option.partition("=")
+        scheme = value.partition("://")[0].casefold()
+        if sep and key.casefold() == _CREDENTIAL_SPEC_OPTION and scheme in ("file", "registry"):
+            raise SpecError(
+                f"spec.securityOptions: credentialspec={scheme}:// is refused in cluster mode "
+                "(it would be read on winspec's own host, not on the node); put the credential "
+                "spec in a GMSACredentialSpec (windows.k8s.io/v1) and name it with "
+                "spec.gmsaCredentialSpecName or credentialspec=config://<name>"
+            )
+
+
 def container_id(uid: str) -> str:
     """A Docker-style container id (64 hex digits) for an object, stable over its life."""
     return hashlib.sha256(f"winspec.io/{uid}".encode()).hexdigest()
@@ -370,6 +385,7 @@ def to_request(
     """
     s = wc.spec
     security = list(s.security_options)
+    _refuse_host_credential_specs(security)
     if s.gmsa_credential_spec_name:
         if any(
             opt.partition("=")[0].casefold() == _CREDENTIAL_SPEC_OPTION and "=" in opt

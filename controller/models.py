@@ -333,18 +333,32 @@ def decode_request(data: bytes | str) -> Request:
     return request
 
 
+def _syntax_error(exc: msgspec.DecodeError, data: bytes) -> RequestDecodeError:
+    """A JSON syntax error; a document cut short also says where it ends (msgspec does not)."""
+    message = str(exc)
+    if "truncated" in message:
+        end = data.rstrip()
+        line = end.count(b"\n") + 1
+        column = len(end) - (end.rfind(b"\n") + 1)
+        message += (
+            f": the document ends at line {line}, column {column} (byte {len(end)}) "
+            "inside an unfinished value"
+        )
+    return RequestDecodeError(f"invalid request: {message}")
+
+
 def _decode_request(data: bytes) -> Request:
     try:
         return _request_decoder.decode(data)
     except msgspec.ValidationError as exc:
         first_error = exc
     except msgspec.DecodeError as exc:
-        raise RequestDecodeError(f"invalid request: {exc}") from exc
+        raise _syntax_error(exc, data) from exc
     try:
         # A typed decode can fail on the type before it reaches a syntax error (``[``).
         raw = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise RequestDecodeError(f"invalid request: {exc}") from exc
+        raise _syntax_error(exc, data) from exc
     unwrapped = False
     if isinstance(raw, dict):
         for member in ("container", "image"):

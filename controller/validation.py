@@ -126,4 +126,11 @@ def _refuse_linux_only(hc: HostConfig) -> None:
     )
     for field, present in checks:
         if present:
-            raise SpecError(f"invalid option: Windows does not support {field}")
+            message = f"invalid option: Windows does not support {field}"
+            if field == "MemorySwap" and hc.memory > 0 and hc.memory_swap == 2 * hc.memory:
+                # Docker's message, and why it appears for a container that never asked for it.
+                message += (
+                    " (a Linux engine sets MemorySwap to twice --memory by itself: on a "
+                    "development engine, create the container without --memory)"
+                )
+            raise SpecError(message)

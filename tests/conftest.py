@@ -113,8 +113,11 @@ def _kube_unavailable(reason: str) -> NoReturn:
     pytest.skip(f"kube-apiserver unavailable: {reason}")
 
 
-def _start_kube(*, with_controller_manager: bool, watch_cache: bool = False) -> KubeCluster:
-    """A started etcd + kube-apiserver with the project's CRD and the GMSACredentialSpec CRD."""
+def _start_kube(
+    *, with_controller_manager: bool, watch_cache: bool = False, gmsa_crd: bool = True
+) -> KubeCluster:
+    """A started etcd + kube-apiserver with the project's CRD and (unless ``gmsa_crd`` is
+    false) the GMSACredentialSpec CRD."""
     reason = kube_unavailable_reason(controller_manager=with_controller_manager)
     if reason is not None:
         _kube_unavailable(reason)
@@ -122,7 +125,8 @@ def _start_kube(*, with_controller_manager: bool, watch_cache: bool = False) -> 
     try:
         cluster.start()
         cluster.apply_crd()
-        cluster.apply_gmsa_crd()
+        if gmsa_crd:
+            cluster.apply_gmsa_crd()
     except (KubeError, KubeAPIError, OSError, TimeoutError, subprocess.CalledProcessError) as exc:
         cluster.stop()
         _kube_unavailable(str(exc))
@@ -155,6 +159,17 @@ def kube_with_watch_cache() -> Iterator[KubeCluster]:
     """A second API server with its watch cache on, for the tests of watch bookmarks (the
     session's server has it off so that 410 Gone can be produced on demand)."""
     cluster = _start_kube(with_controller_manager=False, watch_cache=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kube_without_gmsa_crd() -> Iterator[KubeCluster]:
+    """A fresh API server of its own with the project's CRD only, as a cluster without the
+    windows-gmsa webhook is: no GMSACredentialSpec CRD until the test applies one."""
+    cluster = _start_kube(with_controller_manager=False, gmsa_crd=False)
     try:
         yield cluster
     finally:

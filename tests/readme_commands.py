@@ -63,8 +63,16 @@ RUN_WITH_ENGINE: dict[str, tuple[str, ...]] = {
 RUN_WITH_KUBE: tuple[str, ...] = (
     "kubectl apply -f manifests/base/crd.yaml -f manifests/base/namespace.yaml "
     "-f manifests/base/rbac.yaml",
-    "winspec run --source kubernetes --kubeconfig ~/.kube/config "
+    ".venv/bin/winspec run --source kubernetes --kubeconfig ~/.kube/config "
     "--bundle-root /var/lib/winspec/bundles",
+)
+#: The cluster example (examples/cluster): tests/integration/test_cluster_example.py runs these
+#: in order on a fresh API server without the GMSACredentialSpec CRD, after RUN_WITH_KUBE.
+RUN_EXAMPLE: tuple[str, ...] = (
+    "kubectl apply -f examples/cluster/gmsa-crd.yaml",
+    "kubectl wait --for=condition=Established crd/gmsacredentialspecs.windows.k8s.io --timeout=60s",
+    "kubectl apply -k examples/cluster",
+    "kubectl wait --for=condition=Ready windowscontainer/web -n apps --timeout=60s",
 )
 #: The cluster-mode benchmark (it starts its own kube-apiserver), and the options that make the
 #: test's run of it small.

@@ -18,6 +18,7 @@ from tests.readme_commands import (
     CI_RUN,
     ROOT,
     RUN_BY_CI,
+    RUN_EXAMPLE,
     RUN_HERE,
     RUN_MANIFESTS,
     RUN_WITH_ENGINE,
@@ -40,6 +41,7 @@ def test_every_readme_command_is_run_somewhere() -> None:
         | set(TOUR)
         | set(RUN_WITH_ENGINE)
         | set(RUN_WITH_KUBE)
+        | set(RUN_EXAMPLE)
         | set(BENCH_KUBE)
         | set(RUN_MANIFESTS)
         | set(RUN_WITH_IMAGE)
@@ -101,3 +103,14 @@ def test_windows_command_parses_into_valid_settings(command: str) -> None:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     settings = load_settings(flags, origins=("flag",))
     assert settings.bundle_root == flags["bundle_root"]
+
+
+def test_the_cluster_example_holds_the_readme_resource() -> None:
+    """examples/cluster's WindowsContainer is the README's example resource, byte for byte."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("```yaml\napiVersion: winspec.io/v1alpha1\nkind: WindowsContainer\n")
+    readme_resource = text[start + len("```yaml\n") : text.index("```", start + 3)]
+    example = ROOT / "examples" / "cluster" / "resources" / "windowscontainer.yaml"
+    lines = example.read_text(encoding="utf-8").splitlines(keepends=True)
+    body = "".join(line for line in lines if not line.startswith("#"))
+    assert body == readme_resource

@@ -30,6 +30,7 @@ from adapters.agent.settings import (
 )
 from adapters.agent.store import AgentStore
 from adapters.http import register_process_metrics
+from adapters.kubernetes.client import check_kubeconfig_file
 from adapters.logs import configure_logging
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
@@ -154,7 +155,9 @@ def add_agent_parser(sub: Any) -> None:
     )
     p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
     p.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="(default: info)"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe log messages written (default: info)",
     )
 
 
@@ -244,6 +247,8 @@ async def load_api_client(kubeconfig: str | None) -> Any:
     from kubernetes_asyncio.config.config_exception import ConfigException
 
     path = _kubeconfig_path(kubeconfig)
+    if path is not None:
+        check_kubeconfig_file(path)
     try:
         if path is not None:
             return await config.new_client_from_config(config_file=path, persist_config=False)

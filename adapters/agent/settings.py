@@ -54,8 +54,9 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("bundle_root must not be empty")
         if not self.insecure_http and not (self.tls_cert and self.tls_key):
             raise ValueError(
-                "tls_cert and tls_key are required (insecure_http serves plain HTTP, for tests "
-                "and development only)"
+                "--tls-cert and --tls-key (WINSPEC_AGENT_TLS_CERT, WINSPEC_AGENT_TLS_KEY) are "
+                "required; --insecure-http (WINSPEC_AGENT_INSECURE_HTTP=true) serves plain HTTP "
+                "instead, for tests and development only"
             )
         if not self.allowed_identity:
             raise ValueError(

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
+import tenacity
 
 from adapters.docker.paths import check_path
 from adapters.retry import RetryableError, RetryPolicy, call_with_retries, parse_retry_after
@@ -149,6 +150,8 @@ class DockerClient:
         self._env = dict(os.environ if env is None else env)
         self._retry = retry or RetryPolicy()
         self._on_retry = on_retry
+        #: Called with the API name and the error of every attempt that is retried.
+        self.on_retry_error: Callable[[str, BaseException], None] | None = None
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._base = ""
@@ -281,13 +284,20 @@ class DockerClient:
                 self._retry,
                 self._retry.attempts,
                 lambda: self._once(method, path, params, body, versioned),
-                lambda _state: self._on_retry(api) if self._on_retry else None,
+                lambda state: self._retried(api, state),
             )
         except RetryableError as exc:
             raise TransientError(
                 f"Docker engine at {self.endpoint.display}: {exc} "
                 f"(gave up after {self._retry.attempts} attempts)"
             ) from exc
+
+    def _retried(self, api: str, state: tenacity.RetryCallState) -> None:
+        if self._on_retry is not None:
+            self._on_retry(api)
+        failure = state.outcome.exception() if state.outcome else None
+        if self.on_retry_error is not None and failure is not None:
+            self.on_retry_error(api, failure)
 
     async def _once(
         self,

@@ -117,6 +117,15 @@ def kubeconfig_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
     return default if os.path.exists(default) else None
 
 
+def check_kubeconfig_file(path: str) -> None:
+    """Refuse a kubeconfig that does not exist or is not a file, saying so (the client library
+    would only log a warning and then miss its ``current-context``)."""
+    if not os.path.exists(path):
+        raise PermanentError(f"cannot use the Kubernetes configuration {path}: no such file")
+    if not os.path.isfile(path):
+        raise PermanentError(f"cannot use the Kubernetes configuration {path}: not a file")
+
+
 async def load_api_client(
     kubeconfig: str | None = None,
     *,
@@ -134,6 +143,8 @@ async def load_api_client(
     from kubernetes_asyncio.config.config_exception import ConfigException
 
     path = kubeconfig_path(kubeconfig, os.environ)
+    if path is not None:
+        check_kubeconfig_file(path)
     try:
         if path is not None:
             return await config.new_client_from_config(

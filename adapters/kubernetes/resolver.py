@@ -105,6 +105,24 @@ class _GMSA(msgspec.Struct):
     credspec: msgspec.Raw = msgspec.Raw(b"null")
 
 
+class _APIResource(msgspec.Struct):
+    name: str = ""
+
+
+class _APIResourceList(msgspec.Struct):
+    resources: list[_APIResource] = msgspec.field(default_factory=list)
+
+
+#: Where GMSACredentialSpecs are served (windows-gmsa's CRD), and what to say when they are not.
+GMSA_GROUP_VERSION = "windows.k8s.io/v1"
+GMSA_PLURAL = "gmsacredentialspecs"
+GMSA_NOT_SERVED = (
+    "the API server does not serve windows.k8s.io/v1 gmsacredentialspecs: the "
+    "GMSACredentialSpec CRD of kubernetes-sigs/windows-gmsa is not installed (apply it, e.g. "
+    "examples/cluster/gmsa-crd.yaml, a copy of it)"
+)
+
+
 class _SARStatus(msgspec.Struct):
     allowed: bool = False
     denied: bool = False
@@ -372,21 +390,41 @@ class KubernetesResolver:
         sar = _decode(answer, _SAR, "SubjectAccessReview")
         assert isinstance(sar, _SAR)
         if not sar.status.allowed:
+            await self._check_credential_specs_served(name)
             raise CredentialSpecDeniedError(
                 f"service account {ns}/{account} may not use GMSACredentialSpec {name} "
                 "(grant it the verb use on that gmsacredentialspecs resource)"
             )
-        body = await self._get(
-            f"/apis/windows.k8s.io/v1/gmsacredentialspecs/{quote(name, safe='')}",
-            kind="credential_spec",
-            missing=f"GMSACredentialSpec {name} not found",
-        )
+        try:
+            body = await self._get(
+                f"/apis/{GMSA_GROUP_VERSION}/{GMSA_PLURAL}/{quote(name, safe='')}",
+                kind="credential_spec",
+                missing=f"GMSACredentialSpec {name} not found",
+            )
+        except DependencyMissingError:
+            await self._check_credential_specs_served(name)
+            raise
         gmsa = _decode(body, _GMSA, f"GMSACredentialSpec {name}")
         assert isinstance(gmsa, _GMSA)
         if bytes(gmsa.credspec).strip() in (b"", b"null"):
             raise PermanentError(f"GMSACredentialSpec {name} has no credspec")
         # Compact JSON text, as a credential spec file holds it.
         return msgspec.json.encode(msgspec.json.decode(gmsa.credspec)).decode()
+
+    async def _check_credential_specs_served(self, name: str) -> None:
+        """Raise :class:`DependencyMissingError` saying so when the server does not serve
+        GMSACredentialSpecs at all (their CRD is not installed): asked only after a credential
+        spec was denied or not found, where that is the likelier cause to name."""
+        try:
+            body = await self._client.request("GET", f"/apis/{GMSA_GROUP_VERSION}", api="discovery")
+        except NotFoundError:
+            served = False
+        else:
+            listed = _decode(body, _APIResourceList, f"discovery of {GMSA_GROUP_VERSION}")
+            assert isinstance(listed, _APIResourceList)
+            served = any(r.name == GMSA_PLURAL for r in listed.resources)
+        if not served:
+            raise DependencyMissingError(f"GMSACredentialSpec {name}: {GMSA_NOT_SERVED}")
 
     async def _node(self, name: str) -> NodeFacts:
         loop = asyncio.get_running_loop()

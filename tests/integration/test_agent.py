@@ -471,7 +471,11 @@ def test_agent_refuses_to_start_without_tls_or_identity(cluster: Cluster, tmp_pa
         timeout=60,
     )
     assert no_tls.returncode == 2
-    assert b"tls_cert and tls_key are required" in no_tls.stderr
+    assert no_tls.stderr.decode() == (
+        "winspec: invalid agent settings: --tls-cert and --tls-key (WINSPEC_AGENT_TLS_CERT, "
+        "WINSPEC_AGENT_TLS_KEY) are required; --insecure-http (WINSPEC_AGENT_INSECURE_HTTP=true) "
+        "serves plain HTTP instead, for tests and development only\n"
+    )
     no_identity = subprocess.run(
         agent_command("--insecure-http", "--bundle-root", str(tmp_path)),
         capture_output=True,

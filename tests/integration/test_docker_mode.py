@@ -773,8 +773,9 @@ async def test_metrics_and_probes_over_http(dockerd: DockerDaemon, tmp_path: Pat
 
 
 def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
-    """`winspec run` against an absent engine retries, then exits 1 with one clear stderr line."""
-    # The line names the endpoint, and there is no traceback.
+    """`winspec run` with no engine warns at once, retries, then exits 1 with one clear line."""
+    # The line names the endpoint, and there is no traceback. Before it, one warning at the
+    # first failed attempt (the user who stops winspec during the retries sees that).
     host = "unix:///nonexistent/docker.sock"
     started = time.monotonic()
     proc = subprocess.run(
@@ -800,10 +801,16 @@ def test_unreachable_engine_exits_1_with_one_clear_line(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1, proc.stderr
     assert elapsed < 10
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("winspec: ")
-    assert host in lines[0]
-    assert "2 attempts" in lines[0]
+    assert len(lines) == 2, proc.stderr
+    warning = json.loads(lines[0])
+    assert (warning["level"], warning["event"]) == (
+        "warning",
+        "cannot reach the Docker engine yet; retrying (no bundle is written until it answers)",
+    )
+    assert warning["docker_host"] == host
+    assert lines[1].startswith("winspec: ")
+    assert host in lines[1]
+    assert "2 attempts" in lines[1]
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
 

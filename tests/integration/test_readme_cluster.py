@@ -70,7 +70,7 @@ def test_cluster_run_command_becomes_ready_and_stops(kube: KubeCluster, tmp_path
         "/var/lib/winspec/bundles", str(tmp_path / "bundles")
     )
     words = shlex.split(command)
-    assert words[:2] == ["winspec", "run"]
+    assert words[:2] == [".venv/bin/winspec", "run"]
     proc = subprocess.Popen(
         [*winspec_run_command(*words[2:]), "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT,

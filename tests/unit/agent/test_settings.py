@@ -43,7 +43,7 @@ def test_insecure_http_from_the_environment_is_a_boolean() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"tls_key": None}, "tls_cert and tls_key are required"),
+        ({"tls_key": None}, "--tls-cert and --tls-key .* are required; --insecure-http"),
         ({"allowed_identity": []}, "at least one allowed_identity"),
         ({"allowed_identity": [" padded"]}, "is not a user name"),
         ({"listen": "nowhere"}, "listen must be HOST:PORT"),

@@ -166,3 +166,49 @@ def test_sigterm_while_the_engine_is_unreachable_exits_0_at_once(tmp_path: Path)
     assert took < 5
     assert "Traceback" not in err
     assert "stop asked for before the Docker engine was reached" in err
+
+
+def test_an_unreachable_engine_is_logged_at_the_first_failed_attempt(tmp_path: Path) -> None:
+    """The tour without an engine: stderr says why at the first failure, also if stopped then."""
+    port = free_port()
+    log = tmp_path / "stderr"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            winspec_run_command(
+                "--docker-host",
+                NO_ENGINE,
+                "--retry-attempts",
+                "1000",  # still retrying when the user, having seen only zeros, stops it
+                "--bundle-root",
+                str(tmp_path / "bundles"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--log-format",
+                "console",
+            ),
+            cwd=ROOT,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "cannot reach the Docker engine yet" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"nothing said within 20 s: {log.read_text()!r}"
+            time.sleep(0.05)
+        assert http_status(f"http://127.0.0.1:{port}/metrics") == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = log.read_text()
+    warning = next(line for line in err.splitlines() if "cannot reach the Docker engine" in line)
+    assert "[warning" in warning
+    assert f"docker_host={NO_ENGINE}" in warning
+    assert "No such file or directory" in warning
+    assert err.count("cannot reach the Docker engine yet") == 1
+    assert "stop asked for before the Docker engine was reached" in err

@@ -106,6 +106,23 @@ def test_an_unresolved_credential_spec_is_refused() -> None:
         generate(to_request(wc, node=NodeFacts(), deps=Dependencies(), bundle_root=None))
 
 
+@pytest.mark.parametrize(
+    "option", ["credentialspec=file://web.json", "CredentialSpec=registry://web"]
+)
+def test_a_host_credential_spec_is_refused_naming_what_to_use(option: str) -> None:
+    """file:// and registry:// are refused in cluster mode, pointing to a GMSACredentialSpec."""
+    wc = decode_windows_container(_object(securityOptions=[option]))
+    with pytest.raises(SpecError) as info:
+        to_request(wc, node=NodeFacts(), deps=Dependencies(), bundle_root=None)
+    scheme = option.partition("=")[2].partition("://")[0]
+    assert str(info.value) == (
+        f"spec.securityOptions: credentialspec={scheme}:// is refused in cluster mode (it would "
+        "be read on winspec's own host, not on the node); put the credential spec in a "
+        "GMSACredentialSpec (windows.k8s.io/v1) and name it with spec.gmsaCredentialSpecName or "
+        "credentialspec=config://<name>"
+    )
+
+
 def test_both_ways_of_naming_a_credential_spec_are_refused() -> None:
     """gmsaCredentialSpecName beside a credentialspec= option is a permanent error."""
     wc = decode_windows_container(

@@ -262,6 +262,19 @@ def test_linux_only_options_refused(field: str, value: Any, lcow: bool) -> None:
     )
 
 
+def test_a_linux_engines_own_memory_swap_gets_a_hint() -> None:
+    """S20: MemorySwap at twice Memory (what a Linux engine sets for --memory) says why."""
+    request = with_host_config(windows_request(), Memory=512 * 2**20, MemorySwap=1024 * 2**20)
+    assert _error(request) == (
+        "invalid option: Windows does not support MemorySwap (a Linux engine sets MemorySwap to "
+        "twice --memory by itself: on a development engine, create the container without "
+        "--memory)"
+    )
+    # Another MemorySwap is the user's own: Docker's message alone.
+    request = with_host_config(windows_request(), Memory=512 * 2**20, MemorySwap=600 * 2**20)
+    assert _error(request) == "invalid option: Windows does not support MemorySwap"
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
