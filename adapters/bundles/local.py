@@ -204,6 +204,15 @@ class LocalBundleWriter:
         except OSError as exc:
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
 
+    async def digest(self, content: BundleContent) -> str:
+        """The digest this writer keeps in ``.digest`` for ``content``: keyed under the root's
+        key, so equal across restarts and across processes sharing the root, and no oracle for
+        the payloads (it hashes nothing again once :meth:`write` has)."""
+        try:
+            return content.keyed_digest(await self._digest_key())
+        except OSError as exc:
+            raise TransientError(f"cannot read the digest key of {self._root}: {exc}") from exc
+
     async def remove(self, bundle_id: str) -> bool:
         """Remove the bundle; ``False`` when there was none."""
         check_bundle_id(bundle_id)
