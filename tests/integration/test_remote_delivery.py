@@ -56,10 +56,18 @@ class Delivery:
     token_file: Path
     token: str
 
-    def central(self, tmp_path: Path, namespaces: list[str], **overrides: Any) -> Any:
-        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context)."""
+    def central(
+        self,
+        tmp_path: Path,
+        namespaces: list[str],
+        *,
+        kubeconfig: Path | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context);
+        as admin, through ``kubeconfig`` when given."""
         return running(
-            self.kube.admin_kubeconfig,
+            kubeconfig or self.kube.admin_kubeconfig,
             tmp_path,
             namespace=namespaces,
             delivery="agent",
@@ -398,14 +406,10 @@ async def test_no_resync_before_the_first_list(
     # Every attempt of the first list refused for 3 s: it is in after about 9 s, past the
     # first resync's delay.
     kube_proxy.fail(429, count=3, retry_after=3, when=lists)
-    async with running(
-        kube.kubeconfig(kube.admin_token, server=kube_proxy.url),
+    async with delivery.central(
         tmp_path,
-        namespace=[ns],
-        delivery="agent",
-        agent_namespace=delivery.namespace,
-        agent_ca_file=str(delivery.tls.ca),
-        agent_token_file=str(delivery.token_file),
+        [ns],
+        kubeconfig=kube.kubeconfig(kube.admin_token, server=kube_proxy.url),
         agent_timeout=5.0,
         resync_interval=1.0,
     ) as mode:
