@@ -30,6 +30,8 @@ from tests.clustermode import (
     metric,
     ready_object,
     running,
+    server_requests,
+    settled,
     wc_path,
 )
 from tests.clustermode import windows_container as _wc
@@ -422,3 +424,36 @@ async def test_no_resync_before_the_first_list(
             await asyncio.sleep(0.05)
         assert metric(mode, "winspec_api_retries_total", api="list") >= 2
     assert kept.stat().st_ino == inode
+
+
+async def test_restart_over_delivered_resources_writes_no_status(
+    kube: KubeCluster, kube_namespace: str, delivery: Delivery, nodes: list[Node], tmp_path: Path
+) -> None:
+    """A controller restarted over bundles its agents hold writes no status: same digests."""
+    ns = kube_namespace
+    names = [f"web-{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        await api(kube, "POST", wc_path(ns), _resource(name, nodes[i % 2].name))
+    async with delivery.central(tmp_path, [ns], agent_timeout=5.0) as first:
+        objs = [await eventually(ready_object(kube, ns, n), within=30) for n in names]
+        await settled(first)
+    digests = {o["metadata"]["name"]: o["status"]["digest"] for o in objs}
+
+    writes = server_requests(kube, verb="PATCH", resource="windowscontainers", subresource="status")
+    async with delivery.central(tmp_path, [ns], agent_timeout=5.0) as second:
+        await eventually(
+            lambda: (
+                metric(second, "winspec_bundles_written_total", result="unchanged") >= len(names)
+            ),
+            within=30,
+            what="every bundle found delivered",
+        )
+        await settled(second)
+        after = server_requests(
+            kube, verb="PATCH", resource="windowscontainers", subresource="status"
+        )
+    assert after - writes == 0
+    for i, name in enumerate(names):
+        obj = await api(kube, "GET", wc_path(ns, name))
+        on_agent = (_on_agent(nodes[i % 2], ns, name) / ".digest").read_text().strip()
+        assert obj["status"]["digest"] == digests[name] == on_agent
