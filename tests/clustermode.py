@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from adapters.kubernetes.mode import ClusterMode
 from controller.settings import load_settings
 from tests.kube import KubeAPIError, KubeCluster
@@ -193,3 +195,35 @@ def successes(mode: ClusterMode) -> float:
 def bundle(tmp_path: Path, ns: str, name: str) -> Path:
     """Where the bundle of a resource is written."""
     return tmp_path / "bundles" / ns / name
+
+
+def server_requests(kube: KubeCluster, *, verb: str, resource: str, subresource: str = "") -> int:
+    """How many requests the API server itself counted (``apiserver_request_total``) of one
+    verb on one resource (and subresource), whatever their answer."""
+    text = kube.api("GET", "/metrics")
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "apiserver_request"
+            for sample in family.samples
+            if sample.name == "apiserver_request_total"
+            and sample.labels.get("verb") == verb
+            and sample.labels.get("resource") == resource
+            and sample.labels.get("subresource", "") == subresource
+        )
+    )
+
+
+async def settled(mode: ClusterMode, *, within: float = 30.0) -> None:
+    """Wait until the mode's queue is empty and no worker is busy (seen three times running)."""
+    name = "windowscontainer-bundles"
+    quiet = 0
+    async with asyncio.timeout(within):
+        while quiet < 3:
+            idle = (
+                metric(mode, "workqueue_depth", name=name) == 0
+                and metric(mode, "controller_runtime_active_workers", controller=name) == 0
+            )
+            quiet = quiet + 1 if idle else 0
+            await asyncio.sleep(0.1)

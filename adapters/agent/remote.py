@@ -42,10 +42,11 @@ import msgspec
 
 from adapters.agent.client import AgentClient, ClientPolicy
 from adapters.kubernetes.client import KubeClient
+from adapters.kubernetes.status import KeptDigestStatus
 from controller.bundle import BundleContent
 from controller.cluster import WindowsContainer
 from controller.errors import PermanentError, RequestDecodeError, TransientError
-from controller.ports import Stage, StatusReporter
+from controller.ports import StatusReporter
 from controller.winpath import is_absolute
 
 log = logging.getLogger(__name__)
@@ -394,39 +395,11 @@ class RemoteBundleWriter:
             self._session = None
 
 
-class NodeDigestStatus:
+class NodeDigestStatus(KeptDigestStatus):
     """A :class:`~controller.ports.StatusReporter` reporting the digest the node's agent holds."""
 
     def __init__(self, inner: StatusReporter, writer: RemoteBundleWriter) -> None:
-        self._inner = inner
-        self._writer = writer
-
-    async def report(
-        self,
-        key: str,
-        *,
-        ok: bool,
-        message: str,
-        stage: Stage = "done",
-        reason: str = "",
-        digest: str | None = None,
-        permanent: bool = False,
-    ) -> None:
-        """Pass the outcome on, with the node's digest in place of this process's own."""
-        delivered = self._writer.delivered.get(key)
-        if ok and delivered is not None:
-            digest = delivered[1]
-        elif digest is not None:
-            digest = None  # never this process's digest: it is not comparable with a node's
-        await self._inner.report(
-            key,
-            ok=ok,
-            message=message,
-            stage=stage,
-            reason=reason,
-            digest=digest,
-            permanent=permanent,
-        )
+        super().__init__(inner, lambda key: (writer.delivered.get(key) or ("", None))[1])
 
 
 __all__ = [

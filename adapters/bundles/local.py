@@ -18,10 +18,12 @@ refused (:class:`~controller.errors.PermanentError`).
 
 Why a whole directory is swapped: a bundle is several files, and a runtime that reads
 ``config.json`` must find the payloads its mounts point at. Each version is built in a
-temporary directory inside the root (``.tmp-<id>-<random>``, so the final rename never crosses
-a file system), every file and directory is fsynced (all at once on the writer's fsync threads,
-so the file system can fold them into one journal commit: about half the latency of one after
-another), and only then does one rename publish it:
+temporary directory inside the root (``.tmp-<tag>-<random>``, so the final rename never crosses
+a file system; the tag is the id, or for an id too long to fit with the prefix in the 255 bytes
+of a file name, its start and a hash of it: see :func:`leftover_tag`), every file and
+directory is fsynced (all at once on the writer's fsync threads, so the file system can fold
+them into one journal commit: about half the latency of one after another), and only then does
+one rename publish it:
 
 * On Linux, ``renameat2(RENAME_EXCHANGE)`` swaps the new directory with the old one, so
   ``<root>/<id>`` always names a complete bundle, old or new. The old version, now under the
@@ -85,6 +87,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -130,6 +133,13 @@ _O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
 _NO_HARD_LINKS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV, errno.EINVAL}
 )
+# A leftover is "<TEMP_PREFIX or OLD_PREFIX><tag>-<random>", random 8 characters without a dash
+# (tempfile's or token_hex(4)); it fits in one file name (255 bytes: NTFS, ext4, XFS) whenever
+# the bundle id does, because a tag is never longer than _TAG_MAX.
+_NAME_MAX = 255
+_RANDOM_CHARS = 8
+_TAG_MAX = _NAME_MAX - max(len(TEMP_PREFIX), len(OLD_PREFIX)) - 1 - _RANDOM_CHARS
+_TAG_HASH_CHARS = 32
 # Temporary key files are "<TEMP_PREFIX><_KEY_TEMP_ID>-<random>": the sweep deletes a crash's.
 _KEY_TEMP_ID = "digest-key"
 
@@ -182,7 +192,7 @@ class LocalBundleWriter:
         _check_file_names(content.files)  # refused before anything is created, the key included
         try:
             key = await self._digest_key()
-            async with self._lock(bundle_id):
+            async with self._lock(leftover_tag(bundle_id)):
                 return await _in_thread(
                     write_bundle_sync,
                     self._root,
@@ -194,11 +204,20 @@ class LocalBundleWriter:
         except OSError as exc:
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
 
+    async def digest(self, content: BundleContent) -> str:
+        """The digest this writer keeps in ``.digest`` for ``content``: keyed under the root's
+        key, so equal across restarts and across processes sharing the root, and no oracle for
+        the payloads (it hashes nothing again once :meth:`write` has)."""
+        try:
+            return content.keyed_digest(await self._digest_key())
+        except OSError as exc:
+            raise TransientError(f"cannot read the digest key of {self._root}: {exc}") from exc
+
     async def remove(self, bundle_id: str) -> bool:
         """Remove the bundle; ``False`` when there was none."""
         check_bundle_id(bundle_id)
         try:
-            async with self._lock(bundle_id):
+            async with self._lock(leftover_tag(bundle_id)):
                 return await _in_thread(remove_bundle_sync, self._root, bundle_id)
         except OSError as exc:
             raise TransientError(f"cannot remove bundle {bundle_id}: {exc}") from exc
@@ -217,23 +236,29 @@ class LocalBundleWriter:
         except OSError as exc:
             raise TransientError(f"cannot probe the bundle root {self._root}: {exc}") from exc
 
-    async def sweep(self, live_ids: Collection[str]) -> list[str]:
+    async def sweep(
+        self, live_ids: Collection[str], *, owned: Collection[str] | None = None
+    ) -> list[str]:
         """Delete bundles not in ``live_ids`` and every temporary leftover; their names, sorted.
 
-        A payload directory that a crash left in a leftover, with a stand-in in its bundle, is
-        put back first (see the module docstring). Meant for start-up, before workers run, but
-        safe beside them: each id's entries are handled under that id's lock, so a write in
-        progress never loses its temporary directory.
+        With ``owned``, only bundles with those ids and the leftovers of those ids are
+        candidates: another process sharing the root writes the rest (a leftover of an id
+        outside ``owned`` may be its write in progress). A payload directory that a crash left
+        in a leftover, with a stand-in in its bundle, is put back first (see the module
+        docstring). Meant for start-up, before workers run, but safe beside them: each id's
+        entries are handled under that id's lock, so a write in progress never loses its
+        temporary directory.
         """
         live = frozenset(live_ids)
+        mine = None if owned is None else frozenset(owned)
         try:
             # The key first: its temporary file is never a leftover of this sweep's scan.
             await self._digest_key()
-            by_id = await _in_thread(_sweep_candidates, self._root, live)
+            by_tag = await _in_thread(_sweep_candidates, self._root, live, mine)
             removed: list[str] = []
-            for bundle_id, names in sorted(by_id.items()):
-                async with self._lock(bundle_id):
-                    removed += await _in_thread(_sweep_id, self._root, bundle_id, names)
+            for tag, (ids, names) in sorted(by_tag.items()):
+                async with self._lock(tag):
+                    removed += await _in_thread(_sweep_tag, self._root, ids, names)
         except OSError as exc:
             raise TransientError(f"cannot sweep bundles in {self._root}: {exc}") from exc
         return sorted(removed)
@@ -313,7 +338,7 @@ def write_bundle_sync(
     _ensure_root(root)
     payloads = _payload_sets(content.files)
     carried = [name for name in _PAYLOAD_DIRS if payloads[name] and _holds(live / name, payloads)]
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{bundle_id}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{leftover_tag(bundle_id)}-", dir=root))
     try:
         syncs = _fill(tmp, content.files, digest, skip=carried)
         if carried and _renameat2 is not None:
@@ -404,7 +429,7 @@ def remove_bundle_sync(root: Path, bundle_id: str) -> bool:
     The bundle is renamed aside first, so it disappears at once rather than file by file.
     """
     check_bundle_id(bundle_id)
-    aside = root / f"{OLD_PREFIX}{bundle_id}-{token_hex(4)}"
+    aside = root / f"{OLD_PREFIX}{leftover_tag(bundle_id)}-{token_hex(_RANDOM_CHARS // 2)}"
     try:
         os.rename(root / bundle_id, aside)
     except FileNotFoundError:
@@ -632,7 +657,7 @@ def _install(root: Path, live: Path, tmp: Path, bundle_id: str, carried: list[st
         os.rename(tmp, live)
         _fsync_dir(root)
         return
-    aside = root / f"{OLD_PREFIX}{bundle_id}-{token_hex(4)}"
+    aside = root / f"{OLD_PREFIX}{leftover_tag(bundle_id)}-{token_hex(_RANDOM_CHARS // 2)}"
     os.rename(live, aside)
     moved: list[str] = []
     try:
@@ -680,7 +705,7 @@ def _restore_carried(root: Path, bundle_id: str) -> set[Path]:
         original = holder / name
         if (
             up == ".."
-            and holder_name.startswith(f"{TEMP_PREFIX}{bundle_id}-")
+            and holder_name.rpartition("-")[0] == f"{TEMP_PREFIX}{leftover_tag(bundle_id)}"
             and leaf == name
             and _is_real_dir(original)
             and _exchange(original, stand_in)
@@ -735,30 +760,58 @@ def _delete(path: Path) -> bool:
     return True
 
 
-def _sweep_candidates(root: Path, live: frozenset[str]) -> dict[str, list[str]]:
-    """Entries of ``root`` to delete, grouped by the bundle id they belong to."""
-    by_id: dict[str, list[str]] = {}
+def leftover_tag(bundle_id: str) -> str:
+    """What stands for ``bundle_id`` in the names of its leftovers (``.tmp-``, ``.old-``).
+
+    The id itself when it fits, else its first characters, ``_`` (never in an id) and a hash of
+    it: a 253-character Kubernetes name is a valid bundle id, but ``.tmp-<id>-<random>`` would
+    be 267 bytes, past what a file name may hold.
+    """
+    if len(bundle_id) <= _TAG_MAX:
+        return bundle_id
+    digest = hashlib.sha256(bundle_id.encode()).hexdigest()[:_TAG_HASH_CHARS]
+    return f"{bundle_id[: _TAG_MAX - _TAG_HASH_CHARS - 1]}_{digest}"
+
+
+def _sweep_candidates(
+    root: Path, live: frozenset[str], owned: frozenset[str] | None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Entries of ``root`` to delete, grouped by tag: the bundle ids present with that tag (to
+    repair before anything goes) and the names to delete."""
     try:
         with os.scandir(root) as entries:
             names = [entry.name for entry in entries]
     except FileNotFoundError:
-        return by_id
+        return {}
+    ids = [name for name in names if is_valid_bundle_id(name)]
+    tags = {bundle_id: leftover_tag(bundle_id) for bundle_id in ids}
+    mine = None if owned is None else {leftover_tag(bundle_id) for bundle_id in owned}
+    by_tag: dict[str, tuple[list[str], list[str]]] = {}
+
+    def add(tag: str, name: str) -> None:
+        by_tag.setdefault(tag, ([], []))[1].append(name)
+
     for name in names:
         for prefix in (TEMP_PREFIX, OLD_PREFIX):
             if name.startswith(prefix):
-                # "<prefix><id>-<random>"; the random part never holds a dash.
-                bundle_id = name[len(prefix) :].rpartition("-")[0]
-                by_id.setdefault(bundle_id, []).append(name)
+                # "<prefix><tag>-<random>"; the random part never holds a dash.
+                tag = name[len(prefix) :].rpartition("-")[0]
+                if mine is None or tag in mine:
+                    add(tag, name)
                 break
         else:
-            if is_valid_bundle_id(name) and name not in live:
-                by_id.setdefault(name, []).append(name)
-    return by_id
+            if name in tags and name not in live and (owned is None or name in owned):
+                add(tags[name], name)
+    for bundle_id in ids:
+        if tags[bundle_id] in by_tag:
+            by_tag[tags[bundle_id]][0].append(bundle_id)
+    return by_tag
 
 
-def _sweep_id(root: Path, bundle_id: str, names: list[str]) -> list[str]:
-    """Repair the bundle's carried directories, then delete ``names``; those deleted."""
-    if is_valid_bundle_id(bundle_id):
+def _sweep_tag(root: Path, ids: list[str], names: list[str]) -> list[str]:
+    """Repair the carried directories of the bundles ``ids``, then delete ``names``; those
+    deleted."""
+    for bundle_id in ids:
         _restore_carried(root, bundle_id)
     removed: list[str] = []
     for name in names:

@@ -4,7 +4,12 @@
 writer (:class:`~adapters.bundles.local.LocalBundleWriter`) for the directory
 ``<bundle root>/<namespace>``: the bundle id is the object's name, which the local writer
 checks like any bundle id (a DNS-1123 name, one path component); the namespace (a DNS-1123
-label) is checked here before it becomes a directory.
+label) is checked here before it becomes a directory. It remembers the digest each bundle it
+wrote keeps in ``.digest`` (:meth:`NamespacedBundleWriter.kept_digest`), which is what
+``status.digest`` reports.
+
+:class:`BundleScope` says which bundles below a root shared with other instances are this
+instance's to remove (see its docstring for the rule).
 
 :class:`FinalizingWriter` wraps it with the finalizer ``winspec.io/bundle``: it is added to
 the object before its first bundle is written (so a deletion always waits for winspec), and
@@ -18,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -56,6 +62,42 @@ def check_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class BundleScope:
+    """What an instance owns below a bundle root that other instances may share.
+
+    An instance owns the bundles of the resources it watches: those of its namespaces
+    (``--namespace``; none given: all) that match its label selector (``--selector``, plus the
+    node label of ``--node-name``). It removes a bundle only when it owns it:
+
+    * a resource it watches that is deleted, refused, or leaves its selector carrying winspec's
+      finalizer (the finalizer is what makes the owning instance see the deletion);
+    * at start-up and in every resync, a bundle whose resource is not in its cache after a
+      full list, only if the bundle is in one of its namespaces **and** it watches every
+      resource there (no selector). With a selector, a bundle of a resource it does not see is
+      another instance's, or an orphan of a resource whose finalizer was taken off by hand:
+      it cannot tell which, so it leaves it (an instance without a selector for that
+      namespace, or a person, removes such an orphan);
+    * leftovers of interrupted writes only of bundles it owns: in its namespaces, and with a
+      selector only those of resources in its cache (another instance's may be a write in
+      progress).
+    """
+
+    #: The namespaces watched; empty: all of them.
+    namespaces: frozenset[str] = frozenset()
+    #: Whether a label selector makes it watch only part of each namespace.
+    selective: bool = False
+
+    def covers(self, namespace: str) -> bool:
+        """Whether ``namespace`` is one of the watched namespaces."""
+        return not self.namespaces or namespace in self.namespaces
+
+    def owns_unseen(self, key: str) -> bool:
+        """Whether the bundle of ``key``, a resource not in the cache after a full list, is this
+        instance's to remove (the resource is gone from a namespace it watches whole)."""
+        return not self.selective and self.covers(key.partition("/")[0])
+
+
 class NamespacedBundleWriter:
     """A :class:`~controller.ports.BundleWriter` for keys ``<namespace>/<name>``."""
 
@@ -63,6 +105,7 @@ class NamespacedBundleWriter:
         self._root = root
         self._fsync_threads = fsync_threads
         self._writers: dict[str, LocalBundleWriter] = {}
+        self._kept: dict[str, str] = {}
 
     def _writer(self, namespace: str) -> LocalBundleWriter:
         writer = self._writers.get(namespace)
@@ -74,12 +117,22 @@ class NamespacedBundleWriter:
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
         """Write ``<root>/<namespace>/<name>`` atomically; False when unchanged."""
         namespace, name = split_key(bundle_id)
-        return await self._writer(namespace).write(name, content)
+        writer = self._writer(namespace)
+        changed = await writer.write(name, content)
+        self._kept[bundle_id] = await writer.digest(content)
+        return changed
 
     async def remove(self, bundle_id: str) -> bool:
         """Remove ``<root>/<namespace>/<name>``; False when there was none."""
         namespace, name = split_key(bundle_id)
+        self._kept.pop(bundle_id, None)
         return await self._writer(namespace).remove(name)
+
+    def kept_digest(self, bundle_id: str) -> str | None:
+        """The digest in ``.digest`` of the bundle this process last wrote for ``bundle_id``
+        (keyed under its namespace directory's key: the same across restarts and for every
+        process writing to this root; revealing nothing of the payloads)."""
+        return self._kept.get(bundle_id)
 
     async def list_ids(self) -> list[str]:
         """Every bundle present, as ``<namespace>/<name>``."""
@@ -88,12 +141,21 @@ class NamespacedBundleWriter:
             keys += [f"{namespace}/{name}" for name in await self._writer(namespace).list_ids()]
         return sorted(keys)
 
-    async def sweep(self, live_keys: set[str]) -> list[str]:
-        """Delete bundles whose key is not live and every temporary leftover; their keys."""
+    async def sweep(self, scope: BundleScope, seen: Collection[str]) -> list[str]:
+        """Delete the leftovers of interrupted writes that ``scope`` owns (``seen``: the keys
+        of the resources in the cache); the names deleted. No bundle is removed."""
         removed: list[str] = []
         for namespace in self._namespaces():
-            live = {k.partition("/")[2] for k in live_keys if k.startswith(namespace + "/")}
-            removed += [f"{namespace}/{n}" for n in await self._writer(namespace).sweep(live)]
+            if not scope.covers(namespace):
+                continue
+            owned = None
+            if scope.selective:
+                owned = {k.partition("/")[2] for k in seen if k.startswith(namespace + "/")}
+                if not owned:
+                    continue
+            writer = self._writer(namespace)
+            names = await writer.sweep(await writer.list_ids(), owned=owned)
+            removed += [f"{namespace}/{n}" for n in names]
         return removed
 
     async def atomic_replace_supported(self) -> bool:

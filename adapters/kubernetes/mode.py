@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,12 @@ from adapters.http import (
     start_http_server,
     stop_http_server,
 )
-from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
+from adapters.kubernetes.bundles import (
+    BundleScope,
+    FinalizingWriter,
+    NamespacedBundleWriter,
+    check_key,
+)
 from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
@@ -63,7 +68,7 @@ from adapters.kubernetes.source import (
     SourceHooks,
     WatchSettings,
 )
-from adapters.kubernetes.status import StatusWriter
+from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
 from controller.cluster import GROUP, NODE_LABEL, VERSION
 from controller.errors import NotFoundError, WinspecError
@@ -100,7 +105,8 @@ KUBERNETES_APIS = (
     *AGENT_APIS.values(),
     AGENT_NODE_API,
 )
-#: The first agent resync waits this long (the first list is in by then, as a rule).
+#: The first agent resync waits this long once the first list is in (the first deliveries of the
+#: start-up are under way by then, so it re-queues fewer of them).
 AGENT_RESYNC_FIRST_SECONDS = 5.0
 
 
@@ -280,12 +286,19 @@ class ClusterMode:
         m = self.metrics
         queue = WorkQueue(CONTROLLER_NAME, metrics=m.queue_metrics(CONTROLLER_NAME))
         bundles = NamespacedBundleWriter(Path(self._bundle_root))
+        scope = _scope(s)
+        # Set once every resource is in the cache: only then can a bundle be judged an orphan.
+        listed = asyncio.Event()
 
         async def synced() -> None:
-            # Bundles whose resource is gone (deleted while winspec was down) go now.
-            for key in await bundles.list_ids():
-                if key not in source.cache:
-                    queue.add(key)
+            listed.set()
+            # Agent delivery leaves the local root alone (resync cleans the agents instead).
+            if s.delivery != "agent":
+                try:
+                    await _clean_local(bundles, scope, source.cache.keys(), queue.add)
+                except WinspecError as exc:
+                    log.warning("start-up clean-up of the bundle root failed",
+                                extra={"error": str(exc)})  # fmt: skip
             m.last_sync_timestamp.labels(source=SOURCE).set(time.time())
             self.health.set_ready(INITIAL_LIST_CONDITION, True)
 
@@ -305,12 +318,6 @@ class ClusterMode:
                 on_synced=lambda: _spawn(synced()),
             ),
         )
-        # Agent delivery leaves the local root alone (resync cleans the agents instead).
-        removed = (
-            [] if s.delivery == "agent" else await bundles.sweep(set(await bundles.list_ids()))
-        )
-        if removed:
-            log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
         remote = _remote_writer(s, client, source, m) if s.delivery == "agent" else None
         writer = FinalizingWriter(
             remote or bundles,
@@ -350,10 +357,11 @@ class ClusterMode:
         if remote is not None:
             status = NodeDigestStatus(status, remote)
             resync: asyncio.Task[None] | None = asyncio.create_task(
-                _resync_agents(remote, queue.add, s.resync_interval, _owned(s)),
+                _resync_agents(remote, queue.add, s.resync_interval, scope.owns_unseen, listed),
                 name="agent-resync",
             )
         else:
+            status = KeptDigestStatus(status, bundles.kept_digest)
             resync = None
         controller = Controller(
             CONTROLLER_NAME,
@@ -432,14 +440,34 @@ def _remote_writer(
     )
 
 
+async def _clean_local(
+    bundles: NamespacedBundleWriter,
+    scope: BundleScope,
+    seen: Collection[str],
+    enqueue: Callable[[str], None],
+) -> None:
+    """Once the first list is in: delete the leftovers of interrupted writes that ``scope``
+    owns, and queue the bundles whose resource is gone (deleted while winspec was down) that it
+    owns: their reconcile removes them. What other instances sharing the root own is left."""
+    removed = await bundles.sweep(scope, seen)
+    if removed:
+        log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
+    for key in await bundles.list_ids():
+        if key not in seen and scope.owns_unseen(key):
+            enqueue(key)
+
+
 async def _resync_agents(
     remote: RemoteBundleWriter,
     enqueue: Callable[[str], None],
     interval: float,
     owns: Callable[[str], bool],
+    listed: asyncio.Event,
 ) -> None:
-    """At start (once the first list is in) and every ``interval``: compare agents' bundles
-    with the desired state (orphans deleted, missing or different ones re-queued)."""
+    """Once the first list is in (never before: a resource not yet listed would look like an
+    orphan), then every ``interval``: compare agents' bundles with the desired state (orphans
+    that ``owns`` accepts deleted, missing or different ones re-queued)."""
+    await listed.wait()
     await asyncio.sleep(min(interval, AGENT_RESYNC_FIRST_SECONDS))
     while True:
         try:
@@ -453,15 +481,12 @@ async def _resync_agents(
         await asyncio.sleep(interval)
 
 
-def _owned(s: Settings) -> Callable[[str], bool]:
-    """Which agent bundles this instance may delete as orphans: none under --selector (it
-    cannot tell another selector's bundles from orphans), else those of watched namespaces."""
-    if s.selector:
-        return lambda key: False
-    if not s.namespace:
-        return lambda key: True
-    watched = set(s.namespace)
-    return lambda key: key.partition("/")[0] in watched
+def _scope(s: Settings) -> BundleScope:
+    """What this instance owns: its namespaces, and whether a selector (--selector, or the
+    node label of --node-name) makes it see only part of each."""
+    return BundleScope(
+        namespaces=frozenset(s.namespace), selective=_selector(s.selector, s.node_name) is not None
+    )
 
 
 def _selector(selector: str | None, node_name: str | None) -> str | None:

@@ -12,7 +12,10 @@ Ready          both: the bundle at ``status.digest`` is the one for this generat
 
 ``observedGeneration`` is the generation that was resolved (not whatever the cache holds by
 the time the status is written). ``status.digest`` is the digest of the bundle on disk: a
-failure keeps the previous one, since the previous bundle stays.
+failure keeps the previous one, since the previous bundle stays. It is the digest its writer
+keeps in ``.digest`` (:class:`KeptDigestStatus`): an HMAC under the bundle root's stored key
+(the node agent's, with central delivery), so a restart over unchanged bundles writes no status
+at all, and it tells nothing about the payloads it covers.
 
 The status is written through the ``status`` subresource with a JSON merge patch that carries
 the resourceVersion it was computed from; a 409 re-reads the object and tries again. A status
@@ -56,7 +59,7 @@ from controller.cluster import (
     decode_windows_container,
 )
 from controller.errors import NotFoundError, PermanentError, RequestDecodeError
-from controller.ports import Stage
+from controller.ports import Stage, StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +315,36 @@ class StatusWriter:
                 "could not record an event",
                 extra={"key": wc.key, "reason": reason, "error": str(exc)},
             )
+
+
+class KeptDigestStatus:
+    """A :class:`~controller.ports.StatusReporter` reporting the digest the bundle's writer
+    keeps (``kept(key)``: in ``.digest``, under a stored key) in place of the reconciler's,
+    which is keyed per process and would change with every restart."""
+
+    def __init__(self, inner: StatusReporter, kept: Callable[[str], str | None]) -> None:
+        self._inner = inner
+        self._kept = kept
+
+    async def report(
+        self,
+        key: str,
+        *,
+        ok: bool,
+        message: str,
+        stage: Stage = "done",
+        reason: str = "",
+        digest: str | None = None,
+        permanent: bool = False,
+    ) -> None:
+        """Pass the outcome on, with the kept digest (none after a failure: the previous
+        one stays)."""
+        await self._inner.report(
+            key,
+            ok=ok,
+            message=message,
+            stage=stage,
+            reason=reason,
+            digest=self._kept(key) if ok else None,
+            permanent=permanent,
+        )

@@ -23,9 +23,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.agent.client import AgentClient, ClientPolicy
 from adapters.kubernetes.mode import ClusterMode
 from tests.agent import AgentProcess, TLSFiles, make_tls
-from tests.clustermode import api, condition, eventually, ready_object, running, wc_path
+from tests.clustermode import (
+    api,
+    condition,
+    eventually,
+    metric,
+    ready_object,
+    running,
+    server_requests,
+    settled,
+    wc_path,
+)
 from tests.clustermode import windows_container as _wc
 from tests.kube import KubeAPIError, KubeCluster
+from tests.kubeproxy import FaultProxy, is_watch
 
 pytestmark = pytest.mark.kube
 
@@ -47,10 +58,18 @@ class Delivery:
     token_file: Path
     token: str
 
-    def central(self, tmp_path: Path, namespaces: list[str], **overrides: Any) -> Any:
-        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context)."""
+    def central(
+        self,
+        tmp_path: Path,
+        namespaces: list[str],
+        *,
+        kubeconfig: Path | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context);
+        as admin, through ``kubeconfig`` when given."""
         return running(
-            self.kube.admin_kubeconfig,
+            kubeconfig or self.kube.admin_kubeconfig,
             tmp_path,
             namespace=namespaces,
             delivery="agent",
@@ -343,3 +362,98 @@ async def test_agent_certificates_are_checked_for_the_server_name(
         assert ready["reason"] == "TransientError"
         assert a.name in ready["message"]
         assert not _on_agent(a, ns, "named").exists()
+
+
+async def test_the_longest_namespace_and_name_reach_the_agent(
+    kube: KubeCluster, delivery: Delivery, nodes: list[Node], tmp_path: Path
+) -> None:
+    """A 63-character namespace and a 253-character name: delivered, Ready, then removed."""
+    ns = f"n{secrets.token_hex(31)}"[:63]
+    name = ".".join(["a" * 63] * 3 + [f"{secrets.token_hex(30)}b"])
+    assert (len(ns), len(name)) == (63, 253)
+    kube.create_namespace(ns)
+    a, _ = nodes
+    await api(kube, "POST", wc_path(ns), _resource(name, a.name))
+    async with delivery.central(tmp_path, [ns], agent_timeout=5.0):
+        obj = await eventually(ready_object(kube, ns, name), within=30)
+        bundle = _on_agent(a, ns, name)
+        assert obj["status"]["digest"] == (bundle / ".digest").read_text().strip()
+        await api(kube, "DELETE", wc_path(ns, name))
+        await eventually(lambda: kube.status_of("GET", wc_path(ns, name)) == 404, within=30)
+        assert not bundle.exists()
+        assert _leftovers(a.agent.root) == []
+
+
+async def test_no_resync_before_the_first_list(
+    kube: KubeCluster,
+    kube_namespace: str,
+    delivery: Delivery,
+    nodes: list[Node],
+    kube_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    """A controller whose first list is slow never takes its resources' bundles for orphans."""
+    ns = kube_namespace
+    a, _ = nodes
+    await api(kube, "POST", wc_path(ns), _resource("kept", a.name))
+    async with delivery.central(tmp_path, [ns], agent_timeout=5.0):
+        await eventually(ready_object(kube, ns, "kept"), within=30)
+    kept = _on_agent(a, ns, "kept") / ".digest"
+    inode = kept.stat().st_ino
+
+    def lists(method: str, path_qs: str) -> bool:
+        collection = path_qs.split("?", 1)[0].endswith("/windowscontainers")
+        return method == "GET" and collection and not is_watch(method, path_qs)
+
+    # Every attempt of the first list refused for 3 s: it is in after about 9 s, past the
+    # first resync's delay.
+    kube_proxy.fail(429, count=3, retry_after=3, when=lists)
+    async with delivery.central(
+        tmp_path,
+        [ns],
+        kubeconfig=kube.kubeconfig(kube.admin_token, server=kube_proxy.url),
+        agent_timeout=5.0,
+        resync_interval=1.0,
+    ) as mode:
+        async with asyncio.timeout(40):
+            while not mode.health.is_ready():
+                assert kept.exists()
+                await asyncio.sleep(0.05)
+        for _ in range(60):  # three resyncs after the list
+            assert kept.exists()
+            await asyncio.sleep(0.05)
+        assert metric(mode, "winspec_api_retries_total", api="list") >= 2
+    assert kept.stat().st_ino == inode
+
+
+async def test_restart_over_delivered_resources_writes_no_status(
+    kube: KubeCluster, kube_namespace: str, delivery: Delivery, nodes: list[Node], tmp_path: Path
+) -> None:
+    """A controller restarted over bundles its agents hold writes no status: same digests."""
+    ns = kube_namespace
+    names = [f"web-{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        await api(kube, "POST", wc_path(ns), _resource(name, nodes[i % 2].name))
+    async with delivery.central(tmp_path, [ns], agent_timeout=5.0) as first:
+        objs = [await eventually(ready_object(kube, ns, n), within=30) for n in names]
+        await settled(first)
+    digests = {o["metadata"]["name"]: o["status"]["digest"] for o in objs}
+
+    writes = server_requests(kube, verb="PATCH", resource="windowscontainers", subresource="status")
+    async with delivery.central(tmp_path, [ns], agent_timeout=5.0) as second:
+        await eventually(
+            lambda: (
+                metric(second, "winspec_bundles_written_total", result="unchanged") >= len(names)
+            ),
+            within=30,
+            what="every bundle found delivered",
+        )
+        await settled(second)
+        after = server_requests(
+            kube, verb="PATCH", resource="windowscontainers", subresource="status"
+        )
+    assert after - writes == 0
+    for i, name in enumerate(names):
+        obj = await api(kube, "GET", wc_path(ns, name))
+        on_agent = (_on_agent(nodes[i % 2], ns, name) / ".digest").read_text().strip()
+        assert obj["status"]["digest"] == digests[name] == on_agent

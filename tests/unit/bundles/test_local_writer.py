@@ -31,6 +31,8 @@ from controller.errors import PermanentError, TransientError
 
 BUNDLE_ID = "3f" * 32
 OTHER_ID = "web-1"
+#: The longest Kubernetes object name (a DNS-1123 subdomain): 253 characters.
+LONGEST_ID = ".".join(["a" * 63] * 3 + ["b" * 61])
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX modes and directory handles")
 
@@ -320,6 +322,49 @@ async def test_sweep_removes_dead_bundles_and_leftovers(
     assert await writer.sweep({BUNDLE_ID}) == []
 
 
+@pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "rename aside"])
+async def test_the_longest_id_is_written_replaced_removed_and_swept(
+    tmp_path: Path, fallback: bool, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+) -> None:
+    """A 253-character id gets its bundle: written, replaced, removed; its leftovers swept."""
+    assert len(LONGEST_ID) == 253
+    if fallback:
+        monkeypatch.setattr(local, "_renameat2", None)
+    writer = make_writer(tmp_path)
+    assert await writer.write(LONGEST_ID, _content(1)) is True
+    assert await writer.write(LONGEST_ID, _content(2)) is True  # every payload changed
+    assert await writer.write(LONGEST_ID, _content(2)) is False
+    assert _tree(tmp_path / LONGEST_ID) == _expected_tree(_content(2), tmp_path)
+    assert _entries(tmp_path) == [LONGEST_ID]
+    assert await writer.list_ids() == [LONGEST_ID]
+
+    # What a crash of either kind would leave, named as the writer names them.
+    tag = local.leftover_tag(LONGEST_ID)
+    leftovers = [f".tmp-{tag}-abcd_123", f".old-{tag}-0000ffff"]
+    for name in leftovers:
+        assert len(name.encode()) <= 255
+        (tmp_path / name).mkdir()
+    assert await writer.sweep({LONGEST_ID}) == sorted(leftovers)
+    assert await writer.remove(LONGEST_ID) is True
+    assert _entries(tmp_path) == []
+
+
+async def test_a_scoped_sweep_leaves_what_it_does_not_own(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
+    """sweep with ``owned`` touches neither other ids' bundles nor their leftovers."""
+    writer = make_writer(tmp_path)
+    for bundle_id in (BUNDLE_ID, OTHER_ID, LONGEST_ID):
+        await writer.write(bundle_id, _content())
+    theirs = [f".tmp-{OTHER_ID}-abcd1234", f".tmp-{local.leftover_tag(LONGEST_ID)}-abcd1234"]
+    mine = f".old-{BUNDLE_ID}-0000ffff"
+    for name in [*theirs, mine]:
+        (tmp_path / name).mkdir()
+
+    assert await writer.sweep(set(), owned={BUNDLE_ID}) == sorted([BUNDLE_ID, mine])
+    assert _entries(tmp_path) == sorted([OTHER_ID, LONGEST_ID, *theirs])
+
+
 BAD_IDS = [
     "../x",
     "a/b",
@@ -498,7 +543,7 @@ def _inode(path: Path) -> int:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return [name for name in _entries(root) if name != BUNDLE_ID]
+    return [name for name in _entries(root) if name.startswith((".tmp-", ".old-"))]
 
 
 @posix_only
@@ -571,22 +616,27 @@ def _crash_on_call(monkeypatch: pytest.MonkeyPatch, name: str, number: int) -> N
 
 
 @posix_only
+@pytest.mark.parametrize("bundle_id", [BUNDLE_ID, LONGEST_ID], ids=["container id", "longest"])
 @pytest.mark.parametrize("repair", ["sweep", "next write"])
 async def test_crash_between_swap_and_payload_exchange_is_repaired(
-    tmp_path: Path, repair: str, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+    tmp_path: Path,
+    repair: str,
+    bundle_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    make_writer: WriterFactory,
 ) -> None:
     """Stopped between the swap and the payload exchange, the bundle is whole, then repaired."""
     # The new version is in place and its secrets/ (a stand-in) leads to the original files; the
     # sweep, or the next write of the bundle, puts the original directory back: same inode, no
     # leftovers.
     _use("exchange", tmp_path, monkeypatch)
-    bundle = tmp_path / BUNDLE_ID
-    write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
+    bundle = tmp_path / bundle_id
+    write_bundle_sync(tmp_path, bundle_id, _config_only(1))
     secrets_before = _inode(bundle / "secrets")
     with monkeypatch.context() as patched:
         _crash_on_call(patched, "_exchange", 2)  # 1: the versions, 2: secrets/
         with pytest.raises(_CrashError):
-            write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(2))
+            write_bundle_sync(tmp_path, bundle_id, _config_only(2))
 
     assert (bundle / "config.json").read_bytes() == _config_only(2).files["config.json"]
     assert (bundle / "secrets").is_symlink()
@@ -597,9 +647,9 @@ async def test_crash_between_swap_and_payload_exchange_is_repaired(
 
     writer = make_writer(tmp_path)
     if repair == "sweep":
-        assert await writer.sweep({BUNDLE_ID}) == leftovers
+        assert await writer.sweep({bundle_id}) == leftovers
     else:
-        assert await writer.write(BUNDLE_ID, _config_only(2)) is False
+        assert await writer.write(bundle_id, _config_only(2)) is False
 
     assert not (bundle / "secrets").is_symlink()
     assert _inode(bundle / "secrets") == secrets_before
