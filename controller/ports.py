@@ -41,8 +41,9 @@ class BundleWriter(Protocol):
 
 
 #: How far a reconcile got: resolving the request, generating the spec and bundle content,
-#: writing the bundle, or all the way (``done``).
-Stage = Literal["resolve", "generate", "write", "done"]
+#: writing the bundle, or all the way (``done``); ``remove``: removing the bundle of an object
+#: that is gone or being deleted.
+Stage = Literal["resolve", "generate", "write", "remove", "done"]
 
 
 class StatusReporter(Protocol):

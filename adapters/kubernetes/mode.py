@@ -45,7 +45,13 @@ from adapters.compose import (
     finish,
 )
 from adapters.http import bound_port, build_app, start_http_server, stop_http_server
-from adapters.kubernetes.bundles import FinalizingWriter, NamespacedBundleWriter, check_key
+from adapters.kubernetes.bundles import (
+    BundleAbandonedError,
+    FinalizingWriter,
+    NamespacedBundleWriter,
+    OnAbandoned,
+    check_key,
+)
 from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
@@ -59,7 +65,7 @@ from adapters.kubernetes.source import (
 )
 from adapters.kubernetes.status import StatusWriter
 from adapters.retry import RetryPolicy
-from controller.cluster import GROUP, NODE_LABEL, VERSION
+from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
 from controller.loop import Controller
@@ -299,16 +305,11 @@ class ClusterMode:
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
         remote = (
-            _remote_writer(s, client, source, lambda api: m.api_retries.labels(api=api).inc())
+            _remote_writer(
+                s, client, source, queue, lambda api: m.api_retries.labels(api=api).inc()
+            )
             if s.delivery == "agent"
             else None
-        )
-        writer = FinalizingWriter(
-            remote or bundles,
-            client,
-            cache=source.cache,
-            remember=source.remember,
-            released=source.released,
         )
         resolver = KubernetesResolver(
             client,
@@ -326,20 +327,40 @@ class ClusterMode:
             ),
             node_name=s.node_name,
         )
-        status: StatusReporter = StatusWriter(
+        status_writer = StatusWriter(
             client,
             cache=source.cache,
             generations=resolver.resolved_generation,
             remember=source.remember,
         )
+        writer = FinalizingWriter(
+            remote or bundles,
+            client,
+            cache=source.cache,
+            remember=source.remember,
+            released=source.released,
+            on_abandoned=_abandoned_reporter(m, status_writer),
+        )
+        status: StatusReporter = status_writer
+        agent_tasks: list[asyncio.Task[None]] = []
         if remote is not None:
+            m.declare_abandon_reasons()
             status = NodeDigestStatus(status, remote)
-            resync: asyncio.Task[None] | None = asyncio.create_task(
-                _resync_agents(remote, queue.add, s.resync_interval, _owned(s)),
-                name="agent-resync",
+            agent_tasks.append(
+                asyncio.create_task(
+                    _resync_agents(remote, queue.add, s.resync_interval, _owned(s)),
+                    name="agent-resync",
+                )
             )
-        else:
-            resync = None
+            pods = remote.locator.watcher(
+                WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
+                SourceHooks(
+                    on_restart=lambda reason: m.watch_restarts.labels(
+                        source=SOURCE, reason=reason
+                    ).inc()
+                ),
+            )
+            agent_tasks.append(asyncio.create_task(pods.run(), name="agent-pod-watch"))
         controller = Controller(
             CONTROLLER_NAME,
             queue=queue,
@@ -380,9 +401,9 @@ class ClusterMode:
             )
             await finish(controller_task, within=CANCEL_GRACE_SECONDS, what="controller")
             bundles.close()
-            if resync is not None:
-                resync.cancel()
-                await finish(resync, within=CANCEL_GRACE_SECONDS, what="agent resync")
+            for task in agent_tasks:
+                task.cancel()
+                await finish(task, within=CANCEL_GRACE_SECONDS, what=task.get_name())
             if remote is not None:
                 await remote.close()
         if failed is not None:
@@ -393,22 +414,52 @@ def _remote_writer(
     s: Settings,
     client: KubeClient,
     source: ClusterSource,
+    queue: WorkQueue,
     on_retry: Callable[[str], None],
 ) -> RemoteBundleWriter:
-    """The writer of ``--delivery agent``: each bundle to the agent pod on its node."""
+    """The writer of ``--delivery agent``: each bundle to the agent pod on its node. A node's
+    agent found anew (a pod recreated or moved) re-queues that node's resources."""
+
+    def found(node: str) -> None:
+        for key in source.index.keys_for((NODE, "", node)):
+            queue.add(key)
+
     locator = AgentLocator(
         client,
         AgentEndpoint(namespace=s.agent_namespace, selector=s.agent_selector, port=s.agent_port),
+        on_found=found,
     )
     return RemoteBundleWriter(
         locator,
         cache=source.cache,
         token=token_reader(Path(s.agent_token_file)),
         ssl_context=agent_ssl_context(Path(s.agent_ca_file) if s.agent_ca_file else None),
-        policy=DeliveryPolicy(per_node=s.agent_concurrency, node_timeout=s.agent_timeout),
+        policy=DeliveryPolicy(
+            per_node=s.agent_concurrency,
+            node_timeout=s.agent_timeout,
+            removal_grace=s.agent_removal_grace,
+        ),
         server_name=s.agent_server_name,
         on_retry=on_retry,
+        node_deleted=source.node_deleted,
+        enqueue_after=queue.add_after,
     )
+
+
+def _abandoned_reporter(m: Metrics, status: StatusWriter) -> OnAbandoned:
+    """What a removal given up leaves: a log line, the metric, and a Warning Event on the
+    object (when it still exists)."""
+
+    async def report(key: str, meta: ObjectMeta | None, exc: BundleAbandonedError) -> None:
+        m.bundle_removals_abandoned.labels(reason=exc.cause).inc()
+        log.warning(
+            "finalizer released without removing the bundle",
+            extra={"key": key, "node": exc.node, "reason": exc.cause, "error": str(exc)},
+        )
+        if meta is not None:
+            await status.event(meta, exc.reason, f"{exc}; the finalizer was released")
+
+    return report
 
 
 async def _resync_agents(
