@@ -60,7 +60,8 @@ class BundleAbandonedError(TransientError):
         self.cause = cause
 
 
-#: What is told of a removal given up: the key, the object's metadata (None: it is gone).
+#: What is told of a removal given up: the key, and the metadata of the object whose finalizer
+#: was released for it (None: no finalizer was left to release).
 OnAbandoned = Callable[[str, ObjectMeta | None, BundleAbandonedError], Awaitable[None]]
 
 
@@ -179,17 +180,21 @@ class FinalizingWriter:
                 raise  # a live object's stale bundle: that stays a failure
             abandoned, removed = exc, False
         entry = self._cache.get(bundle_id)
-        meta: ObjectMeta | None = None
+        released: ObjectMeta | None = None  # the object whose finalizer this call took off
         if isinstance(entry, WindowsContainer | InvalidObjectError):
             meta = entry.metadata
             if meta.deletion_timestamp is not None and FINALIZER in meta.finalizers:
+                rest = _without(meta.finalizers)
                 with contextlib.suppress(NotFoundError):  # already gone
-                    await self._set_finalizers(meta, _without(meta.finalizers))
+                    # The last finalizer off: the object is gone, its answer not worth caching
+                    # (it could land after the watch's DELETED and outlive the object).
+                    await self._set_finalizers(meta, rest, remember=bool(rest))
+                released = meta
         elif entry is None and bundle_id in self._released:
-            meta = self._released[bundle_id]
+            released = self._released[bundle_id]
             await self._release(bundle_id)
         if abandoned is not None and self._on_abandoned is not None:
-            await self._on_abandoned(bundle_id, meta, abandoned)
+            await self._on_abandoned(bundle_id, released, abandoned)
         return removed
 
     def _going(self, key: str) -> bool:
