@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,10 +24,21 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent import AgentProcess
-from tests.clustermode import api, condition, eventually, metric, ready_object, wc_path
+from tests.clustermode import (
+    api,
+    condition,
+    eventually,
+    metric,
+    ready_object,
+    running,
+    wc_path,
+)
 from tests.clustermode import windows_container as _wc
+from tests.integration.test_readme_cluster import _kubectl
 from tests.integration.test_remote_delivery import Delivery, _agent_pod, _node, make_delivery
 from tests.kube import KubeCluster
+from tests.processes import clean_env
+from tests.readme_commands import ROOT, RUN_STUCK_DELETE
 
 pytestmark = pytest.mark.kube
 
@@ -236,3 +249,52 @@ async def test_a_recreated_agent_pod_is_followed_without_a_failed_call(
             errors
         )
         assert metric(mode, "winspec_api_retries_total", api="agent_put") == 0
+
+
+def _readme_patch(kube: KubeCluster, ns: str, name: str) -> subprocess.CompletedProcess[str]:
+    """The README's kubectl patch, for ``name`` in ``ns`` rather than ``web`` in ``apps``."""
+    words = shlex.split(RUN_STUCK_DELETE[0])
+    assert words[:5] == ["kubectl", "patch", "windowscontainer", "web", "-n"]
+    words[3], words[5] = name, ns
+    return subprocess.run(
+        [_kubectl(), *words[1:]],
+        cwd=ROOT,
+        env={**clean_env(), "KUBECONFIG": str(kube.admin_kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_readme_patch_ends_a_deletion_no_winspec_finishes(
+    kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
+) -> None:
+    """With winspec gone, the README's kubectl patch takes its finalizer off, and only its."""
+    ns = kube_namespace
+    async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]):
+        await api(kube, "POST", wc_path(ns), _wc("web"))
+        await eventually(ready_object(kube, ns, "web"), within=30)
+    # winspec is stopped: the deletion waits for a finalizer nobody takes off.
+    obj = kube.api("DELETE", wc_path(ns, "web"))
+    assert obj["metadata"]["finalizers"] == ["winspec.io/bundle"]
+
+    proc = _readme_patch(kube, ns, "web")
+    assert proc.returncode == 0, proc.stderr
+    assert kube.status_of("GET", wc_path(ns, "web")) == 404
+
+    # Another controller's finalizer: the patch's test operation refuses to touch it.
+    other = "example.com/keep"
+    body = _wc("other")
+    body["metadata"]["finalizers"] = [other]
+    kube.api("POST", wc_path(ns), body)
+    kube.api("DELETE", wc_path(ns, "other"))
+    refused = _readme_patch(kube, ns, "other")
+    assert refused.returncode != 0
+    assert kube.api("GET", wc_path(ns, "other"))["metadata"]["finalizers"] == [other]
+    kube.api(
+        "PATCH",
+        wc_path(ns, "other"),
+        {"metadata": {"finalizers": None}},
+        content_type="application/merge-patch+json",
+    )

@@ -70,6 +70,8 @@ def test_an_unreachable_api_server_exits_1(
     [
         (["--namespace", "Not_A_Namespace"], "is not a namespace name"),
         (["--watch-timeout", "0"], "watch_timeout must be at least 1"),
+        (["--agent-removal-grace", "-1"], "agent_removal_grace must be a number of seconds"),
+        (["--agent-removal-grace", "inf"], "agent_removal_grace must be a number of seconds"),
     ],
 )
 def test_bad_cluster_settings_exit_2(
