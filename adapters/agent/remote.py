@@ -154,20 +154,31 @@ class AgentLocator:
         self._cache: dict[str, str] = {}
         #: node -> pod name -> pod, from the watch; None until it has listed.
         self._pods: dict[str, dict[str, _Pod]] | None = None
+        #: Whether the watch has listed and works: the cache is then what it says, else
+        #: (before, or while it fails) each node's pod is listed when needed.
+        self._following = False
 
     def known(self) -> dict[str, str]:
         """Every node whose agent was found: node to base URL."""
         return dict(self._cache)
 
     def forget(self, node: str) -> None:
-        """Drop the cached address (a call to it failed; the pod may have moved). The watch,
-        once it runs, keeps the addresses itself."""
-        if self._pods is None:
+        """Drop the cached address (a call to it failed; the pod may have moved). A working
+        watch keeps the addresses itself."""
+        if not self._following:
             self._cache.pop(node, None)
 
     def watcher(self, settings: WatchSettings, hooks: SourceHooks | None = None) -> Reflector:
         """A list+watch of the agent pods keeping the addresses current (run it)."""
         e = self._endpoint
+        outer = hooks or SourceHooks()
+
+        def ready(ok: bool) -> None:
+            if not ok:
+                self._following = False  # failing: pods are listed per node meanwhile
+            if outer.on_ready is not None:
+                outer.on_ready(ok)
+
         return Reflector(
             self._client,
             path=f"/api/v1/namespaces/{quote(e.namespace, safe='')}/pods",
@@ -175,7 +186,7 @@ class AgentLocator:
             on_list=self._listed,
             on_event=self._changed,
             settings=settings,
-            hooks=hooks or SourceHooks(),
+            hooks=SourceHooks(on_event=outer.on_event, on_restart=outer.on_restart, on_ready=ready),
             label_selector=e.selector,
             decode=_decode_pod,
         )
@@ -186,11 +197,14 @@ class AgentLocator:
         for pod in pods:
             if pod is not None and pod.spec.node_name:
                 self._pods.setdefault(pod.spec.node_name, {})[pod.metadata.name] = pod
-        nodes = set(self._cache) | set(self._pods)
-        if first:
-            self._cache.clear()  # from now on, only what the watch says
-        for node in sorted(nodes):
-            self._follow(node, notify=not first)
+        self._resume(notify=not first)
+
+    def _resume(self, *, notify: bool) -> None:
+        """Follow the watch (again): every node's address from the watched pods."""
+        assert self._pods is not None
+        self._following = True
+        for node in sorted(set(self._cache) | set(self._pods)):
+            self._follow(node, notify=notify)
 
     def _changed(self, event_type: str, raw: msgspec.Raw) -> None:
         pod = _decode_pod(raw)
@@ -204,7 +218,10 @@ class AgentLocator:
             on_node[pod.metadata.name] = pod
         if not on_node:
             del self._pods[node]
-        self._follow(node, notify=True)
+        if self._following:
+            self._follow(node, notify=True)
+        else:
+            self._resume(notify=True)  # the watch works again (resumed where it stopped)
 
     def _follow(self, node: str, *, notify: bool) -> None:
         """Set the node's address from the watched pods; tell of a new one."""
@@ -245,7 +262,7 @@ class AgentLocator:
 
     async def nodes(self) -> list[str]:
         """Every node with a running agent pod (its address cached)."""
-        if self._pods is not None:
+        if self._following:
             return sorted(self._cache)
         found: dict[str, str] = {}
         for pod in await self._running(None):
@@ -265,7 +282,7 @@ class AgentLocator:
         if cached is not None:
             return cached
         e = self._endpoint
-        ready = [] if self._pods is not None else await self._running(node)
+        ready = [] if self._following else await self._running(node)
         if not ready:
             raise TransientError(
                 f"node {node}: no running agent pod ({e.selector!r} in namespace {e.namespace})"

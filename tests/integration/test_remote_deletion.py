@@ -37,6 +37,7 @@ from tests.clustermode import windows_container as _wc
 from tests.integration.test_readme_cluster import _kubectl
 from tests.integration.test_remote_delivery import Delivery, _agent_pod, _node, make_delivery
 from tests.kube import KubeCluster
+from tests.kubeproxy import FaultProxy, is_watch
 from tests.processes import clean_env
 from tests.readme_commands import ROOT, RUN_STUCK_DELETE
 
@@ -249,6 +250,39 @@ async def test_a_recreated_agent_pod_is_followed_without_a_failed_call(
             errors
         )
         assert metric(mode, "winspec_api_retries_total", api="agent_put") == 0
+
+
+async def test_agent_pods_are_still_found_while_their_watch_is_refused(
+    kube: KubeCluster,
+    kube_namespace: str,
+    delivery: Delivery,
+    win: Node,
+    kube_proxy: FaultProxy,
+    tmp_path: Path,
+) -> None:
+    """Pods watch refused (403, as under an RBAC without it): a recreated agent is still found."""
+    ns = kube_namespace
+    pods = f"/api/v1/namespaces/{delivery.namespace}/pods"
+    kube_proxy.fail(
+        403, count=10_000, when=lambda method, path: is_watch(method, path) and pods in path
+    )
+    kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
+    async with delivery.central(
+        tmp_path, [ns], kubeconfig, agent_timeout=5.0, resync_interval=300.0
+    ):
+        await _ready_on(kube, ns, "web", win)
+        await eventually(
+            lambda: kube_proxy.count(lambda e: e.injected) >= 2, within=30, what="refused watches"
+        )
+        win.agent.kill()
+        win.delete_pod()
+        new = win.new_agent(tmp_path / "agent2" / "bundles")
+
+        obj = kube.api("GET", wc_path(ns, "web"))
+        obj["spec"]["args"] = ["echo changed"]
+        await api(kube, "PUT", wc_path(ns, "web"), obj)
+        await eventually(ready_object(kube, ns, "web", generation=2), within=30)
+        assert (win.bundle(ns, "web", new) / "config.json").is_file()
 
 
 def _readme_patch(kube: KubeCluster, ns: str, name: str) -> subprocess.CompletedProcess[str]:

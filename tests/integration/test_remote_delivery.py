@@ -40,10 +40,17 @@ class Delivery:
     token_file: Path
     token: str
 
-    def central(self, tmp_path: Path, namespaces: list[str], **overrides: Any) -> Any:
-        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context)."""
+    def central(
+        self,
+        tmp_path: Path,
+        namespaces: list[str],
+        kubeconfig: Path | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context);
+        as admin, through ``kubeconfig`` when given (e.g. a fault proxy's)."""
         return running(
-            self.kube.admin_kubeconfig,
+            kubeconfig or self.kube.admin_kubeconfig,
             tmp_path,
             namespace=namespaces,
             delivery="agent",
