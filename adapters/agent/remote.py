@@ -356,7 +356,7 @@ class RemoteBundleWriter:
         ``agent_list``) each time a call to an agent is retried; ``node_deleted(node)`` says
         whether a Node object is known to be gone; ``enqueue_after(key, seconds)`` brings a
         removal back when its grace period ends."""
-        self.locator = locator
+        self._locator = locator
         self._node_deleted = node_deleted
         self._enqueue_after = enqueue_after
         #: node -> (monotonic, wall) time of the first failed call since the last success.
@@ -371,6 +371,11 @@ class RemoteBundleWriter:
         self._session: aiohttp.ClientSession | None = None
         #: key -> (node, digest the node's agent holds), for status and resync.
         self.delivered: dict[str, tuple[str, str]] = {}
+
+    @property
+    def locator(self) -> AgentLocator:
+        """Where the agents are found (its :meth:`AgentLocator.watcher` is run beside)."""
+        return self._locator
 
     def _client(self, base_url: str) -> AgentClient:
         if self._session is None:
@@ -400,7 +405,7 @@ class RemoteBundleWriter:
         limit = self._limits.setdefault(node, asyncio.Semaphore(self._policy.per_node))
         try:
             async with asyncio.timeout(self._policy.node_timeout), limit:
-                client = self._client(await self.locator.base_url(node))
+                client = self._client(await self._locator.base_url(node))
                 result = await call(client)
         except PermanentError:
             self._unreachable.pop(node, None)  # the agent answered
@@ -419,7 +424,7 @@ class RemoteBundleWriter:
 
     def _failed(self, node: str) -> None:
         """A call to the node's agent failed: forget its address, note since when."""
-        self.locator.forget(node)
+        self._locator.forget(node)
         self._unreachable.setdefault(node, (asyncio.get_running_loop().time(), time.time()))
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
@@ -482,7 +487,7 @@ class RemoteBundleWriter:
 
     async def agent_nodes(self) -> list[str]:
         """Every node with a running agent, and every node delivered to in this run."""
-        return sorted(set(await self.locator.nodes()) | {n for n, _ in self.delivered.values()})
+        return sorted(set(await self._locator.nodes()) | {n for n, _ in self.delivered.values()})
 
     async def node_bundles(self, node: str) -> dict[str, str]:
         """Every bundle the agent on ``node`` holds: id to its digest."""

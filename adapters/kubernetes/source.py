@@ -629,7 +629,7 @@ class ClusterSource:
         dependencies = self._on_dependencies_listed(NODE)
 
         def listed(items: list[msgspec.Raw]) -> None:
-            before, self.nodes = self.nodes, {name for name in map(_node_name, items) if name}
+            before, self.nodes = self.nodes, {_meta(raw).name for raw in items} - {""}
             if before is not None:
                 for name in before - self.nodes:  # deleted while nobody watched
                     self._node_changed(name)
@@ -652,6 +652,7 @@ class ClusterSource:
             self._node_changed(name)
 
     def _node_changed(self, name: str) -> None:
+        """Re-queue the resources scheduled to the Node ``name``."""
         for key in self.index.keys_for((NODE, "", name)):
             self._enqueue(key)
 
@@ -667,10 +668,6 @@ class ClusterSource:
                 self._enqueue(key)
 
         return changed
-
-
-def _node_name(raw: msgspec.Raw) -> str:
-    return _meta(raw).name
 
 
 def _matters(

@@ -10,6 +10,9 @@ BundleWritten  the bundle on disk has the current content (``Written``/``UpToDat
 Ready          both: the bundle at ``status.digest`` is the one for this generation
 ============== ======================================================================
 
+A resource being deleted gets a status only when removing its bundle fails: ``BundleWritten``
+and ``Ready`` ``False`` saying what the deletion waits for (``SpecGenerated`` is left as it was).
+
 ``observedGeneration`` is the generation that was resolved (not whatever the cache holds by
 the time the status is written). ``status.digest`` is the digest of the bundle on disk: a
 failure keeps the previous one, since the previous bundle stays.
