@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from controller.metrics import (
+    ABANDON_REASONS,
     BUNDLE_RESULTS,
     DEPENDENCY_KINDS,
     RECONCILE_RESULTS,
@@ -54,6 +55,7 @@ def test_declared_sources_apis_and_leases_start_at_zero() -> None:
     metrics.declare_source("docker", event_types=("container", "secret"))
     metrics.declare_api("docker")
     metrics.declare_lease("winspec-leader")
+    metrics.declare_abandon_reasons()
     get = registry.get_sample_value
     assert get("winspec_events_received_total", {"source": "docker", "type": "secret"}) == 0
     for reason in WATCH_RESTART_REASONS:
@@ -61,6 +63,8 @@ def test_declared_sources_apis_and_leases_start_at_zero() -> None:
     assert get("winspec_last_sync_timestamp_seconds", {"source": "docker"}) == 0
     assert get("winspec_api_retries_total", {"api": "docker"}) == 0
     assert get("leader_election_master_status", {"name": "winspec-leader"}) == 0
+    for reason in ABANDON_REASONS:
+        assert get("winspec_bundle_removals_abandoned_total", {"reason": reason}) == 0
 
 
 def test_nothing_is_registered_on_the_global_registry() -> None:
