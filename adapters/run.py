@@ -197,6 +197,14 @@ def add_run_parser(sub: Any) -> None:
         "a slower node's resources are retried later (default: 60)",
     )
     p.add_argument(
+        "--agent-removal-grace",
+        type=float,
+        metavar="SECONDS",
+        help="--delivery agent: how long a deleted resource waits for its node's agent to "
+        "remove the bundle; after that without a reachable agent (at once when the Node is "
+        "deleted) the finalizer is released with a Warning Event (default: 600)",
+    )
+    p.add_argument(
         "--docker-host",
         metavar="URL",
         help="engine endpoint: unix:///path, npipe:////./pipe/NAME or tcp://HOST:PORT "

@@ -33,6 +33,12 @@ BUNDLE_UNCHANGED = "unchanged"
 BUNDLE_REMOVED = "removed"
 BUNDLE_RESULTS = (BUNDLE_WRITTEN, BUNDLE_UNCHANGED, BUNDLE_REMOVED)
 
+# winspec_bundle_removals_abandoned_total{reason}: bundles of deleted resources left on a node
+# (central delivery), their finalizer released without the removal.
+ABANDON_NODE_DELETED = "node_deleted"  # the Node object no longer exists
+ABANDON_AGENT_UNREACHABLE = "agent_unreachable"  # no agent answered for the grace period
+ABANDON_REASONS = (ABANDON_NODE_DELETED, ABANDON_AGENT_UNREACHABLE)
+
 # winspec_dependency_fetch_seconds{kind}: what a resolver fetched to build one request. Each
 # mode declares the kinds its resolver observes (Metrics.declare_dependency_kinds), so no mode
 # exports another's kinds as zeros.
@@ -267,6 +273,13 @@ class Metrics:
             ["node"],
             registry=r,
         )
+        self.bundle_removals_abandoned = Counter(
+            "winspec_bundle_removals_abandoned",
+            "Bundles of deleted resources left on their node because it could not be reached "
+            "(central delivery): the finalizer was released without the removal, by reason",
+            ["reason"],
+            registry=r,
+        )
         for result in BUNDLE_RESULTS:
             self.bundles_written.labels(result=result)
 
@@ -307,6 +320,11 @@ class Metrics:
     def declare_api(self, api: str) -> None:
         """Pre-set the retry counter of a remote API an adapter calls."""
         self.api_retries.labels(api=api)
+
+    def declare_abandon_reasons(self) -> None:
+        """Pre-set ``winspec_bundle_removals_abandoned_total`` (central delivery) to 0."""
+        for reason in ABANDON_REASONS:
+            self.bundle_removals_abandoned.labels(reason=reason)
 
     def declare_lease(self, name: str) -> None:
         """Pre-set the leader election gauge of a lease to 0 (backup)."""

@@ -50,8 +50,9 @@ class InitialKeys(Protocol):
 
 
 #: How far a reconcile got: resolving the request, generating the spec and bundle content,
-#: writing the bundle, or all the way (``done``).
-Stage = Literal["resolve", "generate", "write", "done"]
+#: writing the bundle, or all the way (``done``); ``remove``: removing the bundle of an object
+#: that is gone or being deleted.
+Stage = Literal["resolve", "generate", "write", "remove", "done"]
 
 
 class StatusReporter(Protocol):

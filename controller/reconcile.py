@@ -80,6 +80,7 @@ class BundleReconciler:
         request = await self._resolver.resolve(key)
         progress.stage = "generate"
         if request is None:
+            progress.stage = "remove"
             if await self._writer.remove(key):
                 self._removed.inc()
                 _log.info("bundle removed", extra={"key": key})

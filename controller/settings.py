@@ -112,6 +112,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Calls at once to one node's agent, and one delivery's deadline in seconds.
     agent_concurrency: int = 4
     agent_timeout: float = 60.0
+    #: Seconds a deleted resource's bundle waits for its node's agent: once no call to that
+    #: agent has succeeded for this long, the finalizer is released without the removal.
+    agent_removal_grace: float = 600.0
 
     def __post_init__(self) -> None:
         # Every check that needs no adapter; docker_host is parsed by the Docker client's own
@@ -148,6 +151,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("agent_concurrency must be at least 1")
         if not (self.agent_timeout > 0 and math.isfinite(self.agent_timeout)):
             raise ValueError("agent_timeout must be a positive number of seconds")
+        if not (self.agent_removal_grace >= 0 and math.isfinite(self.agent_removal_grace)):
+            raise ValueError("agent_removal_grace must be a number of seconds, 0 or more")
         if not _NAMESPACE.match(self.agent_namespace):
             raise ValueError("agent_namespace is not a namespace name")
         if not self.agent_selector or not self.agent_token_file:

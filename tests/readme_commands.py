@@ -74,6 +74,13 @@ RUN_EXAMPLE: tuple[str, ...] = (
     "kubectl apply -k examples/cluster",
     "kubectl wait --for=condition=Ready windowscontainer/web -n apps --timeout=60s",
 )
+#: Taking winspec's finalizer off by hand: tests/integration/test_remote_deletion.py runs it with
+#: kubectl against the fixtures' real kube-apiserver (its namespace for ``apps``).
+RUN_STUCK_DELETE: tuple[str, ...] = (
+    'kubectl patch windowscontainer web -n apps --type=json -p \'[{"op": "test", '
+    '"path": "/metadata/finalizers/0", "value": "winspec.io/bundle"}, {"op": "remove", '
+    '"path": "/metadata/finalizers/0"}]\'',
+)
 #: The cluster-mode benchmark (it starts its own kube-apiserver), and the options that make the
 #: test's run of it small.
 BENCH_KUBE: dict[str, tuple[str, ...]] = {

@@ -21,6 +21,7 @@ from tests.readme_commands import (
     RUN_EXAMPLE,
     RUN_HERE,
     RUN_MANIFESTS,
+    RUN_STUCK_DELETE,
     RUN_WITH_ENGINE,
     RUN_WITH_IMAGE,
     RUN_WITH_KUBE,
@@ -42,6 +43,7 @@ def test_every_readme_command_is_run_somewhere() -> None:
         | set(RUN_WITH_ENGINE)
         | set(RUN_WITH_KUBE)
         | set(RUN_EXAMPLE)
+        | set(RUN_STUCK_DELETE)
         | set(BENCH_KUBE)
         | set(RUN_MANIFESTS)
         | set(RUN_WITH_IMAGE)

@@ -5,9 +5,18 @@
 the agent on it is found by :class:`AgentLocator`: the agent pod on that node, listed through
 the API (the agents' label selector and ``fieldSelector=spec.nodeName=<node>``, a running pod
 with a ``podIP``) and reached at ``https://<podIP>:<port>``, the port the pod declares as its
-container port named ``https``, else the agent port setting. The address is cached per
-node and forgotten when a call to it fails, so a restarted agent (new pod, new IP) is found
-again on the next attempt.
+container port named ``https``, else the agent port setting. Once its list+watch of the agent
+pods (:meth:`AgentLocator.watcher`) has listed them, the locator follows them: a pod deleted
+or recreated changes the node's address as soon as the watch says so (no call goes to a pod
+that is gone), and a node's agent appearing or moving re-queues that node's resources
+(``on_found``). Until then (or without the watch) the address is listed per node, cached, and
+forgotten when a call to it fails.
+
+Deletion never wedges: a removal that fails because the node's agent cannot be reached is
+retried until no call to that agent has succeeded for ``removal_grace`` (the resource is
+re-queued for that moment); then, or at once when the Node object no longer exists, the removal
+is given up (:class:`~adapters.kubernetes.bundles.BundleAbandonedError`) and the finalizer is
+released without it. While it waits, the error says what for and until when.
 
 Isolation: every node has its own semaphore (``per_node`` calls at once) and every call its own
 deadline (``node_timeout``, over the client's own retries), so one slow or dead node holds at
@@ -29,8 +38,10 @@ status says which digest the node in ``spec.nodeName`` has.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +52,14 @@ import aiohttp
 import msgspec
 
 from adapters.agent.client import AgentClient, ClientPolicy
+from adapters.kubernetes.bundles import BundleAbandonedError
 from adapters.kubernetes.client import KubeClient
+from adapters.kubernetes.source import Reflector, SourceHooks, WatchSettings
 from adapters.kubernetes.status import KeptDigestStatus
 from controller.bundle import BundleContent
 from controller.cluster import WindowsContainer
 from controller.errors import PermanentError, RequestDecodeError, TransientError
+from controller.metrics import ABANDON_AGENT_UNREACHABLE, ABANDON_NODE_DELETED
 from controller.ports import StatusReporter
 from controller.winpath import is_absolute
 
@@ -97,6 +111,27 @@ class _PodList(msgspec.Struct, kw_only=True):
     items: list[_Pod] = msgspec.field(default_factory=list)
 
 
+_pod_decoder = msgspec.json.Decoder(_Pod)
+
+
+def _decode_pod(raw: msgspec.Raw) -> _Pod | None:
+    """One pod of the watch (None: it does not decode, and is left out)."""
+    try:
+        return _pod_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _serving(pod: _Pod) -> bool:
+    """A running agent pod with an address, on a node, not being deleted."""
+    return bool(
+        pod.status.phase == "Running"
+        and pod.status.pod_ip
+        and pod.spec.node_name
+        and pod.metadata.deletion_timestamp is None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AgentEndpoint:
     """Where the agents run: their pods' namespace and labels, and the port they serve on."""
@@ -107,20 +142,111 @@ class AgentEndpoint:
 
 
 class AgentLocator:
-    """The agent's address for a node, from its pod; cached until :meth:`forget`."""
+    """The agent's address for a node, from its pod: followed by a watch once
+    :meth:`watcher` runs, else listed and cached until :meth:`forget`."""
 
-    def __init__(self, client: KubeClient, endpoint: AgentEndpoint) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        endpoint: AgentEndpoint,
+        *,
+        on_found: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_found(node)`` is called when the watch finds a node's agent at a new address
+        (not for the first list: everything is reconciled after start anyway)."""
         self._client = client
         self._endpoint = endpoint
+        self._on_found = on_found
         self._cache: dict[str, str] = {}
+        #: node -> pod name -> pod, from the watch; None until it has listed.
+        self._pods: dict[str, dict[str, _Pod]] | None = None
+        #: Whether the watch has listed and works: the cache is then what it says, else
+        #: (before, or while it fails) each node's pod is listed when needed.
+        self._following = False
 
     def known(self) -> dict[str, str]:
         """Every node whose agent was found: node to base URL."""
         return dict(self._cache)
 
     def forget(self, node: str) -> None:
-        """Drop the cached address (a call to it failed; the pod may have moved)."""
-        self._cache.pop(node, None)
+        """Drop the cached address (a call to it failed; the pod may have moved). A working
+        watch keeps the addresses itself."""
+        if not self._following:
+            self._cache.pop(node, None)
+
+    def watcher(self, settings: WatchSettings, hooks: SourceHooks | None = None) -> Reflector:
+        """A list+watch of the agent pods keeping the addresses current (run it)."""
+        e = self._endpoint
+        outer = hooks or SourceHooks()
+
+        def ready(ok: bool) -> None:
+            if not ok:
+                self._following = False  # failing: pods are listed per node meanwhile
+            if outer.on_ready is not None:
+                outer.on_ready(ok)
+
+        return Reflector(
+            self._client,
+            path=f"/api/v1/namespaces/{quote(e.namespace, safe='')}/pods",
+            what="agent pods",
+            on_list=self._listed,
+            on_event=self._changed,
+            settings=settings,
+            hooks=SourceHooks(on_event=outer.on_event, on_restart=outer.on_restart, on_ready=ready),
+            label_selector=e.selector,
+            decode=_decode_pod,
+        )
+
+    def _listed(self, pods: list[_Pod | None]) -> None:
+        first = self._pods is None
+        self._pods = {}
+        for pod in pods:
+            if pod is not None and pod.spec.node_name:
+                self._pods.setdefault(pod.spec.node_name, {})[pod.metadata.name] = pod
+        self._resume(notify=not first)
+
+    def _resume(self, *, notify: bool) -> None:
+        """Follow the watch (again): every node's address from the watched pods."""
+        assert self._pods is not None
+        self._following = True
+        for node in sorted(set(self._cache) | set(self._pods)):
+            self._follow(node, notify=notify)
+
+    def _changed(self, event_type: str, raw: msgspec.Raw) -> None:
+        pod = _decode_pod(raw)
+        if pod is None or not pod.spec.node_name or self._pods is None:
+            return
+        node = pod.spec.node_name
+        on_node = self._pods.setdefault(node, {})
+        if event_type == "DELETED":
+            on_node.pop(pod.metadata.name, None)
+        else:
+            on_node[pod.metadata.name] = pod
+        if not on_node:
+            del self._pods[node]
+        if self._following:
+            self._follow(node, notify=True)
+        else:
+            self._resume(notify=True)  # the watch works again (resumed where it stopped)
+
+    def _follow(self, node: str, *, notify: bool) -> None:
+        """Set the node's address from the watched pods; tell of a new one."""
+        assert self._pods is not None
+        serving = sorted(
+            (p for p in self._pods.get(node, {}).values() if _serving(p)),
+            key=lambda p: p.metadata.name,
+        )
+        url = self._url(serving[0]) if serving else None
+        if url == self._cache.get(node):
+            return
+        if url is None:
+            del self._cache[node]
+            log.info("node has no running agent pod", extra={"node": node})
+            return
+        self._cache[node] = url
+        log.info("agent pod found", extra={"node": node, "pod": serving[0].metadata.name})
+        if notify and self._on_found is not None:
+            self._on_found(node)
 
     async def _running(self, node: str | None) -> list[_Pod]:
         """The running agent pods (on ``node``, or everywhere), by name."""
@@ -138,14 +264,12 @@ class AgentLocator:
             pods = msgspec.json.decode(data, type=_PodList).items
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise TransientError(f"unreadable agent pod list: {exc}") from None
-        return sorted(
-            (p for p in pods if p.status.phase == "Running" and p.status.pod_ip
-             and p.spec.node_name and p.metadata.deletion_timestamp is None),
-            key=lambda p: p.metadata.name,
-        )  # fmt: skip
+        return sorted(filter(_serving, pods), key=lambda p: p.metadata.name)
 
     async def nodes(self) -> list[str]:
         """Every node with a running agent pod (its address cached)."""
+        if self._following:
+            return sorted(self._cache)
         found: dict[str, str] = {}
         for pod in await self._running(None):
             found.setdefault(pod.spec.node_name, self._url(pod))
@@ -164,7 +288,7 @@ class AgentLocator:
         if cached is not None:
             return cached
         e = self._endpoint
-        ready = await self._running(node)
+        ready = [] if self._following else await self._running(node)
         if not ready:
             raise TransientError(
                 f"node {node}: no running agent pod ({e.selector!r} in namespace {e.namespace})"
@@ -203,7 +327,19 @@ class DeliveryPolicy:
     per_node: int = 4
     #: Deadline of one delivery to one node, retries included, in seconds.
     node_timeout: float = 60.0
+    #: How long a removal waits for a node whose agent cannot be reached, in seconds.
+    removal_grace: float = 600.0
     client: ClientPolicy = field(default_factory=ClientPolicy)
+
+
+class AgentUnreachableError(TransientError):
+    """A removal waits for the node's agent (until the grace period ends)."""
+
+    reason = "AgentUnreachable"
+
+
+def _utc(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class RemoteBundleWriter:
@@ -220,12 +356,20 @@ class RemoteBundleWriter:
         server_name: str | None = None,
         on_retry: Callable[[str], None] | None = None,
         on_delivery: Callable[[str, bool], None] | None = None,
+        node_deleted: Callable[[str], bool] = lambda node: False,
+        enqueue_after: Callable[[str, float], None] | None = None,
     ) -> None:
         """``on_retry`` is called with the API name (``agent_put``, ``agent_delete``,
-        ``agent_list``) each time a call to an agent is retried; ``on_delivery`` with the
-        node and whether it succeeded each time a call to a node's agent (retries included)
-        ends, other than by cancellation."""
+        ``agent_list``, ``agent_node``) each time a call to an agent is retried;
+        ``on_delivery`` with the node and whether it succeeded each time a call to a node's
+        agent (retries included) ends, other than by cancellation; ``node_deleted(node)`` says
+        whether a Node object is known to be gone; ``enqueue_after(key, seconds)`` brings a
+        removal back when its grace period ends."""
         self._locator = locator
+        self._node_deleted = node_deleted
+        self._enqueue_after = enqueue_after
+        #: node -> (monotonic, wall) time of the first failed call since the last success.
+        self._unreachable: dict[str, tuple[float, float]] = {}
         self._on_retry = on_retry
         self._on_delivery = on_delivery
         self._server_name = server_name
@@ -239,6 +383,11 @@ class RemoteBundleWriter:
         self.delivered: dict[str, tuple[str, str]] = {}
         #: node -> (the agent's address, the bundle root it reported).
         self._roots: dict[str, tuple[str, str]] = {}
+
+    @property
+    def locator(self) -> AgentLocator:
+        """Where the agents are found (its :meth:`AgentLocator.watcher` is run beside)."""
+        return self._locator
 
     def _client(self, base_url: str) -> AgentClient:
         if self._session is None:
@@ -283,18 +432,26 @@ class RemoteBundleWriter:
         try:
             async with asyncio.timeout(self._policy.node_timeout), limit:
                 client = self._client(await self._locator.base_url(node))
-                return await call(client)
+                result = await call(client)
         except PermanentError:
+            self._unreachable.pop(node, None)  # the agent answered
             raise
         except TimeoutError:
-            self._locator.forget(node)
+            self._failed(node)
             raise TransientError(
                 f"node {node}: {what} took longer than {self._policy.node_timeout:g}s"
             ) from None
         except TransientError as exc:
-            self._locator.forget(node)
+            self._failed(node)
             text = str(exc).removeprefix(f"node {node}: ")
             raise TransientError(f"node {node}: {what} failed: {text}") from None
+        self._unreachable.pop(node, None)
+        return result
+
+    def _failed(self, node: str) -> None:
+        """A call to the node's agent failed: forget its address, note since when."""
+        self._locator.forget(node)
+        self._unreachable.setdefault(node, (asyncio.get_running_loop().time(), time.time()))
 
     async def bundle_root(self, node: str) -> str:
         """The bundle root the agent on ``node`` reports, as that node names it; asked again
@@ -328,9 +485,40 @@ class RemoteBundleWriter:
         node = self.node_of(bundle_id)
         if node is None:
             return False
-        removed = await self._on_node(node, f"removing {bundle_id}", lambda c: c.delete(bundle_id))
+        try:
+            removed = await self._delete_on(node, bundle_id)
+        except TransientError as exc:
+            raise self._waiting(bundle_id, node, str(exc)) from None
         self.delivered.pop(bundle_id, None)
         return bool(removed)
+
+    def _waiting(self, key: str, node: str, error: str) -> TransientError:
+        """What a failed removal is: given up (the Node is gone, or its agent unreachable for
+        the grace period), or still waiting (re-queued for when the grace period ends)."""
+        grace = self._policy.removal_grace
+        now = asyncio.get_running_loop().time()
+        since, since_wall = self._unreachable.get(node, (now, time.time()))
+        remaining = since + grace - now
+        if self._node_deleted(node):
+            cause, why = ABANDON_NODE_DELETED, "the Node no longer exists"
+        elif remaining <= 0:
+            cause = ABANDON_AGENT_UNREACHABLE
+            why = f"no agent there answered for {grace:g}s, the removal grace period"
+        else:
+            if self._enqueue_after is not None:
+                self._enqueue_after(key, remaining)
+            return AgentUnreachableError(
+                f"deleting: waiting for the agent on node {node} to remove the bundle ({error}); "
+                f"without an answer by {_utc(since_wall + grace)} (--agent-removal-grace "
+                f"{grace:g}s), or once the Node is deleted, the finalizer is released and the "
+                "bundle left on the node"
+            )
+        self.delivered.pop(key, None)
+        return BundleAbandonedError(
+            f"the bundle could not be removed from node {node}: {why} ({error})",
+            node=node,
+            cause=cause,
+        )
 
     async def _delete_on(self, node: str, bundle_id: str) -> bool:
         return await self._on_node(node, f"removing {bundle_id}", lambda c: c.delete(bundle_id))

@@ -14,8 +14,11 @@ instance's to remove (see its docstring for the rule).
 :class:`FinalizingWriter` wraps it with the finalizer ``winspec.io/bundle``: it is added to
 the object before its first bundle is written (so a deletion always waits for winspec), and
 removed only after the bundle is deleted. A removal that fails (the bundle root unreachable)
-raises before the finalizer is touched, so the object stays until a retry succeeds. Both
-patches carry the object's resourceVersion: a concurrent change answers 409, and the
+raises before the finalizer is touched, so the object stays until a retry succeeds, unless
+the writer gives the removal up for good (:class:`BundleAbandonedError`: central delivery to a
+node that is gone or whose agent stayed unreachable): then the finalizer of an object being
+deleted is released all the same, and ``on_abandoned`` reports it (a Warning Event, a metric).
+Both patches carry the object's resourceVersion: a concurrent change answers 409, and the
 reconcile is retried with a fresh copy.
 """
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -41,10 +44,31 @@ from controller.cluster import (
     WindowsContainer,
     decode_windows_container,
 )
-from controller.errors import NotFoundError, PermanentError, RequestDecodeError
+from controller.errors import NotFoundError, PermanentError, RequestDecodeError, TransientError
 from controller.ports import BundleWriter
 
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class BundleAbandonedError(TransientError):
+    """A writer gives up removing a bundle: its node is gone, or unreachable for too long.
+
+    Raised by :meth:`~controller.ports.BundleWriter.remove`; ``cause`` is the metric's reason
+    (:data:`~controller.metrics.ABANDON_REASONS`). For an object being deleted the finalizer
+    is released all the same; for any other it stays a (retried) failure.
+    """
+
+    reason = "BundleNotRemoved"
+
+    def __init__(self, message: str, *, node: str, cause: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.cause = cause
+
+
+#: What is told of a removal given up: the key, and the metadata of the object whose finalizer
+#: was released for it (None: no finalizer was left to release).
+OnAbandoned = Callable[[str, ObjectMeta | None, BundleAbandonedError], Awaitable[None]]
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -190,8 +214,10 @@ class FinalizingWriter:
         cache: Mapping[str, WindowsContainer | RequestDecodeError],
         remember: Callable[[bytes], None],
         released: MutableMapping[str, ObjectMeta] | None = None,
+        on_abandoned: OnAbandoned | None = None,
     ) -> None:
         self._inner = inner
+        self._on_abandoned = on_abandoned
         self._client = client
         self._cache = cache
         self._remember = remember
@@ -206,17 +232,39 @@ class FinalizingWriter:
 
     async def remove(self, bundle_id: str) -> bool:
         """Remove the bundle, then the finalizer (of an object being deleted, also one whose
-        spec does not decode: its deletion must not wait for a fix)."""
-        removed = await self._inner.remove(bundle_id)
+        spec does not decode: its deletion must not wait for a fix). A removal the writer
+        gives up releases the finalizer of an object being deleted (or gone) too."""
+        abandoned: BundleAbandonedError | None = None
+        try:
+            removed = await self._inner.remove(bundle_id)
+        except BundleAbandonedError as exc:
+            if not self._going(bundle_id):
+                raise  # a live object's stale bundle: that stays a failure
+            abandoned, removed = exc, False
         entry = self._cache.get(bundle_id)
+        released: ObjectMeta | None = None  # the object whose finalizer this call took off
         if isinstance(entry, WindowsContainer | InvalidObjectError):
             meta = entry.metadata
             if meta.deletion_timestamp is not None and FINALIZER in meta.finalizers:
+                rest = _without(meta.finalizers)
                 with contextlib.suppress(NotFoundError):  # already gone
-                    await self._set_finalizers(meta, _without(meta.finalizers))
+                    # The last finalizer off: the object is gone, its answer not worth caching
+                    # (it could land after the watch's DELETED and outlive the object).
+                    await self._set_finalizers(meta, rest, remember=bool(rest))
+                released = meta
         elif entry is None and bundle_id in self._released:
+            released = self._released[bundle_id]
             await self._release(bundle_id)
+        if abandoned is not None and self._on_abandoned is not None:
+            await self._on_abandoned(bundle_id, released, abandoned)
         return removed
+
+    def _going(self, key: str) -> bool:
+        """Whether the object of ``key`` is being deleted, gone, or out of the watched set."""
+        entry = self._cache.get(key)
+        if isinstance(entry, WindowsContainer | InvalidObjectError):
+            return entry.metadata.deletion_timestamp is not None
+        return entry is None
 
     async def _release(self, key: str) -> None:
         """Take the finalizer off an object that left the watched set (it still exists,

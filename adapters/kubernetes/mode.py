@@ -52,9 +52,11 @@ from adapters.http import (
     stop_http_server,
 )
 from adapters.kubernetes.bundles import (
+    BundleAbandonedError,
     BundleScope,
     FinalizingWriter,
     NamespacedBundleWriter,
+    OnAbandoned,
     check_key,
 )
 from adapters.kubernetes.client import KubeClient, load_api_client
@@ -70,7 +72,7 @@ from adapters.kubernetes.source import (
 )
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
-from controller.cluster import GROUP, NODE_LABEL, VERSION
+from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
 from controller.loop import Controller
@@ -318,14 +320,7 @@ class ClusterMode:
                 on_synced=lambda: _spawn(synced()),
             ),
         )
-        remote = _remote_writer(s, client, source, m) if s.delivery == "agent" else None
-        writer = FinalizingWriter(
-            remote or bundles,
-            client,
-            cache=source.cache,
-            remember=source.remember,
-            released=source.released,
-        )
+        remote = _remote_writer(s, client, source, queue, m) if s.delivery == "agent" else None
         resolver = KubernetesResolver(
             client,
             cache=source.cache,
@@ -348,21 +343,42 @@ class ClusterMode:
             grace_period=s.dependency_grace_period,
             enqueue_after=queue.add_after,
         )
-        status: StatusReporter = StatusWriter(
+        status_writer = StatusWriter(
             client,
             cache=source.cache,
             generations=resolver.resolved_generation,
             remember=source.remember,
         )
+        writer = FinalizingWriter(
+            remote or bundles,
+            client,
+            cache=source.cache,
+            remember=source.remember,
+            released=source.released,
+            on_abandoned=_abandoned_reporter(m, status_writer),
+        )
+        status: StatusReporter = status_writer
+        agent_tasks: list[asyncio.Task[None]] = []
         if remote is not None:
+            m.declare_abandon_reasons()
             status = NodeDigestStatus(status, remote)
-            resync: asyncio.Task[None] | None = asyncio.create_task(
-                _resync_agents(remote, queue.add, s.resync_interval, scope.owns_unseen, listed),
-                name="agent-resync",
+            agent_tasks.append(
+                asyncio.create_task(
+                    _resync_agents(remote, queue.add, s.resync_interval, scope.owns_unseen, listed),
+                    name="agent-resync",
+                )
             )
+            pods = remote.locator.watcher(
+                WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
+                SourceHooks(
+                    on_restart=lambda reason: m.watch_restarts.labels(
+                        source=SOURCE, reason=reason
+                    ).inc()
+                ),
+            )
+            agent_tasks.append(asyncio.create_task(pods.run(), name="agent-pod-watch"))
         else:
             status = KeptDigestStatus(status, bundles.kept_digest)
-            resync = None
         controller = Controller(
             CONTROLLER_NAME,
             queue=queue,
@@ -404,9 +420,9 @@ class ClusterMode:
             )
             await finish(controller_task, within=CANCEL_GRACE_SECONDS, what="controller")
             bundles.close()
-            if resync is not None:
-                resync.cancel()
-                await finish(resync, within=CANCEL_GRACE_SECONDS, what="agent resync")
+            for task in agent_tasks:
+                task.cancel()
+                await finish(task, within=CANCEL_GRACE_SECONDS, what=task.get_name())
             if remote is not None:
                 await remote.close()
         if failed is not None:
@@ -414,29 +430,45 @@ class ClusterMode:
 
 
 def _remote_writer(
-    s: Settings, client: KubeClient, source: ClusterSource, m: Metrics
+    s: Settings,
+    client: KubeClient,
+    source: ClusterSource,
+    queue: WorkQueue,
+    m: Metrics,
 ) -> RemoteBundleWriter:
     """The writer of ``--delivery agent``: each bundle to the agent pod on its node, its
-    retries and per-node failures counted."""
+    retries and per-node failures counted. A node's agent found anew (a pod recreated or
+    moved) re-queues that node's resources."""
 
     def delivered(node: str, ok: bool) -> None:
         m.declare_node(node)
         if not ok:
             m.delivery_failures.labels(node=node).inc()
 
+    def found(node: str) -> None:
+        for key in source.index.keys_for((NODE, "", node)):
+            queue.add(key)
+
     locator = AgentLocator(
         client,
         AgentEndpoint(namespace=s.agent_namespace, selector=s.agent_selector, port=s.agent_port),
+        on_found=found,
     )
     return RemoteBundleWriter(
         locator,
         cache=source.cache,
         token=token_reader(Path(s.agent_token_file)),
         ssl_context=agent_ssl_context(Path(s.agent_ca_file) if s.agent_ca_file else None),
-        policy=DeliveryPolicy(per_node=s.agent_concurrency, node_timeout=s.agent_timeout),
+        policy=DeliveryPolicy(
+            per_node=s.agent_concurrency,
+            node_timeout=s.agent_timeout,
+            removal_grace=s.agent_removal_grace,
+        ),
         server_name=s.agent_server_name,
         on_retry=lambda api: m.api_retries.labels(api=api).inc(),
         on_delivery=delivered,
+        node_deleted=source.node_deleted,
+        enqueue_after=queue.add_after,
     )
 
 
@@ -455,6 +487,22 @@ async def _clean_local(
     for key in await bundles.list_ids():
         if key not in seen and scope.owns_unseen(key):
             enqueue(key)
+
+
+def _abandoned_reporter(m: Metrics, status: StatusWriter) -> OnAbandoned:
+    """What a removal given up leaves: a log line, the metric, and a Warning Event on the
+    object (when it still exists)."""
+
+    async def report(key: str, meta: ObjectMeta | None, exc: BundleAbandonedError) -> None:
+        m.bundle_removals_abandoned.labels(reason=exc.cause).inc()
+        log.warning(
+            "finalizer released without removing the bundle",
+            extra={"key": key, "node": exc.node, "reason": exc.cause, "error": str(exc)},
+        )
+        if meta is not None:
+            await status.event(meta, exc.reason, f"{exc}; the finalizer was released")
+
+    return report
 
 
 async def _resync_agents(

@@ -415,6 +415,8 @@ class ClusterSource:
         self._namespaces_listed = False
         #: Set (and replaced) at every change of what is known of namespaces.
         self._namespaces_changed = asyncio.Event()
+        #: The names of the Nodes that exist (None until the Nodes are first listed).
+        self.nodes: set[str] | None = None
         self._ready: dict[str, bool] = {}
         self._first_list: frozenset[str] | None = None
         self._first_listed = asyncio.Event()
@@ -455,12 +457,13 @@ class ClusterSource:
                 None,
             )
         # A Node appearing re-queues the resources scheduled to it: a resource waiting for its
-        # Node (retried with backoff until then) becomes Ready at once.
+        # Node (retried with backoff until then) becomes Ready at once; one going re-queues
+        # them too (a deletion waiting for that node's agent need not wait any more).
         self._add(
             client,
             collection_path(group="", version="v1", plural="nodes"),
             "nodes",
-            self._on_dependencies_listed(NODE),
+            self._on_nodes_listed(),
             self._on_node_event,
             None,
         )
@@ -726,12 +729,40 @@ class ClusterSource:
                 # a moment after winspec may: ask again once it surely has.
                 self._enqueue_after(key, GRANT_SETTLE_SECONDS)
 
+    def _on_nodes_listed(self) -> Callable[[list[msgspec.Raw]], None]:
+        dependencies = self._on_dependencies_listed(NODE)
+
+        def listed(items: list[msgspec.Raw]) -> None:
+            before, self.nodes = self.nodes, {_meta(raw).name for raw in items} - {""}
+            if before is not None:
+                for name in before - self.nodes:  # deleted while nobody watched
+                    self._node_changed(name)
+            dependencies(items)
+
+        return listed
+
     def _on_node_event(self, event_type: str, raw: msgspec.Raw) -> None:
-        # Only a Node appearing: its status changes (kubelet heartbeats) would re-queue every
-        # resource of the node again and again; the resolver re-reads node facts anyway.
+        # Only a Node appearing or going: its status changes (kubelet heartbeats) would
+        # re-queue every resource of the node again and again; the resolver re-reads node
+        # facts anyway.
+        name = _meta(raw).name
         if event_type == "ADDED":
-            for key in self.index.keys_for((NODE, "", _meta(raw).name)):
-                self._enqueue(key)
+            if self.nodes is not None:
+                self.nodes.add(name)
+            self._node_changed(name)
+        elif event_type == "DELETED":
+            if self.nodes is not None:
+                self.nodes.discard(name)
+            self._node_changed(name)
+
+    def _node_changed(self, name: str) -> None:
+        """Re-queue the resources scheduled to the Node ``name``."""
+        for key in self.index.keys_for((NODE, "", name)):
+            self._enqueue(key)
+
+    def node_deleted(self, name: str) -> bool:
+        """Whether the Node ``name`` is known not to exist (False until Nodes are listed)."""
+        return self.nodes is not None and name not in self.nodes
 
     def _on_dependency_event(self, kind: str) -> Callable[[str, msgspec.Raw], None]:
         def changed(event_type: str, raw: msgspec.Raw) -> None:

@@ -10,6 +10,9 @@ BundleWritten  the bundle on disk has the current content (``Written``/``UpToDat
 Ready          both: the bundle at ``status.digest`` is the one for this generation
 ============== ======================================================================
 
+A resource being deleted gets a status only when removing its bundle fails: ``BundleWritten``
+and ``Ready`` ``False`` saying what the deletion waits for (``SpecGenerated`` is left as it was).
+
 ``observedGeneration`` is the generation that was resolved (not whatever the cache holds by
 the time the status is written). ``status.digest`` is the digest of the bundle on disk: a
 failure keeps the previous one, since the previous bundle stays. It is the digest its writer
@@ -54,6 +57,7 @@ from controller.cluster import (
     VERSION,
     Condition,
     InvalidObjectError,
+    ObjectMeta,
     WindowsContainer,
     WindowsContainerStatus,
     decode_windows_container,
@@ -100,6 +104,12 @@ def desired_conditions(
             _condition(SPEC_GENERATED, True, "Generated", "the spec was generated" + suffix),
             _condition(BUNDLE_WRITTEN, True, "Written", written),
             _condition(READY, True, "BundleReady", "the bundle is current" + suffix),
+        ]
+    if stage == "remove":
+        # An object being deleted: what its deletion waits for (its spec is not at issue).
+        return [
+            _condition(BUNDLE_WRITTEN, False, reason, message),
+            _condition(READY, False, reason, message),
         ]
     if stage in ("resolve", "generate"):
         return [
@@ -196,14 +206,14 @@ class StatusWriter:
         permanent: bool = False,
     ) -> None:
         """Write the outcome into the resource's status (and an Event for a new permanent
-        failure). A resource that is gone or being deleted gets nothing. One whose spec does
-        not decode is reported on through its metadata; when the server refuses any write to
-        it as stored (its CRD now rejects it), the Event is all there is."""
+        failure). A resource that is gone gets nothing; one being deleted only what its
+        deletion waits for (a removal that failed). One whose spec does not decode is
+        reported on through its metadata; when the server refuses any write to it as stored
+        (its CRD now rejects it), the Event is all there is."""
         wc = self._cache.get(key)
-        if (
-            not isinstance(wc, WindowsContainer | InvalidObjectError)
-            or wc.metadata.deletion_timestamp is not None
-        ):
+        if not isinstance(wc, WindowsContainer | InvalidObjectError):
+            return
+        if wc.metadata.deletion_timestamp is not None and (ok or stage != "remove"):
             return
         generation = self._generations.get(key, wc.metadata.generation)
         conditions = desired_conditions(
@@ -247,7 +257,7 @@ class StatusWriter:
             self._evented[key] = seen
             if len(self._evented) > _MAX_EVENTED:
                 del self._evented[next(iter(self._evented))]
-            await self._event(wc, reason or "Failed", message)
+            await self.event(wc.metadata, reason or "Failed", message)
 
     def _path(self, wc: _Target) -> str:
         meta = wc.metadata
@@ -278,8 +288,9 @@ class StatusWriter:
         except InvalidObjectError as exc:
             return exc
 
-    async def _event(self, wc: _Target, reason: str, message: str) -> None:
-        meta = wc.metadata
+    async def event(self, meta: ObjectMeta, reason: str, message: str) -> None:
+        """Record one core/v1 ``Warning`` Event about the object (best effort: logged when
+        it cannot be created)."""
         now = _now()
         event = {
             "apiVersion": "v1",
@@ -313,7 +324,11 @@ class StatusWriter:
         except Exception as exc:  # an Event is best effort; the status already says it
             log.warning(
                 "could not record an event",
-                extra={"key": wc.key, "reason": reason, "error": str(exc)},
+                extra={
+                    "key": f"{meta.namespace}/{meta.name}",
+                    "reason": reason,
+                    "error": str(exc),
+                },
             )
 
 

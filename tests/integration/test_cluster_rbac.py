@@ -66,7 +66,8 @@ ALLOWED = [
       for r in ("roles", "rolebindings", "clusterroles", "clusterrolebindings")],
     ("create", "coordination.k8s.io", "leases", ACCOUNT_NS, ""),
     *[(v, "coordination.k8s.io", "leases", ACCOUNT_NS, LEASE) for v in ("get", "update")],
-    ("list", "", "pods", ACCOUNT_NS, ""),  # --delivery agent: find the node agents' pods
+    # --delivery agent: find the node agents' pods, and follow them.
+    *[(v, "", "pods", ACCOUNT_NS, "") for v in ("list", "watch")],
 ]  # fmt: skip
 
 #: What it must be refused: writes to what it only reads, other kinds, other Leases, escalation.
@@ -76,6 +77,7 @@ REFUSED = [
     ("update", "", "secrets", "apps", "db"),
     ("patch", "", "configmaps", "apps", "cfg"),
     ("list", "", "pods", "apps", ""),
+    ("watch", "", "pods", "apps", ""),
     ("get", "", "pods", "apps", "p"),
     ("delete", "", "pods", ACCOUNT_NS, "p"),
     ("create", "", "pods/exec", "apps", "p"),
@@ -187,12 +189,15 @@ def test_the_service_account_may_do_nothing_else(
     assert kube.status_of(method, path, body, token=winspec_token) == 403
 
 
-def test_the_service_account_may_list_agent_pods(kube: KubeCluster, winspec_token: str) -> None:
-    """Listing pods in the agents' namespace (finding the node agents) is granted."""
+@pytest.mark.parametrize("query", ["", "&watch=true&timeoutSeconds=1"])
+def test_the_service_account_may_list_agent_pods(
+    kube: KubeCluster, winspec_token: str, query: str
+) -> None:
+    """Listing and watching pods in the agents' namespace (following the node agents) is granted."""
     path = (
         "/api/v1/namespaces/winspec-system/pods?labelSelector=app.kubernetes.io/name=winspec-agent"
     )
-    assert kube.status_of("GET", path, None, token=winspec_token) == 200
+    assert kube.status_of("GET", path + query, None, token=winspec_token) == 200
 
 
 async def test_everything_works_as_the_service_account(

@@ -67,7 +67,7 @@ class Delivery:
         **overrides: Any,
     ) -> Any:
         """Cluster mode with --delivery agent to these agents, for ``namespaces`` (a context);
-        as admin, through ``kubeconfig`` when given."""
+        as admin, through ``kubeconfig`` when given (e.g. a fault proxy's)."""
         return running(
             kubeconfig or self.kube.admin_kubeconfig,
             tmp_path,

@@ -72,6 +72,8 @@ def test_an_unreachable_api_server_exits_1(
         (["--watch-timeout", "0"], "watch_timeout must be at least 1"),
         (["--dependency-grace-period", "-1"], "dependency_grace_period must be a number"),
         (["--dependency-grace-period", "inf"], "dependency_grace_period must be a number"),
+        (["--agent-removal-grace", "-1"], "agent_removal_grace must be a number of seconds"),
+        (["--agent-removal-grace", "inf"], "agent_removal_grace must be a number of seconds"),
     ],
 )
 def test_bad_cluster_settings_exit_2(

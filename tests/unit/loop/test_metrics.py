@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from controller.metrics import (
+    ABANDON_REASONS,
     BUNDLE_RESULTS,
     DEPENDENCY_KINDS,
     RECONCILE_RESULTS,
@@ -57,6 +58,7 @@ def test_declared_sources_apis_and_leases_start_at_zero() -> None:
     metrics.declare_lease("winspec-leader")
     metrics.declare_dependency_kinds(["secret", "node"])
     metrics.declare_node("n1")
+    metrics.declare_abandon_reasons()
     get = registry.get_sample_value
     assert get("winspec_events_received_total", {"source": "docker", "type": "secret"}) == 0
     for reason in WATCH_RESTART_REASONS:
@@ -66,6 +68,9 @@ def test_declared_sources_apis_and_leases_start_at_zero() -> None:
     assert get("leader_election_master_status", {"name": "winspec-leader"}) == 0
     assert get("winspec_dependency_fetch_seconds_count", {"kind": "node"}) == 0
     assert get("winspec_delivery_failures_total", {"node": "n1"}) == 0
+
+    for reason in ABANDON_REASONS:
+        assert get("winspec_bundle_removals_abandoned_total", {"reason": reason}) == 0
 
 
 def test_label_values_of_one_mode_are_only_exported_once_declared() -> None:
