@@ -268,7 +268,7 @@ async def test_agent_pods_are_still_found_while_their_watch_is_refused(
     )
     kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
     async with delivery.central(
-        tmp_path, [ns], kubeconfig, agent_timeout=5.0, resync_interval=300.0
+        tmp_path, [ns], kubeconfig=kubeconfig, agent_timeout=5.0, resync_interval=300.0
     ):
         await _ready_on(kube, ns, "web", win)
         await eventually(
