@@ -304,7 +304,7 @@ async def test_wrong_credentials_are_refused_and_nothing_is_written(
     result = "unauthenticated" if status == 401 else "forbidden"
     sample = f'winspec_agent_requests_total{{operation="put",result="{result}"}}'
     before = await _metric(http, agent, sample)
-    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    body = encode_upload(bundle_id, _files(), os.urandom(NONCE_BYTES))
     got, answer = await _put_raw(http, agent, f"/v1/bundles/{bundle_id}", body, token=token)
     assert (got, answer["reason"]) == (status, "Unauthenticated" if status == 401 else "Forbidden")
     async with http.delete(
@@ -330,7 +330,7 @@ async def test_a_cached_refusal_still_writes_nothing(
 ) -> None:
     """The same foreign token twice is refused both times (the second from the cache)."""
     path = f"/v1/bundles/{cluster.namespace}/cached"
-    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    body = encode_upload(f"{cluster.namespace}/cached", _files(), os.urandom(NONCE_BYTES))
     hit = 'winspec_agent_token_cache_total{result="hit"}'
     reviewed = 'winspec_agent_token_reviews_total{result="authenticated"}'
     hits, reviews = await _metric(http, agent, hit), await _metric(http, agent, reviewed)
@@ -349,7 +349,7 @@ async def test_oversize_uploads_get_413_and_nothing_is_written(
     """A body over --max-request-bytes is refused with 413, with or without Content-Length."""
     path = f"/v1/bundles/{cluster.namespace}/big"
     files = _files() | {"configs/huge": b"x" * (LIMIT + 1)}
-    body = encode_upload(files, os.urandom(NONCE_BYTES))
+    body = encode_upload(f"{cluster.namespace}/big", files, os.urandom(NONCE_BYTES))
     status, answer = await _put_raw(http, agent, path, body, token=cluster.token)
     assert (status, answer["reason"]) == (413, "TooLarge")
 
@@ -370,7 +370,7 @@ async def test_oversize_uploads_get_413_and_nothing_is_written(
 
 
 def _tampered() -> bytes:
-    good = msgspec.msgpack.decode(encode_upload(_files(), os.urandom(NONCE_BYTES)))
+    good = msgspec.msgpack.decode(encode_upload("ns/any", _files(), os.urandom(NONCE_BYTES)))
     good["files"]["secrets/db-password"] = b"other"
     return msgspec.msgpack.encode(good)
 
@@ -382,14 +382,18 @@ def _tampered() -> bytes:
         ("json", b'{"files":{}}', "application/json", 415, "UnsupportedMediaType"),
         (
             "unknown-field",
-            msgspec.msgpack.encode({"files": {}, "nonce": b"n" * 32, "mac": "0" * 64, "x": 1}),
+            msgspec.msgpack.encode(
+                {"files": {}, "nonce": b"n" * 32, "issued": 1, "mac": "0" * 64, "x": 1}
+            ),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
         ),
         (
             "short-nonce",
-            msgspec.msgpack.encode(BundleUpload(files=_files(), nonce=b"n", mac="0" * 64)),
+            msgspec.msgpack.encode(
+                BundleUpload(files=_files(), nonce=b"n", issued=1, mac="0" * 64)
+            ),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
@@ -397,14 +401,16 @@ def _tampered() -> bytes:
         ("mac-mismatch", _tampered(), BUNDLE_CONTENT_TYPE, 400, "InvalidBundle"),
         (
             "climbing-file",
-            encode_upload(_files() | {"secrets/../../x": b"1"}, b"n" * 32),
+            lambda bundle_id: encode_upload(
+                bundle_id, _files() | {"secrets/../../x": b"1"}, b"n" * 32
+            ),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
         ),
         (
             "no-config",
-            encode_upload({"links.json": b"{}"}, b"n" * 32),
+            lambda bundle_id: encode_upload(bundle_id, {"links.json": b"{}"}, b"n" * 32),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
@@ -416,18 +422,22 @@ async def test_malformed_bundles_are_refused_with_400(
     agent: AgentProcess,
     http: aiohttp.ClientSession,
     name: str,
-    body: bytes,
+    body: bytes | Callable[[str], bytes],
     content_type: str,
     status: int,
     reason: str,
 ) -> None:
     """Malformed bodies, a MAC mismatch and bad file names get a clear 4xx; nothing is written."""
     path = f"/v1/bundles/{cluster.namespace}/bad-{name}"
+    checks_files = callable(body)
+    if callable(body):  # a well-formed upload for this id, refused for its files
+        body = body(f"{cluster.namespace}/bad-{name}")
     got, answer = await _put_raw(
         http, agent, path, body, token=cluster.token, content_type=content_type
     )
     assert (got, answer["reason"]) == (status, reason), answer
     assert answer["message"]
+    assert not checks_files or "mac" not in answer["message"]
     assert b"s3cr3t" not in msgspec.json.encode(answer)
     assert not (agent.root / cluster.namespace / f"bad-{name}").exists()
     assert _leftovers(agent.root) == []
@@ -456,7 +466,7 @@ async def test_bad_ids_are_refused_with_400_before_any_path(
         return sorted(p.relative_to(agent.root).as_posix() for p in agent.root.rglob("*"))
 
     before = entries()
-    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    body = encode_upload("ns/any", _files(), os.urandom(NONCE_BYTES))
     status, answer = await _put_raw(http, agent, path, body, token=cluster.token)
     assert (status, answer["reason"]) == (400, "InvalidId"), answer
     assert entries() == before
@@ -642,7 +652,7 @@ async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_write
         await asyncio.to_thread(
             wait_for, lambda: process.readyz() == 503, 30, message="/readyz 503"
         )
-        body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+        body = encode_upload(f"{cluster.namespace}/unready", _files(), os.urandom(NONCE_BYTES))
         path = f"/v1/bundles/{cluster.namespace}/unready"
         status, answer = await _put_raw(
             http, process, path, body, token=cluster.token, retry_unavailable=False
@@ -672,7 +682,8 @@ async def test_logs_hold_no_payload_byte_and_no_token(
         await client.put(f"{cluster.namespace}/logged", files)
     finally:
         await client.close()
-    tampered = msgspec.msgpack.decode(encode_upload(files, os.urandom(NONCE_BYTES)))
+    logged = f"{cluster.namespace}/logged"
+    tampered = msgspec.msgpack.decode(encode_upload(logged, files, os.urandom(NONCE_BYTES)))
     tampered["files"]["configs/app.toml"] = marker
     path = f"/v1/bundles/{cluster.namespace}/logged"
     status, _ = await _put_raw(
