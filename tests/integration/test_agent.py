@@ -8,6 +8,7 @@ account whose token is minted for the agent's audience.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
@@ -51,7 +52,7 @@ class Cluster:
     intruder_token: str  # another service account's token, same audience
     api_audience_token: str  # the controller's token for the API server, not the agent
 
-    def agent(self, root: Path, *extra: str) -> AgentProcess:
+    def agent(self, root: Path, *extra: str, nofile: int | None = None) -> AgentProcess:
         """An agent (not started) writing below ``root``."""
         return AgentProcess(
             root=root,
@@ -60,6 +61,7 @@ class Cluster:
             allowed=[self.controller],
             audience=AUDIENCE,
             extra=("--max-request-bytes", str(LIMIT), *extra),
+            nofile=nofile,
         )
 
     def client(
@@ -757,3 +759,233 @@ async def test_a_rotated_certificate_is_served_without_a_restart(
     finally:
         process.stop()
     assert "TLS certificate reloaded" in process.logs()
+
+
+# --- Hostile clients -------------------------------------------------------------------------
+
+#: The slow-header attack: connections in all, and the loopback addresses they come from: 300
+#: from 127.0.0.10 (over the default per-peer cap, 32), the rest from 127.0.0.11-29 (over the
+#: default total, 512, at up to 32 each).
+SLOW_CONNECTIONS = 1100
+SLOW_HEAVY = 300
+SLOW_PEERS = 19
+#: The attack's pace, scaled down with the agent's --header-timeout (default 10 s, a header
+#: line every 10 s in the original attack): a line every second against a 3 s timeout, and a
+#: new connection a second after one is dropped.
+SLOW_HEADER_TIMEOUT = 3.0
+SLOW_LINE_INTERVAL = 1.0
+SLOW_RECONNECT = 1.0
+
+
+async def _slow_header_client(
+    port: int, source: str, ctx: ssl.SSLContext, stop: asyncio.Event
+) -> None:
+    """Connect over TLS, send a request line, then one header line a second, never ending the
+    head; reconnect a second after the agent drops the connection, until ``stop``."""
+    while not stop.is_set():
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, stream = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=(source, 0)), 10
+            )
+            writer = stream
+            stream.write(b"PUT /v1/bundles/slow/loris HTTP/1.1\r\nHost: agent\r\n")
+            await stream.drain()
+            while not stop.is_set():
+                try:
+                    if not await asyncio.wait_for(reader.read(1024), SLOW_LINE_INTERVAL):
+                        break  # the agent closed it
+                except TimeoutError:
+                    stream.write(b"X-Slow: 1\r\n")
+                    await stream.drain()
+        except (OSError, TimeoutError):
+            pass  # refused, reset or timed out: try again
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SLOW_RECONNECT)
+
+
+async def test_slow_header_connections_do_not_lock_out_the_controller(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """1,100 slow-header TLS connections, nofile 1024: the controller still gets ≥ 95% through.
+
+    The agent runs with the default connection caps and a 2 s --header-timeout (the attack's
+    pace scaled down with it); the log must stay small and both caps must have been hit."""
+    process = cluster.agent(
+        tmp_path / "bundles",
+        "--header-timeout", str(SLOW_HEADER_TIMEOUT), "--body-timeout", "5",
+        nofile=1024,
+    )  # fmt: skip
+    await asyncio.to_thread(process.start)
+    client = cluster.client(process)
+    stop = asyncio.Event()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # an attacker checks no certificate
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sources = ["127.0.0.10"] * SLOW_HEAVY + [
+        f"127.0.0.{11 + i % SLOW_PEERS}" for i in range(SLOW_CONNECTIONS - SLOW_HEAVY)
+    ]
+    log_before = process.log.stat().st_size
+    attackers = [
+        asyncio.create_task(_slow_header_client(process.port, source, ctx, stop))
+        for source in sources
+    ]
+    attempts, took = 20, []
+    try:
+        # Deliveries that have not all ended by then count as failed (a locked-out client's
+        # each take minutes of connect timeouts and retries).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(80):
+                await asyncio.sleep(2 * SLOW_HEADER_TIMEOUT)  # the attack in full swing
+                for i in range(attempts):
+                    started = time.monotonic()
+                    with contextlib.suppress(TransientError):
+                        await client.put(f"{cluster.namespace}/under-attack", _files(f"v{i}"))
+                        took.append(round(time.monotonic() - started, 2))
+                    await asyncio.sleep(0.5)
+        assert len(took) >= 0.95 * attempts, f"{len(took)}/{attempts} delivered, in {took} s"
+        refused = {
+            reason: await _metric(
+                http, process, f'winspec_agent_connections_refused_total{{reason="{reason}"}}'
+            )
+            for reason in ("peer_limit", "limit", "evicted")
+        }
+    finally:
+        stop.set()
+        for task in attackers:
+            task.cancel()
+        await asyncio.gather(*attackers, return_exceptions=True)
+        await client.close()
+        await asyncio.to_thread(process.stop)
+    grown = process.log.stat().st_size - log_before
+    assert grown < 512 * 1024, f"the log grew by {grown} bytes"
+    assert refused["peer_limit"] > 0, refused  # --max-connections-per-peer was reached
+    assert refused["limit"] + refused["evicted"] > 0, refused  # and --max-connections
+
+
+def _capturing_session(captured: list[tuple[str, dict[str, str], bytearray]]) -> Any:
+    """A client session recording each request as sent: method, headers and body bytes."""
+    trace = aiohttp.TraceConfig()
+
+    async def start(_s: Any, _c: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        captured.append((params.method, dict(params.headers), bytearray()))
+
+    async def chunk(_s: Any, _c: Any, params: aiohttp.TraceRequestChunkSentParams) -> None:
+        captured[-1][2].extend(params.chunk)
+
+    trace.on_request_start.append(start)
+    trace.on_request_chunk_sent.append(chunk)
+    return aiohttp.ClientSession(trace_configs=[trace])
+
+
+async def test_a_replayed_put_never_puts_an_older_bundle_back(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A captured PUT replayed after a newer one gets 409 and changes nothing, also after an
+    agent restart; a restarted controller (a new client) keeps delivering."""
+    process = cluster.agent(tmp_path / "bundles")
+    bundle_id = f"{cluster.namespace}/replayed"
+    path = f"/v1/bundles/{bundle_id}"
+    old, new, newest = (_files(t, secret=b"secret " + t.encode()) for t in ("v1", "v2", "v3"))
+    captured: list[tuple[str, dict[str, str], bytearray]] = []
+
+    def controller(session: aiohttp.ClientSession | None = None) -> AgentClient:
+        return AgentClient(
+            process.url,
+            token=lambda: cluster.token,
+            ssl_context=cluster.tls.client_context(),
+            policy=ClientPolicy(attempts=3, initial=0.05),
+            session=session,
+        )
+
+    async def replay(request: tuple[str, dict[str, str], bytearray]) -> tuple[int, str]:
+        method, headers, body = request
+        async with http.request(
+            method, process.url + path, data=bytes(body), headers=headers,
+            ssl=cluster.tls.client_context(),
+        ) as response:  # fmt: skip
+            answer = msgspec.json.decode(await response.read())
+            return response.status, answer.get("reason", "")
+
+    await asyncio.to_thread(process.start)
+    session = _capturing_session(captured)
+    try:
+        client = controller(session)
+        assert (await client.put(bundle_id, old)).changed
+        first = captured[-1]
+        assert first[0] == "PUT"
+        assert first[2]
+        assert (await client.put(bundle_id, new)).changed
+        second = captured[-1]
+        assert await replay(first) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == new
+        assert await replay(second) == (409, "Replayed")  # the latest one, once more
+
+        await asyncio.to_thread(process.stop)
+        await asyncio.to_thread(process.start)
+        for request in (first, second):
+            assert await replay(request) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == new
+        # The same controller after the agent's restart, then a restarted one.
+        assert not (await client.put(bundle_id, new)).changed
+        restarted = controller()
+        try:
+            state = await restarted.put(bundle_id, newest)
+            assert state.changed
+            assert (await restarted.list_bundles())[bundle_id] == state.digest
+        finally:
+            await restarted.close()
+        assert await replay(first) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == newest
+    finally:
+        await session.close()
+        process.stop()
+
+
+async def test_a_flood_of_unknown_tokens_is_throttled_and_keeps_the_controllers_verdict(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """1,500 garbage tokens from one address cost a bounded number of TokenReviews and do not
+    evict the controller's cached verdict (its next request needs no review)."""
+    process = cluster.agent(tmp_path / "bundles")
+    await asyncio.to_thread(process.start)
+    client = cluster.client(process)
+    reviewed = "winspec_agent_token_reviews_total"
+    try:
+        await client.list_bundles()  # the controller's token: reviewed once, cached
+        before = {
+            r: await _metric(http, process, f'{reviewed}{{result="{r}"}}')
+            for r in ("authenticated", "rejected", "error")
+        }
+        ctx = cluster.tls.client_context()
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=16)
+        started = time.monotonic()
+        async with aiohttp.ClientSession(connector=connector) as flood:
+
+            async def garbage(i: int) -> int:
+                headers = {"Authorization": f"Bearer garbage-{i}-{secrets.token_hex(8)}"}
+                async with flood.get(process.url + "/v1/bundles", headers=headers, ssl=ctx) as r:
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(*(garbage(i) for i in range(1500)))
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.25)  # the flood's TLS transports close
+        after = {
+            r: await _metric(http, process, f'{reviewed}{{result="{r}"}}')
+            for r in ("authenticated", "rejected", "error")
+        }
+        assert set(statuses) <= {401, 429}, set(statuses)
+        reviews = after["rejected"] - before["rejected"] + after["error"] - before["error"]
+        # The default budget: a burst of 10, then one a second.
+        assert reviews <= 10 + elapsed + 1, (reviews, elapsed)
+        assert statuses.count(429) >= 1500 - reviews
+        await client.list_bundles()
+        final = await _metric(http, process, f'{reviewed}{{result="authenticated"}}')
+        assert final == before["authenticated"], "the controller's verdict was evicted"
+    finally:
+        await client.close()
+        process.stop()
