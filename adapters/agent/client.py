@@ -5,7 +5,8 @@ Each call is retried inside (tenacity: exponential backoff with jitter, bounded 
 are idempotent, so a retry after a lost answer is safe. Every attempt of a PUT is encoded anew
 (a fresh nonce and ``issued``): the agent refuses a body it has seen, or one older than the
 newest it accepted for the bundle (409, see :class:`~adapters.agent.wire.ReplayGuard`), so a
-retry must not resend the same bytes. What is left becomes winspec's errors:
+retry must not resend the same bytes; a DELETE carries a fresh ``issued`` header each attempt
+for the same reason. What is left becomes winspec's errors:
 400, 413 and 415 :class:`~controller.errors.PermanentError` (the bundle itself is refused;
 retrying cannot help), 401 and 403 :class:`AgentAuthError` (a token or allow-list problem that
 a rotation or a configuration change can fix, so transient for the work queue), the rest
@@ -21,6 +22,7 @@ from __future__ import annotations
 import io
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -33,6 +35,7 @@ import tenacity
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    ISSUED_HEADER,
     NODE_PATH,
     NONCE_BYTES,
     BundleList,
@@ -156,6 +159,8 @@ class AgentClient:
             headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
             if body is not None:
                 headers["Content-Type"] = BUNDLE_CONTENT_TYPE
+            if method == "DELETE":  # like an upload's, fresh each attempt (see wire.ReplayGuard)
+                headers[ISSUED_HEADER] = str(time.time_ns())
             try:
                 # A fresh body each attempt, as a stream: raw bytes this large would block the
                 # loop.

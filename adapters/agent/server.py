@@ -40,6 +40,7 @@ from adapters.agent.store import AgentStore
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    ISSUED_HEADER,
     NODE_PATH,
     BundleEntry,
     BundleList,
@@ -50,6 +51,7 @@ from adapters.agent.wire import (
     ReplayError,
     ReplayGuard,
     decode_upload,
+    parse_issued,
     split_bundle_id,
 )
 from adapters.http import build_app
@@ -271,9 +273,18 @@ async def _delete(request: web.Request) -> web.Response:
     app = request.app
     try:
         bundle_id = _bundle_id(request)
-        removed = await app[STORE_KEY].delete(bundle_id)
     except PermanentError as exc:
         return error(400, "InvalidId", str(exc))
+    try:
+        issued = parse_issued(request.headers.get(ISSUED_HEADER))
+        removed = await app[STORE_KEY].delete(
+            bundle_id, lambda: app[REPLAY_KEY].admit(bundle_id, issued)
+        )
+    except ReplayError as exc:
+        log.info("removal refused: replayed", extra={"bundle": bundle_id, "error": str(exc)})
+        return error(409, "Replayed", str(exc))
+    except PermanentError as exc:
+        return error(400, "InvalidIssued", str(exc))
     except TransientError as exc:
         log.warning("bundle not removed", extra={"bundle": bundle_id, "error": str(exc)})
         return error(503, "RemoveFailed", str(exc))

@@ -70,10 +70,12 @@ class AgentStore:
             raise TransientError(f"bundle {bundle_id} was written but has no digest")
         return changed, digest
 
-    async def delete(self, bundle_id: str) -> bool:
-        """Remove the bundle; ``False`` when there was none."""
+    async def delete(self, bundle_id: str, admit: Callable[[], None] | None = None) -> bool:
+        """Remove the bundle; ``False`` when there was none. ``admit`` as for :meth:`put`."""
         namespace, name = split_bundle_id(bundle_id)
         async with self._lock(bundle_id):
+            if admit is not None:
+                admit()
             return await self._writer(namespace).remove(name)
 
     async def list_bundles(self) -> list[tuple[str, str]]:

@@ -23,8 +23,10 @@ one time, is refused anywhere else and with any other time.
 **Replays.** ``issued`` only moves forward: the agent refuses (409) an upload issued outside its
 replay window around its own clock, before the agent started, or not after the newest upload it
 accepted for the same id (:class:`ReplayGuard`). A captured PUT replayed later, or a delayed one
-arriving after a newer version, therefore never puts an older bundle back. The client encodes
-every attempt anew (a fresh nonce and ``issued``), so its own retries are never replays.
+arriving after a newer version, therefore never puts an older bundle back. A DELETE carries its
+``issued`` in the :data:`ISSUED_HEADER` header and goes through the same guard, so a replayed
+removal cannot take away a bundle delivered after it. The client encodes every attempt anew (a
+fresh nonce and ``issued``), so its own retries are never replays.
 
 Why a nonce-keyed MAC and not the bundle's digest: a digest that is a plain function of the
 files is a function of the secrets in them, and one seen again elsewhere (a log, a status, a
@@ -59,7 +61,10 @@ import msgspec
 from controller.bundle import is_valid_bundle_id
 from controller.errors import PermanentError
 
-BUNDLE_CONTENT_TYPE = "application/vnd.winspec.bundle.v1+msgpack"
+#: v2: ``issued`` added, the MAC covers the id and ``issued`` (v1 bodies get 415).
+BUNDLE_CONTENT_TYPE = "application/vnd.winspec.bundle.v2+msgpack"
+#: The header of a DELETE carrying its ``issued`` (decimal nanoseconds since the Unix epoch).
+ISSUED_HEADER = "Winspec-Issued"
 API_PREFIX = "/v1/bundles"
 NODE_PATH = "/v1/node"
 NONCE_MIN_BYTES = 16
@@ -203,6 +208,17 @@ def decode_upload(body: bytes, bundle_id: str) -> BundleUpload:
     if not hmac.compare_digest(expected, upload.mac):
         raise PermanentError("bundle refused: its content does not match its mac")
     return upload
+
+
+def parse_issued(value: str | None) -> int:
+    """The ``issued`` of a :data:`ISSUED_HEADER` header; a :class:`PermanentError` when it is
+    missing or not a decimal integer of at most 19 digits."""
+    if value is None:
+        raise PermanentError(f"the {ISSUED_HEADER} header is required (nanoseconds)")
+    text = value.strip()
+    if not text.isdecimal() or not text.isascii() or len(text) > 19:
+        raise PermanentError(f"the {ISSUED_HEADER} header must be nanoseconds since the epoch")
+    return int(text)
 
 
 class ReplayError(Exception):

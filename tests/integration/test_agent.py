@@ -939,6 +939,13 @@ async def test_a_replayed_put_never_puts_an_older_bundle_back(
             await restarted.close()
         assert await replay(first) == (409, "Replayed")
         assert _on_disk(process.root, bundle_id) == newest
+        # A captured DELETE replayed after the bundle was delivered again removes nothing.
+        assert await client.delete(bundle_id)
+        removal = captured[-1]
+        assert removal[0] == "DELETE"
+        assert (await client.put(bundle_id, newest)).changed
+        assert await replay(removal) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == newest
     finally:
         await session.close()
         process.stop()

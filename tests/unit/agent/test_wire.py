@@ -12,6 +12,7 @@ from adapters.agent.wire import (
     content_mac,
     decode_upload,
     encode_upload,
+    parse_issued,
     split_bundle_id,
 )
 from controller.errors import PermanentError
@@ -202,3 +203,15 @@ def test_the_replay_guard_forgets_only_what_its_window_refuses() -> None:
     assert len(guard._newest) <= 2048
     with pytest.raises(ReplayError, match="older than the replay window"):
         guard.admit("ns/b0", first)
+
+
+@pytest.mark.parametrize("value", [None, "", "-1", "1.5", "12a", "\u0661\u0662", "9" * 20])
+def test_a_delete_without_a_decimal_issued_header_is_refused(value: str | None) -> None:
+    """Winspec-Issued must be there and be decimal nanoseconds (ASCII digits, at most 19)."""
+    with pytest.raises(PermanentError, match="Winspec-Issued"):
+        parse_issued(value)
+
+
+def test_a_decimal_issued_header_is_read() -> None:
+    """A plain decimal value is the DELETE's issue time."""
+    assert parse_issued(f" {ISSUED} ") == ISSUED
