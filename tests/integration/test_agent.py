@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import resource
 import secrets
 import ssl
 import subprocess
@@ -813,6 +814,10 @@ async def test_slow_header_connections_do_not_lock_out_the_controller(
     """1,100 slow-header TLS connections at nofile 1024: ≥ 95% of PUTs land, the log stays small."""
     # The default connection caps (both must be hit), a 3 s --header-timeout with the attack's
     # pace scaled down with it (see SLOW_HEADER_TIMEOUT), the descriptor limit of the issue.
+    # This process holds the attack's connections: its own limit must be above their count.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2 * SLOW_CONNECTIONS:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2 * SLOW_CONNECTIONS, hard), hard))
     process = cluster.agent(
         tmp_path / "bundles",
         "--header-timeout", str(SLOW_HEADER_TIMEOUT), "--body-timeout", "5",
