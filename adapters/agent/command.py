@@ -68,9 +68,10 @@ invalid token: 401; another identity: 403; nothing is written on either.
 Hostile clients: a TLS handshake, then each request head, must arrive within --header-timeout
 seconds and a body within --body-timeout; at most --max-connections are open, at most
 --max-connections-per-peer from one address (when all are taken, a peer with fewer gets one of
-the busiest peer's). A PUT replayed, or older than the newest accepted for its bundle or than
---replay-window, gets 409; a peer sending unknown tokens gets 429 beyond its TokenReview budget
-(--token-review-burst, then --token-review-rate a second). Repeated log lines are summarised.
+the busiest peer's). A PUT or DELETE replayed, or older than the newest accepted for its bundle
+or than --replay-window, gets 409; a peer sending unknown tokens gets 429 beyond its
+TokenReview budget (--token-review-burst, then --token-review-rate a second). Repeated log
+lines are summarised.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT, 1 --listen unusable, 2 a bad setting (refused
 before anything starts: missing TLS files, no allowed identity, an unusable kubeconfig).
@@ -155,7 +156,8 @@ def add_agent_parser(sub: Any) -> None:
         "--token-cache-size",
         type=int,
         metavar="N",
-        help="most token reviews kept (least recently used go first; default: 1024)",
+        help="most token verdicts kept, of those that let a request in and of the others each "
+        "(least recently used go first; default: 1024)",
     )
     p.add_argument(
         "--token-review-rate",

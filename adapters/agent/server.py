@@ -12,13 +12,14 @@ Routes (every ``/v1/`` request authenticated first, see :mod:`adapters.agent.aut
 * ``/healthz``, ``/readyz``, ``/metrics`` (:mod:`adapters.http`), without a token: the
   kubelet's probes and Prometheus carry none, and none of them shows a bundle.
 
-Refusals are JSON :class:`~adapters.agent.wire.ErrorBody`: 400 malformed id or body or a MAC
-that does not match, 401 no token or one the API server does not accept for the agent's
-audience, 403 a valid token of an identity not allowed, 408 a body not received within the body
-timeout, 409 a replayed upload or one older than the newest accepted for its bundle
-(:class:`~adapters.agent.wire.ReplayGuard`), 413 a body over the limit, 415 another content type,
-429 a peer that sent more unknown tokens than its TokenReview budget (with ``Retry-After``), 503
-the API server or the bundle root unusable. A refused request writes nothing.
+Refusals are JSON :class:`~adapters.agent.wire.ErrorBody`: 400 a malformed id or body, a MAC
+that does not match or a DELETE without its ``Winspec-Issued`` header, 401 no token or one the
+API server does not accept for the agent's audience, 403 a valid token of an identity not
+allowed, 408 a body not received within the body timeout, 409 a replayed request or one older
+than the newest accepted for its bundle (:class:`~adapters.agent.wire.ReplayGuard`), 413 a body
+over the limit, 415 another content type, 429 a peer that sent more unknown tokens than its
+TokenReview budget (with ``Retry-After``), 503 the API server or the bundle root unusable. A
+refused request writes nothing.
 Logs name the id, the identity and the reason; never a token or a byte of a payload.
 """
 
