@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import ssl
 import subprocess
@@ -78,8 +79,11 @@ class AgentProcess:
         allowed: list[str],
         audience: str,
         extra: tuple[str, ...] = (),
+        nofile: int | None = None,
     ) -> None:
+        """``nofile``: the process's file descriptor limit (soft and hard), when given."""
         self.root = root
+        self.nofile = nofile
         self.tls = tls
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -102,9 +106,20 @@ class AgentProcess:
             # The same interpreter and arguments, through the launcher that installs the pause.
             point, marker = pause
             argv = [sys.executable, "-m", "tests.agent_pause", point, str(marker), *argv[3:]]
+        nofile = self.nofile
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=clean_env()
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=clean_env(),
+                preexec_fn=limit if nofile is not None else None,
             )
         if wait:
             self.wait_ready()

@@ -10,9 +10,15 @@ that ignored the request's audiences) counts as not authenticated.
 
 Answers are cached for a short time (bounded in size, least recently used out first; a refusal
 for a shorter time than an acceptance, so a token that just became valid is not refused long).
-The cache is keyed by a SHA-256 of the token, so the map holds no usable token. A failure to
-reach the API server is never cached: it raises :class:`~controller.errors.TransientError`,
-which the server answers with 503.
+Verdicts that let a request in and all others are kept apart, each bounded on its own, so a
+flood of unknown tokens never evicts the controller's verdict. The caches are keyed by a SHA-256
+of the token, so the maps hold no usable token. A failure to reach the API server is never
+cached: it raises :class:`~controller.errors.TransientError`, which the server answers with 503.
+
+Reviews of tokens not in the cache are budgeted per peer address (a token bucket: ``burst``
+at once, then ``rate`` a second): a client that sends token after unknown token gets
+:class:`ReviewBudgetError` (429 with ``Retry-After``) instead of costing the API server one
+review each, and other clients keep their own budget.
 """
 
 from __future__ import annotations
@@ -87,6 +93,51 @@ class KubeTokenReviewer:
         await self._api.close()
 
 
+class ReviewBudgetError(Exception):
+    """This peer has used its TokenReviews for now; ``retry_after`` seconds until the next."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many unknown tokens; retry in {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+class ReviewBudget:
+    """A token bucket per peer: ``burst`` reviews at once, refilled at ``rate`` a second.
+
+    At most ``max_peers`` buckets are kept (least recently used out first; a peer forgotten
+    starts again with a full bucket, as a new one does).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_peers: int = 4096,
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._max = max_peers
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, peer: str) -> float:
+        """Spend one review of ``peer``'s: 0 when it had one, else the seconds until it has."""
+        now = self._clock()
+        tokens, then = self._buckets.pop(peer, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self._rate
+        self._buckets[peer] = (tokens, now)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return wait
+
+
 class Verdict:
     """The outcome of checking one request's credentials."""
 
@@ -107,12 +158,16 @@ class Authenticator:
         ttl: float = 60.0,
         negative_ttl: float = 5.0,
         max_entries: int = 1024,
+        review_rate: float = 1.0,
+        review_burst: int = 10,
         clock: Callable[[], float] = time.monotonic,
         on_review: Callable[[str], None] | None = None,
         on_cache: Callable[[bool], None] | None = None,
     ) -> None:
         """``on_review`` is told each TokenReview's outcome (authenticated, rejected, error),
-        ``on_cache`` whether an answer came from the cache."""
+        ``on_cache`` whether an answer came from the cache. ``max_entries`` bounds each of the
+        two caches (verdicts that let a request in, all others); ``review_rate`` and
+        ``review_burst`` are each peer's :class:`ReviewBudget`."""
         if not allowed:
             raise PermanentError("at least one allowed identity is needed")
         self._reviewer = reviewer
@@ -124,16 +179,21 @@ class Authenticator:
         self._clock = clock
         self._on_review = on_review or (lambda _: None)
         self._on_cache = on_cache or (lambda _: None)
-        self._cache: OrderedDict[bytes, tuple[float, Review]] = OrderedDict()
+        self._budget = ReviewBudget(review_rate, review_burst, clock=clock)
+        # Verdicts that let a request in, apart from all others: unknown tokens cannot evict them.
+        self._allowing: OrderedDict[bytes, tuple[float, Review]] = OrderedDict()
+        self._refusing: OrderedDict[bytes, tuple[float, Review]] = OrderedDict()
         # Reviews in progress, so a burst of requests with one new token asks only once.
         self._pending: dict[bytes, asyncio.Future[Review]] = {}
 
-    async def check(self, authorization: str | None) -> tuple[str, str]:
-        """The verdict on an ``Authorization`` header and the identity it proved (or "")."""
+    async def check(self, authorization: str | None, peer: str = "") -> tuple[str, str]:
+        """The verdict on an ``Authorization`` header and the identity it proved (or "");
+        :class:`ReviewBudgetError` when the token needs a review and ``peer`` (the
+        client's address) has none left."""
         token = _bearer_token(authorization)
         if token is None:
             return Verdict.UNAUTHENTICATED, ""
-        review = await self._review(token)
+        review = await self._review(token, peer)
         if not review.authenticated:
             return Verdict.UNAUTHENTICATED, ""
         if review.username not in self._allowed:
@@ -145,18 +205,22 @@ class Authenticator:
         :class:`TransientError` unless the server is reachable and lets the agent ask."""
         await self._reviewer.review("winspec-agent-probe." + os.urandom(16).hex(), self._audience)
 
-    async def _review(self, token: str) -> Review:
+    async def _review(self, token: str, peer: str) -> Review:
         key = hashlib.sha256(token.encode()).digest()
         now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(key)
-            self._on_cache(True)
-            return cached[1]
+        for cache in (self._allowing, self._refusing):
+            cached = cache.get(key)
+            if cached is not None and cached[0] > now:
+                cache.move_to_end(key)
+                self._on_cache(True)
+                return cached[1]
         self._on_cache(False)
         pending = self._pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
+        wait = self._budget.take(peer)
+        if wait > 0:
+            raise ReviewBudgetError(wait)
         future: asyncio.Future[Review] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
@@ -175,10 +239,15 @@ class Authenticator:
         future.set_result(review)
         self._on_review("authenticated" if review.authenticated else "rejected")
         ttl = self._ttl if review.authenticated else self._negative_ttl
-        self._cache[key] = (self._clock() + ttl, review)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        allowing = review.authenticated and review.username in self._allowed
+        cache, other = (
+            (self._allowing, self._refusing) if allowing else (self._refusing, self._allowing)
+        )
+        other.pop(key, None)
+        cache[key] = (self._clock() + ttl, review)
+        cache.move_to_end(key)
+        while len(cache) > self._max:
+            cache.popitem(last=False)
         return review
 
 

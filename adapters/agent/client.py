@@ -1,8 +1,12 @@
 """A client of the node agent's bundle API, for the controller's remote bundle writer.
 
 Each call is retried inside (tenacity: exponential backoff with jitter, bounded attempts, a
-``Retry-After`` honoured) on connection errors, timeouts, 429 and 5xx; a PUT and a DELETE are
-idempotent, so a retry after a lost answer is safe. What is left becomes winspec's errors:
+``Retry-After`` honoured) on connection errors, timeouts, 409, 429 and 5xx; a PUT and a DELETE
+are idempotent, so a retry after a lost answer is safe. Every attempt of a PUT is encoded anew
+(a fresh nonce and ``issued``): the agent refuses a body it has seen, or one older than the
+newest it accepted for the bundle (409, see :class:`~adapters.agent.wire.ReplayGuard`), so a
+retry must not resend the same bytes; a DELETE carries a fresh ``issued`` header each attempt
+for the same reason. What is left becomes winspec's errors:
 400, 413 and 415 :class:`~controller.errors.PermanentError` (the bundle itself is refused;
 retrying cannot help), 401 and 403 :class:`AgentAuthError` (a token or allow-list problem that
 a rotation or a configuration change can fix, so transient for the work queue), the rest
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,6 +35,7 @@ import tenacity
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    ISSUED_HEADER,
     NODE_PATH,
     NONCE_BYTES,
     BundleList,
@@ -44,7 +50,9 @@ from adapters.retry import RetryableError, call_with_retries, parse_retry_after
 from controller.errors import PermanentError, TransientError
 
 _T = TypeVar("_T")
-_RETRYABLE = frozenset({429, 500, 502, 503, 504})
+# 409: a newer upload of the bundle was accepted (a race with another sender, or clocks a
+# little apart): sent again with a fresh ``issued`` it goes through.
+_RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
 _PERMANENT = frozenset({400, 404, 405, 413, 415})
 #: The ``api`` label of each call's retries (``winspec_api_retries_total``).
 AGENT_APIS: Mapping[str, str] = {"PUT": "agent_put", "DELETE": "agent_delete", "GET": "agent_list"}
@@ -112,7 +120,10 @@ class AgentClient:
     async def put(self, bundle_id: str, files: Mapping[str, bytes]) -> BundleState:
         """Deliver the bundle; the agent's state of it (``changed``: it was written)."""
         split_bundle_id(bundle_id)
-        body = encode_upload(files, secrets.token_bytes(NONCE_BYTES))
+
+        def body() -> bytes:
+            return encode_upload(bundle_id, files, secrets.token_bytes(NONCE_BYTES))
+
         data = await self._call("PUT", _bundle_path(bundle_id), body=body)
         return _decode(data, BundleState, self._base)
 
@@ -133,7 +144,12 @@ class AgentClient:
         return _decode(data, NodeInfo, self._base)
 
     async def _call(
-        self, method: str, path: str, *, body: bytes | None = None, api: str | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Callable[[], bytes] | None = None,
+        api: str | None = None,
     ) -> bytes:
         what = f"{method} {self._base}{path}"
         policy = self._policy
@@ -143,9 +159,12 @@ class AgentClient:
             headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
             if body is not None:
                 headers["Content-Type"] = BUNDLE_CONTENT_TYPE
+            if method == "DELETE":  # like an upload's, fresh each attempt (see wire.ReplayGuard)
+                headers[ISSUED_HEADER] = str(time.time_ns())
             try:
-                # A fresh stream each attempt; raw bytes this large would block the loop.
-                data = None if body is None else io.BytesIO(body)
+                # A fresh body each attempt, as a stream: raw bytes this large would block the
+                # loop.
+                data = None if body is None else io.BytesIO(body())
                 async with self._session.request(
                     method, self._base + path, data=data, headers=headers, ssl=self._ssl,
                     server_hostname=self._server_name, timeout=timeout, allow_redirects=False,

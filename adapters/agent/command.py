@@ -18,20 +18,29 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from adapters.agent.auth import Authenticator, KubeTokenReviewer
+from adapters.agent.listener import ConnectionLimits, GuardedSite
 from adapters.agent.metrics import AgentMetrics
 from adapters.agent.server import build_agent_app, watch_readiness
 from adapters.agent.settings import (
     CONTROLLER_IDENTITY,
     DEFAULT_AUDIENCE,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REPLAY_WINDOW,
+    DEFAULT_TOKEN_REVIEW_BURST,
+    DEFAULT_TOKEN_REVIEW_RATE,
     AgentSettings,
     env_agent_settings,
     load_agent_settings,
 )
 from adapters.agent.store import AgentStore
+from adapters.agent.wire import ReplayGuard
 from adapters.http import register_process_metrics
 from adapters.kubernetes.client import check_kubeconfig_file
-from adapters.logs import configure_logging
+from adapters.logs import RepeatFilter, configure_logging
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
 from controller.settings import split_listen
@@ -55,6 +64,14 @@ Every /v1/ request needs `Authorization: Bearer <token>`: a token the API server
 --token-audience (checked with a TokenReview, so the agent's own account needs `create` on
 tokenreviews.authentication.k8s.io), of an identity given with --allowed-identity. No or an
 invalid token: 401; another identity: 403; nothing is written on either.
+
+Hostile clients: a TLS handshake, then each request head, must arrive within --header-timeout
+seconds and a body within --body-timeout; at most --max-connections are open, at most
+--max-connections-per-peer from one address (when all are taken, a peer with fewer gets one of
+the busiest peer's). A PUT or DELETE replayed, or older than the newest accepted for its bundle
+or than --replay-window, gets 409; a peer sending unknown tokens gets 429 beyond its
+TokenReview budget (--token-review-burst, then --token-review-rate a second). Repeated log
+lines are summarised.
 
 Exit codes: 0 stopped by SIGTERM/SIGINT, 1 --listen unusable, 2 a bad setting (refused
 before anything starts: missing TLS files, no allowed identity, an unusable kubeconfig).
@@ -139,7 +156,58 @@ def add_agent_parser(sub: Any) -> None:
         "--token-cache-size",
         type=int,
         metavar="N",
-        help="most token reviews kept (least recently used go first; default: 1024)",
+        help="most token verdicts kept, of those that let a request in and of the others each "
+        "(least recently used go first; default: 1024)",
+    )
+    p.add_argument(
+        "--token-review-rate",
+        type=float,
+        metavar="N",
+        help="TokenReviews of tokens not in the cache one client address may cause a second, "
+        f"after its burst; beyond it: 429 (default: {DEFAULT_TOKEN_REVIEW_RATE:g})",
+    )
+    p.add_argument(
+        "--token-review-burst",
+        type=int,
+        metavar="N",
+        help="TokenReviews one client address may cause at once (default: "
+        f"{DEFAULT_TOKEN_REVIEW_BURST})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time for the TLS handshake, and for each request line and headers from the "
+        "connection's start or its last answer (idle keep-alive connections close after it "
+        f"too; default: {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"time for a whole request body; slower ones get 408 (default: "
+        f"{DEFAULT_BODY_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections open at once, lowered to fit the file descriptor limit "
+        f"(default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        metavar="N",
+        help=f"connections open at once from one address (default: "
+        f"{DEFAULT_MAX_CONNECTIONS_PER_PEER})",
+    )
+    p.add_argument(
+        "--replay-window",
+        type=float,
+        metavar="SECONDS",
+        help="how far an upload's time may be from the agent's clock; older or replayed "
+        f"uploads get 409 (default: {DEFAULT_REPLAY_WINDOW:g})",
     )
     p.add_argument(
         "--api-timeout",
@@ -170,6 +238,9 @@ def agent_command(args: argparse.Namespace) -> int:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    # Clients can make the agent log at will (refusals, dropped connections): bounded.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     try:
         asyncio.run(_run_until_signalled(settings))
@@ -260,6 +331,35 @@ async def load_api_client(kubeconfig: str | None) -> Any:
         raise PermanentError(f"cannot use the Kubernetes configuration {where}: {exc}") from exc
 
 
+#: File descriptors kept for everything but client connections: the listening socket, the API
+#: server's connections, bundle files being written, logs.
+FD_RESERVE = 128
+
+
+def fit_connections(wanted: int) -> int:
+    """``wanted`` connections, or fewer when the file descriptor limit cannot hold them and
+    :data:`FD_RESERVE` more (the soft limit is raised towards the hard one first)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such per-process limit on sockets
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    fitted = max(1, soft - FD_RESERVE)
+    log.warning(
+        "max_connections lowered to fit the file descriptor limit",
+        extra={"max_connections": wanted, "fitted": fitted, "nofile": soft},
+    )
+    return fitted
+
+
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     """Run the agent until ``stop`` is set; requests in flight then get
     ``shutdown_timeout`` seconds to finish."""
@@ -283,6 +383,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         ttl=settings.token_cache_ttl,
         negative_ttl=settings.token_negative_ttl,
         max_entries=settings.token_cache_size,
+        review_rate=settings.token_review_rate,
+        review_burst=settings.token_review_burst,
         on_review=lambda result: metrics.token_reviews.labels(result).inc(),
         on_cache=lambda hit: metrics.token_cache.labels("hit" if hit else "miss").inc(),
     )
@@ -304,16 +406,34 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             max_request_bytes=settings.max_request_bytes,
             # As the node names it: the shipped DaemonSet mounts the hostPath at this path.
             bundle_root=await asyncio.to_thread(os.path.abspath, settings.bundle_root),
+            body_timeout=settings.body_timeout,
+            replay=ReplayGuard(settings.replay_window),
         )
-        runner = web.AppRunner(app, access_log=None)
+        # aiohttp's keep-alive timeout runs from a connection's start and from each answer
+        # until the next complete request head: the header timeout (its header size limits
+        # stay at their defaults, 8190 bytes a line or field and 128 fields).
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=settings.header_timeout,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(
+            total = fit_connections(settings.max_connections)
+            limits = ConnectionLimits(
+                total=total,
+                per_peer=min(settings.max_connections_per_peer, total),
+                handshake_timeout=settings.header_timeout,
+            )
+            site = GuardedSite(
                 runner,
                 host,
                 port,
                 ssl_context=context,
-                shutdown_timeout=settings.shutdown_timeout,
+                limits=limits,
+                on_count=metrics.connections.set,
+                on_refused=lambda reason: metrics.connections_refused.labels(reason).inc(),
             )
             await site.start()
             log.info(

@@ -19,6 +19,9 @@ RESULTS = (
     "unauthenticated",  # 401: no token, or one the API server did not accept for our audience
     "forbidden",  # 403: a valid token of an identity not allowed
     "too_large",  # 413
+    "timeout",  # 408: the body did not arrive within --body-timeout
+    "replayed",  # 409: an upload replayed, or older than the newest one of its bundle
+    "throttled",  # 429: this peer's TokenReview budget is used up
     "not_found",  # 404: no such route
     "unavailable",  # 503: the API server or the bundle root could not be used
     "error",  # 500: anything unexpected
@@ -27,6 +30,13 @@ RESULTS = (
 BUNDLE_RESULTS = ("written", "unchanged", "removed", "absent")
 #: The outcome of one TokenReview call.
 REVIEW_RESULTS = ("authenticated", "rejected", "error")
+#: Why a connection was closed at once, or ended early.
+CONNECTION_REFUSALS = (
+    "peer_limit",  # its peer had --max-connections-per-peer open
+    "limit",  # --max-connections open, none of a peer with more to give way
+    "evicted",  # closed to make room for a peer with fewer connections
+    "no_descriptor",  # accept failed: the process is out of file descriptors
+)
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -42,6 +52,8 @@ class AgentMetrics:
     token_reviews: Counter
     token_cache: Counter
     ready: Gauge
+    connections: Gauge
+    connections_refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AgentMetrics:
@@ -95,6 +107,21 @@ class AgentMetrics:
             bundles.labels(result)
         for result in REVIEW_RESULTS:
             reviews.labels(result)
+        connections = Gauge(
+            "winspec_agent_connections",
+            "Connections open (TLS handshakes in progress included)",
+            registry=registry,
+        )
+        refused = Counter(
+            "winspec_agent_connections_refused_total",
+            "Connections closed at once or made to give way, by reason",
+            ["reason"],
+            registry=registry,
+        )
         for result in ("hit", "miss"):
             cache.labels(result)
-        return cls(requests, seconds, bundles, received, reviews, cache, ready)
+        for reason in CONNECTION_REFUSALS:
+            refused.labels(reason)
+        return cls(
+            requests, seconds, bundles, received, reviews, cache, ready, connections, refused
+        )

@@ -12,10 +12,14 @@ Routes (every ``/v1/`` request authenticated first, see :mod:`adapters.agent.aut
 * ``/healthz``, ``/readyz``, ``/metrics`` (:mod:`adapters.http`), without a token: the
   kubelet's probes and Prometheus carry none, and none of them shows a bundle.
 
-Refusals are JSON :class:`~adapters.agent.wire.ErrorBody`: 400 malformed id or body or a MAC
-that does not match, 401 no token or one the API server does not accept for the agent's
-audience, 403 a valid token of an identity not allowed, 413 a body over the limit, 415 another
-content type, 503 the API server or the bundle root unusable. A refused request writes nothing.
+Refusals are JSON :class:`~adapters.agent.wire.ErrorBody`: 400 a malformed id or body, a MAC
+that does not match or a DELETE without its ``Winspec-Issued`` header, 401 no token or one the
+API server does not accept for the agent's audience, 403 a valid token of an identity not
+allowed, 408 a body not received within the body timeout, 409 a replayed request or one older
+than the newest accepted for its bundle (:class:`~adapters.agent.wire.ReplayGuard`), 413 a body
+over the limit, 415 another content type, 429 a peer that sent more unknown tokens than its
+TokenReview budget (with ``Retry-After``), 503 the API server or the bundle root unusable. A
+refused request writes nothing.
 Logs name the id, the identity and the reason; never a token or a byte of a payload.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -30,12 +35,13 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from adapters.agent.auth import Authenticator, Verdict
+from adapters.agent.auth import Authenticator, ReviewBudgetError, Verdict
 from adapters.agent.metrics import AgentMetrics
 from adapters.agent.store import AgentStore
 from adapters.agent.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
+    ISSUED_HEADER,
     NODE_PATH,
     BundleEntry,
     BundleList,
@@ -43,7 +49,10 @@ from adapters.agent.wire import (
     ErrorBody,
     NodeInfo,
     Removal,
+    ReplayError,
+    ReplayGuard,
     decode_upload,
+    parse_issued,
     split_bundle_id,
 )
 from adapters.http import build_app
@@ -57,6 +66,8 @@ AUTH_KEY = web.AppKey("agent_auth", Authenticator)
 METRICS_KEY = web.AppKey("agent_metrics", AgentMetrics)
 LIMIT_KEY = web.AppKey("agent_max_request_bytes", int)
 ROOT_KEY = web.AppKey("agent_bundle_root", str)
+BODY_TIMEOUT_KEY = web.AppKey("agent_body_timeout", float)
+REPLAY_KEY = web.AppKey("agent_replay_guard", ReplayGuard)
 IDENTITY_KEY = "winspec_agent_identity"
 
 READY_ROOT = "bundle-root"
@@ -76,16 +87,21 @@ def build_agent_app(
     metrics: AgentMetrics,
     max_request_bytes: int,
     bundle_root: str,
+    body_timeout: float,
+    replay: ReplayGuard,
 ) -> web.Application:
     """The agent's application: the bundle API plus ``/metrics``, ``/healthz``, ``/readyz``.
 
-    ``bundle_root`` is what ``GET /v1/node`` reports: the root as the node names it."""
+    ``bundle_root`` is what ``GET /v1/node`` reports: the root as the node names it. A body
+    must arrive whole within ``body_timeout`` seconds; ``replay`` admits uploads."""
     app = build_app(registry=registry, health=health)
     app[STORE_KEY] = store
     app[AUTH_KEY] = authenticator
     app[METRICS_KEY] = metrics
     app[LIMIT_KEY] = max_request_bytes
     app[ROOT_KEY] = bundle_root
+    app[BODY_TIMEOUT_KEY] = body_timeout
+    app[REPLAY_KEY] = replay
     app.middlewares.append(_guard)
     app.router.add_get(API_PREFIX, _list)
     app.router.add_get(NODE_PATH, _node)
@@ -111,7 +127,10 @@ _RESULT_BY_STATUS = {
     403: "forbidden",
     404: "not_found",
     405: "not_found",
+    408: "timeout",
+    409: "replayed",
     413: "too_large",
+    429: "throttled",
     503: "unavailable",
 }
 _UNCOUNTED = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -156,7 +175,14 @@ async def _authenticated(request: web.Request, handler: _Handler) -> web.StreamR
     if not request.path.startswith("/v1/") and request.path != "/v1":
         return await handler(request)
     try:
-        verdict, identity = await request.app[AUTH_KEY].check(request.headers.get("Authorization"))
+        verdict, identity = await request.app[AUTH_KEY].check(
+            request.headers.get("Authorization"), request.remote or ""
+        )
+    except ReviewBudgetError as exc:
+        log.info("request refused: too many unknown tokens", extra={"peer": request.remote})
+        response = error(429, "TooManyTokenReviews", str(exc))
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
     except TransientError as exc:
         log.warning("cannot check a token", extra={"error": str(exc)})
         return error(503, "TokenReviewUnavailable", "the token cannot be checked now; retry")
@@ -206,14 +232,28 @@ async def _put(request: web.Request) -> web.Response:
     if request.content_type != BUNDLE_CONTENT_TYPE:
         return error(415, "UnsupportedMediaType", f"the body must be {BUNDLE_CONTENT_TYPE}")
     limit = app[LIMIT_KEY]
-    body = await _read_limited(request, limit)
+    try:
+        async with asyncio.timeout(app[BODY_TIMEOUT_KEY]):
+            body = await _read_limited(request, limit)
+    except TimeoutError:
+        log.info("bundle refused: body too slow", extra={"bundle": bundle_id})
+        response = error(
+            408, "RequestTimeout", f"the body did not arrive within {app[BODY_TIMEOUT_KEY]:g}s"
+        )
+        response.force_close()
+        return response
     if body is None:
         log.info("bundle refused: too large", extra={"bundle": bundle_id, "limit": limit})
         return error(413, "TooLarge", f"a bundle upload may be at most {limit} bytes")
     try:
         # Hashing megabytes takes milliseconds: not on the event loop.
-        files = await asyncio.to_thread(decode_upload, body)
-        changed, digest = await app[STORE_KEY].put(bundle_id, files)
+        upload = await asyncio.to_thread(decode_upload, body, bundle_id)
+        changed, digest = await app[STORE_KEY].put(
+            bundle_id, upload.files, lambda: app[REPLAY_KEY].admit(bundle_id, upload.issued)
+        )
+    except ReplayError as exc:
+        log.info("bundle refused: replayed", extra={"bundle": bundle_id, "error": str(exc)})
+        return error(409, "Replayed", str(exc))
     except PermanentError as exc:
         log.info("bundle refused", extra={"bundle": bundle_id, "error": str(exc)})
         return error(400, "InvalidBundle", str(exc))
@@ -234,9 +274,18 @@ async def _delete(request: web.Request) -> web.Response:
     app = request.app
     try:
         bundle_id = _bundle_id(request)
-        removed = await app[STORE_KEY].delete(bundle_id)
     except PermanentError as exc:
         return error(400, "InvalidId", str(exc))
+    try:
+        issued = parse_issued(request.headers.get(ISSUED_HEADER))
+        removed = await app[STORE_KEY].delete(
+            bundle_id, lambda: app[REPLAY_KEY].admit(bundle_id, issued)
+        )
+    except ReplayError as exc:
+        log.info("removal refused: replayed", extra={"bundle": bundle_id, "error": str(exc)})
+        return error(409, "Replayed", str(exc))
+    except PermanentError as exc:
+        return error(400, "InvalidIssued", str(exc))
     except TransientError as exc:
         log.warning("bundle not removed", extra={"bundle": bundle_id, "error": str(exc)})
         return error(503, "RemoveFailed", str(exc))

@@ -21,6 +21,14 @@ DEFAULT_AUDIENCE = "winspec-agent"
 #: The shipped controller's identity (manifests/base/rbac.yaml's ServiceAccount winspec in
 #: winspec-system): the one --allowed-identity the shipped agent DaemonSet admits.
 CONTROLLER_IDENTITY = "system:serviceaccount:winspec-system:winspec"
+#: Hostile-client limits (README: "Node agent", "Limits").
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 32
+DEFAULT_REPLAY_WINDOW = 300.0
+DEFAULT_TOKEN_REVIEW_RATE = 1.0
+DEFAULT_TOKEN_REVIEW_BURST = 10
 
 
 def _default_bundle_root() -> str:
@@ -43,6 +51,13 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token_cache_ttl: float = 60.0
     token_negative_ttl: float = 5.0
     token_cache_size: int = 1024
+    token_review_rate: float = DEFAULT_TOKEN_REVIEW_RATE
+    token_review_burst: int = DEFAULT_TOKEN_REVIEW_BURST
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
+    replay_window: float = DEFAULT_REPLAY_WINDOW
     api_timeout: float = 10.0
     shutdown_timeout: float = 10.0
     log_format: Literal["json", "console"] = "json"
@@ -72,12 +87,23 @@ class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_request_bytes must be at least 1024")
         if self.token_cache_size < 1:
             raise ValueError("token_cache_size must be at least 1")
+        if self.token_review_burst < 1:
+            raise ValueError("token_review_burst must be at least 1")
+        if self.max_connections < 1 or self.max_connections_per_peer < 1:
+            raise ValueError("max_connections and max_connections_per_peer must be at least 1")
+        if self.max_connections_per_peer > self.max_connections:
+            raise ValueError("max_connections_per_peer must not exceed max_connections")
+        if not (self.token_review_rate > 0 and math.isfinite(self.token_review_rate)):
+            raise ValueError("token_review_rate must be a positive number of reviews a second")
         for name in (
             "tls_reload_interval",
             "token_cache_ttl",
             "token_negative_ttl",
             "api_timeout",
             "shutdown_timeout",
+            "header_timeout",
+            "body_timeout",
+            "replay_window",
         ):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -44,8 +44,16 @@ class AgentStore:
             self._writers[namespace] = writer
         return writer
 
-    async def put(self, bundle_id: str, files: Mapping[str, bytes]) -> tuple[bool, str]:
+    async def put(
+        self,
+        bundle_id: str,
+        files: Mapping[str, bytes],
+        admit: Callable[[], None] | None = None,
+    ) -> tuple[bool, str]:
         """Write the bundle; whether anything changed, and the digest now kept for it.
+
+        ``admit`` runs under the bundle's lock before the write (nothing written if it raises),
+        so uploads of one id are admitted in the order they are written.
 
         Raises :class:`~controller.errors.PermanentError` for a bad id or file name (nothing
         written) and :class:`~controller.errors.TransientError` when the file system fails.
@@ -54,16 +62,20 @@ class AgentStore:
         # Building the content may hash every payload: not on the event loop.
         content = await asyncio.to_thread(BundleContent, files=dict(files))
         async with self._lock(bundle_id):
+            if admit is not None:
+                admit()
             changed = await self._writer(namespace).write(name, content)
             digest = await asyncio.to_thread(_read_digest, self._root / namespace / name)
         if digest is None:
             raise TransientError(f"bundle {bundle_id} was written but has no digest")
         return changed, digest
 
-    async def delete(self, bundle_id: str) -> bool:
-        """Remove the bundle; ``False`` when there was none."""
+    async def delete(self, bundle_id: str, admit: Callable[[], None] | None = None) -> bool:
+        """Remove the bundle; ``False`` when there was none. ``admit`` as for :meth:`put`."""
         namespace, name = split_bundle_id(bundle_id)
         async with self._lock(bundle_id):
+            if admit is not None:
+                admit()
             return await self._writer(namespace).remove(name)
 
     async def list_bundles(self) -> list[tuple[str, str]]:

@@ -8,15 +8,25 @@ cluster mode's local writer, so node-local and central deployments leave the sam
 **An upload** (``PUT /v1/bundles/<namespace>/<name>``) is one MessagePack map, content type
 :data:`BUNDLE_CONTENT_TYPE`::
 
-    {"files": {"config.json": <bin>, "links.json": <bin>, "secrets/<id>": <bin>, ...},
-     "nonce": <bin, 16 to 64 random bytes, new for every upload>,
-     "mac":   "<64 hex digits: HMAC-SHA256 under the nonce of every path and content>"}
+    {"files":  {"config.json": <bin>, "links.json": <bin>, "secrets/<id>": <bin>, ...},
+     "nonce":  <bin, 16 to 64 random bytes, new for every upload>,
+     "issued": <int: when the sender encoded it, nanoseconds since the Unix epoch>,
+     "mac":    "<64 hex digits: HMAC-SHA256 under the nonce of the id, issued, every file>"}
 
 MessagePack carries payloads as raw bytes (no base64 inflation, no text decoding of binary
 secrets) and msgspec decodes it straight into :class:`BundleUpload`, refusing unknown fields,
 wrong types and anything left over. The agent recomputes the MAC over what it decoded and
 refuses a mismatch (400), so a body truncated, re-encoded or assembled from other content is
-never written.
+never written. The MAC covers the bundle id and ``issued`` too: a body sent for one id, or at
+one time, is refused anywhere else and with any other time.
+
+**Replays.** ``issued`` only moves forward: the agent refuses (409) an upload issued outside its
+replay window around its own clock, before the agent started, or not after the newest upload it
+accepted for the same id (:class:`ReplayGuard`). A captured PUT replayed later, or a delayed one
+arriving after a newer version, therefore never puts an older bundle back. A DELETE carries its
+``issued`` in the :data:`ISSUED_HEADER` header and goes through the same guard, so a replayed
+removal cannot take away a bundle delivered after it. The client encodes every attempt anew (a
+fresh nonce and ``issued``), so its own retries are never replays.
 
 Why a nonce-keyed MAC and not the bundle's digest: a digest that is a plain function of the
 files is a function of the secrets in them, and one seen again elsewhere (a log, a status, a
@@ -43,14 +53,18 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import msgspec
 
 from controller.bundle import is_valid_bundle_id
 from controller.errors import PermanentError
 
-BUNDLE_CONTENT_TYPE = "application/vnd.winspec.bundle.v1+msgpack"
+#: v2: ``issued`` added, the MAC covers the id and ``issued`` (v1 bodies get 415).
+BUNDLE_CONTENT_TYPE = "application/vnd.winspec.bundle.v2+msgpack"
+#: The header of a DELETE carrying its ``issued`` (decimal nanoseconds since the Unix epoch).
+ISSUED_HEADER = "Winspec-Issued"
 API_PREFIX = "/v1/bundles"
 NODE_PATH = "/v1/node"
 NONCE_MIN_BYTES = 16
@@ -66,6 +80,7 @@ class BundleUpload(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     files: dict[str, bytes]
     nonce: bytes
+    issued: int
     mac: str
 
 
@@ -129,12 +144,18 @@ def split_bundle_id(bundle_id: str) -> tuple[str, str]:
     return namespace, name
 
 
-def content_mac(nonce: bytes, files: Mapping[str, bytes]) -> str:
-    """HMAC-SHA256 under ``nonce`` of every path and content, in path order (64 hex digits).
+def content_mac(nonce: bytes, bundle_id: str, issued: int, files: Mapping[str, bytes]) -> str:
+    """HMAC-SHA256 under ``nonce`` of the bundle id, ``issued`` and every path and content, in
+    path order (64 hex digits).
 
-    Each file is framed (path, NUL, 8-byte length, content), so no two file sets share an input.
+    The id is framed like a file (its length first), ``issued`` is 8 bytes, and each file is
+    framed (path, NUL, 8-byte length, content), so no two inputs share a MAC input.
     """
     h = hmac.new(nonce, digestmod="sha256")
+    ident = bundle_id.encode()
+    h.update(len(ident).to_bytes(8, "big"))
+    h.update(ident)
+    h.update(issued.to_bytes(8, "big", signed=True))
     for name in sorted(files):
         data = files[name]
         h.update(name.encode())
@@ -148,14 +169,24 @@ _upload_decoder = msgspec.msgpack.Decoder(BundleUpload)
 _upload_encoder = msgspec.msgpack.Encoder()
 
 
-def encode_upload(files: Mapping[str, bytes], nonce: bytes) -> bytes:
-    """The body of a PUT for ``files``, checked by a MAC under ``nonce``."""
-    upload = BundleUpload(files=dict(files), nonce=nonce, mac=content_mac(nonce, files))
+def encode_upload(
+    bundle_id: str, files: Mapping[str, bytes], nonce: bytes, issued: int | None = None
+) -> bytes:
+    """The body of a PUT of ``files`` to ``bundle_id``, checked by a MAC under ``nonce``;
+    ``issued`` (nanoseconds since the epoch) is now unless given."""
+    stamp = time.time_ns() if issued is None else issued
+    upload = BundleUpload(
+        files=dict(files),
+        nonce=nonce,
+        issued=stamp,
+        mac=content_mac(nonce, bundle_id, stamp, files),
+    )
     return _upload_encoder.encode(upload)
 
 
-def decode_upload(body: bytes) -> dict[str, bytes]:
-    """The files of a PUT body whose MAC holds; a :class:`PermanentError` for anything else.
+def decode_upload(body: bytes, bundle_id: str) -> BundleUpload:
+    """The upload of a PUT body to ``bundle_id`` whose MAC holds; a :class:`PermanentError` for
+    anything else.
 
     The message says what is wrong with the body's form, never a byte of its content.
     """
@@ -171,6 +202,72 @@ def decode_upload(body: bytes) -> dict[str, bytes]:
         )
     if not _MAC.match(upload.mac):
         raise PermanentError("malformed bundle: the mac must be 64 lower-case hex digits")
-    if not hmac.compare_digest(content_mac(upload.nonce, upload.files), upload.mac):
+    if not -(2**63) <= upload.issued < 2**63:
+        raise PermanentError("malformed bundle: issued is out of range")
+    expected = content_mac(upload.nonce, bundle_id, upload.issued, upload.files)
+    if not hmac.compare_digest(expected, upload.mac):
         raise PermanentError("bundle refused: its content does not match its mac")
-    return upload.files
+    return upload
+
+
+def parse_issued(value: str | None) -> int:
+    """The ``issued`` of a :data:`ISSUED_HEADER` header; a :class:`PermanentError` when it is
+    missing or not a decimal integer of at most 19 digits."""
+    if value is None:
+        raise PermanentError(f"the {ISSUED_HEADER} header is required (nanoseconds)")
+    text = value.strip()
+    if not text.isdecimal() or not text.isascii() or len(text) > 19:
+        raise PermanentError(f"the {ISSUED_HEADER} header must be nanoseconds since the epoch")
+    return int(text)
+
+
+class ReplayError(Exception):
+    """An upload the agent refuses as a replay or as out of order (409); the message says why."""
+
+
+class ReplayGuard:
+    """Lets each upload's ``issued`` through once, and only forward, per bundle id.
+
+    Refused: an upload issued more than ``window`` seconds away from the agent's clock, issued
+    before ``started`` (the agent's start: what it accepted before is not remembered), or not
+    after the newest one accepted for the same id since then (a removal keeps that record, so a
+    replay cannot bring a removed bundle back either). Records older than the window are
+    dropped, as the window alone refuses their replays: memory is bounded by the uploads of
+    one window.
+    """
+
+    def __init__(
+        self, window: float, *, clock: Callable[[], int] = time.time_ns, started: int | None = None
+    ) -> None:
+        self._window = int(window * 1e9)
+        self._clock = clock
+        self._started = clock() if started is None else started
+        self._newest: dict[str, int] = {}
+        self._next_prune = 1024
+
+    def admit(self, bundle_id: str, issued: int) -> None:
+        """Record ``issued`` as the newest upload of ``bundle_id``; else :class:`ReplayError`."""
+        now = self._clock()
+        if issued > now + self._window:
+            raise ReplayError(
+                "upload issued in the future: the sender's clock is more than the replay window "
+                "ahead of the agent's"
+            )
+        if issued < now - self._window:
+            raise ReplayError(
+                "upload older than the replay window: a replay, or the sender's clock is behind "
+                "the agent's"
+            )
+        if issued < self._started:
+            raise ReplayError("upload issued before the agent started: a replay; send it anew")
+        newest = self._newest.get(bundle_id)
+        if newest is not None and issued <= newest:
+            raise ReplayError(
+                "a newer upload of this bundle was accepted already: a replay or a late "
+                "delivery; send it anew"
+            )
+        self._newest[bundle_id] = issued
+        if len(self._newest) >= self._next_prune:
+            horizon = now - self._window
+            self._newest = {k: v for k, v in self._newest.items() if v >= horizon}
+            self._next_prune = max(1024, 2 * len(self._newest))

@@ -8,9 +8,11 @@ account whose token is minted for the agent's audience.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
+import resource
 import secrets
 import ssl
 import subprocess
@@ -51,7 +53,7 @@ class Cluster:
     intruder_token: str  # another service account's token, same audience
     api_audience_token: str  # the controller's token for the API server, not the agent
 
-    def agent(self, root: Path, *extra: str) -> AgentProcess:
+    def agent(self, root: Path, *extra: str, nofile: int | None = None) -> AgentProcess:
         """An agent (not started) writing below ``root``."""
         return AgentProcess(
             root=root,
@@ -60,6 +62,7 @@ class Cluster:
             allowed=[self.controller],
             audience=AUDIENCE,
             extra=("--max-request-bytes", str(LIMIT), *extra),
+            nofile=nofile,
         )
 
     def client(
@@ -304,7 +307,7 @@ async def test_wrong_credentials_are_refused_and_nothing_is_written(
     result = "unauthenticated" if status == 401 else "forbidden"
     sample = f'winspec_agent_requests_total{{operation="put",result="{result}"}}'
     before = await _metric(http, agent, sample)
-    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    body = encode_upload(bundle_id, _files(), os.urandom(NONCE_BYTES))
     got, answer = await _put_raw(http, agent, f"/v1/bundles/{bundle_id}", body, token=token)
     assert (got, answer["reason"]) == (status, "Unauthenticated" if status == 401 else "Forbidden")
     async with http.delete(
@@ -330,7 +333,7 @@ async def test_a_cached_refusal_still_writes_nothing(
 ) -> None:
     """The same foreign token twice is refused both times (the second from the cache)."""
     path = f"/v1/bundles/{cluster.namespace}/cached"
-    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    body = encode_upload(f"{cluster.namespace}/cached", _files(), os.urandom(NONCE_BYTES))
     hit = 'winspec_agent_token_cache_total{result="hit"}'
     reviewed = 'winspec_agent_token_reviews_total{result="authenticated"}'
     hits, reviews = await _metric(http, agent, hit), await _metric(http, agent, reviewed)
@@ -349,7 +352,7 @@ async def test_oversize_uploads_get_413_and_nothing_is_written(
     """A body over --max-request-bytes is refused with 413, with or without Content-Length."""
     path = f"/v1/bundles/{cluster.namespace}/big"
     files = _files() | {"configs/huge": b"x" * (LIMIT + 1)}
-    body = encode_upload(files, os.urandom(NONCE_BYTES))
+    body = encode_upload(f"{cluster.namespace}/big", files, os.urandom(NONCE_BYTES))
     status, answer = await _put_raw(http, agent, path, body, token=cluster.token)
     assert (status, answer["reason"]) == (413, "TooLarge")
 
@@ -370,7 +373,7 @@ async def test_oversize_uploads_get_413_and_nothing_is_written(
 
 
 def _tampered() -> bytes:
-    good = msgspec.msgpack.decode(encode_upload(_files(), os.urandom(NONCE_BYTES)))
+    good = msgspec.msgpack.decode(encode_upload("ns/any", _files(), os.urandom(NONCE_BYTES)))
     good["files"]["secrets/db-password"] = b"other"
     return msgspec.msgpack.encode(good)
 
@@ -382,14 +385,18 @@ def _tampered() -> bytes:
         ("json", b'{"files":{}}', "application/json", 415, "UnsupportedMediaType"),
         (
             "unknown-field",
-            msgspec.msgpack.encode({"files": {}, "nonce": b"n" * 32, "mac": "0" * 64, "x": 1}),
+            msgspec.msgpack.encode(
+                {"files": {}, "nonce": b"n" * 32, "issued": 1, "mac": "0" * 64, "x": 1}
+            ),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
         ),
         (
             "short-nonce",
-            msgspec.msgpack.encode(BundleUpload(files=_files(), nonce=b"n", mac="0" * 64)),
+            msgspec.msgpack.encode(
+                BundleUpload(files=_files(), nonce=b"n", issued=1, mac="0" * 64)
+            ),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
@@ -397,14 +404,16 @@ def _tampered() -> bytes:
         ("mac-mismatch", _tampered(), BUNDLE_CONTENT_TYPE, 400, "InvalidBundle"),
         (
             "climbing-file",
-            encode_upload(_files() | {"secrets/../../x": b"1"}, b"n" * 32),
+            lambda bundle_id: encode_upload(
+                bundle_id, _files() | {"secrets/../../x": b"1"}, b"n" * 32
+            ),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
         ),
         (
             "no-config",
-            encode_upload({"links.json": b"{}"}, b"n" * 32),
+            lambda bundle_id: encode_upload(bundle_id, {"links.json": b"{}"}, b"n" * 32),
             BUNDLE_CONTENT_TYPE,
             400,
             "InvalidBundle",
@@ -416,18 +425,22 @@ async def test_malformed_bundles_are_refused_with_400(
     agent: AgentProcess,
     http: aiohttp.ClientSession,
     name: str,
-    body: bytes,
+    body: bytes | Callable[[str], bytes],
     content_type: str,
     status: int,
     reason: str,
 ) -> None:
     """Malformed bodies, a MAC mismatch and bad file names get a clear 4xx; nothing is written."""
     path = f"/v1/bundles/{cluster.namespace}/bad-{name}"
+    checks_files = callable(body)
+    if callable(body):  # a well-formed upload for this id, refused for its files
+        body = body(f"{cluster.namespace}/bad-{name}")
     got, answer = await _put_raw(
         http, agent, path, body, token=cluster.token, content_type=content_type
     )
     assert (got, answer["reason"]) == (status, reason), answer
     assert answer["message"]
+    assert not checks_files or "mac" not in answer["message"]
     assert b"s3cr3t" not in msgspec.json.encode(answer)
     assert not (agent.root / cluster.namespace / f"bad-{name}").exists()
     assert _leftovers(agent.root) == []
@@ -456,7 +469,7 @@ async def test_bad_ids_are_refused_with_400_before_any_path(
         return sorted(p.relative_to(agent.root).as_posix() for p in agent.root.rglob("*"))
 
     before = entries()
-    body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+    body = encode_upload("ns/any", _files(), os.urandom(NONCE_BYTES))
     status, answer = await _put_raw(http, agent, path, body, token=cluster.token)
     assert (status, answer["reason"]) == (400, "InvalidId"), answer
     assert entries() == before
@@ -642,7 +655,7 @@ async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_write
         await asyncio.to_thread(
             wait_for, lambda: process.readyz() == 503, 30, message="/readyz 503"
         )
-        body = encode_upload(_files(), os.urandom(NONCE_BYTES))
+        body = encode_upload(f"{cluster.namespace}/unready", _files(), os.urandom(NONCE_BYTES))
         path = f"/v1/bundles/{cluster.namespace}/unready"
         status, answer = await _put_raw(
             http, process, path, body, token=cluster.token, retry_unavailable=False
@@ -672,7 +685,8 @@ async def test_logs_hold_no_payload_byte_and_no_token(
         await client.put(f"{cluster.namespace}/logged", files)
     finally:
         await client.close()
-    tampered = msgspec.msgpack.decode(encode_upload(files, os.urandom(NONCE_BYTES)))
+    logged = f"{cluster.namespace}/logged"
+    tampered = msgspec.msgpack.decode(encode_upload(logged, files, os.urandom(NONCE_BYTES)))
     tampered["files"]["configs/app.toml"] = marker
     path = f"/v1/bundles/{cluster.namespace}/logged"
     status, _ = await _put_raw(
@@ -746,3 +760,283 @@ async def test_a_rotated_certificate_is_served_without_a_restart(
     finally:
         process.stop()
     assert "TLS certificate reloaded" in process.logs()
+
+
+# --- Hostile clients -------------------------------------------------------------------------
+
+#: The slow-header attack: connections in all, and the loopback addresses they come from: 300
+#: from 127.0.0.10 (over the default per-peer cap, 32), the rest from 127.0.0.11-29 (over the
+#: default total, 512, at up to 32 each).
+SLOW_CONNECTIONS = 1100
+SLOW_HEAVY = 300
+SLOW_PEERS = 19
+#: The attack's pace, scaled down with the agent's --header-timeout (default 10 s, a header
+#: line every 10 s in the original attack): a line every second against a 3 s timeout, and a
+#: new connection a second after one is dropped.
+SLOW_HEADER_TIMEOUT = 3.0
+SLOW_LINE_INTERVAL = 1.0
+SLOW_RECONNECT = 1.0
+
+
+async def _slow_header_client(
+    port: int, source: str, ctx: ssl.SSLContext, stop: asyncio.Event
+) -> None:
+    """Connect over TLS, send a request line, then one header line a second, never ending the
+    head; reconnect a second after the agent drops the connection, until ``stop``."""
+    while not stop.is_set():
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, stream = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=(source, 0)), 10
+            )
+            writer = stream
+            stream.write(b"PUT /v1/bundles/slow/loris HTTP/1.1\r\nHost: agent\r\n")
+            await stream.drain()
+            while not stop.is_set():
+                try:
+                    if not await asyncio.wait_for(reader.read(1024), SLOW_LINE_INTERVAL):
+                        break  # the agent closed it
+                except TimeoutError:
+                    stream.write(b"X-Slow: 1\r\n")
+                    await stream.drain()
+        except (OSError, TimeoutError):
+            pass  # refused, reset or timed out: try again
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SLOW_RECONNECT)
+
+
+async def test_slow_header_connections_do_not_lock_out_the_controller(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """1,100 slow-header TLS connections at nofile 1024: ≥ 95% of PUTs land, the log stays small."""
+    # The default connection caps (both must be hit), a 3 s --header-timeout with the attack's
+    # pace scaled down with it (see SLOW_HEADER_TIMEOUT), the descriptor limit of the issue.
+    # This process holds the attack's connections: its own limit must be above their count.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2 * SLOW_CONNECTIONS:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2 * SLOW_CONNECTIONS, hard), hard))
+    process = cluster.agent(
+        tmp_path / "bundles",
+        "--header-timeout", str(SLOW_HEADER_TIMEOUT), "--body-timeout", "5",
+        nofile=1024,
+    )  # fmt: skip
+    await asyncio.to_thread(process.start)
+    client = cluster.client(process)
+    stop = asyncio.Event()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # an attacker checks no certificate
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sources = ["127.0.0.10"] * SLOW_HEAVY + [
+        f"127.0.0.{11 + i % SLOW_PEERS}" for i in range(SLOW_CONNECTIONS - SLOW_HEAVY)
+    ]
+    log_before = process.log.stat().st_size
+    attackers = [
+        asyncio.create_task(_slow_header_client(process.port, source, ctx, stop))
+        for source in sources
+    ]
+    attempts, took = 20, []
+    try:
+        # Deliveries that have not all ended by then count as failed (a locked-out client's
+        # each take minutes of connect timeouts and retries).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(80):
+                await asyncio.sleep(2 * SLOW_HEADER_TIMEOUT)  # the attack in full swing
+                for i in range(attempts):
+                    started = time.monotonic()
+                    with contextlib.suppress(TransientError):
+                        await client.put(f"{cluster.namespace}/under-attack", _files(f"v{i}"))
+                        took.append(round(time.monotonic() - started, 2))
+                    await asyncio.sleep(0.5)
+        assert len(took) >= 0.95 * attempts, f"{len(took)}/{attempts} delivered, in {took} s"
+        refused = {
+            reason: await _metric(
+                http, process, f'winspec_agent_connections_refused_total{{reason="{reason}"}}'
+            )
+            for reason in ("peer_limit", "limit", "evicted")
+        }
+    finally:
+        stop.set()
+        for task in attackers:
+            task.cancel()
+        await asyncio.gather(*attackers, return_exceptions=True)
+        await client.close()
+        await asyncio.to_thread(process.stop)
+    grown = process.log.stat().st_size - log_before
+    assert grown < 512 * 1024, f"the log grew by {grown} bytes"
+    assert refused["peer_limit"] > 0, refused  # --max-connections-per-peer was reached
+    assert refused["limit"] + refused["evicted"] > 0, refused  # and --max-connections
+
+
+def _capturing_session(captured: list[tuple[str, dict[str, str], bytearray]]) -> Any:
+    """A client session recording each request as sent: method, headers and body bytes."""
+    trace = aiohttp.TraceConfig()
+
+    async def start(_s: Any, _c: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        captured.append((params.method, dict(params.headers), bytearray()))
+
+    async def chunk(_s: Any, _c: Any, params: aiohttp.TraceRequestChunkSentParams) -> None:
+        captured[-1][2].extend(params.chunk)
+
+    trace.on_request_start.append(start)
+    trace.on_request_chunk_sent.append(chunk)
+    return aiohttp.ClientSession(trace_configs=[trace])
+
+
+async def test_a_replayed_put_never_puts_an_older_bundle_back(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A captured PUT replayed after a newer one gets 409, also after restarts; delivery goes on."""
+    # After the agent's restart the same client delivers, then a new one (a controller restart).
+    process = cluster.agent(tmp_path / "bundles")
+    bundle_id = f"{cluster.namespace}/replayed"
+    path = f"/v1/bundles/{bundle_id}"
+    old, new, newest = (_files(t, secret=b"secret " + t.encode()) for t in ("v1", "v2", "v3"))
+    captured: list[tuple[str, dict[str, str], bytearray]] = []
+
+    def controller(session: aiohttp.ClientSession | None = None) -> AgentClient:
+        return AgentClient(
+            process.url,
+            token=lambda: cluster.token,
+            ssl_context=cluster.tls.client_context(),
+            policy=ClientPolicy(attempts=3, initial=0.05),
+            session=session,
+        )
+
+    async def replay(request: tuple[str, dict[str, str], bytearray]) -> tuple[int, str]:
+        method, headers, body = request
+        async with http.request(
+            method, process.url + path, data=bytes(body), headers=headers,
+            ssl=cluster.tls.client_context(),
+        ) as response:  # fmt: skip
+            answer = msgspec.json.decode(await response.read())
+            return response.status, answer.get("reason", "")
+
+    await asyncio.to_thread(process.start)
+    session = _capturing_session(captured)
+    try:
+        client = controller(session)
+        assert (await client.put(bundle_id, old)).changed
+        first = captured[-1]
+        assert first[0] == "PUT"
+        assert first[2]
+        assert (await client.put(bundle_id, new)).changed
+        second = captured[-1]
+        assert await replay(first) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == new
+        assert await replay(second) == (409, "Replayed")  # the latest one, once more
+
+        await asyncio.to_thread(process.stop)
+        await asyncio.to_thread(process.start)
+        for request in (first, second):
+            assert await replay(request) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == new
+        # The same controller after the agent's restart, then a restarted one.
+        assert not (await client.put(bundle_id, new)).changed
+        restarted = controller()
+        try:
+            state = await restarted.put(bundle_id, newest)
+            assert state.changed
+            assert (await restarted.list_bundles())[bundle_id] == state.digest
+        finally:
+            await restarted.close()
+        assert await replay(first) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == newest
+        # A captured DELETE replayed after the bundle was delivered again removes nothing.
+        assert await client.delete(bundle_id)
+        removal = captured[-1]
+        assert removal[0] == "DELETE"
+        assert (await client.put(bundle_id, newest)).changed
+        assert await replay(removal) == (409, "Replayed")
+        assert _on_disk(process.root, bundle_id) == newest
+    finally:
+        await session.close()
+        process.stop()
+
+
+async def test_a_flood_of_unknown_tokens_is_throttled_and_keeps_the_controllers_verdict(
+    cluster: Cluster, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """1,500 garbage tokens cost few TokenReviews and leave the controller's verdict cached."""
+    process = cluster.agent(tmp_path / "bundles")
+    await asyncio.to_thread(process.start)
+    client = cluster.client(process)
+    reviewed = "winspec_agent_token_reviews_total"
+    try:
+        await client.list_bundles()  # the controller's token: reviewed once, cached
+        before = {
+            r: await _metric(http, process, f'{reviewed}{{result="{r}"}}')
+            for r in ("authenticated", "rejected", "error")
+        }
+        ctx = cluster.tls.client_context()
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=16)
+        started = time.monotonic()
+        async with aiohttp.ClientSession(connector=connector) as flood:
+
+            async def garbage(i: int) -> int:
+                headers = {"Authorization": f"Bearer garbage-{i}-{secrets.token_hex(8)}"}
+                async with flood.get(process.url + "/v1/bundles", headers=headers, ssl=ctx) as r:
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(*(garbage(i) for i in range(1500)))
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.25)  # the flood's TLS transports close
+        after = {
+            r: await _metric(http, process, f'{reviewed}{{result="{r}"}}')
+            for r in ("authenticated", "rejected", "error")
+        }
+        # 401 reviewed and refused, 429 over budget (503: a review that timed out, under load).
+        assert set(statuses) <= {401, 429, 503}, set(statuses)
+        reviews = after["rejected"] - before["rejected"] + after["error"] - before["error"]
+        # The default budget: a burst of 10, then one a second.
+        assert reviews <= 10 + elapsed + 1, (reviews, elapsed)
+        assert statuses.count(429) >= 1500 - reviews
+        await client.list_bundles()
+        final = await _metric(http, process, f'{reviewed}{{result="authenticated"}}')
+        assert final == before["authenticated"], "the controller's verdict was evicted"
+    finally:
+        await client.close()
+        process.stop()
+
+
+async def test_a_slow_head_is_dropped_and_a_slow_body_gets_408(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A head or body still incomplete after its timeout: dropped, or 408; nothing is written."""
+    # Timeouts scaled down from their defaults (10 s, 60 s) with the flags.
+    process = cluster.agent(tmp_path / "bundles", "--header-timeout", "2", "--body-timeout", "2")
+    await asyncio.to_thread(process.start)
+    ctx = cluster.tls.client_context()
+    bundle_id = f"{cluster.namespace}/slow-body"
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", process.port, ssl=ctx)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: agent\r\n")  # and never the blank line
+            started = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
+            assert 1.5 <= time.monotonic() - started < 10
+        finally:
+            writer.transport.abort()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", process.port, ssl=ctx)
+        try:
+            head = (
+                f"PUT /v1/bundles/{bundle_id} HTTP/1.1\r\nHost: agent\r\n"
+                f"Authorization: Bearer {cluster.token}\r\n"
+                f"Content-Type: {BUNDLE_CONTENT_TYPE}\r\nContent-Length: 100000\r\n\r\n"
+            )
+            writer.write(head.encode() + b"\x81" * 1000)  # a tenth of the body, then nothing
+            started = time.monotonic()
+            status = await asyncio.wait_for(reader.readline(), 20)
+            assert status.startswith(b"HTTP/1.1 408"), status
+            assert time.monotonic() - started >= 1.5
+            assert await asyncio.wait_for(reader.read(), 20)  # the JSON refusal, then the end
+        finally:
+            writer.transport.abort()
+        assert not (process.root / bundle_id).exists()
+        assert _leftovers(process.root) == []
+    finally:
+        await asyncio.to_thread(process.stop)

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from adapters.agent.auth import Authenticator, Review, Verdict
+from adapters.agent.auth import Authenticator, Review, ReviewBudgetError, Verdict
 from controller.errors import PermanentError, TransientError
 
 ALLOWED = "system:serviceaccount:winspec:controller"
@@ -193,3 +193,37 @@ async def test_a_failed_shared_review_fails_every_waiter_and_is_not_remembered()
     assert len(reviewer.calls) == 1
     reviewer.fail = False
     assert (await auth.check("Bearer t"))[0] == Verdict.ALLOWED
+
+
+async def test_unknown_tokens_never_evict_the_controllers_verdict() -> None:
+    """A flood of refused tokens fills only the refusals' cache; the allowed verdict stays."""
+    reviewer, clock = Reviewer({"good": ALLOWED}), Clock()
+    auth = Authenticator(
+        reviewer, audience="a", allowed=[ALLOWED], max_entries=4, review_burst=100, clock=clock
+    )
+    assert (await auth.check("Bearer good", "controller"))[0] == Verdict.ALLOWED
+    for i in range(50):
+        await auth.check(f"Bearer junk-{i}", "attacker")
+    reviewer.calls.clear()
+    assert (await auth.check("Bearer good", "controller"))[0] == Verdict.ALLOWED
+    assert reviewer.calls == []
+
+
+async def test_each_peer_has_its_own_review_budget() -> None:
+    """Past its burst a peer gets ReviewBudgetError until it refills; another peer is unaffected."""
+    reviewer, clock = Reviewer({"good": ALLOWED}), Clock()
+    auth = Authenticator(
+        reviewer, audience="a", allowed=[ALLOWED], review_rate=0.5, review_burst=3, clock=clock
+    )
+    for i in range(3):
+        await auth.check(f"Bearer junk-{i}", "attacker")
+    with pytest.raises(ReviewBudgetError) as caught:
+        await auth.check("Bearer junk-3", "attacker")
+    assert caught.value.retry_after == pytest.approx(2.0)
+    assert len(reviewer.calls) == 3
+    # A cached verdict costs nothing; another address has its whole budget.
+    assert (await auth.check("Bearer junk-0", "attacker"))[0] == Verdict.UNAUTHENTICATED
+    assert (await auth.check("Bearer good", "controller"))[0] == Verdict.ALLOWED
+    clock.now += 2.0
+    assert (await auth.check("Bearer junk-3", "attacker"))[0] == Verdict.UNAUTHENTICATED
+    assert len(reviewer.calls) == 5
