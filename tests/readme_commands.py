@@ -116,8 +116,8 @@ RUN_WITH_IMAGE: tuple[str, ...] = (
     ".venv/bin/pip wheel --wheel-dir build/wheels . 'setuptools>=77'",
     "docker build --network=none --build-arg BASE=winspec-base:bookworm "
     "--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/build/wheels "
-    "-f manifests/images/controller.Dockerfile -t winspec-controller:0.1.0 .",
-    "docker run --rm winspec-controller:0.1.0 --version",
+    "-f manifests/images/controller.Dockerfile -t winspec-controller:0.2.0 .",
+    "docker run --rm winspec-controller:0.2.0 --version",
 )
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
