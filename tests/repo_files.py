@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 _SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 _SKIPPED_DIRS |= {".hypothesis", ".import_linter_cache", "build", "dist"}
-#: ``[text](target)`` links of Markdown (inline form, the one this repository uses).
-MARKDOWN_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+#: ``[text](target)`` links of Markdown (inline form, the one this repository uses; the text may
+#: run over a line break).
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 @functools.cache
