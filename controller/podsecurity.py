@@ -4,7 +4,7 @@ them to a Windows Pod.
 A user who may create WindowsContainers in a namespace must get no more host access through
 winspec than the namespace's ``pod-security.kubernetes.io/enforce`` label lets a Pod have. Each
 control of the standard is mapped onto the spec fields that grant the same access (the
-README's "Pod Security" section is the table):
+"Pod Security" section of docs/security.md is the table):
 
 ========================  ==========  ===================================================
 control                   from level  WindowsContainer fields refused

@@ -1,5 +1,5 @@
 """winspec's settings: one typed object, from defaults, a config file, the environment and
-flags (later sources win). Every field is documented in the README's configuration table."""
+flags (later sources win). Every field is documented in docs/configuration.md."""
 
 from __future__ import annotations
 

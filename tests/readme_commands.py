@@ -1,5 +1,6 @@
-"""The commands of the README: every line of its ``sh`` blocks and every inline `.venv/bin/…`
-command, split at ``&&``, and what runs each one (a test, or ``.ci/run``)."""
+"""The commands of the documentation (README.md, DEVELOPMENT.md and every page of docs/): every
+line of their ``sh`` blocks and every inline `.venv/bin/…` command, split at ``&&``, and what runs
+each one (a test, or ``.ci/run``)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+#: The pages whose commands are run: the README, DEVELOPMENT.md and the manual under docs/.
+DOCUMENTS: tuple[Path, ...] = (
+    README,
+    ROOT / "DEVELOPMENT.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+)
+#: The cluster-mode page: it holds the example WindowsContainer (examples/cluster's resource).
+CLUSTER_MODE = ROOT / "docs" / "cluster-mode.md"
 CI_RUN = ROOT / ".ci" / "run"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _INLINE = re.compile(r"`(\.venv/bin/[^`]+)`")
 
-#: README command → the line of .ci/run that runs it (the same command, maybe with options).
+#: Documented command → the line of .ci/run that runs it (the same command, maybe with options).
 RUN_BY_CI: dict[str, str] = {
     "python3 -m venv .venv": "python3 -m venv --clear .venv",
     ".venv/bin/pip install -e '.[dev]'": ".venv/bin/python -m pip install --quiet -e '.[dev]'",
@@ -29,7 +38,7 @@ RUN_BY_CI: dict[str, str] = {
     ".venv/bin/mypy controller adapters": ".venv/bin/mypy controller adapters",
     ".venv/bin/lint-imports": ".venv/bin/lint-imports",
 }
-#: README commands tests/test_readme.py runs as they are (extra options: only shorter runs).
+#: Documented commands tests/test_readme.py runs as they are (extra options: only shorter runs).
 RUN_HERE: dict[str, tuple[str, ...]] = {
     ".venv/bin/winspec generate examples/process-isolated.json": (),
     ".venv/bin/winspec generate examples/hyperv.json": (),
@@ -107,8 +116,8 @@ RUN_WITH_IMAGE: tuple[str, ...] = (
     ".venv/bin/pip wheel --wheel-dir build/wheels . 'setuptools>=77'",
     "docker build --network=none --build-arg BASE=winspec-base:bookworm "
     "--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/build/wheels "
-    "-f manifests/images/controller.Dockerfile -t winspec-controller:0.1.0 .",
-    "docker run --rm winspec-controller:0.1.0 --version",
+    "-f manifests/images/controller.Dockerfile -t winspec-controller:0.2.0 .",
+    "docker run --rm winspec-controller:0.2.0 --version",
 )
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
@@ -122,9 +131,9 @@ WINDOWS_ONLY: frozenset[str] = frozenset(
 )
 
 
-def readme_commands() -> list[str]:
-    """Every command of the README, in order, each ``&&`` part on its own."""
-    text = README.read_text(encoding="utf-8")
+def commands_of(document: Path) -> list[str]:
+    """Every command of one page, in order, each ``&&`` part on its own."""
+    text = document.read_text(encoding="utf-8")
     lines: list[str] = []
     for language, body in _FENCE.findall(text):
         if language != "sh":
@@ -137,8 +146,30 @@ def readme_commands() -> list[str]:
     return [part.strip() for line in lines for part in line.split(" && ")]
 
 
+def readme_commands() -> list[str]:
+    """Every command of every page of ``DOCUMENTS``, page by page, each in order."""
+    return [command for document in DOCUMENTS for command in commands_of(document)]
+
+
+def known_commands() -> set[str]:
+    """Every command some test or ``.ci/run`` runs (the lists above)."""
+    return (
+        set(RUN_BY_CI)
+        | set(RUN_HERE)
+        | set(TOUR)
+        | set(RUN_WITH_ENGINE)
+        | set(RUN_WITH_KUBE)
+        | set(RUN_EXAMPLE)
+        | set(RUN_STUCK_DELETE)
+        | set(BENCH_KUBE)
+        | set(RUN_MANIFESTS)
+        | set(RUN_WITH_IMAGE)
+        | WINDOWS_ONLY
+    )
+
+
 def argv(command: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """A README command as an argument list for this interpreter (``.venv/bin/`` is its venv)."""
+    """A page's command as an argument list for this interpreter (``.venv/bin/`` is its venv)."""
     words = shlex.split(command)
     if words[0] == ".venv/bin/winspec":
         words = [sys.executable, "-m", "adapters.cli", *words[1:]]

@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 _SKIPPED_DIRS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 _SKIPPED_DIRS |= {".hypothesis", ".import_linter_cache", "build", "dist"}
-#: ``[text](target)`` links of Markdown (inline form, the one this repository uses).
-MARKDOWN_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+#: ``[text](target)`` links of Markdown (inline form, the one this repository uses; the text may
+#: run over a line break).
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 @functools.cache
@@ -50,11 +51,38 @@ def markdown_files() -> list[Path]:
     return [p for p in repo_files() if p.suffix == ".md"]
 
 
-def relative_links(path: Path) -> list[str]:
-    """The relative link targets of one Markdown file (no URLs, no same-page anchors)."""
+def relative_links(path: Path, *, same_page: bool = False) -> list[str]:
+    """The relative link targets of one Markdown file (no URLs; same-page ``#anchor`` links only
+    with ``same_page``)."""
     targets = []
     for target in MARKDOWN_LINK.findall(path.read_text(encoding="utf-8")):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE) or target.startswith("#"):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):
+            continue
+        if target.startswith("#") and not same_page:
             continue
         targets.append(target)
     return targets
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of one Markdown file: the heading's text without its
+    inline markup, lower-cased, every character but letters, digits, spaces, ``-`` and ``_``
+    dropped, spaces made ``-``; a repeated anchor gets ``-1``, ``-2``, …"""
+    anchors: set[str] = set()
+    fence = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        marker = re.match(r"^\s*(`{3,}|~{3,})", line)
+        if marker and (fence is None or marker.group(1).startswith(fence)):
+            fence = None if fence else marker.group(1)
+            continue
+        heading = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if fence or not heading:
+            continue
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors

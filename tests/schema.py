@@ -2,7 +2,7 @@
 
 The schema files are the runtime-spec repository's ``schema/*.json`` as Debian packages them in
 ``golang-github-opencontainers-specs-dev`` (installed by ``.ci/install-oci-checks.sh``; see the
-README's development set-up), under ``/usr/share/gocode``. ``WINSPEC_OCI_SCHEMA_DIR`` points the
+DEVELOPMENT.md's set-up), under ``/usr/share/gocode``. ``WINSPEC_OCI_SCHEMA_DIR`` points the
 checks at another copy. The files reference each other by bare file name, so each one is
 registered under that name.
 

@@ -1,4 +1,5 @@
-"""Every command in the README is run by a test or by .ci/run, so none can go stale."""
+"""Every command of the README, DEVELOPMENT.md and docs/ is run by a test or by .ci/run, so none
+can go stale (tests/test_docs.py checks it page by page)."""
 
 from __future__ import annotations
 
@@ -14,52 +15,38 @@ from adapters.cli import _build_parser
 from controller.settings import load_settings
 from tests.processes import clean_env
 from tests.readme_commands import (
-    BENCH_KUBE,
     CI_RUN,
+    CLUSTER_MODE,
+    README,
     ROOT,
     RUN_BY_CI,
-    RUN_EXAMPLE,
     RUN_HERE,
-    RUN_MANIFESTS,
-    RUN_STUCK_DELETE,
-    RUN_WITH_ENGINE,
-    RUN_WITH_IMAGE,
-    RUN_WITH_KUBE,
     TOUR,
     WINDOWS_ONLY,
     argv,
+    commands_of,
+    known_commands,
     readme_commands,
 )
 
 COMMANDS = readme_commands()
 
 
-def test_every_readme_command_is_run_somewhere() -> None:
-    """Each README command is listed as run here, with an engine, by .ci/run or on Windows."""
-    known = (
-        set(RUN_BY_CI)
-        | set(RUN_HERE)
-        | set(TOUR)
-        | set(RUN_WITH_ENGINE)
-        | set(RUN_WITH_KUBE)
-        | set(RUN_EXAMPLE)
-        | set(RUN_STUCK_DELETE)
-        | set(BENCH_KUBE)
-        | set(RUN_MANIFESTS)
-        | set(RUN_WITH_IMAGE)
-        | WINDOWS_ONLY
-    )
+def test_every_documented_command_is_run_somewhere() -> None:
+    """Each documented command is listed as run here, with an engine, by .ci/run or on Windows."""
+    known = known_commands()
     assert len(COMMANDS) > 10
     unknown = sorted(set(COMMANDS) - known)
-    assert not unknown, f"README commands no test or .ci/run runs: {unknown}"
+    assert not unknown, f"documented commands no test or .ci/run runs: {unknown}"
     stale = sorted(known - set(COMMANDS))
-    assert not stale, f"listed commands the README no longer has: {stale}"
+    assert not stale, f"listed commands no page has any more: {stale}"
 
 
 def test_the_tour_is_in_the_readme_in_order() -> None:
-    """The 30-second tour's lines appear in the README together and in order."""
-    start = COMMANDS.index(TOUR[0])
-    assert tuple(COMMANDS[start : start + len(TOUR)]) == TOUR
+    """The 30-second tour's lines appear in the README itself, together and in order."""
+    commands = commands_of(README)
+    start = commands.index(TOUR[0])
+    assert tuple(commands[start : start + len(TOUR)]) == TOUR
 
 
 @pytest.mark.parametrize(("command", "line"), sorted(RUN_BY_CI.items()))
@@ -73,7 +60,7 @@ def test_ci_runs_the_command(command: str, line: str) -> None:
 
 @pytest.mark.parametrize("command", sorted(RUN_HERE))
 def test_readme_command_runs(command: str, tmp_path: Path) -> None:
-    """The README command exits 0 and prints what the README says it prints."""
+    """The documented command exits 0 and prints what its page says it prints."""
     proc = subprocess.run(
         argv(command, RUN_HERE[command]),
         cwd=ROOT,
@@ -93,7 +80,7 @@ def test_readme_command_runs(command: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", sorted(WINDOWS_ONLY))
 def test_windows_command_parses_into_valid_settings(command: str) -> None:
-    """A Windows-only README command (run or agent) parses with winspec's parser into settings."""
+    """A Windows-only command (run or agent) parses with winspec's parser into settings."""
     # The agent example quotes its Windows path as a shell would need; the run example does not.
     words = shlex.split(command) if "'" in command else command.split()
     args = _build_parser().parse_args(words[1:])
@@ -107,9 +94,9 @@ def test_windows_command_parses_into_valid_settings(command: str) -> None:
     assert settings.bundle_root == flags["bundle_root"]
 
 
-def test_the_cluster_example_holds_the_readme_resource() -> None:
-    """examples/cluster's WindowsContainer is the README's example resource, byte for byte."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_cluster_example_holds_the_documented_resource() -> None:
+    """examples/cluster's WindowsContainer is docs/cluster-mode.md's example, byte for byte."""
+    text = CLUSTER_MODE.read_text(encoding="utf-8")
     start = text.index("```yaml\napiVersion: winspec.io/v1alpha1\nkind: WindowsContainer\n")
     readme_resource = text[start + len("```yaml\n") : text.index("```", start + 3)]
     example = ROOT / "examples" / "cluster" / "resources" / "windowscontainer.yaml"

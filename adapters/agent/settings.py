@@ -21,7 +21,7 @@ DEFAULT_AUDIENCE = "winspec-agent"
 #: The shipped controller's identity (manifests/base/rbac.yaml's ServiceAccount winspec in
 #: winspec-system): the one --allowed-identity the shipped agent DaemonSet admits.
 CONTROLLER_IDENTITY = "system:serviceaccount:winspec-system:winspec"
-#: Hostile-client limits (README: "Node agent", "Limits").
+#: Hostile-client limits (docs/security.md: "The node agent", "Limits").
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 512
@@ -36,7 +36,7 @@ def _default_bundle_root() -> str:
 
 
 class AgentSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Everything ``winspec agent`` can be told (README: "Node agent")."""
+    """Everything ``winspec agent`` can be told (docs/configuration.md, docs/agent.md)."""
 
     listen: str = "0.0.0.0:8443"
     bundle_root: str = msgspec.field(default_factory=_default_bundle_root)

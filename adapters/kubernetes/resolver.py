@@ -65,7 +65,7 @@ from controller.errors import (
 from controller.models import NodeFacts, Request
 from controller.podsecurity import Level, check_pod_security, namespace_level
 
-#: Node annotations (or labels) winspec reads; documented in the README.
+#: Node annotations (or labels) winspec reads; documented in docs/cluster-mode.md.
 LCOW_ANNOTATION = "winspec.io/lcow"
 ISOLATION_ANNOTATION = "winspec.io/default-isolation"
 WINDOWS_BUILD_LABEL = "node.kubernetes.io/windows-build"

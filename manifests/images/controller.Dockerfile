@@ -1,6 +1,6 @@
 # The cluster controller's Linux image: `winspec run --source kubernetes` (central shape,
 # manifests/overlays/central). Build from the repository root:
-#   docker build -f manifests/images/controller.Dockerfile -t winspec-controller:0.1.0 .
+#   docker build -f manifests/images/controller.Dockerfile -t winspec-controller:0.2.0 .
 # The Windows image (node agent, node-local shape, Docker mode) is manifests/swarm/Dockerfile.
 #
 # Without an image registry or network (CI): a base made from Debian packages
@@ -8,7 +8,7 @@
 # (`pip wheel --wheel-dir build/wheels . 'setuptools>=77'`), see the README's "Images":
 #   docker build --network=none --build-arg BASE=winspec-base:bookworm \
 #     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/build/wheels \
-#     -f manifests/images/controller.Dockerfile -t winspec-controller:0.1.0 .
+#     -f manifests/images/controller.Dockerfile -t winspec-controller:0.2.0 .
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 

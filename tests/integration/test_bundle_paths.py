@@ -3,7 +3,7 @@ every delivery shape: one instance per node (``--node-name``), one controller wr
 ``--bundle-root``, and central delivery to the node's agent over real HTTPS (tokens checked by
 the real kube-apiserver).
 
-The resource is the README's example WindowsContainer as written, but in the test's own
+The resource is docs/cluster-mode.md's example WindowsContainer as written, but in the test's own
 namespace (the session's API server is shared), with the Secret, ConfigMap and
 GMSACredentialSpec it names created and its service account allowed to ``use`` the latter.
 
@@ -53,7 +53,7 @@ from tests.integration.test_remote_delivery import (
 )
 from tests.kube import KubeAPIError, KubeCluster
 from tests.processes import free_port
-from tests.readme_commands import README
+from tests.readme_commands import CLUSTER_MODE
 
 pytestmark = pytest.mark.kube
 
@@ -64,12 +64,12 @@ _PAYLOAD_DIRS = {INTERNAL_SECRETS_DIR: "secrets", INTERNAL_CONFIGS_DIR: "configs
 
 
 def readme_example() -> dict[str, Any]:
-    """The WindowsContainer of the README's "The resource" section, as written there."""
-    for body in _YAML_FENCE.findall(README.read_text(encoding="utf-8")):
+    """The WindowsContainer of docs/cluster-mode.md's "The resource" section, as written there."""
+    for body in _YAML_FENCE.findall(CLUSTER_MODE.read_text(encoding="utf-8")):
         doc = yaml.safe_load(body)
         if isinstance(doc, dict) and doc.get("kind") == "WindowsContainer":
             return doc
-    raise AssertionError("the README shows no WindowsContainer")
+    raise AssertionError("docs/cluster-mode.md shows no WindowsContainer")
 
 
 def _create_dependencies(kube: KubeCluster, ns: str, example: dict[str, Any]) -> None:
@@ -112,13 +112,13 @@ def _create_dependencies(kube: KubeCluster, ns: str, example: dict[str, Any]) ->
 
 
 def _example_in(kube: KubeCluster, ns: str, *, node_label: bool = False) -> dict[str, Any]:
-    """The README's example, placed in ``ns`` (labelled for its node when ``node_label``), with
+    """The documented example, placed in ``ns`` (labelled for its node when ``node_label``), with
     everything it refers to; it names the test node."""
     example = readme_example()
     assert example["spec"]["nodeName"] == NODE
     example["metadata"]["namespace"] = ns
     if node_label:
-        # Node-local: the creator labels the resource with its node (README).
+        # Node-local: the creator labels the resource with its node (docs/cluster-mode.md).
         example["metadata"]["labels"] = {NODE_LABEL: example["spec"]["nodeName"]}
     _create_dependencies(kube, ns, example)
     return example
@@ -155,7 +155,7 @@ def assert_payload_mounts_point_into(bundle: Path, root: str, disk_root: Path) -
 async def test_node_local_bundle_mounts_point_into_the_bundle(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """--node-name: the README example's payload mounts name its bundle under --bundle-root."""
+    """--node-name: the documented example's payload mounts name its bundle under --bundle-root."""
     ns = kube_namespace
     example = await api(kube, "POST", wc_path(ns), _example_in(kube, ns, node_label=True))
     name = example["metadata"]["name"]

@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 #: Where .ci/build-base-image.sh leaves the base tarball (WINSPEC_BASE_CACHE changes the folder).
 README_TARBALL = "/var/cache/winspec/base-bookworm.tar"
-IMAGE = "winspec-controller:0.1.0"
+IMAGE = "winspec-controller:0.2.0"
 BASE_IMAGE = "winspec-base:bookworm"
 #: The user the Dockerfile runs as (and the central Deployment's securityContext).
 USER = "10001:10001"

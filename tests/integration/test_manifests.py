@@ -444,7 +444,7 @@ def test_windows_image_is_the_one_the_windows_workloads_run(rendered: dict[str, 
         for where, c in containers(rendered[name])
         if where.startswith("DaemonSet/")
     }
-    assert images == {"winspec-windows:0.1.0"}
+    assert images == {"winspec-windows:0.2.0"}
 
 
 @pytest.mark.parametrize(
