@@ -7,7 +7,9 @@ Linux node without a registry needs (its comment says what). The agent DaemonSet
 root a hostPath on the node.
 
 The WindowsContainers are made here in the README's shape; the node is labelled with the
-Windows build a Windows kubelet would label it with.
+Windows build a Windows kubelet would label it with. Throughout the module a thread reads every
+bundle on the node's hostPath (tests/bundlewatch.py): no read may ever find one torn, and each
+Ready resource's status digest is the one its bundle on the node has.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.bundles.local import DIGEST_FILE
 from tests.agent import make_tls
-from tests.clustermode import condition, ready_object, wc_path, windows_container
+from tests.bundlewatch import TreeWatch
+from tests.clustermode import condition, ready_object, secret, wc_path, windows_container
 from tests.images import Built
 from tests.kube import KubeAPIError, KubeCluster, wait_for
 from tests.manifests import MANIFESTS, required_tool
@@ -137,6 +142,21 @@ def deployed(
     return deployed
 
 
+@pytest.fixture(scope="module")
+def node_bundles(deployed: Deployed) -> Iterator[TreeWatch]:
+    """A thread reading every bundle on the node's hostPath for the whole module."""
+    with TreeWatch(NODE_BUNDLES) as watch:
+        yield watch
+
+
+@pytest.fixture(autouse=True)
+def never_torn(node_bundles: TreeWatch) -> Iterator[None]:
+    """After each test: no bundle on the node was ever seen torn."""
+    yield
+    node_bundles.check()
+    assert node_bundles.torn == []
+
+
 @pytest.fixture
 def app_namespace(deployed: Deployed) -> str:
     """A fresh namespace for one test's WindowsContainers."""
@@ -156,8 +176,12 @@ def _create(deployed: Deployed, namespace: str, name: str, **spec: Any) -> dict[
 
 
 def _ready(deployed: Deployed, namespace: str, name: str, generation: int = 1) -> dict[str, Any]:
+    """Wait until the resource is Ready at ``generation``; its bundle on the node is the one
+    the status names (not a stale one)."""
     probe = ready_object(deployed.kube, namespace, name, generation=generation)
     found: dict[str, Any] = _wait(deployed, probe, 90, f"{namespace}/{name} Ready")
+    on_node = (_node_bundle(namespace, name) / DIGEST_FILE).read_text().strip()
+    assert found["status"]["digest"] == on_node
     return found
 
 
@@ -184,16 +208,53 @@ def test_two_controller_replicas_run_one_leads_and_the_agent_is_ready(deployed: 
 
 
 def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
-    deployed: Deployed, app_namespace: str
+    deployed: Deployed, node_bundles: TreeWatch, app_namespace: str
 ) -> None:
-    """A WindowsContainer on the node becomes Ready and its bundle is in the node's hostPath."""
-    _create(deployed, app_namespace, "web")
-    ready = _ready(deployed, app_namespace, "web")
-    bundle = _node_bundle(app_namespace, "web")
+    """The README's WindowsContainer becomes Ready; its bundle is on the node's hostPath with
+    the Secret's and ConfigMap's payload, and the spec's mounts point into it."""
+    ns = app_namespace
+    password = os.urandom(24)
+    deployed.kube.api("POST", f"/api/v1/namespaces/{ns}/secrets",
+                      secret("db", {"password": password}))  # fmt: skip
+    settings = b'{"Logging": {}}'
+    deployed.kube.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"},
+         "data": {"appsettings.json": settings.decode()}},
+    )  # fmt: skip
+    # Where the shipped agent puts it on a Windows node (its --bundle-root).
+    bundle_dir = f"C:\\ProgramData\\winspec\\bundles\\{ns}\\web"
+    _create(
+        deployed, ns, "web",
+        image={"os": "windows", "argsEscaped": False},
+        layerFolders=["C:\\ProgramData\\docker\\windowsfilter\\base",
+                      "C:\\ProgramData\\docker\\windowsfilter\\web"],
+        command=["C:\\ServiceMonitor.exe"], args=["w3svc"],
+        env=[{"name": "ASPNETCORE_URLS", "value": "http://+:80"}],
+        resources={"cpuCount": 2, "memory": 1073741824},
+        secrets=[{"secretName": "db", "key": "password", "target": "db-password"}],
+        configs=[{"configMapName": "web", "key": "appsettings.json",
+                  "target": "C:\\app\\appsettings.json"}],
+        bundleDir=bundle_dir,
+    )  # fmt: skip
+    _ready(deployed, ns, "web")
+    bundle = _node_bundle(ns, "web")
     config = json.loads((bundle / "config.json").read_bytes())
     assert config["ociVersion"] == "1.0.2"
-    assert _command_line(app_namespace, "web").endswith("echo hello")
-    assert ready["status"]["digest"]
+    assert "w3svc" in _command_line(ns, "web")
+    # The payload directories are mounted from the bundle (Windows mounts directories).
+    into_bundle = [
+        bundle / m["source"][len(bundle_dir) + 1 :].replace("\\", "/")
+        for m in config["mounts"]
+        if m["source"].startswith(bundle_dir + "\\")
+    ]
+    assert into_bundle
+    assert all(path.is_dir() for path in into_bundle), into_bundle
+    payloads = {f.read_bytes() for d in into_bundle for f in d.iterdir()}
+    assert payloads == {password, settings}
+    node_bundles.check()
+    assert node_bundles.whole(bundle) > 0
 
 
 def test_leader_pod_deleted_the_other_replica_leads_within_the_lease(
@@ -253,3 +314,43 @@ def test_agent_pod_deleted_the_daemonset_brings_it_back_and_deliveries_resume(
         pytest.fail(str(exc))
     _ready(deployed, app_namespace, "web", generation=2)
     assert _command_line(app_namespace, "web").endswith("echo changed")
+
+
+def test_leader_container_killed_through_the_runtime_the_other_replica_leads(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """The leader's container killed through the CRI (no hand-over): the standby leads once
+    the Lease expires, resources reconcile, and the kubelet restarts the killed container."""
+    _create(deployed, app_namespace, "before")
+    _ready(deployed, app_namespace, "before")
+    holder = _wait(deployed, deployed.leader, 60, "a leader")
+    leader_pod = holder.rsplit("_", 1)[0]
+    restarts = _restarts(deployed, leader_pod)
+    (container,) = [
+        line.split()[0]
+        for line in deployed.node.cri("containers").splitlines()
+        if line.split()[1:4] == ["CONTAINER_RUNNING", f"{NAMESPACE}/{leader_pod}", "winspec"]
+    ]
+    killed_at = time.monotonic()
+    deployed.node.cri("stop-container", container)
+    _wait(
+        deployed,
+        lambda: (h := deployed.leader()) and h != holder,
+        LEASE_DURATION + 30,
+        "a new leader",
+    )
+    # The Lease expires at most LEASE_DURATION after the last renewal; the standby tries
+    # every retry period (2 s) after that.
+    assert time.monotonic() - killed_at <= LEASE_DURATION + 10
+    _create(deployed, app_namespace, "after")
+    _ready(deployed, app_namespace, "after")
+    _wait(deployed, lambda: _restarts(deployed, leader_pod) > restarts, START_TIMEOUT,
+          "the killed container restarted")  # fmt: skip
+    _wait(deployed, lambda: len(deployed.ready_pods(CONTROLLER)) == 2, START_TIMEOUT,
+          "both replicas Ready again")  # fmt: skip
+
+
+def _restarts(deployed: Deployed, pod: str) -> int:
+    """How often the kubelet restarted the winspec container of ``pod``."""
+    status = deployed.kube.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")["status"]
+    return sum(c["restartCount"] for c in status.get("containerStatuses") or [])
