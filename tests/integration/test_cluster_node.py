@@ -223,8 +223,6 @@ def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"},
          "data": {"appsettings.json": settings.decode()}},
     )  # fmt: skip
-    # Where the shipped agent puts it on a Windows node (its --bundle-root).
-    bundle_dir = f"C:\\ProgramData\\winspec\\bundles\\{ns}\\web"
     _create(
         deployed, ns, "web",
         image={"os": "windows", "argsEscaped": False},
@@ -236,20 +234,17 @@ def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
         secrets=[{"secretName": "db", "key": "password", "target": "db-password"}],
         configs=[{"configMapName": "web", "key": "appsettings.json",
                   "target": "C:\\app\\appsettings.json"}],
-        bundleDir=bundle_dir,
     )  # fmt: skip
     _ready(deployed, ns, "web")
     bundle = _node_bundle(ns, "web")
     config = json.loads((bundle / "config.json").read_bytes())
     assert config["ociVersion"] == "1.0.2"
     assert "w3svc" in _command_line(ns, "web")
-    # The payload directories are mounted from the bundle (Windows mounts directories).
-    into_bundle = [
-        bundle / m["source"][len(bundle_dir) + 1 :].replace("\\", "/")
-        for m in config["mounts"]
-        if m["source"].startswith(bundle_dir + "\\")
-    ]
-    assert into_bundle
+    # The payload directories are mounted from the bundle where it is on the node (Windows
+    # mounts directories): the agent's bundle root, as it reports it, and <namespace>\<name>.
+    sources = [Path(m["source"].replace("\\", "/")) for m in config["mounts"]]
+    into_bundle = [path for path in sources if path.is_relative_to(bundle)]
+    assert into_bundle, config["mounts"]
     assert all(path.is_dir() for path in into_bundle), into_bundle
     payloads = {f.read_bytes() for d in into_bundle for f in d.iterdir()}
     assert payloads == {password, settings}
