@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from adapters.bundles.local import DIGEST_FILE
 from tests.agent import make_tls
 from tests.bundlewatch import TreeWatch
 from tests.clustermode import condition, ready_object, secret, wc_path, windows_container
-from tests.images import Built
+from tests.images import IMAGE, Built
 from tests.kube import KubeAPIError, KubeCluster, wait_for
 from tests.manifests import MANIFESTS, required_tool
 from tests.node import HOST_BUNDLE_PARENT, KubeNode
@@ -44,6 +45,8 @@ AGENT = "app.kubernetes.io/name=winspec,app.kubernetes.io/component=agent"
 NODE_BUNDLES = HOST_BUNDLE_PARENT / "bundles"
 #: How long pods get to start and become Ready on a loaded 2-core machine.
 START_TIMEOUT = 180.0
+#: The tag a rolling update moves the controller to.
+NEW_IMAGE = "winspec-controller:0.1.1"
 #: The controller's --lease-duration (the shipped Deployment keeps the default).
 LEASE_DURATION = 15.0
 
@@ -349,3 +352,69 @@ def _restarts(deployed: Deployed, pod: str) -> int:
     """How often the kubelet restarted the winspec container of ``pod``."""
     status = deployed.kube.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")["status"]
     return sum(c["restartCount"] for c in status.get("containerStatuses") or [])
+
+
+def test_rolling_update_to_a_new_image_tag_under_a_stream_of_changes(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """The controller Deployment rolled to a new image tag while resources keep changing:
+    the new pods take over and every resource's last change reaches the node."""
+    ns = app_namespace
+    names = [f"r{i}" for i in range(4)]
+    for name in names:
+        _create(deployed, ns, name)
+    for name in names:
+        _ready(deployed, ns, name)
+    before = {p["metadata"]["name"] for p in deployed.pods(CONTROLLER)}
+    # The new tag is the same image under another name: imported, never pulled.
+    deployed.node.tag_image(f"docker.io/library/{IMAGE}", f"docker.io/library/{NEW_IMAGE}")
+    last: dict[str, tuple[int, str]] = {}
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def stream() -> None:
+        count = 0
+        while not stop.is_set():
+            name = names[count % len(names)]
+            line = f"echo change {count}"
+            try:
+                obj = deployed.kube.api(
+                    "PATCH",
+                    wc_path(ns, name),
+                    {"spec": {"args": [line]}},
+                    content_type="application/merge-patch+json",
+                )
+            except (KubeAPIError, OSError) as exc:
+                errors.append(str(exc))
+            else:
+                last[name] = (obj["metadata"]["generation"], line)
+            count += 1
+            stop.wait(0.25)
+
+    changes = threading.Thread(target=stream, daemon=True)
+    changes.start()
+    try:
+        deployed.kubectl(
+            "-n", NAMESPACE, "set", "image", "deployment/winspec-controller",
+            f"winspec={NEW_IMAGE}",
+        )  # fmt: skip
+        rollout = deployed.kubectl(
+            "-n", NAMESPACE, "rollout", "status", "deployment/winspec-controller",
+            f"--timeout={int(START_TIMEOUT)}s", check=False,
+        )  # fmt: skip
+        assert rollout.returncode == 0, f"{rollout.stdout}{rollout.stderr}\n{deployed.describe()}"
+        stop.wait(3)  # changes go on under the new replicas
+    finally:
+        stop.set()
+        changes.join(timeout=10)
+    assert errors == []
+    after = deployed.ready_pods(CONTROLLER)
+    assert len(after) == 2
+    assert not before & {p["metadata"]["name"] for p in after}
+    assert {p["spec"]["containers"][0]["image"] for p in after} == {NEW_IMAGE}
+    holder = _wait(deployed, deployed.leader, 60, "a leader")
+    assert holder.rsplit("_", 1)[0] in {p["metadata"]["name"] for p in after}
+    assert len(last) == len(names)
+    for name, (generation, line) in last.items():
+        _ready(deployed, ns, name, generation=generation)
+        assert _command_line(ns, name).endswith(line)
