@@ -6,7 +6,7 @@
 #  - for the one-node cluster (tests/node.py): kube-scheduler, kubelet and kube-proxy, the pod
 #    sandbox's `pause` (Kubernetes' own build/pause/linux/pause.c, compiled statically) and
 #    winspec-cri (.ci/cri/main.go, a small CRI client: Debian has no crictl), with Debian's
-#    containerd, runc, CNI plugins, conntrack, iptables and busybox-static.
+#    containerd, runc, CNI plugins, conntrack and iptables.
 #
 # The binaries go to a cache directory outside the clone, so a fresh clone (or `git clean`) does
 # not pay the build again (about 5 minutes for the first two, 3 more for the node's):
@@ -58,8 +58,8 @@ missing() {
 }
 
 # Debian packages the tests run: etcd and openssl (API server); the node's container runtime,
-# CNI plugins, conntrack and iptables (kube-proxy), busybox-static (the test pods' image).
-RUNTIME_PACKAGES=(etcd-server openssl containerd runc containernetworking-plugins conntrack iptables busybox-static)
+# CNI plugins, conntrack and iptables (kube-proxy).
+RUNTIME_PACKAGES=(etcd-server openssl containerd runc containernetworking-plugins conntrack iptables)
 runtime_deps() {
     local p absent=()
     for p in "${RUNTIME_PACKAGES[@]}"; do
