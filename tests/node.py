@@ -31,6 +31,7 @@ files, the pods' subnet bridged on the host.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -201,6 +202,9 @@ class KubeNode:
         #: Host directories the kubelet and CNI create when missing (removed again if empty).
         self._absent_dirs: list[Path] = []
         self._lock: IO[str] | None = None
+        # Before the cluster's own (atexit runs the last registered first): its directory must
+        # not be deleted while containers still have host paths bind-mounted below it.
+        atexit.register(self.stop)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -245,6 +249,8 @@ class KubeNode:
 
     def stop(self) -> None:
         """Undo everything start() did (also after a start that failed half-way). Idempotent."""
+        if self._lock is None and not self._procs:
+            return  # never started, or stopped already
         for name in ("kubelet", "kube-proxy", "kube-scheduler"):
             self._stop_process(name)
         with contextlib.suppress(Exception):
