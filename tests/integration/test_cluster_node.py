@@ -116,8 +116,7 @@ def test_two_controller_replicas_run_one_leads_and_the_agent_is_ready(deployed: 
 def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
     deployed: Deployed, node_bundles: TreeWatch, app_namespace: str
 ) -> None:
-    """The README's WindowsContainer becomes Ready; its bundle is on the node's hostPath with
-    the Secret's and ConfigMap's payload, and the spec's mounts point into it."""
+    """The README's WindowsContainer is Ready, its bundle and payload on the node, mounts in it."""
     ns = app_namespace
     password = os.urandom(24)
     deployed.kube.api("POST", f"/api/v1/namespaces/{ns}/secrets",
@@ -220,8 +219,7 @@ def test_agent_pod_deleted_the_daemonset_brings_it_back_and_deliveries_resume(
 def test_leader_container_killed_through_the_runtime_the_other_replica_leads(
     deployed: Deployed, app_namespace: str
 ) -> None:
-    """The leader's container killed through the CRI (no hand-over): the standby leads once
-    the Lease expires, resources reconcile, and the kubelet restarts the killed container."""
+    """The leader's container killed through the CRI: the standby leads once the Lease expires."""
     create_on_node(deployed, app_namespace, "before")
     ready_on_node(deployed, app_namespace, "before")
     holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
@@ -260,8 +258,7 @@ def _restarts(deployed: Deployed, pod: str) -> int:
 def test_rolling_update_to_a_new_image_tag_under_a_stream_of_changes(
     deployed: Deployed, app_namespace: str
 ) -> None:
-    """The controller Deployment rolled to a new image tag while resources keep changing:
-    the new pods take over and every resource's last change reaches the node."""
+    """A rolling update to a new image tag under a stream of changes: every last change lands."""
     ns = app_namespace
     names = [f"r{i}" for i in range(4)]
     for name in names:

@@ -61,8 +61,7 @@ def node_bundles(deployed: Deployed) -> Iterator[TreeWatch]:
 def test_the_instance_writes_only_its_own_nodes_resources(
     deployed: Deployed, node_bundles: TreeWatch
 ) -> None:
-    """The node's instance brings its node's resource to Ready with the bundle on the node and
-    leaves alone a resource labelled for another node: no bundle, no status."""
+    """The node's instance writes its node's resource and leaves another node's one alone."""
     ns = new_namespace(deployed)
     node = deployed.node.name
     # Created first: by the time the node's own resource is Ready, the instance had its chance.
