@@ -256,7 +256,7 @@ def _node_unavailable(reason: str) -> NoReturn:
 @pytest.fixture(scope="module")
 def kube_node() -> Iterator[KubeNode]:
     """A one-node cluster for one test module (tests/node.py): API server on the host's
-    address with its controller manager, CRDs applied, the node Ready; torn down completely."""
+    address with its controller manager, the node Ready, nothing applied; torn down completely."""
     reason = node_unavailable_reason()
     if reason is not None:
         _node_unavailable(reason)
@@ -266,8 +266,6 @@ def kube_node() -> Iterator[KubeNode]:
     node = KubeNode(cluster)
     try:
         cluster.start()
-        cluster.apply_crd()
-        cluster.apply_gmsa_crd()
         node.start()
     except (NodeError, KubeError, KubeAPIError, OSError, TimeoutError) as exc:
         node.stop()

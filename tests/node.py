@@ -51,7 +51,8 @@ from typing import IO, Any
 from tests.kube import KubeCluster, kube_bin_dir, kube_unavailable_reason, wait_for
 from tests.processes import free_port, stop_group
 
-NODE_NAME = "winspec-node"
+#: The node examples/cluster's resource names (a user changes it to one of theirs).
+NODE_NAME = "win-node-1"
 BRIDGE = "winspec0"
 #: This node's pod subnet (host-local IPAM) and the cluster's (kube-proxy's --cluster-cidr).
 POD_CIDR = "10.244.0.0/24"

@@ -23,6 +23,7 @@ from tests.images import Built
 from tests.kube import KubeCluster, wait_for
 from tests.manifests import required_tool
 from tests.node import HOST_BUNDLE_PARENT, KubeNode
+from tests.readme_commands import ROOT
 
 NAMESPACE = "winspec-system"
 #: Where the test overlays' winspec writes bundles on the node (its hostPath).
@@ -47,6 +48,7 @@ class Deployed:
         """``kubectl <args>`` as the cluster's admin."""
         proc = subprocess.run(
             [required_tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            cwd=ROOT,  # the README's relative paths
             capture_output=True,
             text=True,
             timeout=120,

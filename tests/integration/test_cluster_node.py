@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from tests.nodedeploy import (
     ready_on_node,
     wait_or_fail,
 )
+from tests.readme_commands import RUN_EXAMPLE
 
 pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -318,3 +320,21 @@ def test_rolling_update_to_a_new_image_tag_under_a_stream_of_changes(
     for name, (generation, line) in last.items():
         ready_on_node(deployed, ns, name, generation=generation)
         assert command_line(ns, name).endswith(line)
+
+
+def test_readme_example_commands_bring_examples_cluster_to_ready_on_the_node(
+    deployed: Deployed,
+) -> None:
+    """The README's examples/cluster commands: web Ready, its payload and gMSA spec on the node."""
+    for command in RUN_EXAMPLE:
+        words = shlex.split(command)
+        assert words[0] == "kubectl"
+        deployed.kubectl(*words[1:])
+    ready_on_node(deployed, "apps", "web")
+    bundle = node_bundle("apps", "web")
+    config = json.loads((bundle / "config.json").read_bytes())
+    credential_spec = json.loads(config["windows"]["credentialSpec"])
+    assert credential_spec["DomainJoinConfig"]["MachineAccountName"] == "WebApp01"
+    sources = [Path(m["source"].replace("\\", "/")) for m in config["mounts"]]
+    payloads = {f.read_bytes() for d in sources if d.is_relative_to(bundle) for f in d.iterdir()}
+    assert b"change-me" in payloads
