@@ -165,3 +165,16 @@ def command_line(namespace: str, name: str) -> str:
     ``commandLine`` instead of ``args``)."""
     process = json.loads((node_bundle(namespace, name) / "config.json").read_bytes())["process"]
     return process.get("commandLine") or " ".join(process.get("args") or [])
+
+
+def mounted_payloads(namespace: str, name: str) -> set[bytes]:
+    """The contents of the files in the bundle's directories its spec's mounts name, read on
+    the node (Windows mounts directories: the bundle's payload directories, by their path on
+    the node). Fails when no mount points into the bundle."""
+    bundle = node_bundle(namespace, name)
+    config = json.loads((bundle / "config.json").read_bytes())
+    sources = [Path(m["source"].replace("\\", "/")) for m in config["mounts"]]
+    into_bundle = [path for path in sources if path.is_relative_to(bundle)]
+    assert into_bundle, config["mounts"]
+    assert all(path.is_dir() for path in into_bundle), into_bundle
+    return {f.read_bytes() for d in into_bundle for f in d.iterdir()}

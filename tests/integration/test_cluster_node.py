@@ -20,7 +20,6 @@ import shlex
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -38,6 +37,7 @@ from tests.nodedeploy import (
     Deployed,
     command_line,
     create_on_node,
+    mounted_payloads,
     new_namespace,
     node_bundle,
     prepare,
@@ -149,12 +149,7 @@ def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
     assert "w3svc" in command_line(ns, "web")
     # The payload directories are mounted from the bundle where it is on the node (Windows
     # mounts directories): the agent's bundle root, as it reports it, and <namespace>\<name>.
-    sources = [Path(m["source"].replace("\\", "/")) for m in config["mounts"]]
-    into_bundle = [path for path in sources if path.is_relative_to(bundle)]
-    assert into_bundle, config["mounts"]
-    assert all(path.is_dir() for path in into_bundle), into_bundle
-    payloads = {f.read_bytes() for d in into_bundle for f in d.iterdir()}
-    assert payloads == {password, settings}
+    assert mounted_payloads(ns, "web") == {password, settings}
     node_bundles.check()
     assert node_bundles.whole(bundle) > 0
 
@@ -335,6 +330,4 @@ def test_readme_example_commands_bring_examples_cluster_to_ready_on_the_node(
     config = json.loads((bundle / "config.json").read_bytes())
     credential_spec = json.loads(config["windows"]["credentialSpec"])
     assert credential_spec["DomainJoinConfig"]["MachineAccountName"] == "WebApp01"
-    sources = [Path(m["source"].replace("\\", "/")) for m in config["mounts"]]
-    payloads = {f.read_bytes() for d in sources if d.is_relative_to(bundle) for f in d.iterdir()}
-    assert b"change-me" in payloads
+    assert b"change-me" in mounted_payloads("apps", "web")

@@ -8,6 +8,7 @@ the node's hostPath; a thread reads every bundle there throughout (never one tor
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 
 import pytest
@@ -24,12 +25,14 @@ from tests.nodedeploy import (
     Deployed,
     command_line,
     create_on_node,
+    mounted_payloads,
     new_namespace,
     node_bundle,
     prepare,
     ready_on_node,
     wait_or_fail,
 )
+from tests.readme_commands import RUN_EXAMPLE
 
 pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -81,3 +84,17 @@ def test_the_instance_writes_only_its_own_nodes_resources(
     other = deployed.kube.api("GET", wc_path(ns, "elsewhere"))
     assert not other.get("status")
     assert not other["metadata"].get("finalizers")
+
+
+def test_examples_cluster_node_local_variant_is_ready_on_the_node(
+    deployed: Deployed, node_bundles: TreeWatch
+) -> None:
+    """examples/cluster/node-local applied as its comment says: web Ready, payload on the node."""
+    gmsa_crd, wait_established, _, wait_ready = RUN_EXAMPLE
+    for command in (gmsa_crd, wait_established, "kubectl apply -k examples/cluster/node-local"):
+        deployed.kubectl(*shlex.split(command)[1:])
+    deployed.kubectl(*shlex.split(wait_ready)[1:])
+    ready_on_node(deployed, "apps", "web", agent_digest=False)
+    assert b"change-me" in mounted_payloads("apps", "web")
+    node_bundles.check()
+    assert node_bundles.whole(node_bundle("apps", "web")) > 0
