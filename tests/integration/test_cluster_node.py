@@ -331,3 +331,35 @@ def test_readme_example_commands_bring_examples_cluster_to_ready_on_the_node(
     credential_spec = json.loads(config["windows"]["credentialSpec"])
     assert credential_spec["DomainJoinConfig"]["MachineAccountName"] == "WebApp01"
     assert b"change-me" in mounted_payloads("apps", "web")
+
+
+# Last in the module: the node does not come back.
+def test_node_lost_deleting_its_resources_does_not_wedge(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """Kubelet stopped, agent killed, Node deleted: deleting its resource ends, the bundle left."""
+    create_on_node(deployed, app_namespace, "lost")
+    ready_on_node(deployed, app_namespace, "lost")
+    (agent,) = deployed.ready_pods(AGENT)
+    deployed.node.stop_kubelet()
+    # The machine is gone with its agent; the controllers stand for replicas elsewhere.
+    (container,) = [
+        line.split()[0]
+        for line in deployed.node.cri("containers").splitlines()
+        if line.split()[1:4] == ["CONTAINER_RUNNING", f"{NAMESPACE}/{agent['metadata']['name']}",
+                                 "agent"]
+    ]  # fmt: skip
+    deployed.node.cri("stop-container", container)
+    deployed.kube.api("DELETE", f"/api/v1/nodes/{deployed.node.name}")
+    deployed.kube.api("DELETE", wc_path(app_namespace, "lost"))
+    gone = wait_or_fail(
+        deployed,
+        lambda: deployed.kube.status_of("GET", wc_path(app_namespace, "lost")) == 404,
+        90,
+        "the deleted resource gone",
+    )
+    assert gone
+    events = deployed.kube.api("GET", f"/api/v1/namespaces/{app_namespace}/events")["items"]
+    assert "BundleNotRemoved" in {e["reason"] for e in events}
+    # Nobody could remove it: the bundle stays on the lost machine.
+    assert (node_bundle(app_namespace, "lost") / "config.json").exists()
