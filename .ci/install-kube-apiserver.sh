@@ -1,13 +1,19 @@
 #!/bin/bash
-# Install the real Kubernetes API server the cluster-mode tests run against: kube-apiserver and
-# kube-controller-manager v1.20.2, compiled once from Debian bookworm's "kubernetes" source
-# package (Debian's archive only: no Go module proxy, no GitHub), plus Debian's etcd and openssl.
+# Install the real Kubernetes the cluster-mode tests run against, v1.20.2 compiled once from
+# Debian bookworm's "kubernetes" source package (Debian's archive only: no Go module proxy, no
+# GitHub), plus Debian's etcd and openssl:
+#  - kube-apiserver and kube-controller-manager (tests/kube.py);
+#  - for the one-node cluster (tests/node.py): kube-scheduler, kubelet and kube-proxy, the pod
+#    sandbox's `pause` (Kubernetes' own build/pause/linux/pause.c, compiled statically) and
+#    winspec-cri (.ci/cri/main.go, a small CRI client: Debian has no crictl), with Debian's
+#    containerd, runc, CNI plugins, conntrack and iptables.
 #
 # The binaries go to a cache directory outside the clone, so a fresh clone (or `git clean`) does
-# not pay the ~5 minute build again:
-#     ${WINSPEC_KUBE_CACHE:-/var/cache/winspec/kube-v1.20.2}/bin/{kube-apiserver,kube-controller-manager}
-# tests/kube.py looks there (or at $WINSPEC_KUBE_BIN). Idempotent: when both binaries are present
-# and report v1.20.2 it only makes sure etcd/openssl are installed. Needs root or sudo -n for apt.
+# not pay the build again (about 5 minutes for the first two, 3 more for the node's):
+#     ${WINSPEC_KUBE_CACHE:-/var/cache/winspec/kube-v1.20.2}/bin/
+# tests/kube.py and tests/node.py look there (or at $WINSPEC_KUBE_BIN). Idempotent: only what is
+# missing (or, for winspec-cri, changed) is built; otherwise it only makes sure the Debian
+# packages are installed. Needs root or sudo -n for apt.
 #
 # Why the build is not a plain `go build`:
 #  - Kubernetes 1.20 builds in GOPATH mode (GO111MODULE=off), as its own hack/ scripts do;
@@ -22,7 +28,9 @@ set -euo pipefail
 VERSION=v1.20.2
 CACHE=${WINSPEC_KUBE_CACHE:-/var/cache/winspec/kube-$VERSION}
 BIN=$CACHE/bin
-COMPONENTS=(kube-apiserver kube-controller-manager)
+COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+HERE=$(cd "$(dirname "$0")" && pwd)
+CRI_SOURCE=$HERE/cri/main.go
 START=$(date +%s)
 say() { echo "install-kube-apiserver [+$(($(date +%s) - START))s]: $*"; }
 
@@ -37,22 +45,33 @@ apt_install() {
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-have_binaries() {
+# What is not in $BIN yet (or is stale): Kubernetes components not reporting $VERSION, pause,
+# and winspec-cri when .ci/cri/main.go changed since it was built.
+missing() {
     local c
     for c in "${COMPONENTS[@]}"; do
-        [ -x "$BIN/$c" ] || return 1
-        "$BIN/$c" --version 2>/dev/null | grep -q "$VERSION" || return 1
+        "$BIN/$c" --version 2>/dev/null | grep -q "$VERSION" || echo "$c"
     done
+    [ -x "$BIN/pause" ] || echo pause
+    [ -x "$BIN/winspec-cri" ] && [ "$(cat "$BIN/winspec-cri.sha256" 2>/dev/null)" = "$(sha256sum <"$CRI_SOURCE")" ] \
+        || echo winspec-cri
 }
 
+# Debian packages the tests run: etcd and openssl (API server); the node's container runtime,
+# CNI plugins, conntrack and iptables (kube-proxy).
+RUNTIME_PACKAGES=(etcd-server openssl containerd runc containernetworking-plugins conntrack iptables)
 runtime_deps() {
-    if command -v etcd >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
-        say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $NF}') and openssl are present"
+    local p absent=()
+    for p in "${RUNTIME_PACKAGES[@]}"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || absent+=("$p")
+    done
+    if [ "${#absent[@]}" -eq 0 ]; then
+        say "present: ${RUNTIME_PACKAGES[*]}"
         return
     fi
-    say "installing etcd-server and openssl"
+    say "installing ${absent[*]}"
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_install etcd-server openssl
+    apt_install "${absent[@]}"
 }
 
 if ! mkdir -p "$CACHE" 2>/dev/null || [ ! -w "$CACHE" ]; then
@@ -64,13 +83,14 @@ fi
 exec 9>"$CACHE/.lock"
 flock 9
 
-if have_binaries; then
+TODO=$(missing | tr '\n' ' ')
+if [ -z "$TODO" ]; then
     say "reusing $BIN ($("$BIN/kube-apiserver" --version))"
     runtime_deps
     exit 0
 fi
 
-say "building ${COMPONENTS[*]} $VERSION into $BIN (about 5 minutes on 2 cores)"
+say "building $TODO($VERSION) into $BIN (about 5 minutes on 2 cores for the API server, 3 for the node)"
 if ! grep -rqs '^Types:.*deb-src\|^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     # Source entries mirroring the machine's own binary entries (deb822 files only).
     for f in /etc/apt/sources.list.d/*.sources; do
@@ -84,7 +104,7 @@ fi
 say "apt-get update"
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 say "installing build and run-time dependencies"
-apt_install golang-go dpkg-dev rsync jq etcd-server openssl ca-certificates
+apt_install golang-go dpkg-dev rsync jq ca-certificates gcc libc6-dev "${RUNTIME_PACKAGES[@]}"
 
 WORK=$CACHE/work
 mkdir -p "$WORK" "$BIN"
@@ -135,13 +155,32 @@ for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kuberne
     LDFLAGS+=" -X $pkg.gitVersion=$VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
     LDFLAGS+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 done
-for c in "${COMPONENTS[@]}"; do
-    say "go build ./cmd/$c"
-    go build -trimpath -ldflags "$LDFLAGS" -o "$BIN/.$c.partial" "./cmd/$c"
+for c in $TODO; do
+    case "$c" in
+    pause)
+        # The sandbox image's only program (build/pause/Makefile's flags); static: the image
+        # has no libc.
+        say "gcc build/pause/linux/pause.c"
+        gcc -Os -Wall -Werror -static -DVERSION="$VERSION" -o "$BIN/.pause.partial" build/pause/linux/pause.c
+        strip "$BIN/.pause.partial"
+        ;;
+    winspec-cri)
+        # GOPATH mode sees vendor/ only from inside k8s.io/kubernetes: build it from there.
+        say "go build winspec-cri (.ci/cri/main.go)"
+        mkdir -p cmd/winspec-cri
+        cp "$CRI_SOURCE" cmd/winspec-cri/main.go
+        go build -trimpath -ldflags "-s -w" -o "$BIN/.$c.partial" ./cmd/winspec-cri
+        sha256sum <"$CRI_SOURCE" >"$BIN/winspec-cri.sha256"
+        ;;
+    *)
+        say "go build ./cmd/$c"
+        go build -trimpath -ldflags "$LDFLAGS" -o "$BIN/.$c.partial" "./cmd/$c"
+        ;;
+    esac
     mv -f "$BIN/.$c.partial" "$BIN/$c"
     say "built $BIN/$c ($(du -h "$BIN/$c" | cut -f1))"
 done
-have_binaries || { say "the built binaries do not report $VERSION" >&2; exit 1; }
+[ -z "$(missing)" ] || { say "still missing or stale after the build: $(missing | tr '\n' ' ')" >&2; exit 1; }
 if [ "${WINSPEC_KUBE_KEEP_WORK:-0}" != 1 ]; then
     say "removing the build tree and Go cache ($(du -sh "$WORK" | cut -f1))"
     rm -rf "$WORK"

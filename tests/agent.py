@@ -42,8 +42,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_tls(directory: Path) -> TLSFiles:
-    """Write ``ca.crt``, ``agent.crt`` and ``agent.key`` (for 127.0.0.1 and localhost)."""
+def make_tls(directory: Path, names: str = "IP:127.0.0.1,DNS:localhost") -> TLSFiles:
+    """Write ``ca.crt``, ``agent.crt`` and ``agent.key`` (for ``names``, subjectAltName's
+    syntax: 127.0.0.1 and localhost by default)."""
     d = directory
     d.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
@@ -51,7 +52,7 @@ def make_tls(directory: Path) -> TLSFiles:
              cwd=d)  # fmt: skip
     (d / "agent.ext").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        f"extendedKeyUsage=serverAuth\nsubjectAltName={names}\n"
     )
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "agent.key",
              "-out", "agent.csr", "-subj", "/CN=winspec-agent", cwd=d)  # fmt: skip

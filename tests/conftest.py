@@ -15,8 +15,10 @@ import pytest
 from tests import ocireference
 from tests.clustermode import ensure_node
 from tests.dockerd import DockerAPIError, DockerDaemon, DockerdError, dockerd_unavailable_reason
+from tests.images import Built, build_controller_image
 from tests.kube import KubeAPIError, KubeCluster, KubeError, kube_unavailable_reason
 from tests.kubeproxy import FaultProxy
+from tests.node import KubeNode, NodeError, host_ip, node_unavailable_reason
 from tests.schema import SKIP_REASON, schema_available
 
 
@@ -90,7 +92,7 @@ def fresh_dockerd() -> Iterator[DockerDaemon]:
         daemon.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def build_dockerd() -> Iterator[DockerDaemon]:
     """A private dockerd for image builds (no swarm): overlay2 where it works, since vfs copies
     the whole image for every build step and container (minutes instead of seconds)."""
@@ -99,6 +101,14 @@ def build_dockerd() -> Iterator[DockerDaemon]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def controller_image(
+    build_dockerd: DockerDaemon, tmp_path_factory: pytest.TempPathFactory
+) -> Built:
+    """The controller image, built once per session by the README's commands (tests/images.py)."""
+    return build_controller_image(build_dockerd, tmp_path_factory.mktemp("image"))
 
 
 # -- cluster mode: a real kube-apiserver -----------------------------------------------------
@@ -229,3 +239,40 @@ async def kube_api(kube: KubeCluster) -> AsyncIterator[Any]:
 def node(kube: KubeCluster) -> str:
     """The Windows Node object (build 17763, 4 CPUs) test resources are scheduled to."""
     return ensure_node(kube)
+
+
+# -- a real one-node cluster -----------------------------------------------------------------
+
+
+def _node_unavailable(reason: str) -> NoReturn:
+    """Skip, or on CI (``CI=true``) fail: CI must really run the one-node cluster tests."""
+    if _on_ci():
+        pytest.fail(
+            f"the test node is required when CI=true but unavailable: {reason}", pytrace=False
+        )
+    pytest.skip(f"the test node is unavailable: {reason}")
+
+
+@pytest.fixture(scope="module")
+def kube_node() -> Iterator[KubeNode]:
+    """A one-node cluster for one test module (tests/node.py): API server on the host's
+    address with its controller manager, the node Ready, nothing applied; torn down completely."""
+    reason = node_unavailable_reason()
+    if reason is not None:
+        _node_unavailable(reason)
+    ip = host_ip()
+    assert ip is not None
+    cluster = KubeCluster(with_controller_manager=True, node_ip=ip)
+    node = KubeNode(cluster)
+    try:
+        cluster.start()
+        node.start()
+    except (NodeError, KubeError, KubeAPIError, OSError, TimeoutError) as exc:
+        node.stop()
+        cluster.stop()
+        _node_unavailable(str(exc))
+    try:
+        yield node
+    finally:
+        node.stop()
+        cluster.stop()

@@ -10,6 +10,10 @@ certificate, service-account signing keys and a static token file with two users
 
 ``with_controller_manager=True`` also starts kube-controller-manager (default ServiceAccounts,
 namespace deletion, garbage collection); the server alone answers every API call winspec makes.
+``node_ip`` makes a server a real node (tests/node.py) can join: it listens on that address
+instead of loopback (pods reach it through the ``kubernetes`` Service, a DNAT to the advertised
+address, which cannot be loopback), its certificate names the Service, it authorizes kubelets
+with the Node authorizer and NodeRestriction, and it reaches them with a client certificate.
 :meth:`KubeCluster.apply_crd` applies the project's own CRD from ``manifests/`` and waits until
 it is established. :meth:`KubeCluster.kubeconfig` writes a kubeconfig for any token (a
 service account's, from :meth:`KubeCluster.service_account_token`).
@@ -29,7 +33,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.crd import CRD_PATH, load_crd
-from tests.processes import free_port
+from tests.processes import free_port, stop_group
 
 T = TypeVar("T")
 
@@ -48,6 +51,9 @@ KUBE_VERSION = "v1.20.2"
 #: Where .ci/install-kube-apiserver.sh puts the binaries (WINSPEC_KUBE_CACHE changes it).
 DEFAULT_CACHE = f"/var/cache/winspec/kube-{KUBE_VERSION}"
 ADMIN_USER = "admin"
+#: The Services' address range; its first address is the ``kubernetes`` Service's.
+SERVICE_RANGE = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
 NOBODY_USER = "nobody"
 _LOG_TAIL_LINES = 30
 _READY_TIMEOUT = 90.0
@@ -121,13 +127,22 @@ def process_cpu_seconds(pid: int) -> float:
 class KubeCluster:
     """One etcd + kube-apiserver (+ optional kube-controller-manager) for a test session."""
 
-    def __init__(self, *, with_controller_manager: bool = False, watch_cache: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        with_controller_manager: bool = False,
+        watch_cache: bool = False,
+        node_ip: str | None = None,
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="winspec-kube-"))
         self.with_controller_manager = with_controller_manager
         #: The API server's watch cache: off by default (see the flag); on, it sends bookmarks.
         self.watch_cache = watch_cache
+        #: The address a real node reaches the server at (None: loopback only, no node).
+        self.node_ip = node_ip
+        self.host = node_ip or "127.0.0.1"
         self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"https://{self.host}:{self.port}"
         self.ca = self.dir / "ca.crt"
         self.admin_token = secrets.token_hex(24)
         self.nobody_token = secrets.token_hex(24)
@@ -162,16 +177,8 @@ class KubeCluster:
         """Stop every process (SIGTERM, then SIGKILL) and delete the directory. Idempotent."""
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self._procs.pop(name, None)
-            if proc is None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            if proc is not None:
+                stop_group(proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _make_credentials(self) -> None:
@@ -179,10 +186,14 @@ class KubeCluster:
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
                  "-out", "ca.crt", "-days", "30", "-subj", "/CN=winspec-test-ca",
                  cwd=d)  # fmt: skip
+        names = "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+        if self.node_ip is not None:
+            # In-cluster clients dial the kubernetes Service (the range's first address).
+            names += f",IP:{self.node_ip},IP:{SERVICE_IP},DNS:kubernetes,DNS:kubernetes.default"
+            names += ",DNS:kubernetes.default.svc.cluster.local"
         (d / "server.ext").write_text(
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth\n"
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n"
+            f"extendedKeyUsage=serverAuth\nsubjectAltName={names}\n"
         )
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
                  "-out", "server.csr", "-subj", "/CN=kube-apiserver", cwd=d)  # fmt: skip
@@ -195,9 +206,30 @@ class KubeCluster:
             f'{self.admin_token},{ADMIN_USER},admin-uid,"system:masters"\n'
             f'{self.nobody_token},{NOBODY_USER},nobody-uid,"winspec-tests"\n'
         )
+        if self.node_ip is not None:
+            # What the server calls kubelets with (logs, exec): a system:masters certificate.
+            self.client_certificate("kubelet-client", "/O=system:masters/CN=kube-apiserver")
         for name in ("ca.key", "server.key", "sa.key", "tokens.csv"):
             (d / name).chmod(0o600)
         self.kubeconfig(self.admin_token, d / "admin.kubeconfig")
+
+    def client_certificate(self, name: str, subject: str) -> tuple[Path, Path]:
+        """Write ``<name>.crt`` and ``<name>.key``, a client certificate for ``subject``
+        (``/O=group/CN=user``) signed by the cluster's CA; their paths."""
+        d = self.dir
+        ext = d / "client.ext"
+        if not ext.exists():
+            ext.write_text(
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=clientAuth\n"
+            )
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", "-subj", subject, cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "30",
+                 "-extfile", "client.ext", cwd=d)  # fmt: skip
+        (d / f"{name}.key").chmod(0o600)
+        return d / f"{name}.crt", d / f"{name}.key"
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it open
@@ -284,6 +316,24 @@ class KubeCluster:
         """etcd's client URL (compaction tests talk to it directly)."""
         return f"http://127.0.0.1:{self._etcd_port}"
 
+    def _node_flags(self) -> list[str]:
+        """The API server's flags for a real node (none without ``node_ip``); later scalar
+        flags win, so these override the loopback defaults (see also --authorization-mode)."""
+        if self.node_ip is None:
+            return []
+        d = self.dir
+        return [
+            f"--bind-address={self.node_ip}", f"--advertise-address={self.node_ip}",
+            # The kubernetes Service's endpoint is this server's advertised address, kept
+            # up to date (with "none" there is no endpoint and pods cannot reach the server).
+            "--endpoint-reconciler-type=lease",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={d / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={d / 'kubelet-client.key'}",
+            # The node's name is not in DNS: reach kubelets (logs, exec) by address.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]  # fmt: skip
+
     def _start_apiserver(self) -> None:
         d = self.dir
         issuer = "https://kubernetes.default.svc"
@@ -299,7 +349,10 @@ class KubeCluster:
                 f"--service-account-key-file={d / 'sa.pub'}",
                 f"--service-account-signing-key-file={d / 'sa.key'}",
                 f"--service-account-issuer={issuer}", f"--api-audiences={issuer}",
-                "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
+                # With a node, the Node authorizer gives kubelets exactly their rights (a list
+                # flag: given twice, it would be appended to, not overridden).
+                f"--authorization-mode={'RBAC' if self.node_ip is None else 'Node,RBAC'}",
                 "--endpoint-reconciler-type=none", "--profiling=false",
                 f"--cert-dir={d / 'apiserver-certs'}",
                 # Watches go to etcd itself, not the watch cache (whose history window tests
@@ -308,6 +361,7 @@ class KubeCluster:
                 # With the cache on (watch_cache=True) the server sends bookmarks, about 2 s
                 # before each watch's timeoutSeconds ends.
                 f"--watch-cache={'true' if self.watch_cache else 'false'}",
+                *self._node_flags(),
             ],
         )  # fmt: skip
 
@@ -326,6 +380,22 @@ class KubeCluster:
 
     def _start_controller_manager(self) -> None:
         d = self.dir
+        if self.node_ip is None:
+            # Only what an API server without nodes or cloud can run.
+            controllers = [
+                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,"
+                "-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,"
+                "-pv-protection,-pvc-protection,-ttl,-csrsigning"
+            ]
+        else:
+            controllers = [
+                # Node lifecycle lifts the not-ready taint admission puts on a new Node (and
+                # evicts a lost node's pods); no cloud, and the pod subnet is set in CNI.
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-route,-service,-csrsigning",
+                # Notice a Ready node within seconds (default 5 s); evict a lost node's pods
+                # after a minute, not five.
+                "--node-monitor-period=2s", "--pod-eviction-timeout=1m",
+            ]  # fmt: skip
         self._spawn(
             "kube-controller-manager",
             [
@@ -334,10 +404,7 @@ class KubeCluster:
                 "--leader-elect=false", "--use-service-account-credentials=false",
                 f"--service-account-private-key-file={d / 'sa.key'}",
                 f"--root-ca-file={d / 'ca.crt'}",
-                # Only what an API server without nodes or cloud can run.
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,"
-                "-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,"
-                "-pv-protection,-pvc-protection,-ttl,-csrsigning",
+                *controllers,
             ],
         )  # fmt: skip
 
@@ -357,7 +424,7 @@ class KubeCluster:
         headers: Mapping[str, str],
     ) -> tuple[int, Any]:
         conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.port, context=self._context(), timeout=30
+            self.host, self.port, context=self._context(), timeout=30
         )
         try:
             data = None if body is None else json.dumps(body).encode()

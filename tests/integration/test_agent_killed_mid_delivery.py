@@ -21,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,9 @@ import pytest
 
 from adapters.bundles.local import DIGEST_FILE, KEY_FILE, TEMP_PREFIX
 from adapters.kubernetes.mode import ClusterMode
-from controller.bundle import CONFIG_FILE, CONFIGS_DIR, LINKS_FILE, SECRETS_DIR, BundleContent
+from controller.bundle import CONFIG_FILE, SECRETS_DIR, BundleContent
 from tests.agent import AgentProcess
+from tests.bundlewatch import BundleWatch
 from tests.clustermode import api, eventually, metric, ready_object, secret, wc_path
 from tests.clustermode import windows_container as _wc
 from tests.integration.test_remote_delivery import (
@@ -49,101 +49,12 @@ from tests.relay import Relay
 pytestmark = pytest.mark.kube
 
 HELD_AFTER = 64 * 1024
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 
 
 @pytest.fixture(scope="module")
 def delivery(kube: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Delivery:
     """Accounts, TLS files and the controller's token, in a namespace of this module's own."""
     return make_delivery(kube, f"killed-{secrets.token_hex(4)}", tmp_path_factory.mktemp("kill"))
-
-
-@dataclass
-class BundleWatch:
-    """A thread reading one bundle over and over; every read that saw one version whole and
-    found it incomplete or not matching its ``.digest`` is kept in :attr:`torn`."""
-
-    bundle: Path
-    whole: int = 0
-    torn: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> BundleWatch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.check()
-            self._stop.wait(0.002)
-
-    def check(self) -> str:
-        """Read the bundle once; count it as whole, or keep what is wrong with it. The outcome:
-        ``whole``, ``torn``, ``absent``, or ``moved`` (replaced while read: proves nothing)."""
-        try:
-            fd = os.open(self.bundle, _DIR_FLAGS)
-        except FileNotFoundError:
-            return "absent"  # allowed: never partial is what counts
-        try:
-            inode = os.fstat(fd).st_ino
-            files, digest, extra = _read_version(fd)
-            key = (self.bundle.parent / KEY_FILE).read_bytes()
-        except OSError:
-            return "moved"  # this version was swapped out (and deleted) while being read
-        finally:
-            os.close(fd)
-        try:
-            if os.stat(self.bundle).st_ino != inode:
-                return "moved"  # swapped during the read: files of two versions, not one
-        except FileNotFoundError:
-            return "moved"
-        if extra or CONFIG_FILE not in files or digest is None:
-            self.torn.append(f"incomplete: files {sorted(files)}, extra {extra}, .digest {digest}")
-            return "torn"
-        if BundleContent(files=files).keyed_digest(key) != digest:
-            self.torn.append(f"files {sorted(files)} do not match their .digest")
-            return "torn"
-        self.whole += 1
-        return "whole"
-
-
-def _read_at(name: str, fd: int) -> bytes:
-    file = os.open(name, os.O_RDONLY, dir_fd=fd)
-    try:
-        with os.fdopen(file, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(file)
-
-
-def _read_version(fd: int) -> tuple[dict[str, bytes], str | None, list[str]]:
-    """The files of the bundle open at ``fd`` (payload directories followed, stand-ins too),
-    its ``.digest``, and any entry a bundle does not have."""
-    files: dict[str, bytes] = {}
-    digest: str | None = None
-    extra: list[str] = []
-    for name in os.listdir(fd):
-        if name == DIGEST_FILE:
-            digest = _read_at(name, fd).decode().strip()
-        elif name in (CONFIG_FILE, LINKS_FILE):
-            files[name] = _read_at(name, fd)
-        elif name in (SECRETS_DIR, CONFIGS_DIR):
-            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            try:
-                for leaf in os.listdir(sub):
-                    files[f"{name}/{leaf}"] = _read_at(leaf, sub)
-            finally:
-                os.close(sub)
-        else:
-            extra.append(name)
-    return files, digest, extra
 
 
 def test_the_bundle_watch_tells_whole_from_torn(tmp_path: Path) -> None:

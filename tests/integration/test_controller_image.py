@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import yaml
@@ -26,98 +23,19 @@ import yaml
 from adapters.cli import version
 from tests.clustermode import bundle, ready_object, wc_path, windows_container
 from tests.crd import MANIFESTS
-from tests.dockerd import DockerDaemon
+from tests.images import BASE_IMAGE, IMAGE, USER, Built
 from tests.kube import KubeCluster, wait_for
 from tests.netns import LoopbackRelay
-from tests.processes import clean_env
-from tests.readme_commands import ROOT, RUN_WITH_IMAGE, argv
+from tests.readme_commands import RUN_WITH_IMAGE
 
 # Building takes about a minute on overlay2 (several on vfs), most of it `pip wheel`.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-#: Where .ci/build-base-image.sh leaves the base tarball (WINSPEC_BASE_CACHE changes the folder).
-README_TARBALL = "/var/cache/winspec/base-bookworm.tar"
-IMAGE = "winspec-controller:0.2.0"
-BASE_IMAGE = "winspec-base:bookworm"
-#: The user the Dockerfile runs as (and the central Deployment's securityContext).
-USER = "10001:10001"
 
-
-def base_tarball() -> Path:
-    """The base image's root file system tarball, where .ci/build-base-image.sh writes it."""
-    cache = os.environ.get("WINSPEC_BASE_CACHE")
-    return Path(cache) / "base-bookworm.tar" if cache else Path(README_TARBALL)
-
-
-def docker_client() -> str | None:
-    """Debian's docker.io client (next to its dockerd), else any ``docker`` on PATH."""
-    if os.access("/usr/bin/docker", os.X_OK):
-        return "/usr/bin/docker"
-    return shutil.which("docker")
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Skip, or on CI (``CI=true``) fail: CI must really build the image."""
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"the controller image is required when CI=true: {reason}", pytrace=False)
-    pytest.skip(f"the controller image cannot be built here: {reason}")
-
-
-@dataclass
-class Built:
-    """The built image's engine, a client for it and the build's output."""
-
-    daemon: DockerDaemon
-    client: str
-    env: dict[str, str]
-    context: Path
-    outputs: dict[str, str]
-
-    def command(self, command: str) -> list[str]:
-        """A README command as an argument list (``docker`` is the client, for the daemon)."""
-        words = argv(command.replace(README_TARBALL, str(base_tarball())))
-        return [self.client, *words[1:]] if words[0] == "docker" else words
-
-    def run(
-        self, words: list[str], *, timeout: float = 300, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a command in the build context with the daemon's environment."""
-        return subprocess.run(
-            words, cwd=self.context, env=self.env, input=stdin, capture_output=True, text=True,
-            timeout=timeout, check=False,
-        )  # fmt: skip
-
-    def docker(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """``docker <args>`` against the private daemon."""
-        return self.run([self.client, *args], timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def built(build_dockerd: DockerDaemon, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """The README's import, wheel and build commands, run in a copy of the repository."""
-    if not base_tarball().is_file():
-        _unavailable(f"no base image tarball {base_tarball()} (run .ci/build-base-image.sh)")
-    client = docker_client()
-    if client is None:
-        _unavailable("no docker client (apt-get install docker.io)")
-    context = tmp_path_factory.mktemp("image") / "winspec"
-    # The whole repository, as a clone has it: .dockerignore must keep tests/, docs/... out.
-    shutil.copytree(
-        ROOT,
-        context,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "__pycache__", ".*_cache", ".hypothesis", "*.egg-info"
-        ),
-    )
-    env = {k: v for k, v in clean_env().items() if k != "PYTHONPATH"}
-    # The classic builder: Debian's docker.io 20.10 client has no buildx.
-    env |= {"DOCKER_HOST": build_dockerd.host, "DOCKER_BUILDKIT": "0"}
-    image = Built(build_dockerd, client, env, context, {})
-    for command in RUN_WITH_IMAGE[:-1]:
-        proc = image.run(image.command(command))
-        assert proc.returncode == 0, f"{command}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        image.outputs[command] = proc.stdout
-    return image
+@pytest.fixture
+def built(controller_image: Built) -> Built:
+    """The session's controller image (tests/images.py), built by the README's commands."""
+    return controller_image
 
 
 def _inspect(image: Built, name: str) -> dict[str, Any]:

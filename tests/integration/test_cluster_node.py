@@ -1,0 +1,365 @@
+"""The central shape as users deploy it, on a real one-node cluster (tests/node.py): the
+controller image (built by the README's commands) imported with ``docker save``, the Secret
+winspec-agent-tls created with kubectl as the agent's manifest asks, then ``kubectl apply -k``
+of manifests/overlays/test-central: the central overlay exactly as shipped except for what a
+Linux node without a registry needs (its comment says what). The agent DaemonSet runs
+``winspec agent`` from the same Linux image, standing in for the Windows one, with its bundle
+root a hostPath on the node.
+
+The WindowsContainers are made here in the README's shape; the node is labelled with the
+Windows build a Windows kubelet would label it with. Throughout the module a thread reads every
+bundle on the node's hostPath (tests/bundlewatch.py): no read may ever find one torn, and each
+Ready resource's status digest is the one its bundle on the node has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.agent import make_tls
+from tests.bundlewatch import TreeWatch
+from tests.clustermode import secret, wc_path
+from tests.images import IMAGE, Built
+from tests.kube import KubeAPIError
+from tests.manifests import MANIFESTS
+from tests.node import KubeNode
+from tests.nodedeploy import (
+    NAMESPACE,
+    NODE_BUNDLES,
+    START_TIMEOUT,
+    Deployed,
+    command_line,
+    create_on_node,
+    mounted_payloads,
+    new_namespace,
+    node_bundle,
+    prepare,
+    ready_on_node,
+    wait_or_fail,
+)
+from tests.readme_commands import RUN_EXAMPLE
+
+pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.docker, pytest.mark.timeout(600)]
+
+OVERLAY = MANIFESTS / "overlays" / "test-central"
+CONTROLLER = "app.kubernetes.io/name=winspec,app.kubernetes.io/component=controller"
+AGENT = "app.kubernetes.io/name=winspec,app.kubernetes.io/component=agent"
+#: The tag a rolling update moves the controller to.
+NEW_IMAGE = "winspec-controller:0.1.1"
+#: The controller's --lease-duration (the shipped Deployment keeps the default).
+LEASE_DURATION = 15.0
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    kube_node: KubeNode, controller_image: Built, tmp_path_factory: pytest.TempPathFactory
+) -> Deployed:
+    """The image imported, the agents' TLS Secret created, the test overlay applied, and
+    both controller replicas and the agent Running and Ready."""
+    work = tmp_path_factory.mktemp("central")
+    deployed = prepare(kube_node, controller_image, work)
+    tls = make_tls(work / "tls", f"DNS:winspec-agent.{NAMESPACE}.svc,DNS:{kube_node.name}")
+    deployed.kubectl(
+        "create", "secret", "generic", "winspec-agent-tls", "-n", NAMESPACE,
+        f"--from-file=tls.crt={tls.cert}", f"--from-file=tls.key={tls.key}",
+        f"--from-file=ca.crt={tls.ca}",
+    )  # fmt: skip
+    deployed.kubectl("apply", "-k", str(OVERLAY))
+    wait_or_fail(deployed, lambda: len(deployed.ready_pods(CONTROLLER)) == 2, START_TIMEOUT,
+          "both controller replicas Ready")  # fmt: skip
+    wait_or_fail(deployed, lambda: len(deployed.ready_pods(AGENT)) == 1, START_TIMEOUT,
+          "the agent Ready")  # fmt: skip
+    return deployed
+
+
+@pytest.fixture(scope="module")
+def node_bundles(deployed: Deployed) -> Iterator[TreeWatch]:
+    """A thread reading every bundle on the node's hostPath for the whole module."""
+    with TreeWatch(NODE_BUNDLES) as watch:
+        yield watch
+
+
+@pytest.fixture(autouse=True)
+def never_torn(node_bundles: TreeWatch) -> Iterator[None]:
+    """After each test: no bundle on the node was ever seen torn."""
+    yield
+    node_bundles.check()
+    assert node_bundles.torn == []
+
+
+@pytest.fixture
+def app_namespace(deployed: Deployed) -> str:
+    """A fresh namespace for one test's WindowsContainers."""
+    return new_namespace(deployed)
+
+
+def test_two_controller_replicas_run_one_leads_and_the_agent_is_ready(deployed: Deployed) -> None:
+    """Both controller replicas run Ready, exactly one holds the Lease, the agent is Ready."""
+    controllers = {p["metadata"]["name"] for p in deployed.ready_pods(CONTROLLER)}
+    assert len(controllers) == 2
+    holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
+    assert holder.rsplit("_", 1)[0] in controllers
+    (agent,) = deployed.ready_pods(AGENT)
+    assert agent["spec"]["nodeName"] == deployed.node.name
+    # What runs is the shipped container, not a test's: the shipped arguments and user.
+    (controller_pod, _) = deployed.pods(CONTROLLER)
+    container = controller_pod["spec"]["containers"][0]
+    assert "--delivery=agent" in container["args"]
+    assert controller_pod["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
+    deployed: Deployed, node_bundles: TreeWatch, app_namespace: str
+) -> None:
+    """The README's WindowsContainer is Ready, its bundle and payload on the node, mounts in it."""
+    ns = app_namespace
+    password = os.urandom(24)
+    deployed.kube.api("POST", f"/api/v1/namespaces/{ns}/secrets",
+                      secret("db", {"password": password}))  # fmt: skip
+    settings = b'{"Logging": {}}'
+    deployed.kube.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web"},
+         "data": {"appsettings.json": settings.decode()}},
+    )  # fmt: skip
+    create_on_node(
+        deployed, ns, "web",
+        image={"os": "windows", "argsEscaped": False},
+        layerFolders=["C:\\ProgramData\\docker\\windowsfilter\\base",
+                      "C:\\ProgramData\\docker\\windowsfilter\\web"],
+        command=["C:\\ServiceMonitor.exe"], args=["w3svc"],
+        env=[{"name": "ASPNETCORE_URLS", "value": "http://+:80"}],
+        resources={"cpuCount": 2, "memory": 1073741824},
+        secrets=[{"secretName": "db", "key": "password", "target": "db-password"}],
+        configs=[{"configMapName": "web", "key": "appsettings.json",
+                  "target": "C:\\app\\appsettings.json"}],
+    )  # fmt: skip
+    ready_on_node(deployed, ns, "web")
+    bundle = node_bundle(ns, "web")
+    config = json.loads((bundle / "config.json").read_bytes())
+    assert config["ociVersion"] == "1.0.2"
+    assert "w3svc" in command_line(ns, "web")
+    # The payload directories are mounted from the bundle where it is on the node (Windows
+    # mounts directories): the agent's bundle root, as it reports it, and <namespace>\<name>.
+    assert mounted_payloads(ns, "web") == {password, settings}
+    node_bundles.check()
+    assert node_bundles.whole(bundle) > 0
+
+
+def test_leader_pod_deleted_the_other_replica_leads_within_the_lease(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """The leader's pod deleted: the standby leads within the lease duration and reconciles."""
+    create_on_node(deployed, app_namespace, "before")
+    ready_on_node(deployed, app_namespace, "before")
+    holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
+    leader_pod = holder.rsplit("_", 1)[0]
+    deleted_at = time.monotonic()
+    deployed.kube.api("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{leader_pod}", expect=(200,))
+    new_holder = wait_or_fail(
+        deployed,
+        lambda: (h := deployed.leader()) and h != holder and h,
+        LEASE_DURATION + 30,
+        "a new leader",
+    )
+    # A graceful stop hands the Lease over at once; at worst it expires.
+    assert time.monotonic() - deleted_at <= LEASE_DURATION + 10
+    assert new_holder.rsplit("_", 1)[0] != leader_pod
+    create_on_node(deployed, app_namespace, "after")
+    ready_on_node(deployed, app_namespace, "after")
+    assert command_line(app_namespace, "after").endswith("echo hello")
+    # The Deployment replaces the deleted replica.
+    wait_or_fail(deployed, lambda: len(deployed.ready_pods(CONTROLLER)) == 2, START_TIMEOUT,
+          "two controller replicas again")  # fmt: skip
+
+
+def test_agent_pod_deleted_the_daemonset_brings_it_back_and_deliveries_resume(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """The agent's pod deleted: a new one comes, and a changed resource reaches the node."""
+    create_on_node(deployed, app_namespace, "web")
+    ready_on_node(deployed, app_namespace, "web")
+    (agent,) = deployed.ready_pods(AGENT)
+    deployed.kube.api("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{agent['metadata']['name']}")
+    new_agent = wait_or_fail(
+        deployed,
+        lambda: [
+            p
+            for p in deployed.ready_pods(AGENT)
+            if p["metadata"]["uid"] != agent["metadata"]["uid"]
+        ],
+        START_TIMEOUT,
+        "a new agent pod Ready",
+    )
+    assert new_agent[0]["spec"]["nodeName"] == deployed.node.name
+    try:
+        deployed.kube.api(
+            "PATCH",
+            wc_path(app_namespace, "web"),
+            {"spec": {"args": ["echo changed"]}},
+            content_type="application/merge-patch+json",
+        )
+    except KubeAPIError as exc:
+        pytest.fail(str(exc))
+    ready_on_node(deployed, app_namespace, "web", generation=2)
+    assert command_line(app_namespace, "web").endswith("echo changed")
+
+
+def test_leader_container_killed_through_the_runtime_the_other_replica_leads(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """The leader's container killed through the CRI: the standby leads once the Lease expires."""
+    create_on_node(deployed, app_namespace, "before")
+    ready_on_node(deployed, app_namespace, "before")
+    holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
+    leader_pod = holder.rsplit("_", 1)[0]
+    restarts = _restarts(deployed, leader_pod)
+    (container,) = [
+        line.split()[0]
+        for line in deployed.node.cri("containers").splitlines()
+        if line.split()[1:4] == ["CONTAINER_RUNNING", f"{NAMESPACE}/{leader_pod}", "winspec"]
+    ]
+    killed_at = time.monotonic()
+    deployed.node.cri("stop-container", container)
+    wait_or_fail(
+        deployed,
+        lambda: (h := deployed.leader()) and h != holder,
+        LEASE_DURATION + 30,
+        "a new leader",
+    )
+    # The Lease expires at most LEASE_DURATION after the last renewal; the standby tries
+    # every retry period (2 s) after that.
+    assert time.monotonic() - killed_at <= LEASE_DURATION + 10
+    create_on_node(deployed, app_namespace, "after")
+    ready_on_node(deployed, app_namespace, "after")
+    wait_or_fail(deployed, lambda: _restarts(deployed, leader_pod) > restarts, START_TIMEOUT,
+          "the killed container restarted")  # fmt: skip
+    wait_or_fail(deployed, lambda: len(deployed.ready_pods(CONTROLLER)) == 2, START_TIMEOUT,
+          "both replicas Ready again")  # fmt: skip
+
+
+def _restarts(deployed: Deployed, pod: str) -> int:
+    """How often the kubelet restarted the winspec container of ``pod``."""
+    status = deployed.kube.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")["status"]
+    return sum(c["restartCount"] for c in status.get("containerStatuses") or [])
+
+
+def test_rolling_update_to_a_new_image_tag_under_a_stream_of_changes(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """A rolling update to a new image tag under a stream of changes: every last change lands."""
+    ns = app_namespace
+    names = [f"r{i}" for i in range(4)]
+    for name in names:
+        create_on_node(deployed, ns, name)
+    for name in names:
+        ready_on_node(deployed, ns, name)
+    before = {p["metadata"]["name"] for p in deployed.pods(CONTROLLER)}
+    # The new tag is the same image under another name: imported, never pulled.
+    deployed.node.tag_image(f"docker.io/library/{IMAGE}", f"docker.io/library/{NEW_IMAGE}")
+    last: dict[str, tuple[int, str]] = {}
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def stream() -> None:
+        count = 0
+        while not stop.is_set():
+            name = names[count % len(names)]
+            line = f"echo change {count}"
+            try:
+                obj = deployed.kube.api(
+                    "PATCH",
+                    wc_path(ns, name),
+                    {"spec": {"args": [line]}},
+                    content_type="application/merge-patch+json",
+                )
+            except (KubeAPIError, OSError) as exc:
+                errors.append(str(exc))
+            else:
+                last[name] = (obj["metadata"]["generation"], line)
+            count += 1
+            stop.wait(0.25)
+
+    changes = threading.Thread(target=stream, daemon=True)
+    changes.start()
+    try:
+        deployed.kubectl(
+            "-n", NAMESPACE, "set", "image", "deployment/winspec-controller",
+            f"winspec={NEW_IMAGE}",
+        )  # fmt: skip
+        rollout = deployed.kubectl(
+            "-n", NAMESPACE, "rollout", "status", "deployment/winspec-controller",
+            f"--timeout={int(START_TIMEOUT)}s", check=False,
+        )  # fmt: skip
+        assert rollout.returncode == 0, f"{rollout.stdout}{rollout.stderr}\n{deployed.describe()}"
+        stop.wait(3)  # changes go on under the new replicas
+    finally:
+        stop.set()
+        changes.join(timeout=10)
+    assert errors == []
+    after = deployed.ready_pods(CONTROLLER)
+    assert len(after) == 2
+    assert not before & {p["metadata"]["name"] for p in after}
+    assert {p["spec"]["containers"][0]["image"] for p in after} == {NEW_IMAGE}
+    holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
+    assert holder.rsplit("_", 1)[0] in {p["metadata"]["name"] for p in after}
+    assert len(last) == len(names)
+    for name, (generation, line) in last.items():
+        ready_on_node(deployed, ns, name, generation=generation)
+        assert command_line(ns, name).endswith(line)
+
+
+def test_readme_example_commands_bring_examples_cluster_to_ready_on_the_node(
+    deployed: Deployed,
+) -> None:
+    """The README's examples/cluster commands: web Ready, its payload and gMSA spec on the node."""
+    for command in RUN_EXAMPLE:
+        words = shlex.split(command)
+        assert words[0] == "kubectl"
+        deployed.kubectl(*words[1:])
+    ready_on_node(deployed, "apps", "web")
+    bundle = node_bundle("apps", "web")
+    config = json.loads((bundle / "config.json").read_bytes())
+    credential_spec = json.loads(config["windows"]["credentialSpec"])
+    assert credential_spec["DomainJoinConfig"]["MachineAccountName"] == "WebApp01"
+    assert b"change-me" in mounted_payloads("apps", "web")
+
+
+# Last in the module: the node does not come back.
+def test_node_lost_deleting_its_resources_does_not_wedge(
+    deployed: Deployed, app_namespace: str
+) -> None:
+    """Kubelet stopped, agent killed, Node deleted: deleting its resource ends, the bundle left."""
+    create_on_node(deployed, app_namespace, "lost")
+    ready_on_node(deployed, app_namespace, "lost")
+    (agent,) = deployed.ready_pods(AGENT)
+    deployed.node.stop_kubelet()
+    # The machine is gone with its agent; the controllers stand for replicas elsewhere.
+    (container,) = [
+        line.split()[0]
+        for line in deployed.node.cri("containers").splitlines()
+        if line.split()[1:4] == ["CONTAINER_RUNNING", f"{NAMESPACE}/{agent['metadata']['name']}",
+                                 "agent"]
+    ]  # fmt: skip
+    deployed.node.cri("stop-container", container)
+    deployed.kube.api("DELETE", f"/api/v1/nodes/{deployed.node.name}")
+    deployed.kube.api("DELETE", wc_path(app_namespace, "lost"))
+    gone = wait_or_fail(
+        deployed,
+        lambda: deployed.kube.status_of("GET", wc_path(app_namespace, "lost")) == 404,
+        90,
+        "the deleted resource gone",
+    )
+    assert gone
+    events = deployed.kube.api("GET", f"/api/v1/namespaces/{app_namespace}/events")["items"]
+    assert "BundleNotRemoved" in {e["reason"] for e in events}
+    # Nobody could remove it: the bundle stays on the lost machine.
+    assert (node_bundle(app_namespace, "lost") / "config.json").exists()
