@@ -189,8 +189,7 @@ def took_less_than(seconds: float) -> Iterator[None]:
 async def test_a_bundle_goes_to_the_agent_of_its_node_with_the_digest_it_answers(
     d: Delivery,
 ) -> None:
-    """A bundle is delivered to the agent on its resource's node only, and the status reports
-    the digest that agent answered."""
+    """A bundle goes only to its node's agent; the status reports the digest that agent answered."""
     a, b = await d.agent("node-a"), await d.agent("node-b")
     key = d.resource("web", "node-b")
     assert await d.writer.write(key, CONTENT)
@@ -213,8 +212,7 @@ async def test_a_resource_not_cached_yet_is_not_delivered(d: Delivery) -> None:
 
 
 async def test_a_slow_node_holds_only_its_own_deliveries(d: Delivery) -> None:
-    """A delivery to a node whose agent does not answer fails at the per-node deadline, naming
-    the node, while another node's delivery goes through meanwhile."""
+    """A hung node's delivery fails at its deadline, naming it; another node's goes through."""
     await d.agent("node-slow", FakeAgent(delay=30.0))
     fast = await d.agent("node-fast")
     slow_key, fast_key = d.resource("slow", "node-slow"), d.resource("fast", "node-fast")
@@ -239,8 +237,7 @@ async def test_calls_to_one_node_are_limited_to_per_node_at_once(d: Delivery) ->
 async def test_a_failed_call_forgets_the_address_and_a_moved_agent_is_found(
     d: Delivery,
 ) -> None:
-    """After a call to a node's agent fails, the next one lists the agent pod again and
-    reaches it at its new address."""
+    """After a failed call the agent pod is listed again and found at its new address."""
     d.unreachable("node-a")
     key = d.resource("web", "node-a")
     with pytest.raises(TransientError, match="node node-a: delivering ns/web failed"):
@@ -252,8 +249,7 @@ async def test_a_failed_call_forgets_the_address_and_a_moved_agent_is_found(
 
 
 async def test_a_removal_waits_for_an_unreachable_agent_then_is_given_up(d: Delivery) -> None:
-    """A removal from a node whose agent cannot be reached waits (re-queued for the end of the
-    grace period); once no call has succeeded for the grace period it is given up."""
+    """A removal waits for an unreachable agent (re-queued), then is given up after the grace."""
     await d.agent("node-a")
     key = d.resource("web", "node-a", deletionTimestamp="2026-01-01T00:00:00Z")
     await d.writer.write(key, CONTENT)
@@ -284,9 +280,7 @@ async def test_a_removal_from_a_deleted_node_is_given_up_at_once(d: Delivery) ->
 async def test_resync_removes_orphans_and_requeues_missing_or_different_bundles(
     d: Delivery,
 ) -> None:
-    """Resync deletes the bundles a node holds for resources gone (only those it owns, not
-    those of resources being deleted) and enqueues keys the node lacks or holds another
-    digest of."""
+    """Resync deletes owned orphans and enqueues keys the node lacks or holds differently."""
     agent = await d.agent("node-a")
     current, stale = d.resource("current", "node-a"), d.resource("stale", "node-a")
     missing = d.resource("missing", "node-a")
@@ -307,8 +301,7 @@ async def test_resync_removes_orphans_and_requeues_missing_or_different_bundles(
 async def test_the_bundle_root_is_asked_once_per_agent_and_an_unusable_one_refused(
     d: Delivery,
 ) -> None:
-    """The agent's bundle root is asked for once per agent address; a relative root is
-    refused as transient, naming it."""
+    """The bundle root is asked once per agent address; a relative one is refused."""
     agent = await d.agent("node-a")
     await d.agent("node-b", FakeAgent(root="bundles"))
     assert await d.writer.bundle_root("node-a") == ROOT

@@ -97,8 +97,7 @@ def w(fake_api: FakeAPIServer, kube_client: KubeClient, tmp_path: Path) -> Write
 async def test_the_finalizer_is_on_the_object_before_its_first_bundle_exists(
     w: Writers,
 ) -> None:
-    """The first write patches the finalizer in (keeping others, with the cached
-    resourceVersion) while no bundle exists yet, then writes the bundle."""
+    """The finalizer is patched in (others kept, cached version sent) before the bundle exists."""
     key = w.add("web", finalizers=[OTHER])
     seen: list[bool] = []
     w.api.on_request = lambda method, path: seen.append(w.bundle(key).exists())
@@ -119,8 +118,7 @@ async def test_a_finalizer_already_there_costs_no_call(w: Writers) -> None:
 
 
 async def test_a_stale_copy_writes_no_bundle(w: Writers) -> None:
-    """A 409 on the finalizer patch (the cached copy is stale) raises ConflictError before
-    any bundle is written."""
+    """A 409 on the finalizer patch (stale cached copy) raises before any bundle is written."""
     key = w.add("web")
     w.api.get(key)["metadata"]["resourceVersion"] = "9"  # type: ignore[index]
     with pytest.raises(ConflictError):
@@ -130,8 +128,7 @@ async def test_a_stale_copy_writes_no_bundle(w: Writers) -> None:
 
 
 async def test_a_deleted_objects_finalizer_comes_off_after_its_bundle(w: Writers) -> None:
-    """Removing the bundle of an object being deleted deletes the bundle first, then patches
-    winspec's finalizer off, keeping the others."""
+    """A deleted object's finalizer comes off (others kept) only once its bundle is gone."""
     key = w.add("web", finalizers=[FINALIZER])
     await w.writer.write(key, CONTENT)
     w.api.get(key)["metadata"].update(deletionTimestamp=DELETING, finalizers=[FINALIZER, OTHER])  # type: ignore[index]
@@ -145,8 +142,7 @@ async def test_a_deleted_objects_finalizer_comes_off_after_its_bundle(w: Writers
 
 
 async def test_the_last_finalizer_off_is_not_cached(w: Writers) -> None:
-    """When winspec's finalizer was the last one the object is gone, and the patch's answer
-    is not handed to the cache (it could outlive the object)."""
+    """The answer to taking the last finalizer off (the object is gone) is not cached."""
     key = w.add("web", finalizers=[FINALIZER], deletionTimestamp=DELETING)
     assert not await w.writer.remove(key)
     assert w.finalizers(key) is None
@@ -166,8 +162,7 @@ async def test_a_failed_removal_leaves_the_finalizer(w: Writers) -> None:
 async def test_a_removal_given_up_releases_the_finalizer_of_an_object_being_deleted(
     w: Writers,
 ) -> None:
-    """A removal the writer gives up still releases the finalizer of an object being
-    deleted, and on_abandoned is told of it with the object's metadata."""
+    """A removal given up releases a deleting object's finalizer and on_abandoned is told."""
     key = w.add("web", finalizers=[FINALIZER, OTHER], deletionTimestamp=DELETING)
     writer = w.finalizing(AbandoningWriter(w.root, fsync_threads=0))
     assert not await writer.remove(key)
@@ -180,8 +175,7 @@ async def test_a_removal_given_up_releases_the_finalizer_of_an_object_being_dele
 
 
 async def test_a_removal_given_up_for_a_live_object_stays_a_failure(w: Writers) -> None:
-    """For an object not being deleted (a stale bundle) a given-up removal raises and
-    touches nothing."""
+    """A removal given up for a live object (a stale bundle) raises and touches nothing."""
     key = w.add("web", finalizers=[FINALIZER])
     writer = w.finalizing(AbandoningWriter(w.root, fsync_threads=0))
     with pytest.raises(BundleAbandonedError):
@@ -193,8 +187,7 @@ async def test_a_removal_given_up_for_a_live_object_stays_a_failure(w: Writers) 
 async def test_an_object_that_left_the_watched_set_is_released_from_its_current_version(
     w: Writers,
 ) -> None:
-    """An object no longer watched (not in the cache, but remembered as released) has its
-    finalizer patched off its current version, read anew and not cached."""
+    """An unwatched object's finalizer comes off its re-read version, the answer not cached."""
     key = w.add("web", finalizers=[FINALIZER])
     await w.writer.write(key, CONTENT)
     entry = w.cache.pop(key)

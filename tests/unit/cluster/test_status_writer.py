@@ -68,8 +68,7 @@ def h(fake_api: FakeAPIServer, kube_client: KubeClient) -> Harness:
 async def test_a_success_writes_true_conditions_the_digest_and_the_resolved_generation(
     h: Harness,
 ) -> None:
-    """A success sets the three conditions True, status.digest, and observedGeneration to the
-    generation that was resolved, not the one the cache holds by then."""
+    """A success sets three True conditions, the digest and the generation that was resolved."""
     key = h.add("web", generation=4)
     h.generations[key] = 3
     await h.writer.report(key, ok=True, message="generated", digest=DIGEST)
@@ -99,8 +98,7 @@ async def test_an_unchanged_outcome_writes_no_status(h: Harness) -> None:
 async def test_a_conflict_rereads_the_object_and_patches_its_current_version(
     h: Harness,
 ) -> None:
-    """A 409 (the cached copy is stale) re-reads the object and patches with its new
-    resourceVersion, keeping what others changed meanwhile."""
+    """A 409 re-reads the object and patches its current version, keeping others' changes."""
     key = h.add("web")
     stored = h.api.get(key)
     assert stored is not None
@@ -130,8 +128,7 @@ async def test_conflicts_past_the_retries_raise_for_the_reconcile_to_be_retried(
 async def test_a_failure_keeps_the_previous_digest_and_unchanged_transition_times(
     h: Harness,
 ) -> None:
-    """A failure leaves status.digest (the old bundle stays) and keeps a condition's
-    lastTransitionTime while its status holds; a flipped condition gets a new time."""
+    """A failure keeps the digest and a held condition's time; a flipped one gets a new time."""
     obj = windows_container("ns", "web")
     obj["status"] = {
         "digest": DIGEST,
@@ -159,8 +156,7 @@ async def test_a_failure_keeps_the_previous_digest_and_unchanged_transition_time
 async def test_a_permanent_failure_gets_one_warning_event_not_one_per_reconcile(
     h: Harness,
 ) -> None:
-    """A permanent failure records one Warning Event; meeting it again records none; a new
-    message records another."""
+    """A permanent failure gets one Warning Event, not one per reconcile; a new message, another."""
     key = h.add("web")
     refused = "S7: isolation hyperv needs a kernel"
     for _ in range(2):
@@ -184,8 +180,7 @@ async def test_a_permanent_failure_gets_one_warning_event_not_one_per_reconcile(
 async def test_a_resource_whose_status_the_server_refuses_gets_its_event_once(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An object whose spec does not decode, and whose status write the server refuses (422),
-    is not retried or raised on: one Event records the failure, once across reconciles."""
+    """A spec that no longer decodes, its status refused (422), gets one Event and no raise."""
     obj = windows_container("ns", "broken")
     obj["spec"]["isolation"] = 42  # the CRD changed under it
     key = h.add_object(obj)
@@ -206,8 +201,7 @@ async def test_a_resource_whose_status_the_server_refuses_gets_its_event_once(
 async def test_a_resource_being_deleted_gets_a_status_only_for_a_failed_removal(
     h: Harness,
 ) -> None:
-    """For an object being deleted a success writes nothing; a failed removal sets
-    BundleWritten and Ready False and leaves SpecGenerated as it was."""
+    """A deleting object gets status only for a failed removal, SpecGenerated left alone."""
     key = h.add("web", deletionTimestamp="2026-01-01T00:00:00Z", finalizers=["winspec.io/bundle"])
     await h.writer.report(key, ok=True, message="removed")
     assert h.api.calls == []
