@@ -696,10 +696,10 @@ async def test_engine_restart_reconnects_and_catches_up(
             assert (h.bundle(kept) / "config.json").is_file()
             # The swarm replaces the service's task with a new container after the restart.
             replacement = await asyncio.to_thread(
-                engine.wait_for,
+                wait_for,
                 lambda: _running_task_container(engine, service_id, not_id=old_task_container),
                 60,
-                message="the replacement task container",
+                what="the replacement task container",
             )
             await h.bundle_written(replacement, within=60)
             assert h.metric("winspec_watch_restarts_total", source="docker") > restarts_before

@@ -125,7 +125,7 @@ class FakeAPIServer:
     async def handle(self, request: web.Request) -> web.Response:
         """Answer one request."""
         raw = await request.read()
-        body = json.loads(raw) if raw else None
+        body: Any = json.loads(raw) if raw else None
         path = request.path
         self.calls.append(Call(request.method, path, dict(request.query), body))
         self.on_request(request.method, path)
