@@ -9,8 +9,6 @@ port and bundle root.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import resource
 import signal
 import ssl
@@ -21,8 +19,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.kube import wait_for
 from tests.processes import clean_env, free_port
+from tests.support.processes import terminate
+from tests.support.waiting import wait_for
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ class AgentProcess:
             return self.readyz() == 200
 
         try:
-            wait_for(ready, timeout, interval=0.1, message="winspec agent /readyz")
+            wait_for(ready, timeout, interval=0.1, what="winspec agent /readyz")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}:\n{self.logs()}") from exc
 
@@ -168,12 +167,4 @@ class AgentProcess:
         """SIGTERM and wait; the exit code (None when it was never started)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+        return terminate(self.proc, 20)

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.kubernetes.mode import ClusterMode
 from controller.settings import load_settings
 from tests.kube import KubeAPIError, KubeCluster
+from tests.support import waiting
 
 T = TypeVar("T")
 NODE = "win-node-1"
@@ -110,13 +111,9 @@ async def api(kube: KubeCluster, *args: Any, **kwargs: Any) -> Any:
 async def eventually(
     probe: Callable[[], T | None], *, within: float = 20.0, what: str = "condition"
 ) -> T:
-    """Run the blocking ``probe`` in a thread until it returns something truthy."""
-    async with asyncio.timeout(within):
-        while True:
-            result = await asyncio.to_thread(probe)
-            if result:
-                return result
-            await asyncio.sleep(0.1)
+    """:func:`tests.support.waiting.eventually` for probes of the API server: the blocking
+    ``probe`` runs in a thread, every 0.1 s at most."""
+    return await waiting.eventually(probe, within=within, interval=0.1, what=what, in_thread=True)
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:

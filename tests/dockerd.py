@@ -53,6 +53,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.support.errors import APIStatusError, FixtureError
+from tests.support.processes import log_tail, terminate
+from tests.support.waiting import wait_for
+
 __all__ = [
     "DOCKERD_CANDIDATES",
     "PAUSE_COMMAND",
@@ -64,7 +68,6 @@ __all__ = [
     "dockerd_unavailable_reason",
     "find_dockerd",
     "image_rootfs_tar",
-    "wait_for",
 ]
 
 T = TypeVar("T")
@@ -87,20 +90,12 @@ _CLONE_NEWNET = 0x40000000
 _IFF_UP = 0x1
 
 
-class DockerdError(RuntimeError):
+class DockerdError(FixtureError):
     """dockerd could not be started, or stopped behaving."""
 
 
-class DockerAPIError(RuntimeError):
+class DockerAPIError(APIStatusError):
     """The Engine API answered a request with an unexpected status."""
-
-    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
-        message = body.get("message", body) if isinstance(body, dict) else body
-        super().__init__(f"{method} {path} -> {status}: {message!r}")
-        self.method = method
-        self.path = path
-        self.status = status
-        self.body = body
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -119,24 +114,6 @@ class UnixHTTPConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
-
-
-def wait_for(
-    predicate: Callable[[], T | None],
-    timeout: float = 30.0,
-    *,
-    interval: float = 0.1,
-    message: str = "condition",
-) -> T:
-    """Call ``predicate`` until it returns something truthy, and return that; or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def find_dockerd() -> str | None:
@@ -536,7 +513,7 @@ class DockerDaemon:
             wait_for(
                 lambda: self.swarm_state() == "active" and self.info()["Swarm"]["ControlAvailable"],
                 timeout,
-                message="the swarm to become active after restart",
+                what="the swarm to become active after restart",
             )
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -554,14 +531,7 @@ class DockerDaemon:
         self.pid = None
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.last_exit_status = process.returncode
+        self.last_exit_status = terminate(process, timeout)
         if process.returncode != 0:
             # A clean shutdown stops every container and containerd; after SIGKILL or a crash
             # containerd, its shims and the containers' processes can be left. They all name
@@ -581,11 +551,7 @@ class DockerDaemon:
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines dockerd logged (across restarts)."""
-        try:
-            text = Path(self.log_path).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def _log_excerpt(self) -> str:
         return f"last {_LOG_TAIL_LINES} lines of {self.log_path}:\n{self.log_tail()}"
@@ -674,17 +640,6 @@ class DockerDaemon:
         if isinstance(data, dict):
             return [data]
         return list(data or [])
-
-    def wait_for(
-        self,
-        predicate: Callable[[], T | None],
-        timeout: float = 30.0,
-        *,
-        interval: float = 0.1,
-        message: str = "condition",
-    ) -> T:
-        """:func:`wait_for`, as a method for convenience."""
-        return wait_for(predicate, timeout, interval=interval, message=message)
 
     # -- swarm -------------------------------------------------------------------------------
 
@@ -858,7 +813,7 @@ class DockerDaemon:
                     return task
             return None
 
-        return wait_for(task_with_container, timeout, message=f"a container for {service_id}")
+        return wait_for(task_with_container, timeout, what=f"a container for {service_id}")
 
 
 def _parse(data: bytes, content_type: str) -> Any:

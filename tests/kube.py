@@ -36,16 +36,16 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.crd import CRD_PATH, load_crd
-from tests.processes import free_port, stop_group
-
-T = TypeVar("T")
+from tests.processes import free_port
+from tests.support.errors import APIStatusError, FixtureError
+from tests.support.processes import log_tail, terminate
+from tests.support.waiting import wait_for
 
 KUBE_VERSION = "v1.20.2"
 #: Where .ci/install-kube-apiserver.sh puts the binaries (WINSPEC_KUBE_CACHE changes it).
@@ -59,18 +59,12 @@ _LOG_TAIL_LINES = 30
 _READY_TIMEOUT = 90.0
 
 
-class KubeError(RuntimeError):
+class KubeError(FixtureError):
     """The API server could not be started, or stopped behaving."""
 
 
-class KubeAPIError(RuntimeError):
+class KubeAPIError(APIStatusError):
     """The API server answered a request with an unexpected status."""
-
-    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
-        message = body.get("message", body) if isinstance(body, dict) else body
-        super().__init__(f"{method} {path} -> {status}: {message!r}")
-        self.status = status
-        self.body = body
 
 
 def kube_bin_dir() -> Path:
@@ -94,24 +88,6 @@ def kube_unavailable_reason(*, controller_manager: bool = False) -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not found (apt-get install {package})"
     return None
-
-
-def wait_for(
-    predicate: Callable[[], T | None],
-    timeout: float = 30.0,
-    *,
-    interval: float = 0.1,
-    message: str = "condition",
-) -> T:
-    """Call ``predicate`` until it returns something truthy, and return that; or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -177,8 +153,9 @@ class KubeCluster:
         """Stop every process (SIGTERM, then SIGKILL) and delete the directory. Idempotent."""
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self._procs.pop(name, None)
-            if proc is not None:
-                stop_group(proc)
+            if proc is None:
+                continue
+            terminate(proc, 10, group=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _make_credentials(self) -> None:
@@ -248,11 +225,7 @@ class KubeCluster:
 
     def log_tail(self, name: str) -> str:
         """The last lines of a component's log."""
-        try:
-            lines = (self.dir / f"{name}.log").read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
+        return log_tail(self.dir / f"{name}.log", _LOG_TAIL_LINES)
 
     def _check_alive(self, name: str) -> None:
         proc = self._procs[name]
@@ -287,7 +260,7 @@ class KubeCluster:
             finally:
                 conn.close()
 
-        wait_for(healthy, 30, message="etcd to be healthy")
+        wait_for(healthy, 30, what="etcd to be healthy")
 
     def compact_etcd(self) -> int:
         """Compact etcd to its current revision (through its HTTP gateway); the revision.
@@ -374,7 +347,7 @@ class KubeCluster:
             return status == 200
 
         try:
-            wait_for(ready, _READY_TIMEOUT, interval=0.2, message="kube-apiserver /readyz")
+            wait_for(ready, _READY_TIMEOUT, interval=0.2, what="kube-apiserver /readyz")
         except TimeoutError as exc:
             raise KubeError(f"{exc}:\n{self.log_tail('kube-apiserver')}") from exc
 
@@ -492,7 +465,7 @@ class KubeCluster:
             return None
 
         try:
-            return wait_for(established, 30, message=f"CRD {name} ({CRD_PATH}) established")
+            return wait_for(established, 30, what=f"CRD {name} ({CRD_PATH}) established")
         except TimeoutError as exc:
             raise KubeError(str(exc)) from exc
 
@@ -502,7 +475,7 @@ class KubeCluster:
         wait_for(
             lambda: self.status_of("GET", "/apis/windows.k8s.io/v1/gmsacredentialspecs") == 200,
             30,
-            message="the GMSACredentialSpec CRD to be served",
+            what="the GMSACredentialSpec CRD to be served",
         )
 
     def create_namespace(self, name: str) -> None:

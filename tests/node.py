@@ -48,8 +48,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from tests.kube import KubeCluster, kube_bin_dir, kube_unavailable_reason, wait_for
+from tests.kube import KubeCluster, kube_bin_dir, kube_unavailable_reason
 from tests.processes import free_port, stop_group
+from tests.support.waiting import wait_for
 
 #: The node examples/cluster's resource names (a user changes it to one of theirs).
 NODE_NAME = "win-node-1"
@@ -301,7 +302,7 @@ class KubeNode:
             return None
 
         try:
-            return wait_for(ready, timeout, interval=0.5, message=f"node {self.name} Ready")
+            return wait_for(ready, timeout, interval=0.5, what=f"node {self.name} Ready")
         except TimeoutError as exc:
             raise NodeError(f"{exc}:\n{self.log_tail('kubelet')}") from exc
 
@@ -450,7 +451,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             self._check_alive("containerd")
             return self._ctr("version", check=False).returncode == 0
 
-        wait_for(answering, 30, interval=0.1, message="containerd to answer")
+        wait_for(answering, 30, interval=0.1, what="containerd to answer")
         plugins = self._ctr("plugins", "ls").stdout
         if not any(
             line.split()[:2] == ["io.containerd.grpc.v1", "cri"] and line.split()[-1] == "ok"

@@ -20,10 +20,11 @@ import pytest
 from adapters.bundles.local import DIGEST_FILE
 from tests.clustermode import condition, ready_object, wc_path, windows_container
 from tests.images import Built
-from tests.kube import KubeCluster, wait_for
+from tests.kube import KubeCluster
 from tests.manifests import required_tool
 from tests.node import HOST_BUNDLE_PARENT, KubeNode
 from tests.readme_commands import ROOT
+from tests.support.waiting import wait_for
 
 NAMESPACE = "winspec-system"
 #: Where the test overlays' winspec writes bundles on the node (its hostPath).
@@ -92,7 +93,7 @@ class Deployed:
 def wait_or_fail(deployed: Deployed, predicate: Any, timeout: float, message: str) -> Any:
     """``wait_for``, failing the test with what the namespace's pods and events say."""
     try:
-        return wait_for(predicate, timeout, interval=0.5, message=message)
+        return wait_for(predicate, timeout, interval=0.5, what=message)
     except TimeoutError as exc:
         pytest.fail(f"{exc}\n{deployed.describe()}")
 

@@ -51,8 +51,9 @@ from tests.agent import AgentProcess
 from tests.benchmarks.bench_kubernetes import peak_rss_mb
 from tests.clustermode import windows_container
 from tests.integration.test_remote_delivery import Delivery, _agent_pod, _node, make_delivery
-from tests.kube import KubeCluster, wait_for
+from tests.kube import KubeCluster
 from tests.processes import clean_env, free_port, http_status, winspec_run_command
+from tests.support.waiting import wait_for
 
 AGENTS_NS = "bench-agents"
 WC = "/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
@@ -103,7 +104,7 @@ def children(commands: list[list[str]]) -> Iterator[list[tuple[subprocess.Popen[
                     raise RuntimeError(f"winspec run exited with {proc.returncode}")
                 return http_status(f"http://127.0.0.1:{port}/readyz") == 200
 
-            wait_for(ready, 60, interval=0.1, message="winspec run /readyz")
+            wait_for(ready, 60, interval=0.1, what="winspec run /readyz")
         yield started
     finally:
         for proc, _ in started:

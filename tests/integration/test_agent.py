@@ -31,8 +31,9 @@ from adapters.agent.client import AgentAuthError, AgentClient, ClientPolicy
 from adapters.agent.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
 from controller.errors import PermanentError, TransientError
 from tests.agent import AgentProcess, TLSFiles, agent_command, make_tls
-from tests.kube import KubeCluster, wait_for
+from tests.kube import KubeCluster
 from tests.processes import clean_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -572,7 +573,7 @@ async def test_agent_killed_mid_delivery_leaves_nothing_torn_and_a_retry_complet
         once = cluster.client(process, attempts=1)
         put = asyncio.create_task(once.put(bundle_id, new))
         try:
-            await asyncio.to_thread(wait_for, marker.exists, 30, message="the paused write")
+            await asyncio.to_thread(wait_for, marker.exists, 30, what="the paused write")
             assert _leftovers(root)
             await asyncio.to_thread(process.kill)
             with pytest.raises(TransientError):
@@ -652,9 +653,7 @@ async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_write
     )
     process.start(wait=False)
     try:
-        await asyncio.to_thread(
-            wait_for, lambda: process.readyz() == 503, 30, message="/readyz 503"
-        )
+        await asyncio.to_thread(wait_for, lambda: process.readyz() == 503, 30, what="/readyz 503")
         body = encode_upload(f"{cluster.namespace}/unready", _files(), os.urandom(NONCE_BYTES))
         path = f"/v1/bundles/{cluster.namespace}/unready"
         status, answer = await _put_raw(

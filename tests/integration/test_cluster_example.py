@@ -30,9 +30,10 @@ import pytest
 from tests.agent import AgentProcess
 from tests.clustermode import condition, ensure_node, wc_path
 from tests.integration.test_remote_delivery import AUDIENCE, _agent_pod, make_delivery
-from tests.kube import KubeCluster, wait_for
+from tests.kube import KubeCluster
 from tests.processes import clean_env, free_port, http_status
 from tests.readme_commands import ROOT, RUN_EXAMPLE, RUN_WITH_KUBE, argv
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -142,7 +143,7 @@ def test_a_credential_spec_whose_crd_is_not_served_says_so_in_the_condition(
                 return cond
             return None
 
-        cond = wait_for(not_served, 30, message="the condition naming the missing CRD")
+        cond = wait_for(not_served, 30, what="the condition naming the missing CRD")
         assert cond["status"] == "False"
         assert cond["reason"] == "DependencyMissing"
         assert cond["message"].startswith("GMSACredentialSpec web-gmsa: the API server")

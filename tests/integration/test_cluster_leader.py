@@ -31,6 +31,7 @@ from tests.clustermode import (
 from tests.kube import KubeCluster
 from tests.kubeproxy import FaultProxy
 from tests.processes import clean_env, free_port, winspec_run_command
+from tests.support import waiting
 
 pytestmark = pytest.mark.kube
 
@@ -197,11 +198,7 @@ async def candidates(kube: KubeCluster) -> AsyncIterator[Callable[..., Any]]:
 
 async def _until(predicate: Callable[[], bool], within: float, what: str) -> float:
     """Wait for ``predicate``; the monotonic time it became true."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    await waiting.eventually(predicate, within=within, interval=0.02, what=what)
     return time.monotonic()
 
 

@@ -24,9 +24,10 @@ from adapters.cli import version
 from tests.clustermode import bundle, ready_object, wc_path, windows_container
 from tests.crd import MANIFESTS
 from tests.images import BASE_IMAGE, IMAGE, USER, Built
-from tests.kube import KubeCluster, wait_for
+from tests.kube import KubeCluster
 from tests.netns import LoopbackRelay
 from tests.readme_commands import RUN_WITH_IMAGE
+from tests.support.waiting import wait_for
 
 # Building takes about a minute on overlay2 (several on vfs), most of it `pip wheel`.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -146,7 +147,7 @@ def test_container_reconciles_a_windowscontainer_to_ready(
         assert proc.returncode == 0, proc.stderr
         kube.api("POST", wc_path(kube_namespace), windows_container("web"))
         try:
-            ready = wait_for(ready_object(kube, kube_namespace, "web"), 60, message="Ready")
+            ready = wait_for(ready_object(kube, kube_namespace, "web"), 60, what="Ready")
         except TimeoutError:
             logs = built.docker("logs", "--tail", "40", container_name)
             pytest.fail(f"not Ready; container log:\n{logs.stdout}{logs.stderr}")

@@ -18,7 +18,8 @@ from adapters.docker.client import DockerClient
 from adapters.docker.events import DockerEventSource, EventSourceHooks, EventSourceSettings
 from controller.metrics import RESULT_SUCCESS
 from tests.dockerd import DockerDaemon
-from tests.integration.test_docker_mode import CONTROLLER_NAME, _unique, eventually, running
+from tests.integration.test_docker_mode import CONTROLLER_NAME, _unique, running
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -68,17 +69,17 @@ async def test_reconnect_does_not_deliver_the_last_event_again(dockerd: DockerDa
         task = asyncio.create_task(source.run())
         cid = ""
         try:
-            await eventually(lambda: delivered.ready[-1:] == [True], message="the stream")
+            await eventually(lambda: delivered.ready[-1:] == [True], within=30, what="the stream")
             cid = await asyncio.to_thread(dockerd.create_container, _unique("since"))
             await eventually(
-                lambda: ("create", cid) in delivered.events, message="the create event"
+                lambda: ("create", cid) in delivered.events, within=30, what="the create event"
             )
             restarts = len(delivered.restarts)
             # Two reconnects after the event, each given the idle timeout to deliver anything.
             await eventually(
                 lambda: len(delivered.restarts) >= restarts + 2,
                 within=15,
-                message="two reconnects",
+                what="two reconnects",
             )
         finally:
             source.stop()
@@ -118,12 +119,12 @@ async def test_starting_a_container_reconciles_it_at_once(
                     == starts + 1
                 ),
                 within=15,
-                message="the start event",
+                what="the start event",
             )
             await eventually(
                 lambda: h.metric("winspec_bundles_written_total", result="unchanged") > unchanged,
                 within=15,
-                message="the reconcile after the start",
+                what="the reconcile after the start",
             )
             await h.settled()
             assert (

@@ -23,7 +23,7 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from controller.settings import load_settings
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
 from tests.processes import clean_env, free_port, http_status, winspec_run_command
 from tests.schema import SKIP_REASON, schema_available, strict_roundtrip, validate_spec
+from tests.support.waiting import eventually, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -51,25 +52,6 @@ INTERNAL_CONFIGS = "C:\\ProgramData\\Docker\\internal\\configs"
 
 def _unique(prefix: str) -> str:
     return f"winspec-{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def eventually(
-    predicate: Callable[[], T | None],
-    *,
-    within: float = 30.0,
-    interval: float = 0.02,
-    message: str = "condition",
-) -> T:
-    """Poll ``predicate`` until it returns something truthy and return that; fail after
-    ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {message}")
-        await asyncio.sleep(interval)
 
 
 def metric_sum(registry: CollectorRegistry, name: str, /, **labels: str) -> float:
@@ -118,7 +100,7 @@ class Harness:
         await eventually(
             lambda: self._check_alive() or config.is_file(),
             within=within,
-            message=f"the bundle of {container_id[:12]}",
+            what=f"the bundle of {container_id[:12]}",
         )
         return self.bundle(container_id)
 
@@ -128,7 +110,7 @@ class Harness:
         await eventually(
             lambda: self._check_alive() or not path.exists(),
             within=within,
-            message=f"the bundle of {container_id[:12]} to be removed",
+            what=f"the bundle of {container_id[:12]} to be removed",
         )
 
     async def settled(self, within: float = 60.0) -> None:
@@ -145,9 +127,9 @@ class Harness:
 
         # Twice, a little apart: a key handed from the list to a worker is never both queued
         # and active, but it can fall between two scrapes of the two gauges.
-        await eventually(idle, within=within, message="the controller to settle")
+        await eventually(idle, within=within, what="the controller to settle")
         await asyncio.sleep(0.1)
-        await eventually(idle, within=within, message="the controller to settle")
+        await eventually(idle, within=within, what="the controller to settle")
 
     def _check_alive(self) -> bool:
         if self.task.done():
@@ -242,10 +224,10 @@ def _service_containers(engine: DockerDaemon, service_id: str) -> list[dict[str,
 def _remove_service_and_wait(engine: DockerDaemon, service_id: str) -> None:
     """Remove a service and wait until its task containers are gone, so no later test sees them."""
     engine.remove_service(service_id)
-    engine.wait_for(
+    wait_for(
         lambda: not _service_containers(engine, service_id),
         60,
-        message=f"the containers of service {service_id} to go",
+        what=f"the containers of service {service_id} to go",
     )
 
 
@@ -293,7 +275,8 @@ async def test_plain_create_writes_a_valid_bundle(dockerd: DockerDaemon, tmp_pat
                     h.metric("winspec_bundles_written_total", result="written")
                     >= written_before + 1
                 ),
-                message="the write to be counted",
+                within=30,
+                what="the write to be counted",
             )
             validated = _validate(config)
         finally:
@@ -317,7 +300,8 @@ async def test_container_removal_removes_its_bundle(dockerd: DockerDaemon, tmp_p
             lambda: (
                 h.metric("winspec_bundles_written_total", result="removed") >= removed_before + 1
             ),
-            message="the removal to be counted",
+            within=30,
+            what="the removal to be counted",
         )
         assert not any(p.name.startswith((".tmp-", ".old-")) for p in h.root.iterdir())
 
@@ -400,7 +384,8 @@ async def test_secret_not_granted_is_a_terminal_error(
             cid = task["Status"]["ContainerStatus"]["ContainerID"]
             await eventually(
                 lambda: h.terminal_errors() >= terminal_before + 1,
-                message="the terminal reconcile error",
+                within=30,
+                what="the terminal reconcile error",
             )
             assert not h.bundle(cid).exists()
             assert any(
@@ -459,7 +444,8 @@ async def test_forged_task_label_gets_no_payloads_and_a_terminal_error(
             forged = await h.create_container(_unique("forger"), Labels=labels)
             await eventually(
                 lambda: h.terminal_errors() >= terminal_before + 1,
-                message="the terminal reconcile error of the forged container",
+                within=30,
+                what="the terminal reconcile error of the forged container",
             )
             await h.settled()
             assert not h.bundle(forged).exists()
@@ -502,7 +488,8 @@ async def test_a_linked_secret_is_a_terminal_error_and_never_copied(
             cid = task["Status"]["ContainerStatus"]["ContainerID"]
             await eventually(
                 lambda: h.terminal_errors() >= terminal_before + 1,
-                message="the terminal reconcile error",
+                within=30,
+                what="the terminal reconcile error",
             )
             await h.settled()
             assert not h.bundle(cid).exists()
@@ -536,7 +523,8 @@ async def test_refused_container_is_a_terminal_error_counted_once(
         try:
             await eventually(
                 lambda: h.terminal_errors() >= terminal_before + 1,
-                message="the terminal reconcile error",
+                within=30,
+                what="the terminal reconcile error",
             )
             refused = [
                 r for r in caplog.records if getattr(r, "key", None) == bad and hasattr(r, "error")
@@ -577,7 +565,8 @@ async def test_update_the_rules_refuse_removes_the_stale_bundle(
             await h.bundle_removed(container)
             await eventually(
                 lambda: h.terminal_errors() >= terminal_before + 1,
-                message="the terminal reconcile error",
+                within=30,
+                what="the terminal reconcile error",
             )
             assert h.metric("winspec_bundles_written_total", result="removed") >= 1, (
                 "the removal is counted"
@@ -612,7 +601,7 @@ async def test_start_after_200_containers_relists_and_sweeps(
                 lambda: all((root / cid / "config.json").is_file() for cid in ids),
                 within=180,
                 interval=0.1,
-                message="all 200 bundles",
+                what="all 200 bundles",
             )
             await h.bundle_removed(dead)
             await h.settled()
@@ -653,7 +642,7 @@ async def test_idle_watchdog_restarts_the_stream_without_losing_events(
         await eventually(
             lambda: h.metric("winspec_watch_restarts_total", source="docker", reason="idle") >= 2,
             within=15,
-            message="two idle restarts",
+            what="two idle restarts",
         )
         cid = await h.create_container(_unique("after-idle"))
         try:
@@ -707,18 +696,18 @@ async def test_engine_restart_reconnects_and_catches_up(
             assert (h.bundle(kept) / "config.json").is_file()
             # The swarm replaces the service's task with a new container after the restart.
             replacement = await asyncio.to_thread(
-                engine.wait_for,
+                wait_for,
                 lambda: _running_task_container(engine, service_id, not_id=old_task_container),
                 60,
-                message="the replacement task container",
+                what="the replacement task container",
             )
             await h.bundle_written(replacement, within=60)
             assert h.metric("winspec_watch_restarts_total", source="docker") > restarts_before
-            await eventually(h.mode.health.is_ready, within=60, message="ready again")
+            await eventually(h.mode.health.is_ready, within=60, what="ready again")
             # While the engine was away /readyz said so; now it says ready again.
             assert 503 in statuses
             statuses.clear()
-            await eventually(lambda: statuses == {200}, within=10, message="/readyz 200")
+            await eventually(lambda: statuses == {200}, within=10, what="/readyz 200")
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

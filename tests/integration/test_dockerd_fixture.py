@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.dockerd import PAUSE_COMMAND, TEST_IMAGE, DockerDaemon
+from tests.support.waiting import wait_for
 
 
 def _unique(prefix: str) -> str:
@@ -30,7 +31,7 @@ def _running_task(
                 return task
         return None
 
-    return daemon.wait_for(running, 60, message=f"a running task of {service_id}")
+    return wait_for(running, 60, what=f"a running task of {service_id}")
 
 
 @pytest.mark.docker
@@ -87,7 +88,7 @@ def test_container_create_emits_create_event(dockerd: DockerDaemon) -> None:
                     return event
             return None
 
-        event = dockerd.wait_for(create_event, 10, message="the create event")
+        event = wait_for(create_event, 10, what="the create event")
         assert event["Actor"]["ID"] == container_id
         assert event["Actor"]["Attributes"]["name"] == name
         assert event["Actor"]["Attributes"]["image"] == TEST_IMAGE

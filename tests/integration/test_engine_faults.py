@@ -26,6 +26,7 @@ import pytest
 
 from tests.dockerd import DockerAPIError, DockerDaemon
 from tests.integration.winspec_process import WinspecProcess, wait_consistent
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -101,7 +102,7 @@ def _under_fault(engine: DockerDaemon, tmp_path: Path, fault: str) -> dict[str, 
         if fault == "restart":
             assert engine.pid is not None
             os.kill(engine.pid, signal.SIGTERM)
-            engine.wait_for(lambda: not engine.running, 30, message="dockerd to exit")
+            wait_for(lambda: not engine.running, 30, what="dockerd to exit")
             stopped = time.monotonic()
             time.sleep(2.0)
             down_until = time.monotonic()

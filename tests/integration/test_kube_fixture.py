@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.kube import KUBE_VERSION, KubeAPIError, KubeCluster, wait_for
+from tests.kube import KUBE_VERSION, KubeAPIError, KubeCluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -114,7 +115,7 @@ def test_the_controller_manager_creates_default_service_accounts(
     wait_for(
         lambda: kube.status_of("GET", "/api/v1/namespaces/with-kcm/serviceaccounts/default") == 200,
         60,
-        message="the default ServiceAccount",
+        what="the default ServiceAccount",
     )
 
 

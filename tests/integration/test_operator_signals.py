@@ -25,6 +25,7 @@ from tests.dockerd import DockerDaemon
 from tests.integration.winspec_process import WinspecProcess
 from tests.kube import KubeCluster
 from tests.processes import REPO, clean_env, free_port, http_status, winspec_run_command
+from tests.support.waiting import wait_for
 
 FIRST_PASS_DONE = "reconciled the existing resources"
 RETRYING = "reconcile failed; retrying with backoff"
@@ -52,13 +53,12 @@ def wait_for_log(
     path: Path, match: Callable[[dict[str, Any]], bool], *, within: float = 60.0
 ) -> dict[str, Any]:
     """The first log record ``match`` accepts, once the process has written it."""
-    deadline = time.monotonic() + within
-    while True:
-        for record in log_records(path):
-            if match(record):
-                return record
-        assert time.monotonic() < deadline, f"no such log line:\n{path.read_text()[-3000:]}"
-        time.sleep(0.1)
+    try:
+        return wait_for(
+            lambda: next(filter(match, log_records(path)), None), within, what="the log line"
+        )
+    except TimeoutError:
+        pytest.fail(f"no such log line:\n{path.read_text()[-3000:]}")
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

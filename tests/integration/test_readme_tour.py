@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.dockerd import DockerDaemon, dockerd_unavailable_reason, wait_for
+from tests.dockerd import DockerDaemon, dockerd_unavailable_reason
 from tests.processes import clean_env, free_port
 from tests.readme_commands import ROOT, RUN_WITH_ENGINE, TOUR, argv
+from tests.support.waiting import wait_for
 
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
 DEV_RUN = next(c for c in RUN_WITH_ENGINE if c.startswith(".venv/bin/winspec run"))
@@ -88,7 +89,7 @@ def test_the_tour_writes_bundles_and_shows_them_in_metrics(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: _written(_metrics_line(curl_line)) >= 1, 60, message="a bundle written")
+        wait_for(lambda: _written(_metrics_line(curl_line)) >= 1, 60, what="a bundle written")
         listed = subprocess.run(
             ["bash", "-c", ls_line], capture_output=True, text=True, timeout=30, check=True
         )
@@ -116,7 +117,7 @@ def test_the_development_run_example_writes_bundles(dockerd: DockerDaemon, tmp_p
         wait_for(
             lambda: (tmp_path / "bundles" / cid / "config.json").is_file(),
             60,
-            message="the bundle of the container",
+            what="the bundle of the container",
         )
     finally:
         code = _stop(proc)

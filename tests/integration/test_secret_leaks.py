@@ -24,6 +24,7 @@ import pytest
 from tests.dockerd import DockerDaemon
 from tests.integration.engine_proxy import WindowsViewProxy
 from tests.integration.winspec_process import WinspecProcess
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -137,10 +138,11 @@ async def test_planted_secrets_appear_only_in_their_payload_files(
 
 
 async def _wait_file(proc: WinspecProcess, path: Path, within: float = 60.0) -> None:
-    async with asyncio.timeout(within):
-        while not await asyncio.to_thread(path.is_file):
-            proc.check_alive()
-            await asyncio.sleep(0.05)
+    def written() -> bool:
+        proc.check_alive()
+        return path.is_file()
+
+    await eventually(written, within=within, what=str(path), in_thread=True)
 
 
 def _get(url: str) -> bytes:

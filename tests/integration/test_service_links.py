@@ -15,7 +15,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.kube import KubeCluster
 from tests.manifests import render
 from tests.processes import REPO, free_port, http_status
 from tests.servicelinks import expand, pod_environment, service_link_variables
+from tests.support.waiting import wait_for
 
 NAMESPACE = "winspec-system"
 
@@ -126,12 +126,12 @@ def _account(kube: KubeCluster, tmp: Path, token: str) -> Path:
 
 
 def _wait_healthy(proc: subprocess.Popen[str], port: str, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while http_status(f"http://127.0.0.1:{port}/healthz") != 200:
+    def healthy() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"winspec exited with {proc.returncode}:\n{_stop(proc)[-3000:]}")
-        assert time.monotonic() < deadline, "never healthy"
-        time.sleep(0.1)
+        return http_status(f"http://127.0.0.1:{port}/healthz") == 200
+
+    wait_for(healthy, within, what="/healthz to answer 200")
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from aiohttp import web
 from adapters.compose import SHUTDOWN_MARGIN_SECONDS
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
 from tests.processes import REPO, clean_env, free_port, winspec_run_command
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(os.name == "nt", reason="POSIX FIFOs")]
 
@@ -163,12 +164,10 @@ async def test_fifo_credential_specs_stop_no_bundle_and_sigterm_exits_in_time(
     assert "Traceback" not in output
 
 
-async def _eventually(condition: object, within: float, what: str, log: Path) -> None:
+async def _eventually(condition: Callable[[], object], within: float, what: str, log: Path) -> None:
     """Poll ``condition`` until it holds; fail after ``within`` seconds showing the log."""
-    assert callable(condition)
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            tail = (await asyncio.to_thread(log.read_text))[-4000:]
-            raise AssertionError(f"timed out waiting for {what}:\n{tail}")
-        await asyncio.sleep(0.05)
+    try:
+        await eventually(condition, within=within, what=what)
+    except TimeoutError as exc:
+        tail = (await asyncio.to_thread(log.read_text))[-4000:]
+        raise AssertionError(f"{exc}:\n{tail}") from None

@@ -28,6 +28,7 @@ from controller.errors import PermanentError
 from controller.generate import generate
 from tests.dockerd import DockerDaemon
 from tests.processes import REPO, clean_env, free_port, http_status, winspec_run_command
+from tests.support.waiting import wait_for
 
 
 class WinspecProcess:
@@ -82,11 +83,15 @@ class WinspecProcess:
 
     def wait_ready(self, within: float = 60.0) -> None:
         """Wait until /readyz answers 200; fail if the process exits or time runs out."""
-        deadline = time.monotonic() + within
-        while self.readyz() != 200:
+
+        def ready() -> bool:
             self.check_alive()
-            assert time.monotonic() < deadline, f"never ready:\n{self.log_tail()}"
-            time.sleep(0.05)
+            return self.readyz() == 200
+
+        try:
+            wait_for(ready, within, interval=0.05, what="/readyz to answer 200")
+        except TimeoutError:
+            raise AssertionError(f"never ready:\n{self.log_tail()}") from None
 
     def check_alive(self) -> None:
         """Fail (with the log) if the process has exited."""

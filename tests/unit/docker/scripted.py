@@ -105,11 +105,3 @@ def event_stream(
         return response
 
     return handler
-
-
-async def eventually(condition: Callable[[], bool], *, within: float = 1.0) -> None:
-    """Wait until ``condition()`` holds, checking every few milliseconds; fail after ``within``."""
-    async with asyncio.timeout(within):
-        # Polling is the point: the conditions are on recorded callbacks, with no event to await.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)

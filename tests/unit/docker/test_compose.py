@@ -23,7 +23,8 @@ from aiohttp import web
 
 from adapters.compose import CONTROLLER_NAME, DockerMode, EngineUnreachableError
 from controller.settings import load_settings
-from tests.unit.docker.scripted import ScriptedEngine, answer_json, eventually, serving
+from tests.support.waiting import eventually
+from tests.unit.docker.scripted import ScriptedEngine, answer_json, serving
 
 CID = "e" * 64
 IMAGE_ID = "sha256:" + "2" * 64

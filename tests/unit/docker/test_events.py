@@ -24,7 +24,8 @@ from adapters.docker.events import (
 )
 from adapters.retry import RetryPolicy
 from controller.errors import RequestDecodeError
-from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
+from tests.support.waiting import eventually
+from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
 
 LIVE_A, LIVE_B, GONE = "a" * 64, "b" * 64, "c" * 64
 

@@ -34,7 +34,8 @@ from adapters.docker.secrets import read_secret
 from adapters.docker.types import Config, Info, Task, decode
 from controller.errors import PermanentError, RequestDecodeError
 from controller.models import Container
-from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
+from tests.support.waiting import eventually
+from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
 from tests.unit.docker.test_events import watching
 
 CID = "a" * 64

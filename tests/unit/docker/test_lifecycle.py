@@ -29,7 +29,8 @@ from adapters.compose import (
     finish,
 )
 from controller.settings import load_settings
-from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
+from tests.support.waiting import eventually
+from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
 
 ROOT = Path(__file__).resolve().parents[3]
 API = "/v1.41"

@@ -16,7 +16,7 @@ from controller.loop import Controller, Result
 from controller.metrics import Metrics
 from controller.ports import InitialKeys
 from controller.workqueue import ExponentialFailureRateLimiter, WorkQueue
-from tests.unit.loop.waiting import eventually
+from tests.support.waiting import eventually
 
 NAME = "test"
 Behaviour = Callable[[str, int], Awaitable[Result]]

@@ -14,7 +14,7 @@ from controller.models import Container, Image, Request
 from controller.reconcile import BundleReconciler
 from controller.workqueue import ExponentialFailureRateLimiter, WorkQueue
 from tests.fakes import FakeBundleWriter, FakeResolver, FakeStatusReporter
-from tests.unit.loop.waiting import eventually
+from tests.support.waiting import eventually
 
 KEY = "0123456789abcdef" * 4
 

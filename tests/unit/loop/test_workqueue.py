@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.metrics import Metrics
 from controller.workqueue import ExponentialFailureRateLimiter, QueueShutDown, WorkQueue
-from tests.unit.loop.waiting import eventually, stays_pending
+from tests.support.waiting import eventually, stays_pending
 
 
 def _queue(*, base_delay: float = 0.005) -> WorkQueue:

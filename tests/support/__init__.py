@@ -1,0 +1,2 @@
+"""Helpers shared by the test harness: waiting for a condition, the fixtures' errors and
+child processes."""
