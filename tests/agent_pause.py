@@ -1,15 +1,16 @@
 """``winspec agent`` that stops, once, at a chosen point inside its bundle writer (tests only).
 
 ``python -m tests.agent_pause <point> <marker> <winspec arguments>`` runs ``adapters.cli``
-unchanged except that the first call of the function ``<point>`` (a name in :data:`POINTS`)
+unchanged except that the first call of the function ``<point>`` names (:data:`POINTS`)
 creates the file ``<marker>`` and then blocks for good. A test that waits for
 the marker knows the agent is inside that step of a write and can SIGKILL it there, at the same
 step every run: no sleep decides where the kill lands.
 
 The points, in a write's order (see :mod:`adapters.bundles.local`):
 
-* ``_sync_all``: the new version is complete in its ``.tmp-`` directory, not yet fsynced and
-  not yet swapped in; the old version (if any) is still at ``<root>/<id>``.
+* ``_sync_all`` (:func:`adapters.bundles.fsops.sync_all`): the new version is complete in its
+  ``.tmp-`` directory, not yet fsynced and not yet swapped in; the old version (if any) is
+  still at ``<root>/<id>``.
 * ``_finish_carry``: an update that carries payload directories over has been swapped in, its
   payload directories still stand-in links into the old version, now under ``.tmp-``.
 * ``answer``: the write is complete and durable, the agent has not answered yet (it is about to
@@ -26,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from adapters.agent import store
-from adapters.bundles import local
+from adapters.bundles import fsops, local
 
 #: Point name: (module, function) patched.
 POINTS: dict[str, tuple[Any, str]] = {
-    "_sync_all": (local, "_sync_all"),
+    "_sync_all": (fsops, "sync_all"),
     "_finish_carry": (local, "_finish_carry"),
     "answer": (store, "_read_digest"),
 }

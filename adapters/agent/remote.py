@@ -54,7 +54,7 @@ import msgspec
 from adapters.agent.client import AgentClient, ClientPolicy
 from adapters.kubernetes.bundles import BundleAbandonedError
 from adapters.kubernetes.client import KubeClient
-from adapters.kubernetes.source import Reflector, SourceHooks, WatchSettings
+from adapters.kubernetes.reflector import Reflector, SourceHooks, WatchSettings
 from adapters.kubernetes.status import KeptDigestStatus
 from controller.bundle import BundleContent
 from controller.cluster import WindowsContainer

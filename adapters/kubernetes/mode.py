@@ -61,15 +61,9 @@ from adapters.kubernetes.bundles import (
 )
 from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
+from adapters.kubernetes.reflector import SourceHooks, WatchSettings
 from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
-from adapters.kubernetes.source import (
-    EVENT_TYPES,
-    READY_CONDITION,
-    SOURCE,
-    ClusterSource,
-    SourceHooks,
-    WatchSettings,
-)
+from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
 from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
+from adapters.bundles import fsops
 from adapters.bundles.local import (
     KEY_FILE,
     LocalBundleWriter,
@@ -220,4 +221,33 @@ def test_a_file_system_without_hard_links_still_gets_a_key(
 
     assert (tmp_path / KEY_FILE).read_bytes() == key
     assert load_digest_key(tmp_path) == key
+    assert os.listdir(tmp_path) == [KEY_FILE]
+
+
+class _DiedError(Exception):
+    """Stands for the process dying at that point: nothing after it runs, no clean-up."""
+
+
+async def test_a_key_file_a_crash_left_half_made_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temporary file of a key creation that died before linking it is deleted by the sweep."""
+
+    def die(src: object, dst: object) -> None:
+        raise _DiedError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fsops, "discard", lambda path: None)
+        patched.setattr(os, "link", die)
+        with pytest.raises(_DiedError):
+            load_digest_key(tmp_path)
+    leftovers = os.listdir(tmp_path)
+    assert len(leftovers) == 1
+    assert KEY_FILE not in leftovers
+
+    writer = LocalBundleWriter(tmp_path)
+    try:
+        assert await writer.sweep(set()) == leftovers
+    finally:
+        writer.close()
     assert os.listdir(tmp_path) == [KEY_FILE]

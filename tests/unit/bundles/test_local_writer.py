@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.bundles import local
+from adapters.bundles import fsops, local
 from adapters.bundles.local import (
     KEY_FILE,
     LocalBundleWriter,
@@ -163,7 +163,7 @@ async def test_rename_aside_fallback_replaces_the_bundle(
     make_writer: WriterFactory,
 ) -> None:
     """Without an atomic exchange the old bundle is renamed aside, replaced, then deleted."""
-    monkeypatch.setattr(local, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(fsops, "exchange", lambda first, second: False)
     writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content(1))
 
@@ -329,7 +329,7 @@ async def test_the_longest_id_is_written_replaced_removed_and_swept(
     """A 253-character id gets its bundle: written, replaced, removed; its leftovers swept."""
     assert len(LONGEST_ID) == 253
     if fallback:
-        monkeypatch.setattr(local, "_renameat2", None)
+        monkeypatch.setattr(fsops, "_renameat2", None)
     writer = make_writer(tmp_path)
     assert await writer.write(LONGEST_ID, _content(1)) is True
     assert await writer.write(LONGEST_ID, _content(2)) is True  # every payload changed
@@ -508,7 +508,7 @@ async def test_failed_write_keeps_the_old_bundle_and_no_leftovers(
     def failing_fsync(path: Path) -> None:
         raise OSError(5, "I/O error", str(path))
 
-    monkeypatch.setattr(local, "_fsync_file", failing_fsync)
+    monkeypatch.setattr(fsops, "fsync_file", failing_fsync)
     with pytest.raises(TransientError):
         await writer.write(BUNDLE_ID, _content(2))
 
@@ -533,7 +533,7 @@ SWAP_MODES = ["exchange", "fallback"]
 def _use(mode: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run with RENAME_EXCHANGE (skip where there is none) or as without it (Windows)."""
     if mode == "fallback":
-        monkeypatch.setattr(local, "_exchange", lambda first, second: False)
+        monkeypatch.setattr(fsops, "exchange", lambda first, second: False)
     elif not atomic_replace_supported(root):
         pytest.skip("this file system cannot swap directories atomically")
 
@@ -601,8 +601,8 @@ class _CrashError(Exception):
 
 
 def _crash_on_call(monkeypatch: pytest.MonkeyPatch, name: str, number: int) -> None:
-    """Make call ``number`` (from 1) of ``local.<name>`` raise _CrashError instead of running."""
-    real = getattr(local, name)
+    """Make call ``number`` (from 1) of ``fsops.<name>`` raise _CrashError instead of running."""
+    real = getattr(fsops, name)
     calls = 0
 
     def crashing(*args: object) -> object:
@@ -612,7 +612,7 @@ def _crash_on_call(monkeypatch: pytest.MonkeyPatch, name: str, number: int) -> N
             raise _CrashError(name)
         return real(*args)
 
-    monkeypatch.setattr(local, name, crashing)
+    monkeypatch.setattr(fsops, name, crashing)
 
 
 @posix_only
@@ -634,7 +634,7 @@ async def test_crash_between_swap_and_payload_exchange_is_repaired(
     write_bundle_sync(tmp_path, bundle_id, _config_only(1))
     secrets_before = _inode(bundle / "secrets")
     with monkeypatch.context() as patched:
-        _crash_on_call(patched, "_exchange", 2)  # 1: the versions, 2: secrets/
+        _crash_on_call(patched, "exchange", 2)  # 1: the versions, 2: secrets/
         with pytest.raises(_CrashError):
             write_bundle_sync(tmp_path, bundle_id, _config_only(2))
 
@@ -667,7 +667,7 @@ async def test_crash_after_payload_exchange_leaves_a_leftover_the_sweep_deletes(
     write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(1))
     secrets_before = _inode(bundle / "secrets")
     with monkeypatch.context() as patched:
-        patched.setattr(local, "_discard", lambda path: None)
+        patched.setattr(fsops, "discard", lambda path: None)
         write_bundle_sync(tmp_path, BUNDLE_ID, _config_only(2))
     leftovers = _leftovers(tmp_path)
     assert len(leftovers) == 1  # the old version, its secrets/ the spent stand-in

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.bundles import local
+from adapters.bundles import fsops, local
 from adapters.compose import ATOMIC_REPLACE_WARNING, DockerMode
 from controller.settings import load_settings
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
@@ -57,7 +57,7 @@ async def test_a_bundle_root_without_atomic_swap_is_warned_about_at_start(
 ) -> None:
     """Where directories cannot be exchanged, start-up logs one warning naming the bundle root."""
     caplog.set_level(logging.WARNING)
-    monkeypatch.setattr(local, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(fsops, "exchange", lambda first, second: False)
 
     await _start_and_stop(engine, tmp_path)
 

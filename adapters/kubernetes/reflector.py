@@ -1,0 +1,323 @@
+"""A client-go-style reflector: one collection of the API server kept in view, forever.
+
+:class:`Reflector` lists (paginated), then watches from the list's ``resourceVersion`` with
+``allowWatchBookmarks``, so nothing that happens between the two is missed. A watch the server
+ends (its ``timeoutSeconds``) is re-opened from the last resourceVersion seen (bookmarks keep it
+fresh); a watch silent for longer than the inactivity watchdog (``idle_timeout``: a dead
+connection that no TCP error reveals) is abandoned and re-opened; a connection error is
+retried with exponential backoff; 410 Gone (the resourceVersion compacted away, as an HTTP
+status or a watch ERROR event) means list again. Every restart is counted by reason.
+
+It knows nothing of what it watches: what a list or an event means is its owner's business
+(:mod:`adapters.kubernetes.source`, :mod:`adapters.kubernetes.store`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from adapters.kubernetes.client import (
+    JSON,
+    METADATA_LIST,
+    METADATA_WATCH,
+    GoneError,
+    KubeClient,
+    read_line,
+)
+from adapters.retry import RetryableError, RetryPolicy
+from controller.errors import NotFoundError, RequestDecodeError, WinspecError
+
+log = logging.getLogger(__name__)
+
+#: The longest ``Retry-After`` a refused list or watch obeys (as for every other call).
+MAX_RETRY_AFTER = RetryPolicy().max_retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """Timing and scope of the reflectors."""
+
+    #: Server-side end of each watch (client-go picks 5-10 minutes).
+    timeout_seconds: int = 300
+    #: A watch silent this long is presumed dead and re-opened.
+    idle_timeout: float = 600.0
+    page_size: int = 500
+    reconnect_initial: float = 0.2
+    reconnect_max: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHooks:
+    """What the source reports (metrics, readiness); every hook is optional."""
+
+    on_event: Callable[[str], None] | None = None
+    on_restart: Callable[[str], None] | None = None
+    on_synced: Callable[[], None] | None = None
+    on_ready: Callable[[bool], None] | None = None
+
+
+class Meta(msgspec.Struct, rename="camel"):
+    """The metadata every object has that a reflector and its owners key by."""
+
+    name: str = ""
+    namespace: str = ""
+    resource_version: str = ""
+
+
+class _Object(msgspec.Struct):
+    """Just enough of any object: its metadata."""
+
+    metadata: Meta = msgspec.field(default_factory=Meta)
+
+
+class _ListMeta(msgspec.Struct, rename="camel"):
+    resource_version: str = ""
+    # "continue" is a Python keyword.
+    continue_: str = msgspec.field(default="", name="continue")
+
+
+class _List(msgspec.Struct):
+    metadata: _ListMeta = msgspec.field(default_factory=_ListMeta)
+    # ``null`` in an empty PartialObjectMetadataList.
+    items: list[msgspec.Raw] | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str
+    object: msgspec.Raw
+
+
+class _Status(msgspec.Struct):
+    code: int = 0
+    message: str = ""
+
+
+_list_decoder = msgspec.json.Decoder(_List)
+_event_decoder = msgspec.json.Decoder(_Event)
+_object_decoder = msgspec.json.Decoder(_Object)
+_status_decoder = msgspec.json.Decoder(_Status)
+
+
+def object_meta(raw: msgspec.Raw) -> Meta:
+    """An object's metadata; an empty one when it does not decode (nothing to key it by)."""
+    try:
+        return _object_decoder.decode(raw).metadata
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return Meta()
+
+
+class _Restart(Exception):  # noqa: N818 - a signal, not an error
+    """End this watch and open another from the last resourceVersion."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Reflector:
+    """List, then watch, one collection forever; hands every object to the callbacks.
+
+    ``on_list(items)`` gets every object of a (re)list at once (each passed through ``decode``
+    page by page, when given); ``on_event(type, raw)`` each ADDED/MODIFIED/DELETED event's
+    object, undecoded (the owner decides how to decode it).
+    With ``metadata_only`` the server sends each object's metadata alone
+    (``PartialObjectMetadata``): what a change of a Secret needs to re-queue its users, without
+    its data crossing the wire or being decoded.
+    """
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        path: str,
+        what: str,
+        on_list: Callable[[list[Any]], None],
+        on_event: Callable[[str, msgspec.Raw], None],
+        settings: WatchSettings,
+        hooks: SourceHooks,
+        label_selector: str | None = None,
+        optional: bool = False,
+        metadata_only: bool = False,
+        decode: Callable[[msgspec.Raw], Any] | None = None,
+    ) -> None:
+        self._client = client
+        self._decode = decode
+        self._path = path
+        self._accept = (METADATA_LIST, METADATA_WATCH) if metadata_only else (JSON, JSON)
+        # An optional collection may not exist (a CRD not installed): that is waited out.
+        self._optional = optional
+        self.what = what
+        self._on_list = on_list
+        self._on_event = on_event
+        self._settings = settings
+        self._hooks = hooks
+        self._selector = label_selector
+        self._resource_version = ""
+        self.synced = asyncio.Event()
+
+    def _query(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self._selector)] if self._selector else []
+
+    async def relist(self) -> None:
+        """List every object (page by page) and hand them over; remember the version."""
+        items: list[msgspec.Raw] = []
+        token = ""
+        while True:
+            query = [*self._query(), ("limit", str(self._settings.page_size))]
+            if token:
+                query.append(("continue", token))
+            try:
+                body = await self._client.request(
+                    "GET", self._path, query=query, accept=self._accept[0], api="list"
+                )
+            except GoneError:
+                if not token:
+                    raise
+                # The continue token expired mid-list: start over.
+                items, token = [], ""
+                continue
+            try:
+                page = _list_decoder.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise RequestDecodeError(f"invalid list of {self.what}: {exc}") from exc
+            if self._decode is None:
+                items.extend(page.items or ())
+            else:
+                # Each page decoded as it comes: no page's bytes outlive it, so a relist of
+                # thousands of objects never holds them all twice (as bytes and as objects).
+                items.extend(map(self._decode, page.items or ()))
+            token = page.metadata.continue_
+            if not token:
+                self._resource_version = page.metadata.resource_version
+                break
+        self._on_list(items)
+        self.synced.set()
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        delay = self._settings.reconnect_initial
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self.relist()
+                    need_list = False
+                    if self._hooks.on_ready:
+                        self._hooks.on_ready(True)
+                received = await self._watch_once()
+                self._restarted("closed")
+                if received:
+                    delay = self._settings.reconnect_initial
+                else:
+                    # Closed before saying anything: do not hammer a server that does that.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._settings.reconnect_max)
+            except _Restart as restart:
+                self._restarted(restart.reason)
+            except NotFoundError as exc:
+                if not self._optional:
+                    delay = await self._back_off(exc, delay)
+                    continue
+                # Not installed (yet): nothing of it to watch; look again later.
+                if not self.synced.is_set():
+                    log.warning("not served; watching it once it is", extra={"what": self.what})
+                    self.synced.set()
+                if self._hooks.on_ready:
+                    self._hooks.on_ready(True)
+                need_list = True
+                await asyncio.sleep(self._settings.reconnect_max)
+            except GoneError:
+                need_list = True
+                self._restarted("expired")
+                log.info("resource version expired; listing again", extra={"what": self.what})
+            except WinspecError as exc:
+                delay = await self._back_off(exc, delay)
+
+    async def _back_off(self, exc: WinspecError, delay: float) -> float:
+        """Count and log a failed list or watch, wait ``delay`` (or the server's
+        ``Retry-After``, capped, when longer); the next delay."""
+        self._restarted("error")
+        if self._hooks.on_ready:
+            self._hooks.on_ready(False)
+        wait = delay
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            wait = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
+        log.warning(
+            "list or watch failed; retrying",
+            extra={"what": self.what, "error": str(exc), "delay": round(wait, 2)},
+        )
+        await asyncio.sleep(wait)
+        return min(delay * 2, self._settings.reconnect_max)
+
+    def _restarted(self, reason: str) -> None:
+        if self._hooks.on_restart:
+            self._hooks.on_restart(reason)
+
+    async def _watch_once(self) -> int:
+        """Watch until the server ends it; how many events (bookmarks too) it delivered."""
+        s = self._settings
+        received = 0
+        query = [
+            *self._query(),
+            ("resourceVersion", self._resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(s.timeout_seconds)),
+        ]
+        async with self._client.watch(self._path, query=query, accept=self._accept[1]) as response:
+            while True:
+                try:
+                    line = await read_line(response, idle=s.idle_timeout)
+                except TimeoutError:
+                    log.info(
+                        "watch silent for too long; re-opening",
+                        extra={"what": self.what, "idle_timeout": s.idle_timeout},
+                    )
+                    raise _Restart("idle") from None
+                except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                    raise _Restart("error") from exc
+                except Exception as exc:  # aiohttp's payload errors
+                    if type(exc).__module__.startswith("aiohttp"):
+                        raise _Restart("error") from exc
+                    raise
+                if not line:
+                    return received  # the server ended it (timeoutSeconds)
+                if line.strip():
+                    self._handle(line)
+                    received += 1
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            event = _event_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("malformed watch event; re-watching", extra={"what": self.what})
+            raise _Restart("error") from exc
+        if event.type == "ERROR":
+            try:
+                status = _status_decoder.decode(event.object)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                status = _Status()
+            if status.code == 410:
+                raise GoneError(f"watch {self.what}: {status.message}")
+            raise _Restart("error")
+        meta = object_meta(event.object)
+        if meta.resource_version:
+            self._resource_version = meta.resource_version
+        if self._hooks.on_event:
+            self._hooks.on_event(event.type)
+        if event.type != "BOOKMARK":
+            self._on_event(event.type, event.object)
+
+
+def collection_path(*, group: str, version: str, plural: str, namespace: str | None = None) -> str:
+    """The URL path of a collection (core group when ``group`` is empty)."""
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    if namespace:
+        return f"{base}/namespaces/{quote(namespace, safe='')}/{plural}"
+    return f"{base}/{plural}"
