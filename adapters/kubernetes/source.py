@@ -62,6 +62,7 @@ from controller.cluster import (
 )
 from controller.errors import NotFoundError, RequestDecodeError, WinspecError
 from controller.podsecurity import ENFORCE_LABEL
+from controller.ports import SourceHooks
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,6 @@ class WatchSettings:
     page_size: int = 500
     reconnect_initial: float = 0.2
     reconnect_max: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class SourceHooks:
-    """What the source reports (metrics, readiness); every hook is optional."""
-
-    on_event: Callable[[str], None] | None = None
-    on_restart: Callable[[str], None] | None = None
-    on_synced: Callable[[], None] | None = None
-    on_ready: Callable[[bool], None] | None = None
 
 
 class _Meta(msgspec.Struct, rename="camel"):
@@ -420,6 +411,7 @@ class ClusterSource:
         self._ready: dict[str, bool] = {}
         self._first_list: frozenset[str] | None = None
         self._first_listed = asyncio.Event()
+        self._stopping = asyncio.Event()
         scopes: list[str | None] = list(namespaces) or [None]
         self.reflectors: list[Reflector] = []
         for ns in scopes:
@@ -531,14 +523,20 @@ class ClusterSource:
         if self._hooks.on_ready:
             self._hooks.on_ready(all(self._ready.values()))
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (at once: every reflector is cancelled)."""
+        self._stopping.set()
+
     async def run(self) -> None:
-        """Run every reflector until cancelled; ``on_synced`` once all have listed."""
+        """Run every reflector until stopped (or cancelled); ``on_synced`` once all have
+        listed."""
         tasks = [asyncio.create_task(r.run(), name=f"reflector-{r.what}") for r in self.reflectors]
+        stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             synced: asyncio.Future[Any] = asyncio.gather(
                 *(r.synced.wait() for r in self.reflectors)
             )
-            waiting: set[asyncio.Future[Any]] = {*tasks, synced}
+            waiting: set[asyncio.Future[Any]] = {*tasks, synced, stop_wait}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if synced in done:
                 self._first_list = frozenset(self.cache)
@@ -547,8 +545,15 @@ class ClusterSource:
                     self._hooks.on_synced()
             else:
                 synced.cancel()
-            await _first_failure(tasks)
+            failure = asyncio.ensure_future(_first_failure(tasks))
+            try:
+                await asyncio.wait({stop_wait, failure}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                failure.cancel()
+            if failure.done() and not failure.cancelled():
+                failure.result()  # a reflector's failure
         finally:
+            stop_wait.cancel()
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

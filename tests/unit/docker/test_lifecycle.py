@@ -1,4 +1,5 @@
-"""Tests of Docker mode's start-up and shutdown (adapters.compose) against a scripted engine.
+"""Tests of Docker mode's start-up and shutdown (adapters.docker.mode, adapters.runtime) against
+a scripted engine.
 
 DockerMode runs in-process against the real HTTP server of tests/unit/docker/scripted.py, with
 its own registry, a temporary bundle root and HTTP on 127.0.0.1 at a free port.
@@ -21,13 +22,8 @@ import pytest
 from aiohttp import web
 
 from adapters.cli import main
-from adapters.compose import (
-    CANCEL_GRACE_SECONDS,
-    SHUTDOWN_MARGIN_SECONDS,
-    DockerMode,
-    ListenError,
-    finish,
-)
+from adapters.docker.mode import DockerMode
+from adapters.runtime import CANCEL_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS, ListenError, finish
 from controller.settings import load_settings
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream, eventually
 
