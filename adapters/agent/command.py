@@ -40,7 +40,14 @@ from adapters.agent.wire import ReplayGuard
 from adapters.http import register_process_metrics
 from adapters.kubernetes.client import check_kubeconfig_file
 from adapters.logs import RepeatFilter, configure_logging
-from adapters.runtime import CANCEL_GRACE_SECONDS, CLOSE_SECONDS, on_signals, run_loop, step
+from adapters.runtime import (
+    CANCEL_GRACE_SECONDS,
+    CLOSE_SECONDS,
+    SHUTDOWN_MARGIN_SECONDS,
+    on_signals,
+    run_loop,
+    step,
+)
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
 from controller.settings import split_listen
@@ -219,7 +226,8 @@ def add_agent_parser(sub: Any) -> None:
         "--shutdown-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long requests in flight may finish after SIGTERM (default: 10)",
+        help="how long requests in flight may finish after SIGTERM; the whole shutdown takes "
+        f"at most this plus {SHUTDOWN_MARGIN_SECONDS:g} s (default: 10)",
     )
     p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
     p.add_argument(

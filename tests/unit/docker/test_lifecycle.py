@@ -239,13 +239,14 @@ async def test_finish_abandons_a_task_that_ignores_cancellation() -> None:
 def test_the_documented_shutdown_margin_is_the_real_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """README and `winspec run --help` state the margin SHUTDOWN_MARGIN_SECONDS really is."""
+    """README, `winspec run --help` and `winspec agent --help` state the real margin."""
     stated = f"plus {SHUTDOWN_MARGIN_SECONDS:g} s"
     readme = (ROOT / "README.md").read_text()
     assert stated in " ".join(readme.split())
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
-    assert stated in " ".join(capsys.readouterr().out.split())
+    for command in ("run", "agent"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert stated in " ".join(capsys.readouterr().out.split()), command
 
 
 async def test_sigterm_during_a_slow_list_exits_0_in_time(
