@@ -211,6 +211,17 @@ async def _put_raw(
     raise AssertionError("unreachable")
 
 
+def _a_tenth_of_a_put(bundle_id: str, token: str) -> bytes:
+    """The head of an authorised PUT of 100,000 bytes and the first tenth of its body (the
+    rest never comes)."""
+    head = (
+        f"PUT /v1/bundles/{bundle_id} HTTP/1.1\r\nHost: agent\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Content-Type: {BUNDLE_CONTENT_TYPE}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    return head.encode() + b"\x81" * 1000
+
+
 async def _metric(session: aiohttp.ClientSession, agent: AgentProcess, sample: str) -> float:
     async with session.get(agent.url + "/metrics", ssl=agent.tls.client_context()) as response:
         text = await response.text()
@@ -615,12 +626,7 @@ async def test_sigterm_with_an_upload_in_flight_exits_in_time(
         "127.0.0.1", process.port, ssl=cluster.tls.client_context()
     )
     try:
-        head = (
-            f"PUT /v1/bundles/{bundle_id} HTTP/1.1\r\nHost: agent\r\n"
-            f"Authorization: Bearer {cluster.token}\r\n"
-            f"Content-Type: {BUNDLE_CONTENT_TYPE}\r\nContent-Length: 100000\r\n\r\n"
-        )
-        writer.write(head.encode() + b"\x81" * 1000)  # a tenth of the body, then nothing
+        writer.write(_a_tenth_of_a_put(bundle_id, cluster.token))
         await writer.drain()
         miss = 'winspec_agent_token_cache_total{result="miss"}'
         deadline = time.monotonic() + 30
@@ -1067,12 +1073,7 @@ async def test_a_slow_head_is_dropped_and_a_slow_body_gets_408(
 
         reader, writer = await asyncio.open_connection("127.0.0.1", process.port, ssl=ctx)
         try:
-            head = (
-                f"PUT /v1/bundles/{bundle_id} HTTP/1.1\r\nHost: agent\r\n"
-                f"Authorization: Bearer {cluster.token}\r\n"
-                f"Content-Type: {BUNDLE_CONTENT_TYPE}\r\nContent-Length: 100000\r\n\r\n"
-            )
-            writer.write(head.encode() + b"\x81" * 1000)  # a tenth of the body, then nothing
+            writer.write(_a_tenth_of_a_put(bundle_id, cluster.token))
             started = time.monotonic()
             status = await asyncio.wait_for(reader.readline(), 20)
             assert status.startswith(b"HTTP/1.1 408"), status
