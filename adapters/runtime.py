@@ -1,8 +1,8 @@
 """The one runtime every long-running mode plugs into: listen, connect, run, signals, and a
 bounded stop (as controller-runtime's Manager runs its Runnables).
 
-A :class:`Mode` (Docker mode, cluster mode) says how to connect, what to run and what to close;
-:class:`Runtime` does the rest, the same way for each:
+A mode (Docker mode, cluster mode) subclasses :class:`Runtime` and says what it connects to,
+what it runs and what it closes; the runtime does the rest, the same way for each:
 
 - **listen** first for ``/metrics``, ``/healthz`` and ``/readyz`` (a busy port fails before
   anything connects; ``/healthz`` answers while the backend is still being reached);
@@ -278,9 +278,7 @@ class Runtime:
                 host, port, build_app(registry=self.registry, health=self.health)
             )
         except OSError as exc:  # in use, not an address of this host, a name that resolves not
-            raise ListenError(
-                f"cannot listen on {self.settings.listen}: {exc.strerror or exc}"
-            ) from exc
+            raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
         self.http_port = bound_port(runner)
         manager = Manager(self._stop, shutdown_timeout=self.settings.shutdown_timeout)
         stopped = False  # ended as asked (not by a failure to start or a part that failed)

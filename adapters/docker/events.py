@@ -31,6 +31,7 @@ import msgspec
 
 from adapters.docker.client import DockerClient
 from adapters.docker.paths import CONTAINER_ID
+from adapters.retry import StreamTiming
 from controller.errors import RequestDecodeError, WinspecError
 from controller.ports import SourceHooks
 
@@ -53,13 +54,10 @@ _Time = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 @dataclass(frozen=True, slots=True)
-class EventSourceSettings:
-    """Timing of the event source."""
+class EventSourceSettings(StreamTiming):
+    """Timing of the event source: the stream's, and how often every container is listed."""
 
     resync_interval: float = 300.0
-    idle_timeout: float = 600.0
-    reconnect_initial: float = 0.2
-    reconnect_max: float = 10.0
 
 
 class ContainerSummary(msgspec.Struct):
