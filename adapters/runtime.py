@@ -10,9 +10,9 @@ what it runs and what it closes; the runtime does the rest, the same way for eac
 - **run** the mode's parts under a :class:`Manager`: its sources, its controller and its
   background tasks, until a stop is asked or an essential part ends (its failure is raised once
   everything is shut down);
-- **stop** within ``shutdown_timeout`` + :data:`SHUTDOWN_MARGIN_SECONDS`: the sources and the
-  controller together (in-flight reconciles get ``shutdown_timeout``), then the HTTP server,
-  the background tasks and the mode's clients together. Every step is bounded and runs whatever
+- **stop** within ``shutdown_timeout`` + :data:`SHUTDOWN_MARGIN_SECONDS`: the sources, the
+  background tasks and the controller together (in-flight reconciles get ``shutdown_timeout``),
+  then the HTTP server and the mode's clients together. Every step is bounded and runs whatever
   became of the others (a step that overruns is cancelled, then abandoned).
 
 The node agent, a server rather than a controller, uses the same signal handling, the same
@@ -58,9 +58,10 @@ CANCEL_GRACE_SECONDS = 0.5
 #: How long closing the HTTP server, a client or a background task may take.
 CLOSE_SECONDS = 1.0
 #: A shutdown ends within ``shutdown_timeout`` plus this. The steps, each bounded and cancelled
-#: (then given CANCEL_GRACE_SECONDS) when it overruns: the sources (SOURCE_STOP_SECONDS) beside
-#: the controller (its stop: ``shutdown_timeout`` + a grace; its workers: a grace); then the
-#: HTTP server beside the background tasks and the mode's clients (CLOSE_SECONDS each).
+#: (then given CANCEL_GRACE_SECONDS) when it overruns: the sources (SOURCE_STOP_SECONDS) and the
+#: background tasks (cancelled: a grace) beside the controller (its stop: ``shutdown_timeout`` +
+#: a grace; its workers: a grace); then the HTTP server beside the mode's clients
+#: (CLOSE_SECONDS each).
 SHUTDOWN_MARGIN_SECONDS = 4 * CANCEL_GRACE_SECONDS + CLOSE_SECONDS + CANCEL_GRACE_SECONDS
 
 
@@ -139,8 +140,6 @@ class Manager:
         self._sources: list[tuple[str, Source]] = []
         self._controllers: list[Controller] = []
         self._background: list[_Background] = []
-        self._running: list[asyncio.Task[None]] = []
-        self._failed: BaseException | None = None
 
     def add_source(self, name: str, source: Source) -> None:
         """A key source: run until stopped; the end of its run ends the mode."""
@@ -153,7 +152,7 @@ class Manager:
     def add_task(
         self, name: str, run: Callable[[], Coroutine[Any, Any, None]], *, essential: bool = False
     ) -> None:
-        """A background task, cancelled at shutdown after the controllers stopped; an essential
+        """A background task, cancelled at shutdown (beside the controllers' stop); an essential
         one ending (returning or failing) ends the mode, and its failure is raised."""
         self._background.append(_Background(name, run, essential))
 
@@ -187,16 +186,11 @@ class Manager:
                     step(task, within=SOURCE_STOP_SECONDS, what=task.get_name(), failed=failed)
                     for _, task in sources
                 ),
+                *(self._cancel(task, failed) for _, task in background),
                 *(self._stop_controller(c, task, failed) for c, task in controllers),
             )
-            self._running = [task for _, task in background]
-            self._failed = failed
         if failed is not None:
             raise failed
-
-    async def close(self) -> None:
-        """Cancel the background tasks (each given CANCEL_GRACE_SECONDS, twice at most)."""
-        await asyncio.gather(*(self._cancel(task, self._failed) for task in self._running))
 
     async def _stop_controller(
         self, controller: Controller, task: asyncio.Task[None], failed: BaseException | None
@@ -298,7 +292,6 @@ class Runtime:
         finally:
             await asyncio.gather(
                 step(stop_http_server(runner), within=CLOSE_SECONDS, what="http server"),
-                manager.close(),
                 step(self.close(), within=CLOSE_SECONDS, what="clients"),
             )
             if stopped:
