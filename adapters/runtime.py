@@ -279,7 +279,10 @@ class Runtime:
         try:
             connected, _ = await until_stopped(self._stop, self.connect(), what="connect")
             if not connected:
-                log.warning(f"stop asked for before the {self.backend} was reached")
+                log.warning(
+                    f"stop asked for before the {self.backend} was reached",
+                    extra=self.backend_address(),
+                )
                 stopped = True
                 return
             # Logged only now, so that a start-up that fails prints its one error line alone.
@@ -301,6 +304,10 @@ class Runtime:
     def stopping(self) -> asyncio.Event:
         """Set once a stop is asked for."""
         return self._stop
+
+    def backend_address(self) -> dict[str, str]:
+        """Where :meth:`connect` reaches the backend, as log fields."""
+        return {}
 
     async def connect(self) -> None:
         """Reach what the mode needs at start; raise :class:`StartupError` when it cannot."""

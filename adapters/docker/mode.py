@@ -101,6 +101,10 @@ class DockerMode(Runtime):
         self._swarm_client = engine_client(settings.swarm_host) if settings.swarm_host else None
         self._info: Info | None = None
 
+    def backend_address(self) -> dict[str, str]:
+        """The engine's endpoint, as log fields."""
+        return {"docker_host": self._client.endpoint.display}
+
     async def connect(self) -> None:
         """Reach the engine (and the swarm manager): :class:`EngineUnreachableError` when it
         cannot; :class:`PermanentError` for TLS files, a named pipe off Windows."""
