@@ -51,6 +51,17 @@ class RetryPolicy:
     max_retry_after: float = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTiming:
+    """How a source keeps its streams up (the Docker event stream, the cluster's watches): one
+    silent for ``idle_timeout`` seconds is presumed dead and re-opened; one that failed is
+    re-opened after a backoff from ``reconnect_initial`` doubling up to ``reconnect_max``."""
+
+    idle_timeout: float = 600.0
+    reconnect_initial: float = 0.2
+    reconnect_max: float = 10.0
+
+
 class RetryableError(TransientError):
     """A transient failure inside a retry loop; carries the server's ``Retry-After`` if any."""
 

@@ -7,23 +7,26 @@ Precedence, lowest first: built-in defaults, the TOML config file (``--config`` 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import sys
 import tempfile
 import tomllib
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
 
-from adapters.compose import DockerMode, RunnableMode, StartupError, run_until_signalled
 from adapters.docker.client import parse_host
 from adapters.logs import configure_logging
-from adapters.threads import DaemonThreadPool
+from adapters.runtime import (
+    SHUTDOWN_MARGIN_SECONDS,
+    Runtime,
+    StartupError,
+    run_loop,
+    run_until_signalled,
+)
 from controller.errors import PermanentError, TransientError, WinspecError
 from controller.settings import Settings, env_settings, load_settings
 
@@ -54,8 +57,17 @@ given with --config (keys as the option names with underscores, e.g. bundle_root
 """
 
 
+def _default(name: str) -> str:
+    """A setting's built-in default as the help shows it: ``(default: 30)``."""
+    value = getattr(_DEFAULTS, name)
+    shown = f"{value:g}" if isinstance(value, float) else value
+    return f"(default: {shown})"
+
+
 def add_run_parser(sub: Any) -> None:
-    """Register the ``run`` sub-command and its options."""
+    """Register the ``run`` sub-command and its options, in groups: every mode's, Docker
+    mode's, the node's, cluster mode's and ``--delivery agent``'s. The defaults the help quotes
+    are :class:`Settings`' own."""
     p = sub.add_parser(
         "run",
         help="run the controller (Docker mode, or cluster mode with --source kubernetes)",
@@ -63,238 +75,272 @@ def add_run_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (WINSPEC_CONFIG)")
-    p.add_argument(
+    _add_common_options(p.add_argument_group("every mode"))
+    _add_docker_options(p.add_argument_group("Docker mode (--source docker)"))
+    _add_node_options(
+        p.add_argument_group(
+            "the node", "what the generated specs assume of the Windows node (every mode)"
+        )
+    )
+    _add_cluster_options(p.add_argument_group("cluster mode (--source kubernetes)"))
+    _add_delivery_options(
+        p.add_argument_group(
+            "cluster mode, --delivery agent", "bundles handed to the node agent on each node"
+        )
+    )
+
+
+def _add_common_options(g: Any) -> None:
+    g.add_argument("--config", metavar="FILE", help="TOML settings file (WINSPEC_CONFIG)")
+    g.add_argument(
         "--source",
         choices=["docker", "kubernetes"],
         help="where containers come from: a Docker engine's events, or WindowsContainer "
-        "resources on a Kubernetes API server (cluster mode) (default: docker)",
+        f"resources on a Kubernetes API server (cluster mode) {_default('source')}",
     )
-    p.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="cluster mode: kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else "
-        "the in-cluster service account)",
-    )
-    p.add_argument(
-        "--service-account-dir",
-        metavar="DIR",
-        help="cluster mode, in-cluster: the directory of the pod's service account token and "
-        "ca.crt (default: /var/run/secrets/kubernetes.io/serviceaccount)",
-    )
-    p.add_argument(
-        "--namespace",
-        action="append",
-        metavar="NAME",
-        help="cluster mode: watch this namespace (repeatable; default: all namespaces)",
-    )
-    p.add_argument(
-        "--selector",
-        metavar="LABELS",
-        help="cluster mode: label selector of the WindowsContainers to reconcile",
-    )
-    p.add_argument(
-        "--node-name",
-        metavar="NODE",
-        help="cluster mode: reconcile only the WindowsContainers labelled "
-        "winspec.io/node-name=NODE (one instance per node; turns leader election off)",
-    )
-    p.add_argument(
-        "--leader-elect",
-        action=argparse.BooleanOptionalAction,
-        help="cluster mode: only the holder of a Lease reconciles (default: on)",
-    )
-    p.add_argument(
-        "--leader-election-namespace",
-        metavar="NAME",
-        help="cluster mode: namespace of the Lease (default: winspec-system)",
-    )
-    p.add_argument(
-        "--leader-election-id",
-        metavar="NAME",
-        help="cluster mode: name of the Lease (default: winspec)",
-    )
-    p.add_argument(
-        "--lease-duration",
-        type=float,
-        metavar="SECONDS",
-        help="cluster mode: how long a Lease lasts without renewal; a standby takes over "
-        "within it (default: 15)",
-    )
-    p.add_argument(
-        "--watch-timeout",
-        type=int,
-        metavar="SECONDS",
-        help="cluster mode: server-side timeout of each watch (default: 300)",
-    )
-    p.add_argument(
-        "--pod-security-default",
-        choices=["privileged", "baseline", "restricted"],
-        help="cluster mode: the Pod Security level of a namespace without a "
-        "pod-security.kubernetes.io/enforce label (default: privileged, as Kubernetes')",
-    )
-    p.add_argument(
-        "--dependency-grace-period",
-        type=float,
-        metavar="SECONDS",
-        help="cluster mode: how long a bundle keeps the payload of a Secret, ConfigMap or "
-        "GMSACredentialSpec that went missing before it is withdrawn (default: 30)",
-    )
-    p.add_argument(
-        "--delivery",
-        choices=["local", "agent"],
-        help="cluster mode: write bundles under --bundle-root (local), or hand each to the "
-        "node agent on its resource's node (agent; default: local)",
-    )
-    p.add_argument(
-        "--agent-port",
-        type=int,
-        metavar="PORT",
-        help=f"--delivery agent: the agents' HTTPS port when their pod declares no container "
-        f"port named https (default: {_DEFAULTS.agent_port})",
-    )
-    p.add_argument(
-        "--agent-ca-file",
-        metavar="FILE",
-        help="--delivery agent: CA bundle the agents' certificates are checked against "
-        "(default: the system's CAs)",
-    )
-    p.add_argument(
-        "--agent-server-name",
-        metavar="NAME",
-        help="--delivery agent: the name the agents' certificates must carry, checked instead "
-        "of the pod IP dialled (e.g. winspec-agent.winspec-system.svc; default: the pod IP)",
-    )
-    p.add_argument(
-        "--agent-token-file",
-        metavar="FILE",
-        help="--delivery agent: projected service-account token (audience winspec-agent), "
-        f"re-read on every call (default: {_DEFAULTS.agent_token_file})",
-    )
-    p.add_argument(
-        "--agent-selector",
-        metavar="LABELS",
-        help="--delivery agent: label selector of the agent pods "
-        f"(default: {_DEFAULTS.agent_selector})",
-    )
-    p.add_argument(
-        "--agent-namespace",
-        metavar="NAME",
-        help="--delivery agent: namespace of the agent pods "
-        f"(default: {_DEFAULTS.agent_namespace})",
-    )
-    p.add_argument(
-        "--agent-concurrency",
-        type=int,
-        metavar="N",
-        help="--delivery agent: calls at once to one node's agent (default: 4)",
-    )
-    p.add_argument(
-        "--agent-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="--delivery agent: deadline of one delivery to one node, retries included; "
-        "a slower node's resources are retried later (default: 60)",
-    )
-    p.add_argument(
-        "--agent-removal-grace",
-        type=float,
-        metavar="SECONDS",
-        help="--delivery agent: how long a deleted resource waits for its node's agent to "
-        "remove the bundle; after that without a reachable agent (at once when the Node is "
-        "deleted) the finalizer is released with a Warning Event (default: 600)",
-    )
-    p.add_argument(
-        "--docker-host",
-        metavar="URL",
-        help="engine endpoint: unix:///path, npipe:////./pipe/NAME or tcp://HOST:PORT "
-        "(default: DOCKER_HOST, else the platform's default)",
-    )
-    p.add_argument(
-        "--swarm-host",
-        metavar="URL",
-        help="a swarm manager's Engine API (same forms and TLS settings as --docker-host), "
-        "asked for swarm tasks and configs; needed on worker nodes (default: --docker-host)",
-    )
-    p.add_argument(
+    g.add_argument(
         "--bundle-root",
         metavar="DIR",
         help=r"where bundles are written (default: C:\ProgramData\winspec\bundles on Windows, "
         "/var/lib/winspec/bundles elsewhere)",
     )
-    p.add_argument(
+    g.add_argument(
+        "--workers", type=int, metavar="N", help=f"concurrent reconciles {_default('workers')}"
+    )
+    g.add_argument(
+        "--resync-interval",
+        type=float,
+        metavar="SECONDS",
+        help=f"list every container this often {_default('resync_interval')}",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"restart an event stream silent for this long {_default('idle_timeout')}",
+    )
+    g.add_argument(
+        "--retry-attempts",
+        type=int,
+        metavar="N",
+        help="attempts per remote call before the reconcile fails and backs off "
+        f"{_default('retry_attempts')}",
+    )
+    g.add_argument(
+        "--api-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"timeout of one API call {_default('api_timeout')}",
+    )
+    g.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help=f"address of /metrics, /healthz, /readyz {_default('listen')}",
+    )
+    g.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        help=f"log format {_default('log_format')}",
+    )
+    g.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help=f"the least severe log messages written {_default('log_level')}",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long in-flight reconciles may finish after SIGTERM; the whole shutdown "
+        f"takes at most this plus {SHUTDOWN_MARGIN_SECONDS:g} s {_default('shutdown_timeout')}",
+    )
+
+
+def _add_docker_options(g: Any) -> None:
+    g.add_argument(
+        "--docker-host",
+        metavar="URL",
+        help="engine endpoint: unix:///path, npipe:////./pipe/NAME or tcp://HOST:PORT "
+        "(default: DOCKER_HOST, else the platform's default)",
+    )
+    g.add_argument(
+        "--swarm-host",
+        metavar="URL",
+        help="a swarm manager's Engine API (same forms and TLS settings as --docker-host), "
+        "asked for swarm tasks and configs; needed on worker nodes (default: --docker-host)",
+    )
+    g.add_argument(
         "--secrets-dir",
         metavar="DIR",
         help="where the swarm mounts the secrets granted to winspec's own service "
         r"(default: C:\ProgramData\Docker\secrets or /run/secrets)",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="concurrent reconciles (default: 4)")
-    p.add_argument(
-        "--resync-interval",
-        type=float,
-        metavar="SECONDS",
-        help="list every container this often (default: 300)",
-    )
-    p.add_argument(
-        "--idle-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="restart an event stream silent for this long (default: 600)",
-    )
-    p.add_argument(
-        "--retry-attempts",
-        type=int,
-        metavar="N",
-        help="attempts per remote call before the reconcile fails and backs off (default: 5)",
-    )
-    p.add_argument(
-        "--api-timeout", type=float, metavar="SECONDS", help="timeout of one API call (default: 30)"
-    )
-    p.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help="address of /metrics, /healthz, /readyz (default: 0.0.0.0:8080)",
-    )
-    p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
-    p.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        help="the least severe log messages written (default: info)",
-    )
-    p.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="how long in-flight reconciles may finish after SIGTERM; the whole shutdown "
-        "takes at most this plus 3.5 s (default: 30)",
-    )
-    p.add_argument(
+
+
+def _add_node_options(g: Any) -> None:
+    g.add_argument(
         "--windows-build",
         type=int,
         metavar="N",
         help="node's Windows build (default: from the engine; 17763 on a Linux engine)",
     )
-    p.add_argument("--cpu-count", type=int, metavar="N", help="node CPUs (default: engine's NCPU)")
-    p.add_argument(
+    g.add_argument("--cpu-count", type=int, metavar="N", help="node CPUs (default: engine's NCPU)")
+    g.add_argument(
         "--default-isolation",
         choices=["process", "hyperv"],
         help="node default isolation (default: the engine's, else process)",
     )
-    p.add_argument(
+    g.add_argument(
         "--lcow",
         action=argparse.BooleanOptionalAction,
         help="the node runs Linux containers (default: only when the engine is Linux)",
     )
-    p.add_argument(
+    g.add_argument(
         "--dns-search",
         action="append",
         metavar="DOMAIN",
         help="node default DNS search domain (repeatable)",
     )
-    p.add_argument(
+    g.add_argument(
         "--daemon-root",
         metavar="DIR",
         help="engine data root, base of file:// credential specs (default: engine's)",
+    )
+
+
+def _add_cluster_options(g: Any) -> None:
+    g.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the in-cluster "
+        "service account)",
+    )
+    g.add_argument(
+        "--service-account-dir",
+        metavar="DIR",
+        help="in-cluster: the directory of the pod's service account token and ca.crt "
+        f"{_default('service_account_dir')}",
+    )
+    g.add_argument(
+        "--namespace",
+        action="append",
+        metavar="NAME",
+        help="watch this namespace (repeatable; default: all namespaces)",
+    )
+    g.add_argument(
+        "--selector", metavar="LABELS", help="label selector of the WindowsContainers to reconcile"
+    )
+    g.add_argument(
+        "--node-name",
+        metavar="NODE",
+        help="reconcile only the WindowsContainers labelled winspec.io/node-name=NODE (one "
+        "instance per node; turns leader election off)",
+    )
+    g.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        help="only the holder of a Lease reconciles (default: on)",
+    )
+    g.add_argument(
+        "--leader-election-namespace",
+        metavar="NAME",
+        help=f"namespace of the Lease {_default('leader_election_namespace')}",
+    )
+    g.add_argument(
+        "--leader-election-id",
+        metavar="NAME",
+        help=f"name of the Lease {_default('leader_election_id')}",
+    )
+    g.add_argument(
+        "--lease-duration",
+        type=float,
+        metavar="SECONDS",
+        help="how long a Lease lasts without renewal; a standby takes over within it "
+        f"{_default('lease_duration')}",
+    )
+    g.add_argument(
+        "--watch-timeout",
+        type=int,
+        metavar="SECONDS",
+        help=f"server-side timeout of each watch {_default('watch_timeout')}",
+    )
+    g.add_argument(
+        "--pod-security-default",
+        choices=["privileged", "baseline", "restricted"],
+        help="the Pod Security level of a namespace without a "
+        "pod-security.kubernetes.io/enforce label (default: "
+        f"{_DEFAULTS.pod_security_default}, as Kubernetes')",
+    )
+    g.add_argument(
+        "--dependency-grace-period",
+        type=float,
+        metavar="SECONDS",
+        help="how long a bundle keeps the payload of a Secret, ConfigMap or GMSACredentialSpec "
+        f"that went missing before it is withdrawn {_default('dependency_grace_period')}",
+    )
+    g.add_argument(
+        "--delivery",
+        choices=["local", "agent"],
+        help="write bundles under --bundle-root (local), or hand each to the node agent on its "
+        f"resource's node (agent) {_default('delivery')}",
+    )
+
+
+def _add_delivery_options(g: Any) -> None:
+    g.add_argument(
+        "--agent-port",
+        type=int,
+        metavar="PORT",
+        help="the agents' HTTPS port when their pod declares no container port named https "
+        f"{_default('agent_port')}",
+    )
+    g.add_argument(
+        "--agent-ca-file",
+        metavar="FILE",
+        help="CA bundle the agents' certificates are checked against (default: the system's CAs)",
+    )
+    g.add_argument(
+        "--agent-server-name",
+        metavar="NAME",
+        help="the name the agents' certificates must carry, checked instead of the pod IP "
+        "dialled (e.g. winspec-agent.winspec-system.svc; default: the pod IP)",
+    )
+    g.add_argument(
+        "--agent-token-file",
+        metavar="FILE",
+        help="projected service-account token (audience winspec-agent), re-read on every call "
+        f"{_default('agent_token_file')}",
+    )
+    g.add_argument(
+        "--agent-selector",
+        metavar="LABELS",
+        help=f"label selector of the agent pods {_default('agent_selector')}",
+    )
+    g.add_argument(
+        "--agent-namespace",
+        metavar="NAME",
+        help=f"namespace of the agent pods {_default('agent_namespace')}",
+    )
+    g.add_argument(
+        "--agent-concurrency",
+        type=int,
+        metavar="N",
+        help=f"calls at once to one node's agent {_default('agent_concurrency')}",
+    )
+    g.add_argument(
+        "--agent-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="deadline of one delivery to one node, retries included; a slower node's "
+        f"resources are retried later {_default('agent_timeout')}",
+    )
+    g.add_argument(
+        "--agent-removal-grace",
+        type=float,
+        metavar="SECONDS",
+        help="how long a deleted resource waits for its node's agent to remove the bundle; "
+        "after that without a reachable agent (at once when the Node is deleted) the "
+        f"finalizer is released with a Warning Event {_default('agent_removal_grace')}",
     )
 
 
@@ -374,20 +420,15 @@ def check_agent_token_file(path: str) -> None:
         raise PermanentError(f"{_AGENT_TOKEN_FILE}: {exc}") from exc
 
 
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """``asyncio.run(main)``, except that no worker thread can hold up the exit.
+def _mode(settings: Settings) -> Runtime:
+    """The mode ``--source`` asks for (each imports only its own adapters)."""
+    if settings.source == "kubernetes":
+        from adapters.kubernetes.mode import ClusterMode
 
-    ``asyncio.run`` joins the default executor's threads without a timeout (Python 3.11), and
-    CPython joins every ``ThreadPoolExecutor`` thread again at interpreter exit: one thread stuck
-    in a blocking read (a FIFO, a file system that stopped answering) would keep the process
-    alive after SIGTERM for ever, past the promised ``--shutdown-timeout`` + 3.5 s. The default
-    executor here is a pool of daemon threads that shutdown does not wait for: by then the
-    controller has given in-flight reconciles their deadline, and what still runs is stuck.
-    """
-    executor = DaemonThreadPool(max_workers=min(32, (os.cpu_count() or 1) + 4))
-    with asyncio.Runner() as runner:
-        runner.get_loop().set_default_executor(executor)
-        runner.run(main)
+        return ClusterMode(settings)
+    from adapters.docker.mode import DockerMode
+
+    return DockerMode(settings)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -414,15 +455,8 @@ def run_command(args: argparse.Namespace) -> int:
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     # controller-runtime exports no *_created series; dashboards built for it expect none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
-    mode: RunnableMode
-    if settings.source == "kubernetes":
-        from adapters.kubernetes.mode import ClusterMode
-
-        mode = ClusterMode(settings)
-    else:
-        mode = DockerMode(settings)
     try:
-        run_loop(run_until_signalled(mode))
+        run_loop(run_until_signalled(_mode(settings)))
     except StartupError as exc:  # the engine or API server unreachable, the listen address
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -6,7 +6,8 @@ a request, write or remove a bundle, and nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from controller.bundle import BundleContent
@@ -47,6 +48,36 @@ class InitialKeys(Protocol):
     async def initial_keys(self) -> Collection[str]:
         """The keys of the objects the source's first complete list found, once it has them."""
         ...
+
+
+class Source(InitialKeys, Protocol):
+    """Puts keys on the queue: a Docker engine's events, a cluster's list+watch.
+
+    The runtime runs it until it asks it to :meth:`stop`; a source that returns of itself, or
+    fails, ends the mode.
+    """
+
+    async def run(self) -> None:
+        """Watch and put keys on the queue until :meth:`stop` is called."""
+        ...
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return, promptly, whatever it is waiting for."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHooks:
+    """What a source reports (metrics and readiness live elsewhere); every hook is optional."""
+
+    #: An event received, by its type (``create``, ``MODIFIED``, ...).
+    on_event: Callable[[str], None] | None = None
+    #: A watch or stream restarted, by why (``closed``, ``idle``, ``error``, ``expired``, ...).
+    on_restart: Callable[[str], None] | None = None
+    #: A complete list was put on the queue.
+    on_synced: Callable[[], None] | None = None
+    #: Whether the source is watching (a stream open and listed).
+    on_ready: Callable[[bool], None] | None = None
 
 
 #: How far a reconcile got: resolving the request, generating the spec and bundle content,

@@ -15,7 +15,9 @@ Faults, all asynchronous-safe from the test's event loop:
   connection reset mid-stream);
 - :meth:`FaultProxy.silence_watches` keeps watch connections open but forwards nothing (what
   the server sends meanwhile is discarded, as a half-dead connection loses it) until
-  :meth:`FaultProxy.resume_watches`.
+  :meth:`FaultProxy.resume_watches`;
+- :meth:`FaultProxy.hold` never answers the matching requests (a server that stopped
+  answering one kind of call), until :meth:`FaultProxy.stop`.
 
 Every request is recorded (:attr:`FaultProxy.log`) with the status the client got and when it
 arrived.
@@ -94,6 +96,8 @@ class FaultProxy:
     _rules: list[_Rule] = field(default_factory=list)
     _watches: set[_Watch] = field(default_factory=set)
     _silent: bool = False
+    _holds: list[Callable[[str, str], bool]] = field(default_factory=list)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
     port: int = 0
@@ -121,6 +125,7 @@ class FaultProxy:
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
+        self._released.set()
         self.drop_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -142,6 +147,11 @@ class FaultProxy:
     ) -> None:
         """Answer the next ``count`` requests ``when(method, path_qs)`` matches with ``status``."""
         self._rules.append(_Rule(status, count, retry_after, when))
+
+    def hold(self, when: Callable[[str, str], bool]) -> None:
+        """Answer no request ``when(method, path_qs)`` matches (logged with status 0) until
+        the proxy stops."""
+        self._holds.append(when)
 
     def drop_watches(self) -> int:
         """Abort every open watch connection; the number aborted."""
@@ -186,6 +196,9 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         entry = Logged(request.method, request.path_qs)
         self.log.append(entry)
+        if any(when(request.method, request.path_qs) for when in self._holds):
+            await self._released.wait()
+            return web.Response(status=503, text="proxy: stopped while holding the request")
         rule = self._injected(request.method, request.path_qs)
         if rule is not None:
             entry.status, entry.injected = rule.status, True

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import ssl
 import sys
 from pathlib import Path
@@ -41,6 +40,14 @@ from adapters.agent.wire import ReplayGuard
 from adapters.http import register_process_metrics
 from adapters.kubernetes.client import check_kubeconfig_file
 from adapters.logs import RepeatFilter, configure_logging
+from adapters.runtime import (
+    CANCEL_GRACE_SECONDS,
+    CLOSE_SECONDS,
+    SHUTDOWN_MARGIN_SECONDS,
+    on_signals,
+    run_loop,
+    step,
+)
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
 from controller.settings import split_listen
@@ -219,7 +226,8 @@ def add_agent_parser(sub: Any) -> None:
         "--shutdown-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long requests in flight may finish after SIGTERM (default: 10)",
+        help="how long requests in flight may finish after SIGTERM; the whole shutdown takes "
+        f"at most this plus {SHUTDOWN_MARGIN_SECONDS:g} s (default: 10)",
     )
     p.add_argument("--log-format", choices=["json", "console"], help="log format (default: json)")
     p.add_argument(
@@ -243,7 +251,7 @@ def agent_command(args: argparse.Namespace) -> int:
         handler.addFilter(RepeatFilter())
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     try:
-        asyncio.run(_run_until_signalled(settings))
+        run_loop(_run_until_signalled(settings))
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -255,10 +263,7 @@ def agent_command(args: argparse.Namespace) -> int:
 
 async def _run_until_signalled(settings: AgentSettings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    on_signals(stop.set)
     await serve(settings, stop)
 
 
@@ -362,7 +367,9 @@ def fit_connections(wanted: int) -> int:
 
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     """Run the agent until ``stop`` is set; requests in flight then get
-    ``shutdown_timeout`` seconds to finish."""
+    ``shutdown_timeout`` seconds to finish, and the whole stop ends within ``shutdown_timeout``
+    + :data:`~adapters.runtime.SHUTDOWN_MARGIN_SECONDS` (each step bounded, as the runtime's):
+    the server beside the background tasks, then the TokenReview client."""
     host, port = split_listen(settings.listen)
     context = (
         None
@@ -419,6 +426,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             shutdown_timeout=settings.shutdown_timeout,
         )
         await runner.setup()
+        cleaned = False
         try:
             total = fit_connections(settings.max_connections)
             limits = ConnectionLimits(
@@ -459,14 +467,22 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             try:
                 await stop.wait()
             finally:
+                log.info("agent stopping")
                 for task in tasks:
                     task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            log.info("agent stopping")
+                cleaned = True
+                await asyncio.gather(
+                    # aiohttp gives the requests in flight shutdown_timeout, then cancels them.
+                    step(
+                        runner.cleanup(),
+                        within=settings.shutdown_timeout + CANCEL_GRACE_SECONDS,
+                        what="https server",
+                    ),
+                    *(step(t, within=CANCEL_GRACE_SECONDS, what=t.get_name()) for t in tasks),
+                )
         finally:
-            await runner.cleanup()
+            if not cleaned:  # it never listened
+                await step(runner.cleanup(), within=CLOSE_SECONDS, what="https server")
     finally:
-        await reviewer.close()
+        await step(reviewer.close(), within=CLOSE_SECONDS, what="tokenreview client")
         store.close()

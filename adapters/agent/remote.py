@@ -54,13 +54,13 @@ import msgspec
 from adapters.agent.client import AgentClient, ClientPolicy
 from adapters.kubernetes.bundles import BundleAbandonedError
 from adapters.kubernetes.client import KubeClient
-from adapters.kubernetes.reflector import Reflector, SourceHooks, WatchSettings
+from adapters.kubernetes.reflector import Reflector, WatchSettings
 from adapters.kubernetes.status import KeptDigestStatus
 from controller.bundle import BundleContent
 from controller.cluster import WindowsContainer
 from controller.errors import PermanentError, RequestDecodeError, TransientError
 from controller.metrics import ABANDON_AGENT_UNREACHABLE, ABANDON_NODE_DELETED
-from controller.ports import StatusReporter
+from controller.ports import SourceHooks, StatusReporter
 from controller.winpath import is_absolute
 
 log = logging.getLogger(__name__)

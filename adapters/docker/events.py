@@ -31,7 +31,9 @@ import msgspec
 
 from adapters.docker.client import DockerClient
 from adapters.docker.paths import CONTAINER_ID
+from adapters.retry import StreamTiming
 from controller.errors import RequestDecodeError, WinspecError
+from controller.ports import SourceHooks
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +54,10 @@ _Time = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 @dataclass(frozen=True, slots=True)
-class EventSourceSettings:
-    """Timing of the event source."""
+class EventSourceSettings(StreamTiming):
+    """Timing of the event source: the stream's, and how often every container is listed."""
 
     resync_interval: float = 300.0
-    idle_timeout: float = 600.0
-    reconnect_initial: float = 0.2
-    reconnect_max: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class EventSourceHooks:
-    """What the source reports; all optional (metrics and readiness live elsewhere)."""
-
-    on_event: Callable[[str], None] | None = None
-    on_restart: Callable[[str], None] | None = None
-    on_synced: Callable[[], None] | None = None
-    on_ready: Callable[[bool], None] | None = None
 
 
 class ContainerSummary(msgspec.Struct):
@@ -155,13 +144,13 @@ class DockerEventSource:
         enqueue: Callable[[str], None],
         bundle_ids: Callable[[], Awaitable[list[str]]],
         settings: EventSourceSettings | None = None,
-        hooks: EventSourceHooks | None = None,
+        hooks: SourceHooks | None = None,
     ) -> None:
         self._client = client
         self._enqueue = enqueue
         self._bundle_ids = bundle_ids
         self._settings = settings or EventSourceSettings()
-        self._hooks = hooks or EventSourceHooks()
+        self._hooks = hooks or SourceHooks()
         self._since: str | None = None
         self._stopping = asyncio.Event()
         self._listed_at: float | None = None  # loop time the current stream was listed

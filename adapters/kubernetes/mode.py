@@ -6,17 +6,19 @@ loop with the shared :class:`~controller.reconcile.BundleReconciler`, whose port
 Kubernetes resolver, the local bundle writer under ``<bundle root>/<namespace>/<name>/``
 guarded by the finalizer, and the status writer → HTTP endpoints for metrics and health.
 
-Start-up mirrors Docker mode: listen first (a busy port fails before anything connects), then
-load the configuration (a kubeconfig that cannot be used: exit 2), reach the API server and
-check that the CRD is served (else exit 1 with one clear line). Shutdown too: stop watching,
-let in-flight reconciles finish within ``shutdown_timeout``, stop serving, close the client.
+It plugs into :class:`~adapters.runtime.Runtime` as Docker mode does: listen first (a busy
+port fails before anything connects), then :meth:`ClusterMode.connect` loads the configuration
+(a kubeconfig that cannot be used: exit 2), reaches the API server and checks that the CRD is
+served (else exit 1 with one clear line); :meth:`ClusterMode.serve` campaigns for the Lease and
+runs the source, the controller and the agent tasks; the shutdown is the runtime's, bounded by
+``shutdown_timeout`` + :data:`~adapters.runtime.SHUTDOWN_MARGIN_SECONDS`, the Lease released,
+the delivery client and the API client closed within it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import socket
 import time
@@ -36,21 +38,6 @@ from adapters.agent.remote import (
     agent_ssl_context,
     token_reader,
 )
-from adapters.compose import (
-    CANCEL_GRACE_SECONDS,
-    CLOSE_SECONDS,
-    SOURCE_STOP_SECONDS,
-    ListenError,
-    StartupError,
-    finish,
-)
-from adapters.http import (
-    bound_port,
-    build_app,
-    register_process_metrics,
-    start_http_server,
-    stop_http_server,
-)
 from adapters.kubernetes.bundles import (
     BundleAbandonedError,
     BundleScope,
@@ -61,19 +48,27 @@ from adapters.kubernetes.bundles import (
 )
 from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
-from adapters.kubernetes.reflector import SourceHooks, WatchSettings
+from adapters.kubernetes.reflector import WatchSettings
 from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
 from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
+from adapters.runtime import (
+    CANCEL_GRACE_SECONDS,
+    Manager,
+    Meters,
+    Runtime,
+    StartupError,
+    finish,
+    until_stopped,
+)
 from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
-from controller.health import HealthState
 from controller.loop import Controller
 from controller.metrics import Metrics
-from controller.ports import StatusReporter
+from controller.ports import SourceHooks, StatusReporter
 from controller.reconcile import BundleReconciler
-from controller.settings import Settings, split_listen
+from controller.settings import Settings
 from controller.workqueue import WorkQueue
 
 log = logging.getLogger("winspec")
@@ -114,91 +109,65 @@ class APIServerUnreachableError(StartupError):
     """The Kubernetes API server could not be reached at start-up (or lacks the CRD)."""
 
 
-class ClusterMode:
+class ClusterMode(Runtime):
     """One running cluster-mode controller; :meth:`run` returns when it has stopped."""
 
+    backend = "Kubernetes API server"
+
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
-        self.settings = settings
-        self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, controller=CONTROLLER_NAME)
-        register_process_metrics(self.registry)
         conditions = [READY_CONDITION, INITIAL_LIST_CONDITION]
         # With --node-name each node's instance owns its own resources: no election.
-        self._elect = settings.leader_elect and settings.node_name is None
-        if self._elect:
+        elect = settings.leader_elect and settings.node_name is None
+        if elect:
             conditions.append(LEADER_CONDITION)  # /readyz: whether this replica leads
-        self.health = HealthState(conditions)
-        self._stop = asyncio.Event()
-        self.http_port: int | None = None
-        self.started = asyncio.Event()
-        self._bundle_root = os.path.abspath(settings.bundle_root)
+        super().__init__(
+            settings,
+            registry=registry,
+            conditions=conditions,
+            meters=Meters(
+                controller=CONTROLLER_NAME,
+                apis=KUBERNETES_APIS,
+                source=SOURCE,
+                event_types=EVENT_TYPES,
+                dependency_kinds=DEPENDENCY_KINDS,
+            ),
+        )
+        self._elect = elect
+        self._client: KubeClient | None = None
+        self._elector: LeaderElector | None = None
+        self._leading: asyncio.Task[None] | None = None
+        self._remote: RemoteBundleWriter | None = None
 
     async def _local_root(self, node: str) -> str:
         """The bundle root of every node when bundles are written here: ``--bundle-root``."""
         return self._bundle_root
 
-    def request_stop(self) -> None:
-        """Ask the controller to shut down gracefully."""
-        self._stop.set()
-
-    async def run(self) -> None:
-        """Listen, connect, watch and reconcile until asked to stop (see the module doc)."""
+    async def connect(self) -> None:
+        """Load the configuration (:class:`PermanentError`: exit 2), reach the API server and
+        check that the WindowsContainer CRD is served (:class:`APIServerUnreachableError`)."""
         s = self.settings
         m = self.metrics
-        for api in KUBERNETES_APIS:
-            m.declare_api(api)
-        m.declare_source(SOURCE, event_types=EVENT_TYPES)
-        m.declare_dependency_kinds(DEPENDENCY_KINDS)
-        host, port = split_listen(s.listen)
-        try:
-            runner = await start_http_server(
-                host, port, build_app(registry=self.registry, health=self.health)
-            )
-        except OSError as exc:
-            raise ListenError(f"cannot listen on {s.listen}: {exc.strerror or exc}") from exc
-        self.http_port = bound_port(runner)
-        client: KubeClient | None = None
-        try:
-            api_client = await load_api_client(  # PermanentError: exit 2
-                s.kubeconfig, service_account_dir=s.service_account_dir
-            )
-            client = KubeClient(
-                api_client,
-                retry=RetryPolicy(attempts=s.retry_attempts),
-                on_retry=lambda api: m.api_retries.labels(api=api).inc(),
-                timeout=s.api_timeout,
-            )
-            connecting = asyncio.create_task(self._connect(client), name="kubernetes-connect")
-            stop_wait = asyncio.create_task(self._stop.wait())
-            try:
-                await asyncio.wait({connecting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop_wait.cancel()
-                if not connecting.done() and not self._stop.is_set():
-                    connecting.cancel()
-            if self._stop.is_set():
-                await finish(connecting, within=0, what="connect")
-                log.info("stop asked for before the Kubernetes API server was reached")
-                return
-            connecting.result()
-            log.info(
-                "serving /metrics, /healthz and /readyz",
-                extra={"listen": f"{host}:{self.http_port}"},
-            )
-            await self._serve(client)
-            log.info("stopped")
-        finally:
-            await finish(
-                asyncio.ensure_future(stop_http_server(runner)),
-                within=CLOSE_SECONDS,
-                what="http server",
-            )
-            if client is not None:
-                await finish(
-                    asyncio.ensure_future(client.close()),
-                    within=CLOSE_SECONDS,
-                    what="kubernetes client",
-                )
+        api_client = await load_api_client(s.kubeconfig, service_account_dir=s.service_account_dir)
+        self._client = KubeClient(
+            api_client,
+            retry=RetryPolicy(attempts=s.retry_attempts),
+            on_retry=lambda api: m.api_retries.labels(api=api).inc(),
+            timeout=s.api_timeout,
+        )
+        await self._connect(self._client)
+
+    async def close(self) -> None:
+        """Give the Lease up (a standby takes over at once), close the delivery client and the
+        API client."""
+        if self._leading is not None:
+            self._leading.cancel()
+            await finish(self._leading, within=CANCEL_GRACE_SECONDS, what="leader election")
+        if self._elector is not None:
+            await self._elector.release()
+        if self._remote is not None:
+            await self._remote.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def _connect(self, client: KubeClient) -> None:
         """Reach the API server and check that the WindowsContainer CRD is served."""
@@ -221,40 +190,37 @@ class ClusterMode:
             ) from exc
         log.info("connected to the Kubernetes API server", extra={"server": client.host})
 
-    async def _serve(self, client: KubeClient) -> None:
-        elector: LeaderElector | None = None
-        leading: asyncio.Task[None] | None = None
+    async def serve(self, manager: Manager) -> None:
+        """Campaign for the Lease (unless --node-name or --no-leader-elect), then watch and
+        reconcile until asked to stop, a part fails, or the Lease is lost."""
+        client = self._client
+        assert client is not None
         # Started: connected, and campaigning or reconciling (a standby is started too).
         self.started.set()
         if self._elect:
-            elector = self._elector(client)
-            leading = asyncio.create_task(elector.run(), name="leader-election")
-            stop_wait = asyncio.create_task(self._stop.wait())
-            became = asyncio.create_task(elector.leading.wait())
+            elector = self._elector = self._new_elector(client)
+            leading = self._leading = asyncio.create_task(elector.run(), name="leader-election")
+            became = asyncio.ensure_future(elector.leading.wait())
             try:
-                await asyncio.wait(
-                    {stop_wait, became, leading}, return_when=asyncio.FIRST_COMPLETED
+                await until_stopped(
+                    self.stopping,
+                    asyncio.wait({leading, became}, return_when=asyncio.FIRST_COMPLETED),
+                    what="campaign",
                 )
             finally:
-                stop_wait.cancel()
                 became.cancel()
             if not elector.leading.is_set():
-                leading.cancel()
-                await finish(leading, within=CANCEL_GRACE_SECONDS, what="leader election")
-                return  # asked to stop while standing by
-        try:
-            await self._reconcile_all(client, leading)
-        finally:
-            if elector is not None and leading is not None:
-                leading.cancel()
-                await finish(leading, within=CANCEL_GRACE_SECONDS, what="leader election")
-                await finish(
-                    asyncio.ensure_future(elector.release()),
-                    within=CLOSE_SECONDS,
-                    what="lease release",
-                )
+                return  # asked to stop while standing by (the campaign ends in close())
 
-    def _elector(self, client: KubeClient) -> LeaderElector:
+            async def lease_kept() -> None:
+                await asyncio.wait({leading})
+                # The lease is gone: another replica may be reconciling already. Stop now.
+                raise LeaseLostError("lost the leader election lease; stopped reconciling")
+
+            manager.add_task("lease", lease_kept, essential=True)
+        await self._reconcile_all(manager, client)
+
+    def _new_elector(self, client: KubeClient) -> LeaderElector:
         s = self.settings
         lease = s.leader_election_id
         self.metrics.declare_lease(lease)
@@ -276,7 +242,7 @@ class ClusterMode:
             on_change=changed,
         )
 
-    async def _reconcile_all(self, client: KubeClient, leading: asyncio.Task[None] | None) -> None:
+    async def _reconcile_all(self, manager: Manager, client: KubeClient) -> None:
         """Watch and reconcile until asked to stop, a part fails, or the lease is lost."""
         s = self.settings
         m = self.metrics
@@ -315,6 +281,7 @@ class ClusterMode:
             ),
         )
         remote = _remote_writer(s, client, source, queue, m) if s.delivery == "agent" else None
+        self._remote = remote
         resolver = KubernetesResolver(
             client,
             cache=source.cache,
@@ -352,15 +319,14 @@ class ClusterMode:
             on_abandoned=_abandoned_reporter(m, status_writer),
         )
         status: StatusReporter = status_writer
-        agent_tasks: list[asyncio.Task[None]] = []
         if remote is not None:
             m.declare_abandon_reasons()
             status = NodeDigestStatus(status, remote)
-            agent_tasks.append(
-                asyncio.create_task(
-                    _resync_agents(remote, queue.add, s.resync_interval, scope.owns_unseen, listed),
-                    name="agent-resync",
-                )
+            manager.add_task(
+                "agent-resync",
+                lambda: _resync_agents(
+                    remote, queue.add, s.resync_interval, scope.owns_unseen, listed
+                ),
             )
             pods = remote.locator.watcher(
                 WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
@@ -370,7 +336,7 @@ class ClusterMode:
                     ).inc()
                 ),
             )
-            agent_tasks.append(asyncio.create_task(pods.run(), name="agent-pod-watch"))
+            manager.add_task("agent-pod-watch", pods.run)
         else:
             status = KeptDigestStatus(status, bundles.kept_digest)
         controller = Controller(
@@ -383,44 +349,12 @@ class ClusterMode:
             metrics=m,
             initial=source,
         )
-
-        controller_task = asyncio.create_task(controller.run(), name="controller")
-        source_task = asyncio.create_task(source.run(), name="kubernetes-source")
-        failed: BaseException | None = None
+        manager.add_source("kubernetes-source", source)
+        manager.add_controller(controller)
         try:
-            stop_wait = asyncio.create_task(self._stop.wait())
-            watched: set[asyncio.Future[Any]] = {stop_wait, controller_task, source_task}
-            if leading is not None:
-                watched.add(leading)
-            try:
-                done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop_wait.cancel()
-            for task in (source_task, controller_task):
-                if task in done and not task.cancelled() and task.exception() is not None:
-                    failed = task.exception()
-                    break
-            if failed is None and leading is not None and leading in done:
-                # The lease is gone: another replica may be reconciling already. Stop now.
-                failed = LeaseLostError("lost the leader election lease; stopped reconciling")
+            await manager.run()
         finally:
-            log.info("shutting down", extra={"deadline_seconds": s.shutdown_timeout})
-            source_task.cancel()
-            await finish(source_task, within=SOURCE_STOP_SECONDS, what="kubernetes source")
-            await finish(
-                asyncio.ensure_future(controller.stop(s.shutdown_timeout)),
-                within=s.shutdown_timeout + CANCEL_GRACE_SECONDS,
-                what="reconciles",
-            )
-            await finish(controller_task, within=CANCEL_GRACE_SECONDS, what="controller")
             bundles.close()
-            for task in agent_tasks:
-                task.cancel()
-                await finish(task, within=CANCEL_GRACE_SECONDS, what=task.get_name())
-            if remote is not None:
-                await remote.close()
-        if failed is not None:
-            raise failed
 
 
 def _remote_writer(

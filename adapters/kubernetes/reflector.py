@@ -31,8 +31,9 @@ from adapters.kubernetes.client import (
     KubeClient,
     read_line,
 )
-from adapters.retry import RetryableError, RetryPolicy
+from adapters.retry import RetryableError, RetryPolicy, StreamTiming
 from controller.errors import NotFoundError, RequestDecodeError, WinspecError
+from controller.ports import SourceHooks
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +42,12 @@ MAX_RETRY_AFTER = RetryPolicy().max_retry_after
 
 
 @dataclass(frozen=True, slots=True)
-class WatchSettings:
-    """Timing and scope of the reflectors."""
+class WatchSettings(StreamTiming):
+    """Timing and scope of the reflectors: the watches', and the size of a list's pages."""
 
     #: Server-side end of each watch (client-go picks 5-10 minutes).
     timeout_seconds: int = 300
-    #: A watch silent this long is presumed dead and re-opened.
-    idle_timeout: float = 600.0
     page_size: int = 500
-    reconnect_initial: float = 0.2
-    reconnect_max: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class SourceHooks:
-    """What the source reports (metrics, readiness); every hook is optional."""
-
-    on_event: Callable[[str], None] | None = None
-    on_restart: Callable[[str], None] | None = None
-    on_synced: Callable[[], None] | None = None
-    on_ready: Callable[[bool], None] | None = None
 
 
 class Meta(msgspec.Struct, rename="camel"):

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from adapters.kubernetes.client import KubeClient
-from adapters.kubernetes.reflector import Reflector, SourceHooks, WatchSettings, collection_path
+from adapters.kubernetes.reflector import Reflector, WatchSettings, collection_path
 from adapters.kubernetes.store import ClusterStore, decode_container
 from controller.cluster import (
     CONFIG_MAP,
@@ -30,6 +30,7 @@ from controller.cluster import (
     SECRET,
     VERSION,
 )
+from controller.ports import SourceHooks
 
 SOURCE = "kubernetes"
 #: The ``type`` label values of ``winspec_events_received_total`` in cluster mode.
@@ -64,6 +65,7 @@ class ClusterSource:
         self._ready: dict[str, bool] = {}
         self._first_list: frozenset[str] | None = None
         self._first_listed = asyncio.Event()
+        self._stopping = asyncio.Event()
         store = self.store
         scopes: list[str | None] = list(namespaces) or [None]
         self.reflectors: list[Reflector] = []
@@ -176,14 +178,20 @@ class ClusterSource:
         if self._hooks.on_ready:
             self._hooks.on_ready(all(self._ready.values()))
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (at once: every reflector is cancelled)."""
+        self._stopping.set()
+
     async def run(self) -> None:
-        """Run every reflector until cancelled; ``on_synced`` once all have listed."""
+        """Run every reflector until stopped (or cancelled); ``on_synced`` once all have
+        listed."""
         tasks = [asyncio.create_task(r.run(), name=f"reflector-{r.what}") for r in self.reflectors]
+        stop_wait = asyncio.create_task(self._stopping.wait())
         try:
             synced: asyncio.Future[Any] = asyncio.gather(
                 *(r.synced.wait() for r in self.reflectors)
             )
-            waiting: set[asyncio.Future[Any]] = {*tasks, synced}
+            waiting: set[asyncio.Future[Any]] = {*tasks, synced, stop_wait}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if synced in done:
                 self._first_list = frozenset(self.store.cache)
@@ -192,8 +200,15 @@ class ClusterSource:
                     self._hooks.on_synced()
             else:
                 synced.cancel()
-            await _first_failure(tasks)
+            failure = asyncio.ensure_future(_first_failure(tasks))
+            try:
+                await asyncio.wait({stop_wait, failure}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                failure.cancel()
+            if failure.done() and not failure.cancelled():
+                failure.result()  # a reflector's failure
         finally:
+            stop_wait.cancel()
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

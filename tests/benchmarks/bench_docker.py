@@ -6,7 +6,7 @@ and removes it afterwards).
 
 Two phases on the same engine and the same file system, one after the other:
 
-1. **winspec**: :class:`adapters.compose.DockerMode` runs in this process (its default settings
+1. **winspec**: :class:`adapters.docker_mode.DockerMode` runs in this process (its default settings
    apart from the paths). ``N`` containers are created at a steady ``R`` per second from a
    thread pool, so a slow create does not hold back the next one.
 2. **floor**: the least any event-driven bundle writer must do. A minimal client streams the
@@ -54,7 +54,7 @@ from unittest import mock
 
 import aiohttp
 
-import adapters.compose as compose
+import adapters.docker.mode as docker_mode
 from adapters.bundles.local import LocalBundleWriter
 from controller.bundle import CONFIG_FILE, BundleContent
 from controller.settings import load_settings
@@ -198,7 +198,7 @@ class _ObservedWriter(LocalBundleWriter):
 
 
 async def _measure_winspec(
-    mode: compose.DockerMode,
+    mode: docker_mode.DockerMode,
     run: asyncio.Future[None],
     phase: Phase,
     daemon: DockerDaemon,
@@ -245,8 +245,8 @@ async def run_winspec(
     _ObservedWriter.phase = phase
     # DockerMode builds its own writer when it starts serving: for this phase, it builds the
     # observing subclass.
-    with mock.patch.object(compose, "LocalBundleWriter", _ObservedWriter):
-        mode = compose.DockerMode(settings)
+    with mock.patch.object(docker_mode, "LocalBundleWriter", _ObservedWriter):
+        mode = docker_mode.DockerMode(settings)
         run = asyncio.ensure_future(mode.run())
         try:
             await _measure_winspec(mode, run, phase, daemon, args, pool)

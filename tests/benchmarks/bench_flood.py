@@ -46,7 +46,7 @@ def memory_kib(pid: int, field: str) -> int:
 def bare_interpreter_kib() -> int:
     """Peak RSS of an interpreter that imports what ``winspec run`` imports, then stops."""
     code = (
-        "import adapters.cli, adapters.compose, adapters.run;"
+        "import adapters.cli, adapters.docker.mode, adapters.run;"
         "print(open('/proc/self/status').read())"
     )
     out = subprocess.run(

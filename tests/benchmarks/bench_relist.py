@@ -6,7 +6,7 @@ and removes it afterwards).
 
 ``N`` containers are created first (not timed). Then, on the same engine and file system:
 
-1. **winspec, cold**: :class:`adapters.compose.DockerMode` starts in this process with an empty
+1. **winspec, cold**: :class:`adapters.docker_mode.DockerMode` starts in this process with an empty
    bundle root (its default settings apart from the paths and ``W`` workers). Timed from
    ``run()`` to the ``N``-th bundle made durable (the writer is observed as in
    :mod:`tests.benchmarks.bench_docker`): connect, list, inspect every container and its image,
@@ -33,7 +33,7 @@ from unittest import mock
 
 import aiohttp
 
-import adapters.compose as compose
+import adapters.docker.mode as docker_mode
 from adapters.bundles.local import LocalBundleWriter
 from controller.bundle import CONFIG_FILE, BundleContent
 from controller.settings import load_settings
@@ -78,8 +78,8 @@ async def run_winspec(daemon: DockerDaemon, scratch: Path, count: int, workers: 
     )
     _CountingWriter.target, _CountingWriter.done, _CountingWriter.changed = count, 0, 0
     _CountingWriter.finished = asyncio.Event()
-    with mock.patch.object(compose, "LocalBundleWriter", _CountingWriter):
-        mode = compose.DockerMode(settings)
+    with mock.patch.object(docker_mode, "LocalBundleWriter", _CountingWriter):
+        mode = docker_mode.DockerMode(settings)
         began = time.perf_counter()
         run = asyncio.ensure_future(mode.run())
         try:

@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import secrets
+import signal
 import ssl
 import subprocess
 import time
@@ -29,6 +30,7 @@ import yarl
 
 from adapters.agent.client import AgentAuthError, AgentClient, ClientPolicy
 from adapters.agent.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
+from adapters.runtime import SHUTDOWN_MARGIN_SECONDS
 from controller.errors import PermanentError, TransientError
 from tests.agent import AgentProcess, TLSFiles, agent_command, make_tls
 from tests.kube import KubeCluster
@@ -208,6 +210,17 @@ async def _put_raw(
             return status, answer
         await asyncio.sleep(1)
     raise AssertionError("unreachable")
+
+
+def _a_tenth_of_a_put(bundle_id: str, token: str) -> bytes:
+    """The head of an authorised PUT of 100,000 bytes and the first tenth of its body (the
+    rest never comes)."""
+    head = (
+        f"PUT /v1/bundles/{bundle_id} HTTP/1.1\r\nHost: agent\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Content-Type: {BUNDLE_CONTENT_TYPE}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    return head.encode() + b"\x81" * 1000
 
 
 async def _metric(session: aiohttp.ClientSession, agent: AgentProcess, sample: str) -> float:
@@ -597,6 +610,43 @@ async def test_sigterm_stops_the_agent_with_exit_0(cluster: Cluster, tmp_path: P
     process = cluster.agent(tmp_path / "bundles")
     await asyncio.to_thread(process.start)
     assert process.stop() == 0
+
+
+async def test_sigterm_with_an_upload_in_flight_exits_in_time(
+    cluster: Cluster, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """SIGTERM with a PUT half sent: exit 0 within --shutdown-timeout + margin, nothing written."""
+    # A short --shutdown-timeout, and a --body-timeout that cannot end the upload first.
+    shutdown_timeout = 1.0
+    process = cluster.agent(
+        tmp_path / "bundles", "--shutdown-timeout", str(shutdown_timeout), "--body-timeout", "60"
+    )
+    await asyncio.to_thread(process.start)
+    bundle_id = f"{cluster.namespace}/in-flight"
+    _reader, writer = await asyncio.open_connection(
+        "127.0.0.1", process.port, ssl=cluster.tls.client_context()
+    )
+    try:
+        writer.write(_a_tenth_of_a_put(bundle_id, cluster.token))
+        await writer.drain()
+        miss = 'winspec_agent_token_cache_total{result="miss"}'
+        deadline = time.monotonic() + 30
+        while await _metric(http, process, miss) < 1:  # the handler has the request
+            assert time.monotonic() < deadline, process.logs()
+            await asyncio.sleep(0.1)
+        assert process.proc is not None
+        stopping = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        returncode = await asyncio.to_thread(process.proc.wait, 60)
+        took = time.monotonic() - stopping
+    finally:
+        writer.transport.abort()
+        await asyncio.to_thread(process.stop)
+    assert returncode == 0, process.logs()
+    assert took <= shutdown_timeout + SHUTDOWN_MARGIN_SECONDS, (took, process.logs())
+    assert "Traceback" not in process.logs()
+    assert not (process.root / bundle_id).exists()
+    assert _leftovers(process.root) == []
 
 
 async def test_node_answers_the_bundle_root_to_the_allowed_identity_only(
@@ -1022,12 +1072,7 @@ async def test_a_slow_head_is_dropped_and_a_slow_body_gets_408(
 
         reader, writer = await asyncio.open_connection("127.0.0.1", process.port, ssl=ctx)
         try:
-            head = (
-                f"PUT /v1/bundles/{bundle_id} HTTP/1.1\r\nHost: agent\r\n"
-                f"Authorization: Bearer {cluster.token}\r\n"
-                f"Content-Type: {BUNDLE_CONTENT_TYPE}\r\nContent-Length: 100000\r\n\r\n"
-            )
-            writer.write(head.encode() + b"\x81" * 1000)  # a tenth of the body, then nothing
+            writer.write(_a_tenth_of_a_put(bundle_id, cluster.token))
             started = time.monotonic()
             status = await asyncio.wait_for(reader.readline(), 20)
             assert status.startswith(b"HTTP/1.1 408"), status

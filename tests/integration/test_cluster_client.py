@@ -13,7 +13,8 @@ import msgspec
 import pytest
 
 from adapters.kubernetes.client import ForbiddenError, KubeClient, env_proxy, load_api_client
-from adapters.kubernetes.reflector import Reflector, SourceHooks, WatchSettings, collection_path
+from adapters.kubernetes.reflector import Reflector, WatchSettings, collection_path
+from controller.ports import SourceHooks
 from tests.kube import KubeCluster
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from adapters.docker.client import DockerClient
-from adapters.docker.events import DockerEventSource, EventSourceHooks, EventSourceSettings
+from adapters.docker.events import DockerEventSource, EventSourceSettings
 from controller.metrics import RESULT_SUCCESS
+from controller.ports import SourceHooks
 from tests.dockerd import DockerDaemon
 from tests.integration.test_docker_mode import CONTROLLER_NAME, _unique, running
 from tests.support.waiting import eventually
@@ -42,8 +43,8 @@ class Delivered:
             self.events.append((self._action, cid))
             self._action = None
 
-    def hooks(self) -> EventSourceHooks:
-        return EventSourceHooks(
+    def hooks(self) -> SourceHooks:
+        return SourceHooks(
             on_event=self.on_event, on_restart=self.restarts.append, on_ready=self.ready.append
         )
 

@@ -1,6 +1,6 @@
 """Docker mode end to end against a real private dockerd (tests/dockerd.py).
 
-The controller runs in-process (:class:`adapters.compose.DockerMode`, its own metrics registry,
+The controller runs in-process (:class:`adapters.docker_mode.DockerMode`, its own metrics registry,
 a temporary bundle root and secrets directory, HTTP on 127.0.0.1 at a free port) while the test
 drives the engine through the fixture's own synchronous API client, from a thread so the event
 loop keeps running. ``winspec run`` itself runs as a real subprocess for the exit-code and
@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.bundles.local import KEY_FILE
-from adapters.compose import CONTROLLER_NAME, DockerMode
+from adapters.docker.mode import CONTROLLER_NAME, DockerMode
 from controller.settings import load_settings
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
 from tests.processes import clean_env, free_port, http_status, winspec_run_command

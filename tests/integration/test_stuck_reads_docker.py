@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.compose import SHUTDOWN_MARGIN_SECONDS
+from adapters.runtime import SHUTDOWN_MARGIN_SECONDS
 from tests.dockerd import PAUSE_COMMAND, DockerDaemon
 from tests.processes import REPO, clean_env, free_port, winspec_run_command
 from tests.support.waiting import eventually

@@ -242,3 +242,32 @@ def test_docker_inspect_array_is_accepted() -> None:
     doc["container"] = [doc["container"]]
     proc = _winspec("generate", stdin=msgspec.json.encode(doc))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_run_help_quotes_the_defaults_of_settings_in_groups() -> None:
+    """Every `(default: X)` of a `run` flag naming a setting with a fixed default is Settings'."""
+    from adapters.cli import _build_parser, _command_parser
+    from controller.settings import Settings
+
+    run = _command_parser(_build_parser(), "run")
+    titles = [group.title for group in run._action_groups]
+    assert set(titles) >= {
+        "every mode",
+        "Docker mode (--source docker)",
+        "the node",
+        "cluster mode (--source kubernetes)",
+        "cluster mode, --delivery agent",
+    }
+    defaults = Settings()
+    checked = 0
+    for action in run._actions:
+        name = action.dest
+        if name not in Settings.__struct_fields__ or "(default: " not in (action.help or ""):
+            continue
+        value = getattr(defaults, name)
+        if value is None or name in ("bundle_root", "secrets_dir", "leader_elect"):
+            continue  # the help says where it comes from (the engine, the platform, "on")
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        assert f"(default: {shown}" in " ".join((action.help or "").split()), name
+        checked += 1
+    assert checked >= 20

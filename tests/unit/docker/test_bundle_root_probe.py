@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.bundles import fsops, local
-from adapters.compose import ATOMIC_REPLACE_WARNING, DockerMode
+from adapters.docker.mode import ATOMIC_REPLACE_WARNING, DockerMode
 from controller.settings import load_settings
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from adapters.compose import CONTROLLER_NAME, DockerMode, EngineUnreachableError
+from adapters.docker.mode import CONTROLLER_NAME, DockerMode, EngineUnreachableError
 from controller.settings import load_settings
 from tests.support.waiting import eventually
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, serving

@@ -18,12 +18,12 @@ from adapters.docker.events import (
     EVENT_FILTERS,
     EVENT_TYPES,
     DockerEventSource,
-    EventSourceHooks,
     EventSourceSettings,
     resume_since,
 )
 from adapters.retry import RetryPolicy
 from controller.errors import RequestDecodeError
+from controller.ports import SourceHooks
 from tests.support.waiting import eventually
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
 
@@ -40,11 +40,11 @@ class Recorded:
     synced: int = 0
     ready: list[bool] = field(default_factory=list)
 
-    def hooks(self) -> EventSourceHooks:
+    def hooks(self) -> SourceHooks:
         def synced() -> None:
             self.synced += 1
 
-        return EventSourceHooks(
+        return SourceHooks(
             on_event=self.events.append,
             on_restart=self.restarts.append,
             on_synced=synced,

@@ -1,4 +1,5 @@
-"""Tests of Docker mode's start-up and shutdown (adapters.compose) against a scripted engine.
+"""Tests of Docker mode's start-up and shutdown (adapters.docker.mode, adapters.runtime) against
+a scripted engine.
 
 DockerMode runs in-process against the real HTTP server of tests/unit/docker/scripted.py, with
 its own registry, a temporary bundle root and HTTP on 127.0.0.1 at a free port.
@@ -21,13 +22,8 @@ import pytest
 from aiohttp import web
 
 from adapters.cli import main
-from adapters.compose import (
-    CANCEL_GRACE_SECONDS,
-    SHUTDOWN_MARGIN_SECONDS,
-    DockerMode,
-    ListenError,
-    finish,
-)
+from adapters.docker.mode import DockerMode
+from adapters.runtime import CANCEL_GRACE_SECONDS, SHUTDOWN_MARGIN_SECONDS, ListenError, finish
 from controller.settings import load_settings
 from tests.support.waiting import eventually
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, event_stream
@@ -244,13 +240,14 @@ async def test_finish_abandons_a_task_that_ignores_cancellation() -> None:
 def test_the_documented_shutdown_margin_is_the_real_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """docs/docker-mode.md and `winspec run --help` state the margin SHUTDOWN_MARGIN_SECONDS is."""
+    """docs/docker-mode.md, `winspec run --help` and `winspec agent --help` state the margin."""
     stated = f"plus {SHUTDOWN_MARGIN_SECONDS:g} s"
     page = (ROOT / "docs" / "docker-mode.md").read_text()
     assert stated in " ".join(page.split())
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
-    assert stated in " ".join(capsys.readouterr().out.split())
+    for command in ("run", "agent"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert stated in " ".join(capsys.readouterr().out.split()), command
 
 
 async def test_sigterm_during_a_slow_list_exits_0_in_time(
