@@ -264,6 +264,7 @@ def test_writer_killed_at_random_moments_on_ntfs_shows_no_torn_bundle(ntfs: Path
         settle.stdout.close()
         time.sleep(0.2)  # the readers see the final bundles too
     assert watch.torn == [], f"seed {SEED}"
+    assert leftovers_seen > 0, f"seed {SEED}: no kill landed mid-write"
     assert all(watch.whole.get(bundle_id, 0) > 0 for bundle_id in IDS), watch.whole
     assert (root / KEY_FILE).read_bytes() == key  # one key across every restart
     assert sorted(os.listdir(root)) == sorted([KEY_FILE, *IDS])
