@@ -30,6 +30,7 @@ RUN_BY_CI: dict[str, str] = {
     ".venv/bin/python -m pytest": ".venv/bin/python -m pytest",
     ".ci/install-docker.sh": "bash .ci/install-docker.sh",
     ".ci/install-oci-checks.sh": "bash .ci/install-oci-checks.sh",
+    ".ci/install-ntfs.sh": "bash .ci/install-ntfs.sh",
     ".ci/install-kube-apiserver.sh": "bash .ci/install-kube-apiserver.sh",
     ".ci/install-manifest-checks.sh": "bash .ci/install-manifest-checks.sh",
     ".ci/build-base-image.sh": "bash .ci/build-base-image.sh",

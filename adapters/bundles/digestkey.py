@@ -4,8 +4,10 @@ Each bundle's ``.digest`` is an HMAC-SHA256 under this key
 (:meth:`~controller.bundle.BundleContent.keyed_digest`), no oracle for the secrets it covers.
 The key is created on first use, complete or not at all (written to a temporary file, fsynced,
 then hard-linked to its name, so two writers agree on one key), and read by every later run. A
-key file that is missing, of the wrong length or readable by others is replaced by a new key;
-one that is a link or not a regular file is refused. See ``docs/bundles.md``.
+key file that is missing, of the wrong length or readable by others is replaced by a new key
+(readable by others counts only where the file system keeps modes: NTFS or FAT mounted on Linux
+show every file 0777); one that is a link or not a regular file is refused. See
+``docs/bundles.md``.
 """
 
 from __future__ import annotations
@@ -43,13 +45,18 @@ def load_digest_key(root: Path) -> bytes:
     fsops.ensure_dir(root)
     path = root / KEY_FILE
     while True:
-        found, existing = _read_key(path)
+        found, existing, existing_raw = _read_key(path)
         if existing is not None:
             return existing
         key = token_bytes(DIGEST_KEY_BYTES)
         tmp = root / f"{KEY_TEMP_PREFIX}{token_hex(4)}"
         try:
             fsops.write_file(tmp, key)
+            if found and existing_raw is not None and _modes_ignored(tmp):
+                # Created 0600 yet readable by others: this file system keeps no modes (NTFS
+                # or FAT mounted on Linux), so the existing key's mode says nothing about it
+                # and replacing it would only give every start, every process, a new key.
+                return existing_raw
             fsops.fsync_file(tmp)
             if found:
                 os.replace(tmp, path)  # unusable: replaced whole, in one step
@@ -71,14 +78,15 @@ def load_digest_key(root: Path) -> bytes:
         return key
 
 
-def _read_key(path: Path) -> tuple[bool, bytes | None]:
-    """Whether the key file exists, and its key if that is usable."""
+def _read_key(path: Path) -> tuple[bool, bytes | None, bytes | None]:
+    """Whether the key file exists, its key if that is usable, and its key if that is usable
+    but for its mode."""
     if os.path.islink(path):
         raise PermanentError(f"refusing the digest key {path}: it is a link")
     try:
         fd = os.open(path, os.O_RDONLY | fsops.O_BINARY | _O_NOFOLLOW | _O_NONBLOCK)
     except FileNotFoundError:
-        return False, None
+        return False, None, None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -88,4 +96,10 @@ def _read_key(path: Path) -> tuple[bool, bytes | None]:
         os.close(fd)
     # Readable by others: the key may be known, so it protects nothing any more.
     exposed = os.name != "nt" and bool(st.st_mode & 0o077)
-    return True, data if len(data) == DIGEST_KEY_BYTES and not exposed else None
+    whole = data if len(data) == DIGEST_KEY_BYTES else None
+    return True, None if exposed else whole, whole
+
+
+def _modes_ignored(path: Path) -> bool:
+    """Whether the file ``path``, just created mode 0600, shows other bits all the same."""
+    return os.name != "nt" and bool(os.lstat(path).st_mode & 0o077)

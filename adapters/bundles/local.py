@@ -116,6 +116,7 @@ class LocalBundleWriter:
                     key=key,
                 )
         except OSError as exc:
+            self._refuse_windows_name(bundle_id, exc)
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
 
     async def digest(self, content: BundleContent) -> str:
@@ -176,6 +177,19 @@ class LocalBundleWriter:
         except OSError as exc:
             raise TransientError(f"cannot sweep bundles in {self._root}: {exc}") from exc
         return sorted(removed)
+
+    def _refuse_windows_name(self, bundle_id: str, exc: OSError) -> None:
+        """Raise a :class:`PermanentError` when ``exc`` is a file system with Windows' name
+        rules (NTFS) refusing the bundle id or the root's name: a device name such as ``con``
+        or ``aux`` is a valid Kubernetes name, but never a file there, so retrying is futile."""
+        if exc.errno != errno.EINVAL:
+            return
+        for kind, name in (("bundle id", bundle_id), ("bundle root", self._root.name)):
+            if is_windows_reserved(name):
+                raise PermanentError(
+                    f"cannot write bundle {bundle_id}: the {kind} {name!r} is a device name "
+                    f"under Windows' rules, which this file system applies ({exc})"
+                ) from exc
 
     async def _digest_key(self) -> bytes:
         """The root's digest key, loaded (or created) once; raises :class:`OSError`."""
@@ -352,7 +366,13 @@ def _is_bundle_file_name(name: str) -> bool:
         check_payload_id(leaf, directory)
     except PermanentError:
         return False
-    return not leaf.endswith(".") and leaf.split(".", 1)[0].casefold() not in _WINDOWS_DEVICES
+    return not is_windows_reserved(leaf)
+
+
+def is_windows_reserved(name: str) -> bool:
+    """Whether Windows would not keep ``name`` as written: a trailing dot (dropped) or a device
+    name (``NUL``, ``com1.txt``, …: not a file)."""
+    return name.endswith(".") or name.split(".", 1)[0].casefold() in _WINDOWS_DEVICES
 
 
 def _payload_sets(files: Mapping[str, bytes]) -> dict[str, dict[str, bytes]]:
