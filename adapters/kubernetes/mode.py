@@ -26,16 +26,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.agent.client import AGENT_APIS, AGENT_NODE_API
-from adapters.agent.remote import (
-    AgentEndpoint,
-    AgentLocator,
-    DeliveryPolicy,
-    NodeDigestStatus,
-    RemoteBundleWriter,
-    agent_ssl_context,
-    token_reader,
-)
+from adapters.agentapi.client import AGENT_APIS, AGENT_NODE_API
+from adapters.bundles.namespaced import NamespacedBundleWriter
 from adapters.compose import (
     CANCEL_GRACE_SECONDS,
     CLOSE_SECONDS,
@@ -55,17 +47,25 @@ from adapters.kubernetes.bundles import (
     BundleAbandonedError,
     BundleScope,
     FinalizingWriter,
-    NamespacedBundleWriter,
     OnAbandoned,
-    check_key,
 )
 from adapters.kubernetes.client import KubeClient, load_api_client
+from adapters.kubernetes.delivery import (
+    AgentEndpoint,
+    AgentLocator,
+    DeliveryPolicy,
+    NodeDigestStatus,
+    RemoteBundleWriter,
+    agent_ssl_context,
+    token_reader,
+)
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.reflector import SourceHooks, WatchSettings
 from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
 from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
+from controller.bundle import check_key
 from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
 from controller.health import HealthState
@@ -475,7 +475,7 @@ async def _clean_local(
     """Once the first list is in: delete the leftovers of interrupted writes that ``scope``
     owns, and queue the bundles whose resource is gone (deleted while winspec was down) that it
     owns: their reconcile removes them. What other instances sharing the root own is left."""
-    removed = await bundles.sweep(scope, seen)
+    removed = await bundles.sweep(scope.owned(seen))
     if removed:
         log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
     for key in await bundles.list_ids():

@@ -27,8 +27,8 @@ import msgspec
 import pytest
 import yarl
 
-from adapters.agent.client import AgentAuthError, AgentClient, ClientPolicy
-from adapters.agent.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
+from adapters.agentapi.client import AgentAuthError, AgentClient, ClientPolicy
+from adapters.agentapi.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
 from controller.errors import PermanentError, TransientError
 from tests.agent import AgentProcess, TLSFiles, agent_command, make_tls
 from tests.kube import KubeCluster
