@@ -40,7 +40,6 @@ from adapters.docker.events import (
 from adapters.docker.resolver import (
     DEPENDENCY_KINDS,
     DockerRequestResolver,
-    NodeOverrides,
     node_facts_from_info,
 )
 from adapters.docker.types import Info, decode
@@ -206,17 +205,7 @@ class DockerMode:
                 stopped = True
                 return
             info = connecting.result()
-            node = node_facts_from_info(
-                info,
-                NodeOverrides(
-                    windows_build=s.windows_build,
-                    cpu_count=s.cpu_count,
-                    default_isolation=s.default_isolation,
-                    lcow_supported=s.lcow,
-                    dns_search=list(s.dns_search),
-                    daemon_root=s.daemon_root,
-                ),
-            )
+            node = node_facts_from_info(info, s.node_settings())
             log.info(
                 "connected to the Docker engine",
                 extra={

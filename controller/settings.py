@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from controller.errors import PermanentError
+from controller.models import NodeSettings
 from controller.names import is_dns1123_label
 
 ENV_PREFIX = "WINSPEC_"
@@ -160,6 +161,17 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for ns in self.namespace:
             if not is_dns1123_label(ns):
                 raise ValueError(f"namespace {ns!r} is not a namespace name")
+
+    def node_settings(self) -> NodeSettings:
+        """The node facts these settings give."""
+        return NodeSettings(
+            windows_build=self.windows_build,
+            cpu_count=self.cpu_count,
+            default_isolation=self.default_isolation,
+            lcow_supported=self.lcow,
+            dns_search=tuple(self.dns_search),
+            daemon_root=self.daemon_root,
+        )
 
 
 def split_listen(listen: str) -> tuple[str, int]:

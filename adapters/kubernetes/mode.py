@@ -61,7 +61,7 @@ from adapters.kubernetes.delivery import (
 )
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.reflector import SourceHooks, WatchSettings
-from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
+from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver
 from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
@@ -318,14 +318,7 @@ class ClusterMode:
         resolver = KubernetesResolver(
             client,
             cache=source.cache,
-            node_defaults=NodeDefaults(
-                windows_build=s.windows_build,
-                cpu_count=s.cpu_count,
-                default_isolation=s.default_isolation,
-                lcow=s.lcow,
-                dns_search=tuple(s.dns_search),
-                daemon_root=s.daemon_root,
-            ),
+            node_defaults=s.node_settings(),
             observe=lambda kind, seconds: m.dependency_fetch_seconds.labels(kind=kind).observe(
                 seconds
             ),
