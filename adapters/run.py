@@ -412,7 +412,7 @@ def check_agent_token_file(path: str) -> None:
     """Refuse, at start, a ``--delivery agent`` token file that cannot be read or is empty
     (else the first delivery would be the first to find out). It is read again on every call:
     the kubelet rotates it. Raises :class:`PermanentError` naming the path."""
-    from adapters.agent.remote import token_reader
+    from adapters.kubernetes.delivery import token_reader
 
     try:
         token_reader(Path(path))()

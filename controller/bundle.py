@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from secrets import token_bytes
 
@@ -18,6 +19,7 @@ import msgspec
 from controller.errors import PermanentError
 from controller.generate import Generated, Link, encode_spec
 from controller.models import Request, check_payload_id
+from controller.names import is_dns1123_label
 
 CONFIG_FILE = "config.json"
 LINKS_FILE = "links.json"
@@ -42,6 +44,30 @@ def check_bundle_id(bundle_id: str) -> str:
     if not is_valid_bundle_id(bundle_id):
         raise PermanentError(f"invalid bundle id {bundle_id!r}: not a container id or name")
     return bundle_id
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``<namespace>/<name>`` (the key of a cluster resource, the id of a bundle an agent
+    keeps) into its checked parts, else a :class:`PermanentError`.
+
+    Checked before the key comes near a path: exactly one slash, a DNS-1123 label, and a name
+    the local writer accepts as one path component (no dots-only names, no separators). The
+    bundle is ``<bundle root>/<namespace>/<name>/``.
+    """
+    namespace, sep, name = key.partition("/")
+    if not sep or not is_dns1123_label(namespace) or not is_valid_bundle_id(name):
+        shown = key if len(key) <= 300 else key[:300] + "..."
+        raise PermanentError(
+            f"invalid bundle id {shown!r}: expected <namespace>/<name>, a DNS-1123 label and "
+            "a DNS-1123 subdomain name"
+        )
+    return namespace, name
+
+
+def check_key(key: str) -> str:
+    """Return ``key``, or refuse it (:func:`split_key`) before it touches a path."""
+    split_key(key)
+    return key
 
 
 class LinksDocument(msgspec.Struct, kw_only=True):
@@ -93,13 +119,19 @@ class BundleContent:
 
 def _digest(key: bytes, files: dict[str, bytes]) -> str:
     h = hmac.new(key, digestmod="sha256")
+    hash_files(h, files)
+    return h.hexdigest()
+
+
+def hash_files(h: hmac.HMAC, files: Mapping[str, bytes]) -> None:
+    """Feed every path and content of ``files`` into ``h``, in path order, each one framed
+    (path, NUL, 8-byte length, content) so that no two sets of files feed the same bytes."""
     for name in sorted(files):
         data = files[name]
         h.update(name.encode())
         h.update(b"\0")
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
-    return h.hexdigest()
 
 
 _links_encoder = msgspec.json.Encoder()

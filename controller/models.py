@@ -10,6 +10,7 @@ driver data and the resolved dependencies.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -208,6 +209,19 @@ class NodeFacts(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fie
     daemon_root: Str = "C:\\ProgramData\\docker"
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """The node facts given in settings (``None``, empty: not given). Docker mode's win over
+    what the engine says; cluster mode's stand in for what a Node object does not say."""
+
+    windows_build: int | None = None
+    cpu_count: int | None = None
+    default_isolation: str | None = None
+    lcow_supported: bool | None = None
+    dns_search: tuple[str, ...] = ()
+    daemon_root: str | None = None
+
+
 class SecretRef(msgspec.Struct, rename="camel", kw_only=True, forbid_unknown_fields=True):
     """A swarm secret granted to the container, with its payload when resolved."""
 
@@ -378,26 +392,6 @@ def _decode_request(data: bytes) -> Request:
         return msgspec.convert(raw, Request)
     except msgspec.ValidationError as exc:
         raise RequestDecodeError(f"invalid request: {exc}") from exc
-
-
-def decode_container(data: bytes | str) -> Container:
-    """Decode a ``GET /containers/{id}/json`` body."""
-    try:
-        return msgspec.json.decode(data, type=Container)
-    except msgspec.DecodeError as exc:
-        raise RequestDecodeError(f"invalid container inspect: {exc}") from exc
-    except RecursionError as exc:
-        raise RequestDecodeError("invalid container inspect: nested too deeply") from exc
-
-
-def decode_image(data: bytes | str) -> Image:
-    """Decode a ``GET /images/{id}/json`` body."""
-    try:
-        return msgspec.json.decode(data, type=Image)
-    except msgspec.DecodeError as exc:
-        raise RequestDecodeError(f"invalid image inspect: {exc}") from exc
-    except RecursionError as exc:
-        raise RequestDecodeError("invalid image inspect: nested too deeply") from exc
 
 
 def check_container_id(container_id: str) -> str:

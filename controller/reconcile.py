@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 
 from controller.bundle import build_bundle, check_bundle_id
-from controller.credspec import CredentialSpecReader
 from controller.errors import PermanentError, WinspecError, WithdrawError, reason_of
 from controller.generate import generate
 from controller.loop import Result
@@ -33,7 +32,6 @@ class BundleReconciler:
         resolver: RequestResolver,
         writer: BundleWriter,
         metrics: Metrics,
-        reader: CredentialSpecReader | None = None,
         status: StatusReporter | None = None,
         check_key: Callable[[str], object] = check_bundle_id,
     ) -> None:
@@ -41,7 +39,6 @@ class BundleReconciler:
         # Docker mode's keys are bundle ids; cluster mode's are <namespace>/<name>.
         self._check_key = check_key
         self._writer = writer
-        self._reader = reader
         self._status = status
         self._written = metrics.bundles_written.labels(result=BUNDLE_WRITTEN)
         self._unchanged = metrics.bundles_written.labels(result=BUNDLE_UNCHANGED)
@@ -86,7 +83,7 @@ class BundleReconciler:
                 _log.info("bundle removed", extra={"key": key})
             return None
 
-        generated = generate(request, reader=self._reader)
+        generated = generate(request)
         for warning in generated.warnings:
             _log.warning("spec generated with a warning", extra={"key": key, "warning": warning})
         content = build_bundle(request, generated)

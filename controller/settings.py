@@ -12,9 +12,10 @@ from typing import Any, Literal
 import msgspec
 
 from controller.errors import PermanentError
+from controller.models import NodeSettings
+from controller.names import is_dns1123_label
 
 ENV_PREFIX = "WINSPEC_"
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # A node name that is also a valid label value (63 characters at most).
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$")
 #: Settings given as comma-separated lists in the environment.
@@ -137,7 +138,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"{name} must not be empty")
         if not (self.lease_duration >= 3 and math.isfinite(self.lease_duration)):
             raise ValueError("lease_duration must be at least 3 seconds")
-        if not _NAMESPACE.match(self.leader_election_namespace):
+        if not is_dns1123_label(self.leader_election_namespace):
             raise ValueError("leader_election_namespace is not a namespace name")
         if self.node_name is not None and not _NODE_NAME.match(self.node_name):
             raise ValueError(f"node_name {self.node_name!r} is not a node name")
@@ -153,13 +154,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("agent_timeout must be a positive number of seconds")
         if not (self.agent_removal_grace >= 0 and math.isfinite(self.agent_removal_grace)):
             raise ValueError("agent_removal_grace must be a number of seconds, 0 or more")
-        if not _NAMESPACE.match(self.agent_namespace):
+        if not is_dns1123_label(self.agent_namespace):
             raise ValueError("agent_namespace is not a namespace name")
         if not self.agent_selector or not self.agent_token_file:
             raise ValueError("agent_selector and agent_token_file must not be empty")
         for ns in self.namespace:
-            if not _NAMESPACE.match(ns):
+            if not is_dns1123_label(ns):
                 raise ValueError(f"namespace {ns!r} is not a namespace name")
+
+    def node_settings(self) -> NodeSettings:
+        """The node facts these settings give."""
+        return NodeSettings(
+            windows_build=self.windows_build,
+            cpu_count=self.cpu_count,
+            default_isolation=self.default_isolation,
+            lcow_supported=self.lcow,
+            dns_search=tuple(self.dns_search),
+            daemon_root=self.daemon_root,
+        )
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ The points, in a write's order (see :mod:`adapters.bundles.local`):
 * ``_finish_carry``: an update that carries payload directories over has been swapped in, its
   payload directories still stand-in links into the old version, now under ``.tmp-``.
 * ``answer``: the write is complete and durable, the agent has not answered yet (it is about to
-  read back the digest it keeps, :mod:`adapters.agent.store`).
+  read back the digest it keeps, :mod:`adapters.bundles.namespaced`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.agent import store
-from adapters.bundles import fsops, local
+from adapters.bundles import fsops, local, namespaced
 
 #: Point name: (module, function) patched.
 POINTS: dict[str, tuple[Any, str]] = {
     "_sync_all": (fsops, "sync_all"),
     "_finish_carry": (local, "_finish_carry"),
-    "answer": (store, "_read_digest"),
+    "answer": (namespaced, "_read_digest"),
 }
 
 

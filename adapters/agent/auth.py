@@ -30,8 +30,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+import msgspec
+
+from adapters.kubernetes.client import KubeClient
 from controller.errors import PermanentError, TransientError
 
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -53,32 +56,44 @@ class TokenReviewer(Protocol):
         ...
 
 
-class KubeTokenReviewer:
-    """A :class:`TokenReviewer` on a kubernetes-asyncio ``ApiClient`` (which it closes)."""
+class _User(msgspec.Struct):
+    username: str = ""
 
-    def __init__(self, api_client: Any, *, timeout: float = 10.0) -> None:
-        self._api = api_client
-        self._timeout = timeout
+
+class _TokenReviewStatus(msgspec.Struct):
+    authenticated: bool = False
+    audiences: list[str] | None = None
+    user: _User | None = None
+
+
+class _TokenReview(msgspec.Struct):
+    status: _TokenReviewStatus | None = None
+
+
+class KubeTokenReviewer:
+    """A :class:`TokenReviewer` on winspec's Kubernetes client (which it closes): the call is
+    retried on connection errors, 429 and 5xx, and carries winspec's User-Agent."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self._client = client
 
     async def review(self, token: str, audience: str) -> Review:
         """POST a TokenReview; the server's verdict."""
-        from kubernetes_asyncio.client import (
-            AuthenticationV1Api,
-            V1TokenReview,
-            V1TokenReviewSpec,
-        )
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        body = V1TokenReview(spec=V1TokenReviewSpec(token=token, audiences=[audience]))
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        }
         try:
-            answer = await AuthenticationV1Api(self._api).create_token_review(
-                body, _request_timeout=self._timeout
+            raw = await self._client.request(
+                "POST", TOKEN_REVIEW_PATH, body=body, api="token_review"
             )
-        except ApiException as exc:
+            answer = msgspec.json.decode(raw, type=_TokenReview)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise TransientError(f"TokenReview failed: invalid answer: {exc}") from None
+        except (PermanentError, TransientError) as exc:
             # 403: the agent's own account may not create TokenReviews (see its RBAC).
-            raise TransientError(f"TokenReview failed: {exc.status} {exc.reason}") from None
-        except (OSError, TimeoutError) as exc:
-            raise TransientError(f"TokenReview failed: {type(exc).__name__}: {exc}") from None
+            raise TransientError(f"TokenReview failed: {exc}") from None
         status = answer.status
         if status is None or not status.authenticated:
             return Review(authenticated=False)
@@ -86,11 +101,11 @@ class KubeTokenReviewer:
         if audience not in (status.audiences or []):
             return Review(authenticated=False)
         username = status.user.username if status.user is not None else ""
-        return Review(authenticated=bool(username), username=username or "")
+        return Review(authenticated=bool(username), username=username)
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._api.close()
+        await self._client.close()
 
 
 class ReviewBudgetError(Exception):

@@ -36,9 +36,9 @@ from adapters.agent.settings import (
     load_agent_settings,
 )
 from adapters.agent.store import AgentStore
-from adapters.agent.wire import ReplayGuard
+from adapters.agentapi.wire import ReplayGuard
 from adapters.http import register_process_metrics
-from adapters.kubernetes.client import check_kubeconfig_file
+from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.logs import RepeatFilter, configure_logging
 from adapters.runtime import (
     CANCEL_GRACE_SECONDS,
@@ -278,15 +278,6 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def _kubeconfig_path(explicit: str | None) -> str | None:
-    if explicit:
-        return explicit
-    if os.environ.get("KUBECONFIG"):
-        return os.environ["KUBECONFIG"].split(os.pathsep)[0]
-    default = os.path.expanduser("~/.kube/config")
-    return default if os.path.exists(default) else None
-
-
 def _mtimes(*paths: str) -> tuple[int, ...]:
     try:
         return tuple(os.stat(p).st_mtime_ns for p in paths)
@@ -314,26 +305,6 @@ async def reload_tls(context: ssl.SSLContext, cert: str, key: str, *, interval: 
             continue
         loaded = current
         log.info("TLS certificate reloaded", extra={"cert": cert})
-
-
-async def load_api_client(kubeconfig: str | None) -> Any:
-    """A kubernetes-asyncio ``ApiClient``: the kubeconfig (``--kubeconfig``, ``KUBECONFIG``,
-    ``~/.kube/config``) when there is one, else the in-cluster service account."""
-    from kubernetes_asyncio import client, config
-    from kubernetes_asyncio.config.config_exception import ConfigException
-
-    path = _kubeconfig_path(kubeconfig)
-    if path is not None:
-        check_kubeconfig_file(path)
-    try:
-        if path is not None:
-            return await config.new_client_from_config(config_file=path, persist_config=False)
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]  # unannotated upstream
-        return client.ApiClient(configuration)
-    except (ConfigException, OSError, ValueError) as exc:
-        where = path or "the in-cluster service account"
-        raise PermanentError(f"cannot use the Kubernetes configuration {where}: {exc}") from exc
 
 
 #: File descriptors kept for everything but client connections: the listening socket, the API
@@ -381,7 +352,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     register_process_metrics(registry)
     store = AgentStore(Path(settings.bundle_root))
     reviewer = KubeTokenReviewer(
-        await load_api_client(settings.kubeconfig), timeout=settings.api_timeout
+        KubeClient(await load_api_client(settings.kubeconfig), timeout=settings.api_timeout)
     )
     authenticator = Authenticator(
         reviewer,

@@ -3,7 +3,7 @@
 Routes (every ``/v1/`` request authenticated first, see :mod:`adapters.agent.auth`):
 
 * ``PUT /v1/bundles/<namespace>/<name>``: write the bundle in the body
-  (:mod:`adapters.agent.wire`); 200 with the digest the agent keeps, ``changed`` false when
+  (:mod:`adapters.agentapi.wire`); 200 with the digest the agent keeps, ``changed`` false when
   the same content was already there (nothing rewritten).
 * ``DELETE /v1/bundles/<namespace>/<name>``: remove it; 200, ``changed`` false when absent.
 * ``GET /v1/bundles``: every bundle with its digest, for a resync.
@@ -12,11 +12,11 @@ Routes (every ``/v1/`` request authenticated first, see :mod:`adapters.agent.aut
 * ``/healthz``, ``/readyz``, ``/metrics`` (:mod:`adapters.http`), without a token: the
   kubelet's probes and Prometheus carry none, and none of them shows a bundle.
 
-Refusals are JSON :class:`~adapters.agent.wire.ErrorBody`: 400 a malformed id or body, a MAC
+Refusals are JSON :class:`~adapters.agentapi.wire.ErrorBody`: 400 a malformed id or body, a MAC
 that does not match or a DELETE without its ``Winspec-Issued`` header, 401 no token or one the
 API server does not accept for the agent's audience, 403 a valid token of an identity not
 allowed, 408 a body not received within the body timeout, 409 a replayed request or one older
-than the newest accepted for its bundle (:class:`~adapters.agent.wire.ReplayGuard`), 413 a body
+than the newest accepted for its bundle (:class:`~adapters.agentapi.wire.ReplayGuard`), 413 a body
 over the limit, 415 another content type, 429 a peer that sent more unknown tokens than its
 TokenReview budget (with ``Retry-After``), 503 the API server or the bundle root unusable. A
 refused request writes nothing.
@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from adapters.agent.auth import Authenticator, ReviewBudgetError, Verdict
 from adapters.agent.metrics import AgentMetrics
 from adapters.agent.store import AgentStore
-from adapters.agent.wire import (
+from adapters.agentapi.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
     ISSUED_HEADER,
@@ -53,9 +53,9 @@ from adapters.agent.wire import (
     ReplayGuard,
     decode_upload,
     parse_issued,
-    split_bundle_id,
 )
 from adapters.http import build_app
+from controller.bundle import split_key
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
 
@@ -219,7 +219,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
 
 def _bundle_id(request: web.Request) -> str:
     bundle_id = request.match_info["id"]
-    split_bundle_id(bundle_id)
+    split_key(bundle_id)
     return bundle_id
 
 

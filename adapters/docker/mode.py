@@ -30,7 +30,6 @@ from adapters.docker.events import (
 from adapters.docker.resolver import (
     DEPENDENCY_KINDS,
     DockerRequestResolver,
-    NodeOverrides,
     node_facts_from_info,
 )
 from adapters.docker.types import Info, decode
@@ -127,17 +126,7 @@ class DockerMode(Runtime):
         s = self.settings
         info = self._info
         assert info is not None
-        node = node_facts_from_info(
-            info,
-            NodeOverrides(
-                windows_build=s.windows_build,
-                cpu_count=s.cpu_count,
-                default_isolation=s.default_isolation,
-                lcow_supported=s.lcow,
-                dns_search=list(s.dns_search),
-                daemon_root=s.daemon_root,
-            ),
-        )
+        node = node_facts_from_info(info, s.node_settings())
         await self._serve(
             manager,
             self._client,

@@ -18,7 +18,6 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +40,7 @@ from controller.models import (
     Container,
     Image,
     NodeFacts,
+    NodeSettings,
     Request,
     ResolvedCredentialSpecs,
     SecretRef,
@@ -67,20 +67,8 @@ NOT_A_MANAGER = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class NodeOverrides:
-    """Node facts set by the operator; ``None`` means "ask the engine"."""
-
-    windows_build: int | None = None
-    cpu_count: int | None = None
-    default_isolation: str | None = None
-    lcow_supported: bool | None = None
-    dns_search: list[str] = field(default_factory=list)
-    daemon_root: str | None = None
-
-
-def node_facts_from_info(info: Info, overrides: NodeOverrides) -> NodeFacts:
-    """Node facts from ``GET /info`` (decoded as :class:`Info`), with the operator's overrides.
+def node_facts_from_info(info: Info, overrides: NodeSettings) -> NodeFacts:
+    """Node facts from ``GET /info`` (decoded as :class:`Info`); the operator's settings win.
 
     A Linux engine (a development host) is treated as a node that supports LCOW, so Linux
     images there get the LCOW variant of the spec.

@@ -1,17 +1,14 @@
 """Cluster mode's bundle writers: ``<bundle root>/<namespace>/<name>/``, guarded by a finalizer.
 
-:class:`NamespacedBundleWriter` maps a key ``<namespace>/<name>`` onto the existing local
-writer (:class:`~adapters.bundles.local.LocalBundleWriter`) for the directory
-``<bundle root>/<namespace>``: the bundle id is the object's name, which the local writer
-checks like any bundle id (a DNS-1123 name, one path component); the namespace (a DNS-1123
-label) is checked here before it becomes a directory. It remembers the digest each bundle it
-wrote keeps in ``.digest`` (:meth:`NamespacedBundleWriter.kept_digest`), which is what
-``status.digest`` reports.
+Bundles on this host are written by the shared
+:class:`~adapters.bundles.namespaced.NamespacedBundleWriter` (the node agent's tree too); it
+remembers the digest each bundle it wrote keeps in ``.digest``, which is what ``status.digest``
+reports.
 
 :class:`BundleScope` says which bundles below a root shared with other instances are this
 instance's to remove (see its docstring for the rule).
 
-:class:`FinalizingWriter` wraps it with the finalizer ``winspec.io/bundle``: it is added to
+:class:`FinalizingWriter` wraps a writer with the finalizer ``winspec.io/bundle``: it is added to
 the object before its first bundle is written (so a deletion always waits for winspec), and
 removed only after the bundle is deleted. A removal that fails (the bundle root unreachable)
 raises before the finalizer is touched, so the object stays until a retry succeeds, unless
@@ -25,15 +22,13 @@ reconcile is retried with a fresh copy.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
-from adapters.bundles.local import LocalBundleWriter
+from adapters.bundles.namespaced import Owned
 from adapters.kubernetes.client import MERGE_PATCH, KubeClient
-from controller.bundle import BundleContent, check_bundle_id
+from controller.bundle import BundleContent
 from controller.cluster import (
     FINALIZER,
     GROUP,
@@ -44,10 +39,8 @@ from controller.cluster import (
     WindowsContainer,
     decode_windows_container,
 )
-from controller.errors import NotFoundError, PermanentError, RequestDecodeError, TransientError
+from controller.errors import NotFoundError, RequestDecodeError, TransientError
 from controller.ports import BundleWriter
-
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class BundleAbandonedError(TransientError):
@@ -69,21 +62,6 @@ class BundleAbandonedError(TransientError):
 #: What is told of a removal given up: the key, and the metadata of the object whose finalizer
 #: was released for it (None: no finalizer was left to release).
 OnAbandoned = Callable[[str, ObjectMeta | None, BundleAbandonedError], Awaitable[None]]
-
-
-def split_key(key: str) -> tuple[str, str]:
-    """``<namespace>/<name>`` into its parts; anything else is a PermanentError."""
-    namespace, sep, name = key.partition("/")
-    if not sep or not _NAMESPACE.match(namespace) or not name or "/" in name:
-        raise PermanentError(f"invalid key {key!r}: not <namespace>/<name>")
-    return namespace, name
-
-
-def check_key(key: str) -> str:
-    """The key, checked (the reconciler's check before anything becomes a path)."""
-    _, name = split_key(key)
-    check_bundle_id(name)
-    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,85 +99,19 @@ class BundleScope:
         instance's to remove (the resource is gone from a namespace it watches whole)."""
         return not self.selective and self.covers(key.partition("/")[0])
 
+    def owned(self, seen: Collection[str]) -> Owned:
+        """Which leftovers of interrupted writes a sweep may delete in each namespace
+        (``seen``: the keys of the resources in the cache), for
+        :meth:`~adapters.bundles.namespaced.NamespacedBundleWriter.sweep`."""
 
-class NamespacedBundleWriter:
-    """A :class:`~controller.ports.BundleWriter` for keys ``<namespace>/<name>``."""
+        def names(namespace: str) -> Collection[str] | None:
+            if not self.covers(namespace):
+                return ()
+            if self.selective:
+                return {k.partition("/")[2] for k in seen if k.startswith(namespace + "/")}
+            return None
 
-    def __init__(self, root: Path, *, fsync_threads: int = 8) -> None:
-        self._root = root
-        self._fsync_threads = fsync_threads
-        self._writers: dict[str, LocalBundleWriter] = {}
-        self._kept: dict[str, str] = {}
-
-    def _writer(self, namespace: str) -> LocalBundleWriter:
-        writer = self._writers.get(namespace)
-        if writer is None:
-            writer = LocalBundleWriter(self._root / namespace, fsync_threads=self._fsync_threads)
-            self._writers[namespace] = writer
-        return writer
-
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Write ``<root>/<namespace>/<name>`` atomically; False when unchanged."""
-        namespace, name = split_key(bundle_id)
-        writer = self._writer(namespace)
-        changed = await writer.write(name, content)
-        self._kept[bundle_id] = await writer.digest(content)
-        return changed
-
-    async def remove(self, bundle_id: str) -> bool:
-        """Remove ``<root>/<namespace>/<name>``; False when there was none."""
-        namespace, name = split_key(bundle_id)
-        self._kept.pop(bundle_id, None)
-        return await self._writer(namespace).remove(name)
-
-    def kept_digest(self, bundle_id: str) -> str | None:
-        """The digest in ``.digest`` of the bundle this process last wrote for ``bundle_id``
-        (keyed under its namespace directory's key: the same across restarts and for every
-        process writing to this root; revealing nothing of the payloads)."""
-        return self._kept.get(bundle_id)
-
-    async def list_ids(self) -> list[str]:
-        """Every bundle present, as ``<namespace>/<name>``."""
-        keys: list[str] = []
-        for namespace in self._namespaces():
-            keys += [f"{namespace}/{name}" for name in await self._writer(namespace).list_ids()]
-        return sorted(keys)
-
-    async def sweep(self, scope: BundleScope, seen: Collection[str]) -> list[str]:
-        """Delete the leftovers of interrupted writes that ``scope`` owns (``seen``: the keys
-        of the resources in the cache); the names deleted. No bundle is removed."""
-        removed: list[str] = []
-        for namespace in self._namespaces():
-            if not scope.covers(namespace):
-                continue
-            owned = None
-            if scope.selective:
-                owned = {k.partition("/")[2] for k in seen if k.startswith(namespace + "/")}
-                if not owned:
-                    continue
-            writer = self._writer(namespace)
-            names = await writer.sweep(await writer.list_ids(), owned=owned)
-            removed += [f"{namespace}/{n}" for n in names]
-        return removed
-
-    async def atomic_replace_supported(self) -> bool:
-        """Whether bundles below the root are replaced with one atomic swap."""
-        return await LocalBundleWriter(self._root, fsync_threads=0).atomic_replace_supported()
-
-    def _namespaces(self) -> list[str]:
-        try:
-            return sorted(
-                entry.name
-                for entry in self._root.iterdir()
-                if entry.is_dir() and _NAMESPACE.match(entry.name)
-            )
-        except FileNotFoundError:
-            return []
-
-    def close(self) -> None:
-        """Let every writer's fsync threads end."""
-        for writer in self._writers.values():
-            writer.close()
+        return names
 
 
 class FinalizingWriter:

@@ -28,8 +28,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from adapters.agent.client import AGENT_APIS, AGENT_NODE_API
-from adapters.agent.remote import (
+from adapters.agentapi.client import AGENT_APIS, AGENT_NODE_API
+from adapters.bundles.namespaced import NamespacedBundleWriter
+from adapters.kubernetes.bundles import (
+    BundleAbandonedError,
+    BundleScope,
+    FinalizingWriter,
+    OnAbandoned,
+)
+from adapters.kubernetes.client import KubeClient, load_api_client
+from adapters.kubernetes.delivery import (
     AgentEndpoint,
     AgentLocator,
     DeliveryPolicy,
@@ -38,18 +46,9 @@ from adapters.agent.remote import (
     agent_ssl_context,
     token_reader,
 )
-from adapters.kubernetes.bundles import (
-    BundleAbandonedError,
-    BundleScope,
-    FinalizingWriter,
-    NamespacedBundleWriter,
-    OnAbandoned,
-    check_key,
-)
-from adapters.kubernetes.client import KubeClient, load_api_client
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
 from adapters.kubernetes.reflector import WatchSettings
-from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver, NodeDefaults
+from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver
 from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
 from adapters.retry import RetryPolicy
@@ -62,6 +61,7 @@ from adapters.runtime import (
     finish,
     until_stopped,
 )
+from controller.bundle import check_key
 from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
 from controller.loop import Controller
@@ -285,14 +285,7 @@ class ClusterMode(Runtime):
         resolver = KubernetesResolver(
             client,
             cache=source.cache,
-            node_defaults=NodeDefaults(
-                windows_build=s.windows_build,
-                cpu_count=s.cpu_count,
-                default_isolation=s.default_isolation,
-                lcow=s.lcow,
-                dns_search=tuple(s.dns_search),
-                daemon_root=s.daemon_root,
-            ),
+            node_defaults=s.node_settings(),
             observe=lambda kind, seconds: m.dependency_fetch_seconds.labels(kind=kind).observe(
                 seconds
             ),
@@ -409,7 +402,7 @@ async def _clean_local(
     """Once the first list is in: delete the leftovers of interrupted writes that ``scope``
     owns, and queue the bundles whose resource is gone (deleted while winspec was down) that it
     owns: their reconcile removes them. What other instances sharing the root own is left."""
-    removed = await bundles.sweep(scope, seen)
+    removed = await bundles.sweep(scope.owned(seen))
     if removed:
         log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
     for key in await bundles.list_ids():

@@ -39,7 +39,6 @@ import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import msgspec
@@ -62,7 +61,7 @@ from controller.errors import (
     TransientError,
     WithdrawError,
 )
-from controller.models import NodeFacts, Request
+from controller.models import NodeFacts, NodeSettings, Request
 from controller.podsecurity import Level, check_pod_security, namespace_level
 
 #: Node annotations (or labels) winspec reads; documented in docs/cluster-mode.md.
@@ -152,18 +151,6 @@ class _Node(msgspec.Struct):
     status: _NodeStatus = msgspec.field(default_factory=_NodeStatus)
 
 
-@dataclass(frozen=True, slots=True)
-class NodeDefaults:
-    """Settings that stand in for what a Node object does not say (``None``: built-in)."""
-
-    windows_build: int | None = None
-    cpu_count: int | None = None
-    default_isolation: str | None = None
-    lcow: bool | None = None
-    dns_search: tuple[str, ...] = ()
-    daemon_root: str | None = None
-
-
 def _decode(body: bytes, kind: type[msgspec.Struct], what: str) -> msgspec.Struct:
     try:
         return msgspec.json.decode(body, type=kind)
@@ -189,7 +176,7 @@ def _cpus(quantity: str) -> int | None:
         return None
 
 
-def node_facts(node: _Node, defaults: NodeDefaults) -> NodeFacts:
+def node_facts(node: _Node, defaults: NodeSettings) -> NodeFacts:
     """Node facts from a Node object; settings, then built-in defaults, for what it lacks."""
     meta = node.metadata
     marks = {**meta.labels, **meta.annotations}
@@ -207,7 +194,7 @@ def node_facts(node: _Node, defaults: NodeDefaults) -> NodeFacts:
         else defaults.default_isolation or facts.default_isolation,
         lcow_supported=lcow == "true"
         if lcow in ("true", "false")
-        else bool(defaults.lcow) or facts.lcow_supported,
+        else bool(defaults.lcow_supported) or facts.lcow_supported,
         dns_search=list(defaults.dns_search) or None,
         daemon_root=defaults.daemon_root or facts.daemon_root,
     )
@@ -226,7 +213,7 @@ class KubernetesResolver:
         client: KubeClient,
         *,
         cache: Mapping[str, WindowsContainer | RequestDecodeError],
-        node_defaults: NodeDefaults | None = None,
+        node_defaults: NodeSettings | None = None,
         observe: Callable[[str, float], None] | None = None,
         node_name: str | None = None,
         bundle_root: Callable[[str], Awaitable[str]],
@@ -248,7 +235,7 @@ class KubernetesResolver:
         self._missing_since: dict[str, float] = {}
         self._node_name = node_name
         self._cache = cache
-        self._defaults = node_defaults or NodeDefaults()
+        self._defaults = node_defaults or NodeSettings()
         self._observe = observe
         self._nodes: dict[str, tuple[float, NodeFacts]] = {}
         #: The generation each key was last resolved at (read by the status writer).

@@ -28,12 +28,14 @@ import msgspec
 import pytest
 import yarl
 
-from adapters.agent.client import AgentAuthError, AgentClient, ClientPolicy
-from adapters.agent.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
+from adapters.agent.auth import TOKEN_REVIEW_PATH
+from adapters.agentapi.client import AgentAuthError, AgentClient, ClientPolicy
+from adapters.agentapi.wire import BUNDLE_CONTENT_TYPE, NONCE_BYTES, BundleUpload, encode_upload
 from adapters.runtime import SHUTDOWN_MARGIN_SECONDS
 from controller.errors import PermanentError, TransientError
 from tests.agent import AgentProcess, TLSFiles, agent_command, make_tls
 from tests.kube import KubeCluster
+from tests.kubeproxy import FaultProxy
 from tests.processes import clean_env
 from tests.support.waiting import wait_for
 
@@ -720,6 +722,40 @@ async def test_an_agent_whose_account_may_not_review_tokens_is_unready_and_write
     finally:
         process.stop()
     assert "403" in process.logs()  # the log says why: the server forbade the review
+
+
+async def test_a_token_review_answered_503_is_retried_and_the_upload_written(
+    cluster: Cluster, tmp_path: Path, kube_proxy: FaultProxy
+) -> None:
+    """A TokenReview the API server answers 503 once is retried by the agent: the PUT is written."""
+    agent_token = _token(cluster.kube, cluster.namespace, "agent", None)
+    process = AgentProcess(
+        root=tmp_path / "bundles",
+        tls=cluster.tls,
+        kubeconfig=cluster.kube.kubeconfig(agent_token, server=kube_proxy.url),
+        allowed=[cluster.controller],
+        audience=AUDIENCE,
+    )
+
+    def review(method: str, path_qs: str) -> bool:
+        return method == "POST" and path_qs.startswith(TOKEN_REVIEW_PATH)
+
+    process.start(wait=False)  # the proxy runs on this event loop: wait without blocking it
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        kube_proxy.fail(503, count=1, when=review)
+        client = cluster.client(process, attempts=1)  # the agent retries, not the client
+        try:
+            state = await client.put(f"{cluster.namespace}/reviewed", _files())
+        finally:
+            await client.close()
+        assert state.changed
+        assert _on_disk(process.root / cluster.namespace, "reviewed") == _files()
+        statuses = [(e.status, e.injected) for e in kube_proxy.log if review(e.method, e.path_qs)]
+        assert (503, True) in statuses, statuses
+        assert statuses[-1] == (201, False), statuses
+    finally:
+        process.stop()
 
 
 async def test_logs_hold_no_payload_byte_and_no_token(

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from adapters.agent.client import AgentClient
+from adapters.agentapi.client import AgentClient
 from controller.cluster import NODE_LABEL
 from controller.generate import INTERNAL_CONFIGS_DIR, INTERNAL_SECRETS_DIR
 from controller.winpath import looks_windows

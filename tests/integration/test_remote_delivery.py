@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.agent.client import AgentClient, ClientPolicy
+from adapters.agentapi.client import AgentClient, ClientPolicy
 from adapters.kubernetes.mode import ClusterMode
 from tests.agent import AgentProcess, TLSFiles, make_tls
 from tests.clustermode import (

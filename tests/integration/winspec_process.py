@@ -21,11 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.bundles.local import DIGEST_FILE, KEY_FILE, OLD_PREFIX, TEMP_PREFIX
 from adapters.docker.client import DockerClient
-from adapters.docker.resolver import DockerRequestResolver, NodeOverrides, node_facts_from_info
+from adapters.docker.resolver import DockerRequestResolver, node_facts_from_info
 from adapters.docker.types import Info, decode
 from controller.bundle import BundleContent, build_bundle
 from controller.errors import PermanentError
 from controller.generate import generate
+from controller.models import NodeSettings
 from tests.dockerd import DockerDaemon
 from tests.processes import REPO, clean_env, free_port, http_status, winspec_run_command
 from tests.support.waiting import wait_for
@@ -168,7 +169,7 @@ async def expected_bundles(
         info = decode(await client.get_raw("/info", api="info"), Info, "/info")
         resolver = DockerRequestResolver(
             client,
-            node=node_facts_from_info(info, NodeOverrides()),
+            node=node_facts_from_info(info, NodeSettings()),
             bundle_root=str(root),  # absolute, as the controller makes it
             secrets_dir=secrets_dir,
             swarm_worker=info.swarm_worker,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from adapters.agent.wire import (
+from adapters.agentapi.wire import (
     BundleUpload,
     ReplayError,
     ReplayGuard,
@@ -13,8 +13,8 @@ from adapters.agent.wire import (
     decode_upload,
     encode_upload,
     parse_issued,
-    split_bundle_id,
 )
+from controller.bundle import split_key
 from controller.errors import PermanentError
 
 FILES = {"config.json": b"{}", "secrets/a": b"\x00\xffsecret", "configs/b": b""}
@@ -33,7 +33,7 @@ ISSUED = 1_700_000_000_000_000_000
 )
 def test_good_ids_split_into_namespace_and_name(bundle_id: str, parts: tuple[str, str]) -> None:
     """<namespace>/<name> ids with DNS-1123 parts are accepted and split."""
-    assert split_bundle_id(bundle_id) == parts
+    assert split_key(bundle_id) == parts
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_good_ids_split_into_namespace_and_name(bundle_id: str, parts: tuple[str
 def test_bad_ids_are_refused(bundle_id: str) -> None:
     """Anything but a DNS-1123 label, one slash and a bundle name is a PermanentError."""
     with pytest.raises(PermanentError, match="invalid bundle id"):
-        split_bundle_id(bundle_id)
+        split_key(bundle_id)
 
 
 def test_an_upload_round_trips() -> None:

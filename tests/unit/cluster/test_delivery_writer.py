@@ -1,4 +1,4 @@
-"""Central delivery (adapters/agent/remote.py) with in-process stand-ins for the network: each
+"""Central delivery (adapters/kubernetes/delivery.py), in-process stand-ins for the network: each
 node's agent is a small HTTPS server keeping bundles in memory, and the agent pods are listed
 from the in-process API server. The writer, the agent locator and the agent client are the real
 ones: which node gets a bundle, per-node deadlines and limits, removals waiting for an agent and
@@ -24,8 +24,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.agent.client import ClientPolicy
-from adapters.agent.remote import (
+from adapters.agentapi.client import ClientPolicy
+from adapters.kubernetes.bundles import BundleAbandonedError
+from adapters.kubernetes.client import KubeClient
+from adapters.kubernetes.delivery import (
     AgentEndpoint,
     AgentLocator,
     AgentUnreachableError,
@@ -33,8 +35,6 @@ from adapters.agent.remote import (
     NodeDigestStatus,
     RemoteBundleWriter,
 )
-from adapters.kubernetes.bundles import BundleAbandonedError
-from adapters.kubernetes.client import KubeClient
 from controller.bundle import BundleContent
 from controller.cluster import WindowsContainer, decode_windows_container
 from controller.errors import RequestDecodeError, TransientError

@@ -13,11 +13,8 @@ from typing import Any
 
 import pytest
 
-from adapters.kubernetes.bundles import (
-    BundleAbandonedError,
-    FinalizingWriter,
-    NamespacedBundleWriter,
-)
+from adapters.bundles.namespaced import NamespacedBundleWriter
+from adapters.kubernetes.bundles import BundleAbandonedError, FinalizingWriter
 from adapters.kubernetes.client import ConflictError, KubeClient
 from controller.bundle import BundleContent
 from controller.cluster import FINALIZER, ObjectMeta, WindowsContainer

@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-from adapters.kubernetes.resolver import NodeDefaults, _Node, node_facts
+from adapters.kubernetes.resolver import _Node, node_facts
+from controller.models import NodeSettings
 
 
 def _node(**parts: Any) -> _Node:
@@ -19,9 +20,9 @@ def test_the_build_label_wins_over_the_kernel_version() -> None:
         metadata={"labels": {"node.kubernetes.io/windows-build": "10.0.20348"}},
         status={"nodeInfo": {"kernelVersion": "10.0.17763.1"}},
     )
-    assert node_facts(labelled, NodeDefaults()).windows_build == 20348
+    assert node_facts(labelled, NodeSettings()).windows_build == 20348
     kernel_only = _node(status={"nodeInfo": {"kernelVersion": "10.0.17763.2686"}})
-    assert node_facts(kernel_only, NodeDefaults()).windows_build == 17763
+    assert node_facts(kernel_only, NodeSettings()).windows_build == 17763
 
 
 def test_cpus_lcow_and_isolation_come_from_the_node() -> None:
@@ -32,7 +33,7 @@ def test_cpus_lcow_and_isolation_come_from_the_node() -> None:
         },
         status={"capacity": {"cpu": "3500m"}},
     )
-    facts = node_facts(node, NodeDefaults())
+    facts = node_facts(node, NodeSettings())
     assert facts.cpu_count == 3
     assert facts.lcow_supported is True
     assert facts.default_isolation == "hyperv"
@@ -40,8 +41,8 @@ def test_cpus_lcow_and_isolation_come_from_the_node() -> None:
 
 def test_settings_stand_in_for_what_the_node_does_not_say() -> None:
     """A bare Node takes the settings' build, CPUs, isolation, LCOW and DNS search."""
-    defaults = NodeDefaults(
-        windows_build=19041, cpu_count=8, default_isolation="hyperv", lcow=True,
+    defaults = NodeSettings(
+        windows_build=19041, cpu_count=8, default_isolation="hyperv", lcow_supported=True,
         dns_search=("corp.example",), daemon_root="D:\\docker",
     )  # fmt: skip
     facts = node_facts(_node(), defaults)
@@ -58,5 +59,5 @@ def test_garbage_on_the_node_falls_back() -> None:
                   "annotations": {"winspec.io/default-isolation": "sandbox"}},
         status={"capacity": {"cpu": "many"}, "nodeInfo": {"kernelVersion": "5.15.0"}},
     )  # fmt: skip
-    facts = node_facts(node, NodeDefaults())
+    facts = node_facts(node, NodeSettings())
     assert (facts.windows_build, facts.cpu_count, facts.default_isolation) == (17763, 1, "process")

@@ -26,7 +26,6 @@ from adapters.docker.client import DockerClient, NotSwarmManagerError
 from adapters.docker.resolver import (
     DEPENDENCY_KINDS,
     DockerRequestResolver,
-    NodeOverrides,
     node_facts_from_info,
 )
 from adapters.docker.types import Info, decode
@@ -34,7 +33,7 @@ from adapters.retry import RetryPolicy
 from controller.credspec import INVALID_VALUE
 from controller.errors import PermanentError, RequestDecodeError, SpecError, TransientError
 from controller.generate import generate
-from controller.models import NodeFacts, Request
+from controller.models import NodeFacts, NodeSettings, Request
 from tests.unit.docker.scripted import ScriptedEngine, answer_json, serving
 
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05)
@@ -981,7 +980,7 @@ def info(**changes: Any) -> Info:
 
 def test_windows_info_gives_the_build_from_the_kernel_version() -> None:
     """A Windows engine: build 17763 from KernelVersion; NCPU, Isolation and root as shown."""
-    facts = node_facts_from_info(info(), NodeOverrides())
+    facts = node_facts_from_info(info(), NodeSettings())
     assert facts.windows_build == 17763
     assert facts.cpu_count == 4
     assert facts.default_isolation == "process"
@@ -996,7 +995,7 @@ def test_windows_server_2022_build() -> None:
         info(
             KernelVersion="10.0 20348 (20348.1.amd64fre.fe_release.210507-1500)", Isolation="hyperv"
         ),
-        NodeOverrides(),
+        NodeSettings(),
     )
     assert (facts.windows_build, facts.default_isolation) == (20348, "hyperv")
 
@@ -1004,7 +1003,7 @@ def test_windows_server_2022_build() -> None:
 def test_linux_engine_is_an_lcow_node_with_the_default_build() -> None:
     """A Linux engine: LCOW supported, build 17763, isolation process (it shows none)."""
     facts = node_facts_from_info(
-        info(OSType="linux", KernelVersion="6.1.0-18-amd64", Isolation="", NCPU=8), NodeOverrides()
+        info(OSType="linux", KernelVersion="6.1.0-18-amd64", Isolation="", NCPU=8), NodeSettings()
     )
     assert facts.lcow_supported is True
     assert facts.windows_build == 17763
@@ -1014,12 +1013,12 @@ def test_linux_engine_is_an_lcow_node_with_the_default_build() -> None:
 
 def test_overrides_win_over_info() -> None:
     """Every operator override beats what /info says."""
-    overrides = NodeOverrides(
+    overrides = NodeSettings(
         windows_build=20348,
         cpu_count=16,
         default_isolation="hyperv",
         lcow_supported=True,
-        dns_search=["corp.example"],
+        dns_search=("corp.example",),
         daemon_root="D:\\docker",
     )
     facts = node_facts_from_info(info(), overrides)
@@ -1031,7 +1030,7 @@ def test_overrides_win_over_info() -> None:
         dns_search=["corp.example"],
         daemon_root="D:\\docker",
     )
-    assert node_facts_from_info(info(OSType="linux"), NodeOverrides(lcow_supported=False)) == (
+    assert node_facts_from_info(info(OSType="linux"), NodeSettings(lcow_supported=False)) == (
         NodeFacts(
             windows_build=17763,
             cpu_count=4,
@@ -1044,7 +1043,7 @@ def test_overrides_win_over_info() -> None:
 
 def test_sparse_info_gives_defaults() -> None:
     """An /info with none of the fields gives a Windows node of build 17763 with 1 CPU."""
-    facts = node_facts_from_info(decode(b"{}", Info, "/info"), NodeOverrides())
+    facts = node_facts_from_info(decode(b"{}", Info, "/info"), NodeSettings())
     assert (facts.windows_build, facts.cpu_count, facts.default_isolation) == (17763, 1, "process")
     assert facts.lcow_supported is False
 

@@ -131,36 +131,6 @@ async def test_requeue_after_comes_back_after_the_delay() -> None:
     assert h.queue.num_requeues("a") == 0
 
 
-async def test_requeue_after_wins_over_requeue() -> None:
-    """A positive requeue_after takes precedence over requeue=True, as in controller-runtime."""
-
-    async def behaviour(key: str, attempt: int) -> Result:
-        return Result(requeue=True, requeue_after=0.01) if attempt == 0 else Result()
-
-    h = Harness(behaviour)
-    h.queue.add("a")
-    async with h.running():
-        await eventually(lambda: h.total("success") == 1)
-    assert h.total("requeue_after") == 1
-    assert h.total("requeue") == 0
-
-
-async def test_requeue_is_rate_limited() -> None:
-    """Result(requeue=True) re-adds the key with backoff and counts result=requeue."""
-
-    async def behaviour(key: str, attempt: int) -> Result:
-        return Result(requeue=attempt < 2)
-
-    h = Harness(behaviour)
-    h.queue.add("a")
-    async with h.running():
-        await eventually(lambda: h.total("success") == 1)
-        assert h.total("requeue") == 2
-        assert h.queue.num_requeues("a") == 0  # forgotten by the final success
-    assert h.reconciler.calls == ["a", "a", "a"]
-    assert h.registry.get_sample_value("workqueue_retries_total", {"name": NAME}) == 2
-
-
 async def test_permanent_error_is_not_retried() -> None:
     """A PermanentError counts a terminal error and an error, forgets the key, never retries."""
 

@@ -51,7 +51,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from adapters.agent.client import AgentClient, ClientPolicy
+from adapters.agentapi.client import AgentClient, ClientPolicy
 from adapters.kubernetes.bundles import BundleAbandonedError
 from adapters.kubernetes.client import KubeClient
 from adapters.kubernetes.reflector import Reflector, WatchSettings

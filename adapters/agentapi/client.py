@@ -4,7 +4,7 @@ Each call is retried inside (tenacity: exponential backoff with jitter, bounded 
 ``Retry-After`` honoured) on connection errors, timeouts, 409, 429 and 5xx; a PUT and a DELETE
 are idempotent, so a retry after a lost answer is safe. Every attempt of a PUT is encoded anew
 (a fresh nonce and ``issued``): the agent refuses a body it has seen, or one older than the
-newest it accepted for the bundle (409, see :class:`~adapters.agent.wire.ReplayGuard`), so a
+newest it accepted for the bundle (409, see :class:`~adapters.agentapi.wire.ReplayGuard`), so a
 retry must not resend the same bytes; a DELETE carries a fresh ``issued`` header each attempt
 for the same reason. What is left becomes winspec's errors:
 400, 413 and 415 :class:`~controller.errors.PermanentError` (the bundle itself is refused;
@@ -32,7 +32,7 @@ import aiohttp
 import msgspec
 import tenacity
 
-from adapters.agent.wire import (
+from adapters.agentapi.wire import (
     API_PREFIX,
     BUNDLE_CONTENT_TYPE,
     ISSUED_HEADER,
@@ -44,9 +44,9 @@ from adapters.agent.wire import (
     NodeInfo,
     Removal,
     encode_upload,
-    split_bundle_id,
 )
 from adapters.retry import RetryableError, call_with_retries, parse_retry_after
+from controller.bundle import split_key
 from controller.errors import PermanentError, TransientError
 
 _T = TypeVar("_T")
@@ -119,7 +119,7 @@ class AgentClient:
 
     async def put(self, bundle_id: str, files: Mapping[str, bytes]) -> BundleState:
         """Deliver the bundle; the agent's state of it (``changed``: it was written)."""
-        split_bundle_id(bundle_id)
+        split_key(bundle_id)
 
         def body() -> bytes:
             return encode_upload(bundle_id, files, secrets.token_bytes(NONCE_BYTES))
@@ -129,7 +129,7 @@ class AgentClient:
 
     async def delete(self, bundle_id: str) -> bool:
         """Remove the bundle; ``False`` when the agent had none."""
-        split_bundle_id(bundle_id)
+        split_key(bundle_id)
         data = await self._call("DELETE", _bundle_path(bundle_id))
         return _decode(data, Removal, self._base).changed
 
@@ -197,7 +197,7 @@ class AgentClient:
 
 
 def _bundle_path(bundle_id: str) -> str:
-    namespace, name = split_bundle_id(bundle_id)
+    namespace, name = split_key(bundle_id)
     return f"{API_PREFIX}/{quote(namespace, safe='')}/{quote(name, safe='')}"
 
 

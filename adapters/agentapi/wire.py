@@ -58,7 +58,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from controller.bundle import is_valid_bundle_id
+from controller.bundle import hash_files
 from controller.errors import PermanentError
 
 #: v2: ``issued`` added, the MAC covers the id and ``issued`` (v1 bodies get 415).
@@ -71,7 +71,6 @@ NONCE_MIN_BYTES = 16
 NONCE_MAX_BYTES = 64
 NONCE_BYTES = 32
 
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -123,27 +122,6 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     message: str
 
 
-def is_valid_namespace(namespace: str) -> bool:
-    """Whether ``namespace`` is a DNS-1123 label (a Kubernetes namespace name)."""
-    return bool(_NAMESPACE.match(namespace))
-
-
-def split_bundle_id(bundle_id: str) -> tuple[str, str]:
-    """``<namespace>/<name>`` into its checked parts, else a :class:`PermanentError`.
-
-    Checked before the id comes near a path: exactly one slash, a DNS-1123 label, and a name
-    the local writer accepts as one path component (no dots-only names, no separators).
-    """
-    namespace, sep, name = bundle_id.partition("/")
-    if not sep or not _NAMESPACE.match(namespace) or not is_valid_bundle_id(name):
-        shown = bundle_id if len(bundle_id) <= 300 else bundle_id[:300] + "..."
-        raise PermanentError(
-            f"invalid bundle id {shown!r}: expected <namespace>/<name>, a DNS-1123 label and "
-            "a DNS-1123 subdomain name"
-        )
-    return namespace, name
-
-
 def content_mac(nonce: bytes, bundle_id: str, issued: int, files: Mapping[str, bytes]) -> str:
     """HMAC-SHA256 under ``nonce`` of the bundle id, ``issued`` and every path and content, in
     path order (64 hex digits).
@@ -156,12 +134,7 @@ def content_mac(nonce: bytes, bundle_id: str, issued: int, files: Mapping[str, b
     h.update(len(ident).to_bytes(8, "big"))
     h.update(ident)
     h.update(issued.to_bytes(8, "big", signed=True))
-    for name in sorted(files):
-        data = files[name]
-        h.update(name.encode())
-        h.update(b"\0")
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
+    hash_files(h, files)
     return h.hexdigest()
 
 
