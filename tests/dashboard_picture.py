@@ -33,6 +33,8 @@ from tests.manifests import DASHBOARD
 
 #: One panel's answers: per query, the series (``metric`` labels, ``values`` [[t, "v"], ...]).
 Answers = list[list[dict[str, Any]]]
+#: The most series a legend names.
+_LEGEND = 8
 _VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
@@ -97,9 +99,11 @@ def draw(board: dict[str, Any], answers: list[Answers], start: float, out: Path)
     """Draw every panel of ``board`` from ``answers`` (per panel, per query) to ``out``."""
     panels = board["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    figure = plt.figure(figsize=(24, rows * 0.55), facecolor="#111217")
-    grid = figure.add_gridspec(rows, 24, hspace=3.0, wspace=1.2)
-    figure.suptitle(board.get("title", "dashboard"), color="white", fontsize=16, x=0.01, ha="left")
+    figure = plt.figure(figsize=(24, rows * 0.5), facecolor="#111217")
+    grid = figure.add_gridspec(rows, 24, hspace=2.2, wspace=1.5, left=0.03, right=0.99,
+                               top=0.97, bottom=0.02)  # fmt: skip
+    figure.suptitle(f"{board.get('title', 'dashboard')} (x axis: minutes)", color="white",
+                    fontsize=16, x=0.01, y=0.995, ha="left")  # fmt: skip
     for panel, per_query in zip(panels, answers, strict=True):
         pos = panel["gridPos"]
         axes = figure.add_subplot(
@@ -118,21 +122,27 @@ def draw(board: dict[str, Any], answers: list[Answers], start: float, out: Path)
                     values = [_number(v) for _, v in series["values"]]
                     axes.plot(times, values, linewidth=1.2, label=_label(series, target))
             unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
-            axes.set_xlabel(f"minutes{'  (' + unit + ')' if unit else ''}", color="#9fa7b3",
-                            fontsize=7)  # fmt: skip
-            if axes.get_legend_handles_labels()[0]:
-                axes.legend(fontsize=6, loc="upper left", facecolor="#181b1f",
-                            labelcolor="white", framealpha=0.6)  # fmt: skip
+            if unit:
+                axes.set_ylabel(unit, color="#9fa7b3", fontsize=7)
+            handles, labels = axes.get_legend_handles_labels()
+            if handles:
+                axes.legend(handles[:_LEGEND], labels[:_LEGEND], fontsize=5, loc="upper left",
+                            facecolor="#181b1f", labelcolor="white", framealpha=0.5)  # fmt: skip
         else:
             axes.set_xticks([])
             axes.set_yticks([])
             lines = []
             for target, series_list in zip(targets, per_query, strict=True):
+                # The series at the window's end (pods gone before it are left out).
+                end = max((float(s["values"][-1][0]) for s in series_list), default=0.0)
                 for series in series_list:
+                    if float(series["values"][-1][0]) < end:
+                        continue
                     last = _number(series["values"][-1][1])
                     shown = "NaN" if math.isnan(last) else f"{last:g}"
                     lines.append(f"{_label(series, target)}: {shown}")
-            size = 18 if panel["type"] == "stat" and len(lines) <= 2 else 8
+            short = len(lines) <= 2 and max(map(len, lines), default=0) <= 24
+            size = 18 if panel["type"] == "stat" and short else 8
             axes.text(0.03, 0.85, "\n".join(lines) or "no data", color="#73bf69",
                       fontsize=size, va="top", ha="left", transform=axes.transAxes,
                       family="monospace")  # fmt: skip

@@ -2,12 +2,17 @@
 scraping a test cluster the way the shipped ServiceMonitors (manifests/monitoring) ask.
 
 :func:`scrape_configs` translates each ServiceMonitor endpoint into the scrape configuration the
-Prometheus Operator generates for it: Kubernetes service discovery with role ``endpoints`` in
-the ServiceMonitor's namespace, the Service selector and port name as ``keep`` relabellings,
-path, scheme and TLS settings as given, and the targets labelled with ``namespace``, ``pod``,
+Prometheus Operator generates for it: Kubernetes discovery of role ``endpoints`` in the
+ServiceMonitor's namespace, the Service selector and port name as ``keep`` relabellings, path,
+scheme and TLS settings as given, and the targets labelled with ``namespace``, ``pod``,
 ``service``, ``endpoint`` and ``job`` (the Service's name, the operator's default job label).
-:class:`Prometheus` runs the server on a loopback port with its storage in a temporary
-directory and answers PromQL through the HTTP API.
+
+Debian builds Prometheus without its Kubernetes discovery (``kubernetes_sd_configs`` is not a
+field its configuration knows), so :class:`EndpointsDiscovery` stands in for it: an HTTP
+discovery endpoint (``http_sd_configs``) answering from the API server's Endpoints, Services and
+Pods with the targets and ``__meta_kubernetes_*`` labels Prometheus's role ``endpoints`` gives;
+the relabelling is the real Prometheus's. :class:`Prometheus` runs the server on a loopback port
+with its storage in a temporary directory and answers PromQL through the HTTP API.
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import copy
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.kube import KubeCluster
 from tests.manifests import MANIFESTS, required_tool
 from tests.processes import free_port
 from tests.support.processes import log_tail, terminate
@@ -73,16 +81,14 @@ def _selector_relabelings(selector: dict[str, Any]) -> list[dict[str, Any]]:
 def scrape_configs(
     monitors: Iterable[dict[str, Any]],
     *,
-    api_server: str,
-    api_ca: Path,
-    token_file: Path,
+    discovery: str,
     secret_file: Callable[[str, str, str], Path],
     interval: str,
 ) -> list[dict[str, Any]]:
-    """The scrape configuration of every ServiceMonitor endpoint, discovering targets through
-    the API server at ``api_server`` (CA ``api_ca``, bearer token in ``token_file``).
-    ``secret_file(namespace, secret, key)`` writes a Secret key a tlsConfig names to a file and
-    returns its path. Every endpoint is scraped every ``interval`` instead of its own."""
+    """The scrape configuration of every ServiceMonitor endpoint, discovering targets from
+    :class:`EndpointsDiscovery` at ``discovery``. ``secret_file(namespace, secret, key)`` writes
+    a Secret key a tlsConfig names to a file and returns its path. Every endpoint is scraped
+    (and discovery refreshed) every ``interval`` instead of the ServiceMonitor's own."""
     configs = []
     for monitor in monitors:
         meta, spec = monitor["metadata"], monitor["spec"]
@@ -105,13 +111,9 @@ def scrape_configs(
                 "scrape_interval": interval,
                 "metrics_path": endpoint.get("path", "/metrics"),
                 "scheme": endpoint.get("scheme", "http"),
-                "kubernetes_sd_configs": [{
-                    "role": "endpoints",
-                    "api_server": api_server,
-                    "namespaces": {"names": [namespace]},
-                    "authorization": {"credentials_file": str(token_file)},
-                    "tls_config": {"ca_file": str(api_ca)},
-                }],
+                # A real Prometheus: kubernetes_sd_configs, role endpoints, namespaces [namespace].
+                "http_sd_configs": [{"url": f"{discovery}/{namespace}",
+                                     "refresh_interval": interval}],
                 "relabel_configs": relabel,
             }  # fmt: skip
             tls = endpoint.get("tlsConfig")
@@ -128,6 +130,115 @@ def scrape_configs(
                 config["tls_config"] = tls_config
             configs.append(config)
     return configs
+
+
+def _meta(prefix: str, labels: dict[str, str]) -> dict[str, str]:
+    """Kubernetes labels as discovery meta labels: ``<prefix>_label_<name>`` and
+    ``<prefix>_labelpresent_<name>``."""
+    meta = {}
+    for key, value in labels.items():
+        meta[f"{prefix}_label_{_label_name(key)}"] = value
+        meta[f"{prefix}_labelpresent_{_label_name(key)}"] = "true"
+    return meta
+
+
+def endpoints_targets(kube: KubeCluster, namespace: str) -> list[dict[str, Any]]:
+    """The target groups Prometheus's Kubernetes discovery (role ``endpoints``) makes of a
+    namespace's Endpoints: one target per address and port, ready or not, with the Service's
+    labels and the pod's name, node and the container that declares the port."""
+    base = f"/api/v1/namespaces/{namespace}"
+    services = {s["metadata"]["name"]: s for s in kube.api("GET", f"{base}/services")["items"]}
+    pods = {p["metadata"]["name"]: p for p in kube.api("GET", f"{base}/pods")["items"]}
+    groups = []
+    for endpoints in kube.api("GET", f"{base}/endpoints")["items"]:
+        name = endpoints["metadata"]["name"]
+        common = {
+            "__meta_kubernetes_namespace": namespace,
+            "__meta_kubernetes_endpoints_name": name,
+            **_meta("__meta_kubernetes_endpoints", endpoints["metadata"].get("labels") or {}),
+        }
+        service = services.get(name)
+        if service is not None:
+            common["__meta_kubernetes_service_name"] = name
+            common.update(_meta("__meta_kubernetes_service",
+                                service["metadata"].get("labels") or {}))  # fmt: skip
+        for subset in endpoints.get("subsets") or []:
+            addresses = [(a, "true") for a in subset.get("addresses") or []]
+            addresses += [(a, "false") for a in subset.get("notReadyAddresses") or []]
+            for address, ready in addresses:
+                for port in subset.get("ports") or []:
+                    labels = {
+                        **common,
+                        "__meta_kubernetes_endpoint_port_name": port.get("name", ""),
+                        "__meta_kubernetes_endpoint_port_protocol": port.get("protocol", "TCP"),
+                        "__meta_kubernetes_endpoint_ready": ready,
+                    }
+                    target = address.get("targetRef") or {}
+                    if target:
+                        labels["__meta_kubernetes_endpoint_address_target_kind"] = target["kind"]
+                        labels["__meta_kubernetes_endpoint_address_target_name"] = target["name"]
+                    if address.get("nodeName"):
+                        labels["__meta_kubernetes_endpoint_node_name"] = address["nodeName"]
+                    pod = pods.get(target.get("name", "")) if target.get("kind") == "Pod" else None
+                    if pod is not None:
+                        labels["__meta_kubernetes_pod_name"] = pod["metadata"]["name"]
+                        labels["__meta_kubernetes_pod_ip"] = pod["status"].get("podIP", "")
+                        labels["__meta_kubernetes_pod_node_name"] = pod["spec"].get("nodeName", "")
+                        labels.update(_meta("__meta_kubernetes_pod",
+                                            pod["metadata"].get("labels") or {}))  # fmt: skip
+                        for container in pod["spec"]["containers"]:
+                            for declared in container.get("ports") or []:
+                                if declared["containerPort"] == port["port"]:
+                                    labels["__meta_kubernetes_pod_container_name"] = container[
+                                        "name"
+                                    ]
+                                    labels["__meta_kubernetes_pod_container_port_name"] = (
+                                        declared.get("name", "")
+                                    )
+                    groups.append({"targets": [f"{address['ip']}:{port['port']}"],
+                                   "labels": labels})  # fmt: skip
+    return groups
+
+
+class EndpointsDiscovery:
+    """An HTTP discovery endpoint on a loopback port: ``GET /<namespace>`` answers
+    :func:`endpoints_targets` of that namespace, read from the API server on each request
+    (as its admin: a real Prometheus has a ServiceAccount that may list endpoints, services
+    and pods)."""
+
+    def __init__(self, kube: KubeCluster) -> None:
+        discovery = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                try:
+                    body = json.dumps(endpoints_targets(kube, self.path.strip("/"))).encode()
+                except Exception as exc:  # answered as an error; Prometheus keeps the last list
+                    discovery.errors.append(repr(exc))
+                    self.send_error(500, repr(exc))
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.errors: list[str] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EndpointsDiscovery:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
 
 
 def rule_groups(for_overrides: dict[str, str] | None = None) -> list[dict[str, Any]]:

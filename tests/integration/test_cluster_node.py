@@ -49,7 +49,13 @@ from tests.nodedeploy import (
     ready_on_node,
     wait_or_fail,
 )
-from tests.prometheus import Prometheus, rule_groups, scrape_configs, service_monitors
+from tests.prometheus import (
+    EndpointsDiscovery,
+    Prometheus,
+    rule_groups,
+    scrape_configs,
+    service_monitors,
+)
 from tests.readme_commands import DASHBOARD_PICTURE, ROOT, RUN_EXAMPLE, argv
 from tests.support.waiting import wait_for
 
@@ -95,16 +101,13 @@ def prometheus(
     deployed: Deployed, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     """A real Prometheus on the host for the whole module, scraping every 2 s (the shipped
-    ServiceMonitors say 30 s) what the shipped ServiceMonitors select, found through the test
-    cluster's API server with its admin token (a real Prometheus has a ServiceAccount allowed to
-    list endpoints, pods and services; admin is enough here), and evaluating every 1 s a copy of
-    the shipped rules in which only WinspecAgentDown's ``for:`` is shortened (5m to 4s).
-    Started once the controllers and the agent are Ready, stopped at the end of the module."""
+    ServiceMonitors say 30 s) what the shipped ServiceMonitors select, its targets discovered
+    from the test API server's Endpoints (tests/prometheus.py: Debian's Prometheus has no
+    Kubernetes discovery), and evaluating every 1 s a copy of the shipped rules in which only
+    WinspecAgentDown's ``for:`` is shortened (5m to 4s). Started once the controllers and the
+    agent are Ready, stopped at the end of the module."""
     work = tmp_path_factory.mktemp("prometheus")
     kube = deployed.kube
-    token = work / "token"
-    token.write_text(kube.admin_token)
-    token.chmod(0o600)
 
     def secret_file(namespace: str, name: str, key: str) -> Path:
         data = kube.api("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")["data"]
@@ -112,15 +115,17 @@ def prometheus(
         path.write_bytes(base64.b64decode(data[key]))
         return path
 
-    scrape = scrape_configs(service_monitors(), api_server=kube.url, api_ca=kube.ca,
-                            token_file=token, secret_file=secret_file, interval="2s")  # fmt: skip
-    rules = rule_groups({"WinspecAgentDown": AGENT_DOWN_FOR})
-    server = Prometheus(work, scrape, rules, evaluation_interval="1s")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with EndpointsDiscovery(kube) as discovery:
+        scrape = scrape_configs(service_monitors(), discovery=discovery.url,
+                                secret_file=secret_file, interval="2s")  # fmt: skip
+        rules = rule_groups({"WinspecAgentDown": AGENT_DOWN_FOR})
+        server = Prometheus(work, scrape, rules, evaluation_interval="1s")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+        assert discovery.errors == []
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +192,12 @@ def test_prometheus_scrapes_the_controllers_and_agent_the_servicemonitors_select
     assert {t["labels"]["namespace"] for t in targets} == {NAMESPACE}
     # Every shipped rule loaded and evaluates without error.
     shipped = {r["alert"] for r in rule_groups()[0]["rules"]}
-    loaded: list[dict[str, Any]] = wait_for(
-        lambda: (rules := prometheus.rules()) and all(r["health"] == "ok" for r in rules) and rules,
-        30, interval=1, what="every rule evaluated",
-    )  # fmt: skip
+
+    def evaluated() -> list[dict[str, Any]] | None:
+        rules = prometheus.rules()
+        return rules if rules and all(r["health"] == "ok" for r in rules) else None
+
+    loaded = wait_for(evaluated, 30, interval=1, what="every rule evaluated")
     assert {r["name"] for r in loaded} == shipped
 
 
