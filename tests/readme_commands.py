@@ -120,6 +120,18 @@ RUN_WITH_IMAGE: tuple[str, ...] = (
     "-f manifests/images/controller.Dockerfile -t winspec-controller:0.2.0 .",
     "docker run --rm winspec-controller:0.2.0 --version",
 )
+#: Drawing the dashboard from a Prometheus: tests/integration/test_cluster_node.py runs it against
+#: its own Prometheus (its URL, an output file of its own unless WINSPEC_DASHBOARD_PNG names one,
+#: and a window covering its run); the second command is that test module, which CI's pytest run
+#: runs (without the variable).
+DASHBOARD_PICTURE = (
+    ".venv/bin/python -m tests.dashboard_picture http://127.0.0.1:9090 docs/dashboard.png"
+)
+RUN_WITH_PROMETHEUS: tuple[str, ...] = (
+    DASHBOARD_PICTURE,
+    "sudo WINSPEC_DASHBOARD_PNG=docs/dashboard.png .venv/bin/python -m pytest "
+    "tests/integration/test_cluster_node.py",
+)
 #: Commands for a Windows host: CI runs on Linux, so the test parses them with winspec's own
 #: parser and loads their settings instead of running them.
 WINDOWS_ONLY: frozenset[str] = frozenset(
@@ -165,6 +177,7 @@ def known_commands() -> set[str]:
         | set(BENCH_KUBE)
         | set(RUN_MANIFESTS)
         | set(RUN_WITH_IMAGE)
+        | set(RUN_WITH_PROMETHEUS)
         | WINDOWS_ONLY
     )
 

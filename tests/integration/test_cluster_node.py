@@ -14,21 +14,26 @@ Ready resource's status digest is the one its bundle on the node has.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.agent import make_tls
 from tests.bundlewatch import TreeWatch
 from tests.clustermode import secret, wc_path
+from tests.dashboard_picture import panel_queries, variables
 from tests.images import IMAGE, Built
 from tests.kube import KubeAPIError
-from tests.manifests import MANIFESTS
+from tests.manifests import DASHBOARD, MANIFESTS
 from tests.node import KubeNode
 from tests.nodedeploy import (
     NAMESPACE,
@@ -44,7 +49,15 @@ from tests.nodedeploy import (
     ready_on_node,
     wait_or_fail,
 )
-from tests.readme_commands import RUN_EXAMPLE
+from tests.prometheus import (
+    EndpointsDiscovery,
+    Prometheus,
+    rule_groups,
+    scrape_configs,
+    service_monitors,
+)
+from tests.readme_commands import DASHBOARD_PICTURE, ROOT, RUN_EXAMPLE, argv
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.kube, pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -55,6 +68,10 @@ AGENT = "app.kubernetes.io/name=winspec,app.kubernetes.io/component=agent"
 NEW_IMAGE = "winspec-controller:0.1.1"
 #: The controller's --lease-duration (the shipped Deployment keeps the default).
 LEASE_DURATION = 15.0
+#: WinspecAgentDown's ``for:`` in the test copy of the rules (the shipped one says 5m).
+AGENT_DOWN_FOR = "4s"
+#: Where the node test draws the dashboard with its scenario's data (docs/metrics.md).
+PICTURE_ENV = "WINSPEC_DASHBOARD_PNG"
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +94,38 @@ def deployed(
     wait_or_fail(deployed, lambda: len(deployed.ready_pods(AGENT)) == 1, START_TIMEOUT,
           "the agent Ready")  # fmt: skip
     return deployed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prometheus(
+    deployed: Deployed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    """A real Prometheus on the host for the whole module, scraping every 2 s (the shipped
+    ServiceMonitors say 30 s) what the shipped ServiceMonitors select, its targets discovered
+    from the test API server's Endpoints (tests/prometheus.py: Debian's Prometheus has no
+    Kubernetes discovery), and evaluating every 1 s a copy of the shipped rules in which only
+    WinspecAgentDown's ``for:`` is shortened (5m to 4s). Started once the controllers and the
+    agent are Ready, stopped at the end of the module."""
+    work = tmp_path_factory.mktemp("prometheus")
+    kube = deployed.kube
+
+    def secret_file(namespace: str, name: str, key: str) -> Path:
+        data = kube.api("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")["data"]
+        path = work / f"{namespace}-{name}-{key}"
+        path.write_bytes(base64.b64decode(data[key]))
+        return path
+
+    with EndpointsDiscovery(kube) as discovery:
+        scrape = scrape_configs(service_monitors(), discovery=discovery.url,
+                                secret_file=secret_file, interval="2s")  # fmt: skip
+        rules = rule_groups({"WinspecAgentDown": AGENT_DOWN_FOR})
+        server = Prometheus(work, scrape, rules, evaluation_interval="1s")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+        assert discovery.errors == []
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +162,43 @@ def test_two_controller_replicas_run_one_leads_and_the_agent_is_ready(deployed: 
     container = controller_pod["spec"]["containers"][0]
     assert "--delivery=agent" in container["args"]
     assert controller_pod["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+def test_prometheus_scrapes_the_controllers_and_agent_the_servicemonitors_select(
+    deployed: Deployed, prometheus: Prometheus
+) -> None:
+    """Prometheus finds both controllers and the agent (HTTPS) through the API and scrapes them."""
+    pods = {
+        p["metadata"]["name"] for p in deployed.ready_pods(CONTROLLER) + deployed.ready_pods(AGENT)
+    }
+
+    def all_up() -> list[dict[str, Any]] | None:
+        targets = prometheus.targets()
+        up = {t["labels"].get("pod") for t in targets if t["health"] == "up"}
+        return targets if pods <= up else None
+
+    try:
+        targets = wait_for(all_up, 60, interval=1, what="every winspec pod scraped")
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}: {prometheus.targets()}\n{prometheus.tail()}")
+    by_job = {
+        (t["labels"]["job"], t["labels"]["pod"], t["scrapeUrl"].split(":")[0]) for t in targets
+    }
+    controllers = {p["metadata"]["name"] for p in deployed.ready_pods(CONTROLLER)}
+    (agent,) = deployed.ready_pods(AGENT)
+    assert by_job == {("winspec-controller-metrics", name, "http") for name in controllers} | {
+        ("winspec-agent", agent["metadata"]["name"], "https")
+    }
+    assert {t["labels"]["namespace"] for t in targets} == {NAMESPACE}
+    # Every shipped rule loaded and evaluates without error.
+    shipped = {r["alert"] for r in rule_groups()[0]["rules"]}
+
+    def evaluated() -> list[dict[str, Any]] | None:
+        rules = prometheus.rules()
+        return rules if rules and all(r["health"] == "ok" for r in rules) else None
+
+    loaded = wait_for(evaluated, 30, interval=1, what="every rule evaluated")
+    assert {r["name"] for r in loaded} == shipped
 
 
 def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
@@ -333,16 +419,16 @@ def test_readme_example_commands_bring_examples_cluster_to_ready_on_the_node(
     assert b"change-me" in mounted_payloads("apps", "web")
 
 
-# Last in the module: the node does not come back.
-def test_node_lost_deleting_its_resources_does_not_wedge(
-    deployed: Deployed, app_namespace: str
-) -> None:
-    """Kubelet stopped, agent killed, Node deleted: deleting its resource ends, the bundle left."""
-    create_on_node(deployed, app_namespace, "lost")
-    ready_on_node(deployed, app_namespace, "lost")
+@pytest.fixture(scope="module")
+def agent_lost(deployed: Deployed) -> str:
+    """Last in the module, the node does not come back: a resource "lost" Ready on the node
+    (in the namespace returned), then the kubelet stopped and the agent's container killed.
+    The machine is gone with its agent; the controllers stand for replicas elsewhere."""
+    namespace = new_namespace(deployed)
+    create_on_node(deployed, namespace, "lost")
+    ready_on_node(deployed, namespace, "lost")
     (agent,) = deployed.ready_pods(AGENT)
     deployed.node.stop_kubelet()
-    # The machine is gone with its agent; the controllers stand for replicas elsewhere.
     (container,) = [
         line.split()[0]
         for line in deployed.node.cri("containers").splitlines()
@@ -350,6 +436,51 @@ def test_node_lost_deleting_its_resources_does_not_wedge(
                                  "agent"]
     ]  # fmt: skip
     deployed.node.cri("stop-container", container)
+    return namespace
+
+
+def test_agent_lost_fires_its_alert_and_every_dashboard_panel_has_data(
+    deployed: Deployed, prometheus: Prometheus, agent_lost: str, tmp_path: Path
+) -> None:
+    """Agent killed: WinspecAgentDown fires, deliveries fail, and every panel query has series."""
+    try:
+        wait_for(lambda: "WinspecAgentDown" in prometheus.firing(), 90, interval=1,
+                 what="WinspecAgentDown firing")  # fmt: skip
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}: {prometheus.api('alerts')}\n{prometheus.targets()}")
+    # A change while the agent is down: its delivery fails (the delivery-failures panel).
+    deployed.kube.api("PATCH", wc_path(agent_lost, "lost"), {"spec": {"args": ["echo lost"]}},
+                      content_type="application/merge-patch+json")  # fmt: skip
+    failures = f'sum(winspec_delivery_failures_total{{namespace="{NAMESPACE}"}}) > 0'
+    wait_for(lambda: prometheus.query(failures), 60, interval=1, what="a delivery failure scraped")
+    # Every query of every panel, the dashboard's variables at their values (namespace
+    # winspec-system), has series over the module's run.
+    board = json.loads(DASHBOARD.read_text())
+    start, end = prometheus.started_at, time.time()
+    empty = [
+        f"{panel['title']}: {expr}"
+        for panel, exprs in panel_queries(board, variables(board))
+        for expr in exprs
+        if not prometheus.query_range(expr, start, end, 2)
+    ]
+    assert empty == []
+    # The documented picture command, run against this Prometheus over the same window.
+    out = Path(os.environ.get(PICTURE_ENV) or tmp_path / "dashboard.png")
+    words = argv(DASHBOARD_PICTURE, ("--minutes", f"{(end - start) / 60 + 0.5:.2f}"))
+    words[words.index("http://127.0.0.1:9090")] = prometheus.url
+    words[words.index("docs/dashboard.png")] = str(out)
+    drawn = subprocess.run(
+        words, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_node_lost_deleting_its_resources_does_not_wedge(
+    deployed: Deployed, agent_lost: str
+) -> None:
+    """Kubelet stopped, agent killed, Node deleted: deleting its resource ends, the bundle left."""
+    app_namespace = agent_lost
     deployed.kube.api("DELETE", f"/api/v1/nodes/{deployed.node.name}")
     deployed.kube.api("DELETE", wc_path(app_namespace, "lost"))
     gone = wait_or_fail(
