@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,8 +21,10 @@ from controller.explain import (
     select,
 )
 from controller.generate import encode_spec, generate
-from controller.models import MAX_REQUEST_BYTES, decode_request
+from controller.models import MAX_REQUEST_BYTES, Request, decode_request
 from controller.provenance import Provenance
+from controller.settings import Settings
+from controller.winpath import host_join
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -29,6 +33,10 @@ Generate the spec for one request document (as `winspec generate` does) and prin
 field, its value, the rules (S1-S32, controller/RULES.md) that decided it and the request fields
 it came from: one line per field, `FIELD = VALUE  [RULES]  <- REQUEST FIELDS`. A credential
 spec's JSON text is never printed: its size and SHA-256 digest stand in for it.
+
+With --docker-host, the argument is a container of that engine (name or id): winspec fetches
+what Docker mode would fetch for it (inspects, node facts from /info, layer folders, swarm
+secrets and configs, credential specs) and explains the spec of that request.
 """
 
 _DIFF_HELP = """\
@@ -49,7 +57,27 @@ def add_explain_parsers(sub: Any) -> None:
         description=_EXPLAIN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    explain_parser.add_argument("request", help="the request document (a JSON file; '-': stdin)")
+    explain_parser.add_argument(
+        "request",
+        metavar="REQUEST|CONTAINER",
+        help="the request document (a JSON file; '-': stdin), or with --docker-host a container",
+    )
+    defaults = Settings()
+    explain_parser.add_argument(
+        "--docker-host",
+        metavar="URL",
+        help="explain the spec of a live container of this Docker engine (unix://, tcp://, npipe://)",
+    )
+    explain_parser.add_argument(
+        "--bundle-root",
+        default=defaults.bundle_root,
+        help="with --docker-host: the bundle root Docker mode writes under (default: %(default)s)",
+    )
+    explain_parser.add_argument(
+        "--secrets-dir",
+        default=defaults.secrets_dir,
+        help="with --docker-host: the granted secrets of swarm tasks (default: %(default)s)",
+    )
     explain_parser.add_argument(
         "--field",
         metavar="PATH",
@@ -95,7 +123,10 @@ def _fail(message: str, code: int) -> int:
 def explain_command(args: argparse.Namespace) -> int:
     """``winspec explain REQUEST.json``."""
     try:
-        request = decode_request(_read(args.request))
+        if args.docker_host:
+            request = asyncio.run(_docker_request(args))
+        else:
+            request = decode_request(_read(args.request))
         generated, annotations = explain(request, reader=NodeCredentialSpecReader())
     except OSError as exc:
         return _fail(f"cannot read {args.request}: {exc.strerror or exc}", EXIT_BAD_INPUT)
@@ -114,6 +145,31 @@ def explain_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_annotations(annotations))
     return EXIT_OK
+
+
+async def _docker_request(args: argparse.Namespace) -> Request:
+    """The request Docker mode would build for container ``args.request`` of the engine."""
+    from adapters.docker.client import DockerClient
+    from adapters.docker.resolver import DockerRequestResolver, NodeOverrides, node_facts_from_info
+    from adapters.docker.types import Info, decode
+
+    async with DockerClient(args.docker_host) as client:
+        await client.negotiate()
+        info = decode(await client.get_raw("/info", api="info"), Info, "/info")
+        resolver = DockerRequestResolver(
+            client,
+            node=node_facts_from_info(info, NodeOverrides()),
+            bundle_root=args.bundle_root,
+            secrets_dir=Path(args.secrets_dir),
+            swarm_worker=info.swarm_worker,
+        )
+        request = await resolver.resolve(args.request)
+    if request is None:
+        raise PermanentError(f"no container {args.request} on {args.docker_host}")
+    # Docker mode names a bundle by the container's full id, whatever name was given here.
+    return msgspec.structs.replace(
+        request, bundle_dir=host_join(args.bundle_root, request.container.id)
+    )
 
 
 def _spec_document(path: str, data: bytes) -> dict[str, Any]:
