@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from adapters.credspecs import NodeCredentialSpecReader
-from controller.errors import PermanentError, WinspecError
+from controller.errors import NotFoundError, PermanentError, WinspecError
 from controller.explain import (
     diff,
     explain,
@@ -36,7 +36,11 @@ spec's JSON text is never printed: its size and SHA-256 digest stand in for it.
 
 With --docker-host, the argument is a container of that engine (name or id): winspec fetches
 what Docker mode would fetch for it (inspects, node facts from /info, layer folders, swarm
-secrets and configs, credential specs) and explains the spec of that request.
+secrets and configs, credential specs) and explains the spec of that request. With
+--kubeconfig, the argument is a WindowsContainer resource NAMESPACE/NAME: winspec fetches what
+cluster mode would (the resource, its namespace's Pod Security label, its Secrets, ConfigMaps,
+GMSACredentialSpec and Node). Secret values are fetched as the controller fetches them, but a
+spec holds only paths: they are never printed.
 """
 
 _DIFF_HELP = """\
@@ -69,9 +73,15 @@ def add_explain_parsers(sub: Any) -> None:
         help="explain the spec of a live container of this Docker engine (unix://, tcp://, npipe://)",
     )
     explain_parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="explain the spec of a WindowsContainer NAMESPACE/NAME of this cluster",
+    )
+    explain_parser.add_argument(
         "--bundle-root",
         default=defaults.bundle_root,
-        help="with --docker-host: the bundle root Docker mode writes under (default: %(default)s)",
+        help="with --docker-host or --kubeconfig: the bundle root the controller writes under "
+        "(default: %(default)s)",
     )
     explain_parser.add_argument(
         "--secrets-dir",
@@ -123,8 +133,12 @@ def _fail(message: str, code: int) -> int:
 def explain_command(args: argparse.Namespace) -> int:
     """``winspec explain REQUEST.json``."""
     try:
+        if args.docker_host and args.kubeconfig:
+            return _fail("give --docker-host or --kubeconfig, not both", EXIT_BAD_INPUT)
         if args.docker_host:
             request = asyncio.run(_docker_request(args))
+        elif args.kubeconfig:
+            request = asyncio.run(_cluster_request(args))
         else:
             request = decode_request(_read(args.request))
         generated, annotations = explain(request, reader=NodeCredentialSpecReader())
@@ -170,6 +184,61 @@ async def _docker_request(args: argparse.Namespace) -> Request:
     return msgspec.structs.replace(
         request, bundle_dir=host_join(args.bundle_root, request.container.id)
     )
+
+
+async def _cluster_request(args: argparse.Namespace) -> Request:
+    """The request cluster mode would build for the WindowsContainer ``args.request``."""
+    from urllib.parse import quote
+
+    from adapters.kubernetes.client import KubeClient, load_api_client
+    from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
+    from controller.cluster import GROUP, PLURAL, VERSION, decode_windows_container
+
+    namespace, _, name = args.request.partition("/")
+    if not namespace or not name or "/" in name:
+        raise PermanentError(f"{args.request}: a WindowsContainer is named NAMESPACE/NAME")
+    ns = quote(namespace, safe="")
+    client = KubeClient(await load_api_client(args.kubeconfig))
+    try:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}/{quote(name, safe='')}"
+        try:
+            raw = await client.request("GET", path, api="windowscontainer")
+        except NotFoundError as exc:
+            raise PermanentError(f"no WindowsContainer {args.request}: {exc}") from exc
+        wc = decode_windows_container(raw)
+        namespace_object = json.loads(
+            await client.request("GET", f"/api/v1/namespaces/{ns}", api="namespace")
+        )
+        labels: dict[str, str] = namespace_object.get("metadata", {}).get("labels") or {}
+
+        async def bundle_root(node: str) -> str:
+            return str(args.bundle_root)
+
+        async def namespace_labels(_: str) -> dict[str, str]:
+            return labels
+
+        defaults = Settings()
+        resolver = KubernetesResolver(
+            client,
+            cache={wc.key: wc},
+            node_defaults=NodeDefaults(
+                windows_build=defaults.windows_build,
+                cpu_count=defaults.cpu_count,
+                default_isolation=defaults.default_isolation,
+                lcow=defaults.lcow,
+                dns_search=tuple(defaults.dns_search),
+                daemon_root=defaults.daemon_root,
+            ),
+            bundle_root=bundle_root,
+            namespaces=namespace_labels,
+            pod_security_default=defaults.pod_security_default,
+        )
+        request = await resolver.resolve(wc.key)
+    finally:
+        await client.close()
+    if request is None:
+        raise PermanentError(f"{args.request} is being deleted: no spec to explain")
+    return request
 
 
 def _spec_document(path: str, data: bytes) -> dict[str, Any]:

@@ -125,7 +125,10 @@ def test_diff_of_an_unreadable_document_exits_2(
 
 def test_help_of_both_commands_names_what_they_do(capsys: pytest.CaptureFixture[str]) -> None:
     """`explain --help` and `diff --help` describe the rules, the request fields and the exits."""
-    for command, words in (("explain", ("S1-S32", "--field")), ("diff", ("containerd", "order"))):
+    for command, words in (
+        ("explain", ("S1-S32", "--field", "--docker-host", "--kubeconfig")),
+        ("diff", ("containerd", "order")),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
