@@ -21,7 +21,7 @@ from controller.explain import (
     select,
 )
 from controller.generate import encode_spec, generate
-from controller.models import MAX_REQUEST_BYTES, Request, decode_request
+from controller.models import MAX_REQUEST_BYTES, NodeSettings, Request, decode_request
 from controller.provenance import Provenance
 from controller.settings import Settings
 from controller.winpath import host_join
@@ -164,7 +164,7 @@ def explain_command(args: argparse.Namespace) -> int:
 async def _docker_request(args: argparse.Namespace) -> Request:
     """The request Docker mode would build for container ``args.request`` of the engine."""
     from adapters.docker.client import DockerClient
-    from adapters.docker.resolver import DockerRequestResolver, NodeOverrides, node_facts_from_info
+    from adapters.docker.resolver import DockerRequestResolver, node_facts_from_info
     from adapters.docker.types import Info, decode
 
     async with DockerClient(args.docker_host) as client:
@@ -172,7 +172,7 @@ async def _docker_request(args: argparse.Namespace) -> Request:
         info = decode(await client.get_raw("/info", api="info"), Info, "/info")
         resolver = DockerRequestResolver(
             client,
-            node=node_facts_from_info(info, NodeOverrides()),
+            node=node_facts_from_info(info, NodeSettings()),
             bundle_root=args.bundle_root,
             secrets_dir=Path(args.secrets_dir),
             swarm_worker=info.swarm_worker,
@@ -191,7 +191,7 @@ async def _cluster_request(args: argparse.Namespace) -> Request:
     from urllib.parse import quote
 
     from adapters.kubernetes.client import KubeClient, load_api_client
-    from adapters.kubernetes.resolver import KubernetesResolver, NodeDefaults
+    from adapters.kubernetes.resolver import KubernetesResolver
     from controller.cluster import GROUP, PLURAL, VERSION, decode_windows_container
 
     namespace, _, name = args.request.partition("/")
@@ -221,14 +221,7 @@ async def _cluster_request(args: argparse.Namespace) -> Request:
         resolver = KubernetesResolver(
             client,
             cache={wc.key: wc},
-            node_defaults=NodeDefaults(
-                windows_build=defaults.windows_build,
-                cpu_count=defaults.cpu_count,
-                default_isolation=defaults.default_isolation,
-                lcow=defaults.lcow,
-                dns_search=tuple(defaults.dns_search),
-                daemon_root=defaults.daemon_root,
-            ),
+            node_defaults=defaults.node_settings(),
             bundle_root=bundle_root,
             namespaces=namespace_labels,
             pod_security_default=defaults.pod_security_default,
