@@ -86,8 +86,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     from adapters.agent.command import add_agent_parser
+    from adapters.explain import add_explain_parsers
     from adapters.run import add_run_parser
 
+    add_explain_parsers(sub)
     add_run_parser(sub)
     add_agent_parser(sub)
     return parser
@@ -318,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         sys.stdout.buffer.write(request_schema())
         return EXIT_OK
+    if args.command in ("explain", "diff"):
+        from adapters.explain import diff_command, explain_command
+
+        return explain_command(args) if args.command == "explain" else diff_command(args)
     if args.command == "agent":
         from adapters.agent.command import agent_command
 

@@ -31,6 +31,7 @@ from controller.models import (
     check_container_id,
     check_payload_id,
 )
+from controller.provenance import Provenance
 from controller.validation import NO_CPU_LIMITS, CpuSettings, validate_resources
 from controller.winpath import clean, depth, has_drive_root, host_join
 
@@ -67,8 +68,17 @@ class Generated(msgspec.Struct, kw_only=True):
     warnings: list[str] = msgspec.field(default_factory=list)
 
 
-def generate(request: Request, *, reader: CredentialSpecReader | None = None) -> Generated:
-    """Generate the OCI runtime spec for a request; bad input raises :class:`SpecError`."""
+def generate(
+    request: Request,
+    *,
+    reader: CredentialSpecReader | None = None,
+    record: Provenance | None = None,
+) -> Generated:
+    """Generate the OCI runtime spec for a request; bad input raises :class:`SpecError`.
+
+    ``record``, when given, is told which rules and request fields decided each spec field
+    (``winspec explain``); the spec is the same with or without it.
+    """
     c = request.container
     # The id becomes part of host paths (the default payload directory, LCOW's uvmpath).
     check_container_id(c.id)
@@ -93,8 +103,12 @@ def generate(request: Request, *, reader: CredentialSpecReader | None = None) ->
 
     spec = _default_spec(lcow)  # S1
     links = _links(request)
-    spec.mounts.extend(_mounts(request, lcow=lcow))  # S5, S6
+    if record is not None:
+        _note_base(record, lcow=lcow, hyperv=hyperv)
+    spec.mounts.extend(_mounts(request, lcow=lcow, record=record))  # S5, S6
     spec.process = _process(request, lcow=lcow)  # S7–S11
+    if record is not None:
+        _note_process(record, lcow=lcow)
     spec.windows = oci.Windows(
         layerFolders=_layer_folders(request),  # S12
         network=_network(request),  # S15
@@ -104,8 +118,12 @@ def generate(request: Request, *, reader: CredentialSpecReader | None = None) ->
 
     if lcow:
         _linux_fields(request, spec)  # S4, S29–S31
+        if record is not None:
+            _note_linux(record)
     else:
         _windows_fields(request, spec, hyperv=hyperv, reader=reader)  # S4, S13, S14, S21–S28
+        if record is not None:
+            _note_windows(record, request, hyperv=hyperv)
     return Generated(spec=spec, links=links, warnings=warnings)
 
 
@@ -197,20 +215,24 @@ def _payload_dir(request: Request, kind: str) -> str:
     return host_join(request.node.daemon_root, "containers", c.id, kind)
 
 
-def _mounts(request: Request, *, lcow: bool) -> list[oci.Mount]:
+def _mounts(request: Request, *, lcow: bool, record: Provenance | None) -> list[oci.Mount]:
     """S5, S6: volumes and binds by depth, then the secrets and configs mounts."""
     c = request.container
     if not (c.mounts or request.secrets or request.configs):
         return []  # the common case: nothing to mount
-    entries: list[tuple[str, str, bool]] = [
-        (m.source, m.destination, m.rw) for m in (c.mounts or [])
+    # (source, destination, writable, where in the request: the index in Mounts, or -1 for the
+    # secrets mount and -2 for the configs one)
+    entries: list[tuple[str, str, bool, int]] = [
+        (m.source, m.destination, m.rw, i) for i, m in enumerate(c.mounts or [])
     ]
     if len(entries) > 1:  # (sort would compute the key even for a single entry)
         entries.sort(key=lambda e: (depth(e[1]), e[1]))
     if request.secrets:
-        entries.append((_payload_dir(request, "secrets"), INTERNAL_SECRETS_DIR, False))
+        entries.append((_payload_dir(request, "secrets"), INTERNAL_SECRETS_DIR, False, -1))
     if request.configs:
-        entries.append((_payload_dir(request, "configs"), INTERNAL_CONFIGS_DIR, False))
+        entries.append((_payload_dir(request, "configs"), INTERNAL_CONFIGS_DIR, False, -2))
+    if record is not None:
+        _note_mounts(record, request, [e[3] for e in entries], lcow=lcow)
     # LCOW binds go through the utility VM: the same type and extra options for each.
     mount_type = "bind" if lcow else ""
     lcow_options = ("rbind", f"uvmpath=/tmp/gcs/{c.id}/binds") if lcow else ()
@@ -221,7 +243,7 @@ def _mounts(request: Request, *, lcow: bool) -> list[oci.Mount]:
             source=source,
             options=[*lcow_options] if writable else ["ro", *lcow_options],
         )
-        for source, destination, writable in entries
+        for source, destination, writable, _ in entries
     ]
 
 
@@ -547,6 +569,128 @@ def _cgroup_number(raw: str, what: str, rule: str) -> int:
             f"format: '{rule}'"
         )
     return int(digits)
+
+
+# Provenance (``winspec explain``): which rules and request fields decide each spec field. Each
+# function below is called right after the step it describes, only when a recorder is given.
+_ISOLATION = ("container.HostConfig.Isolation", "node.defaultIsolation", "image.Os")
+_COMMAND = ("container.Path", "container.Args", "container.Config.ArgsEscaped", "image.Os")
+_CPU = "container.HostConfig."
+
+
+def _note_base(record: Provenance, *, lcow: bool, hyperv: bool) -> None:
+    """S1–S3, S12, S15–S20: the default spec, isolation, layers, network and resources."""
+    record.note("ociVersion", "S1")
+    if lcow:
+        record.note("linux", "S1 S2", "image.Os", "node.lcowSupported")
+        for i in range(len(_LCOW_DEFAULT_MOUNTS)):
+            record.note(f"mounts[{i}]", "S1 S2", "image.Os", "node.lcowSupported")
+    record.note("windows.hyperv", "S3", *_ISOLATION)
+    record.note("windows.layerFolders", "S12", "layerFolders")
+    network = "windows.network."
+    networks = "container.NetworkSettings.Networks"
+    mode = "container.HostConfig.NetworkMode"
+    record.note(
+        "windows.network", "S15", networks, "endpoints", mode, "container.HostConfig.DnsSearch"
+    )
+    record.note(network + "endpointList", "S15", networks, "endpoints", mode, "sharedEndpoints")
+    record.note(network + "allowUnqualifiedDNSQuery", "S15", networks, "endpoints")
+    record.note(
+        network + "DNSSearchList", "S15", "container.HostConfig.DnsSearch", "node.dnsSearch"
+    )
+    record.note(network + "networkSharedContainerName", "S15", mode, "networkSharedContainerId")
+    cpu = "windows.resources.cpu"
+    isolation = _ISOLATION if hyperv else ()
+    record.note(cpu, "S16 S18 S20", *isolation)
+    record.note(cpu + ".count", "S16 S17 S18 S20", _CPU + "CpuCount", _CPU + "NanoCpus", *isolation)
+    record.note(cpu + ".shares", "S16 S18 S20", _CPU + "CpuShares")
+    record.note(
+        cpu + ".maximum",
+        "S16 S17 S18 S20",
+        _CPU + "CpuPercent",
+        _CPU + "NanoCpus",
+        "node.cpuCount",
+        *isolation,
+    )
+    record.note("windows.resources.memory", "S19", _CPU + "Memory")
+    record.note("windows.resources.storage.iops", "S19", _CPU + "IOMaximumIOps")
+    record.note("windows.resources.storage.bps", "S19", _CPU + "IOMaximumBandwidth")
+
+
+def _note_mounts(record: Provenance, request: Request, origins: list[int], *, lcow: bool) -> None:
+    """S5, S6: each mount, from the container mount (or the secrets or configs) it comes from."""
+    record.note("mounts", "S5 S6", "container.Mounts", "secrets", "configs")
+    first = len(_LCOW_DEFAULT_MOUNTS) if lcow else 0
+    payload = ("bundleDir", "node.daemonRoot", "container.Id")
+    for offset, origin in enumerate(origins):
+        path = f"mounts[{first + offset}]"
+        if origin >= 0:
+            mount = f"container.Mounts[{origin}]"
+            record.note(path, "S5 S6", mount + ".Destination")
+            record.note(path + ".source", "S6", mount + ".Source")
+            record.note(path + ".options", "S6", mount + ".RW", "image.Os")
+        else:
+            record.note(path, "S5 S6", "secrets" if origin == -1 else "configs", *payload)
+            record.note(path + ".options", "S6", "image.Os")
+        record.note(path + ".type", "S6", "image.Os")
+
+
+def _note_process(record: Provenance, *, lcow: bool) -> None:
+    """S7–S11: the process."""
+    record.note("process.terminal", "S11", "container.Config.Tty")
+    record.note(
+        "process.consoleSize", "S11", "container.Config.Tty", "container.HostConfig.ConsoleSize"
+    )
+    record.note("process.user", "S1 S2", "image.Os")
+    record.note("process.user.username", "S11", "container.Config.User")
+    record.note("process.args", "S8", *_COMMAND)
+    record.note("process.commandLine", "S8 S9", *_COMMAND)
+    env: tuple[str, ...]
+    if lcow:
+        env = (
+            "container.Config.Env",
+            "image.Os",
+            "container.Config.Hostname",
+            "container.Config.Tty",
+        )
+    else:
+        env = ("container.Config.Env",)
+    record.note("process.env", "S10", *env)
+    record.note("process.cwd", "S7", "container.Config.WorkingDir", "image.Os")
+
+
+def _note_windows(record: Provenance, request: Request, *, hyperv: bool) -> None:
+    """S4, S13, S14, S21–S28: host name, root, first boot, credential spec and devices."""
+    record.note("hostname", "S4", "container.Config.Hostname", "container.Config.Domainname")
+    record.note("root.path", "S13", "volumePath", *_ISOLATION)
+    record.note("windows.ignoreFlushesDuringBoot", "S14", "container.State.StartedAt")
+    credential = "windows.credentialSpec"
+    record.note(credential, "S21 S22 S26", "container.HostConfig.SecurityOpt")
+    for opt in parse_security_options(request.container.host_config.security_opt or []):
+        scheme_rule = {"file": "S23", "registry": "S24"}.get(opt.scheme, "S25")
+        resolved = {"file": "file", "registry": "registry"}.get(opt.scheme, "config")
+        record.note(credential, scheme_rule, f"credentialSpecs.{resolved}")
+    devices = "container.HostConfig.Devices"
+    record.note("windows.devices", "S27 S28", devices, "node.windowsBuild", *_ISOLATION)
+    for i in range(len(request.container.host_config.devices or [])):
+        record.note(f"windows.devices[{i}]", "S27 S28", f"{devices}[{i}].PathOnHost")
+
+
+def _note_linux(record: Provenance) -> None:
+    """S4, S29–S31: LCOW's host name and domain, root, capabilities and device cgroup rules."""
+    hc = "container.HostConfig."
+    record.note("hostname", "S4", "container.Config.Hostname")
+    record.note("linux.sysctl", "S4", "container.Config.Domainname")
+    record.note("root", "S29", hc + "ReadonlyRootfs", "image.Os")
+    record.note(
+        "process.capabilities",
+        "S30",
+        hc + "CapAdd",
+        hc + "CapDrop",
+        hc + "Capabilities",
+        hc + "Privileged",
+    )
+    record.note("linux.resources", "S31", hc + "DeviceCgroupRules")
 
 
 _encoder = msgspec.json.Encoder()

@@ -47,6 +47,13 @@ RUN_HERE: dict[str, tuple[str, ...]] = {
     ".venv/bin/python -m tests.benchmarks.bench_generate": ("--seconds", "0.05", "--repeat", "1"),
     ".venv/bin/python -m tests.benchmarks.bench_bundle_write": ("--seconds", "0.2"),
 }
+#: The examples of docs/explain.md: tests/unit/cli/test_explain_cli.py runs each one and compares
+#: what it prints with the block the page shows after it.
+RUN_EXPLAIN: tuple[str, ...] = (
+    ".venv/bin/winspec explain examples/process-isolated.json --field process",
+    ".venv/bin/winspec diff examples/diff/containerd-process-isolated.json "
+    "examples/process-isolated.json",
+)
 #: The tour against a local engine: tests/integration/test_readme_tour.py runs it as a script.
 TOUR: tuple[str, ...] = (
     ".venv/bin/winspec run --docker-host unix:///var/run/docker.sock "
@@ -169,6 +176,7 @@ def known_commands() -> set[str]:
     return (
         set(RUN_BY_CI)
         | set(RUN_HERE)
+        | set(RUN_EXPLAIN)
         | set(TOUR)
         | set(RUN_WITH_ENGINE)
         | set(RUN_WITH_KUBE)

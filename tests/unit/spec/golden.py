@@ -5,6 +5,8 @@ A case directory holds ``meta.json`` (``{"rules": ["S5", …], "doc": "one line"
 
 - ``config.json``: the exact bytes of :func:`encode_spec`; with ``links.json`` (the bundle's
   links map, S5) when the spec has links and ``warnings.json`` when it has warnings; or
+  A spec case also holds ``explain.txt``: ``winspec explain``'s annotation of the spec (each
+  field with the rules and request fields that decided it, ``controller/explain.py``); or
 - ``error.txt``: the exact message of the :class:`PermanentError` the request must raise.
 
 Expected files are reviewed by hand against controller/RULES.md and moby's code, never merely
@@ -21,11 +23,12 @@ import msgspec
 
 from controller.bundle import LinksDocument
 from controller.errors import PermanentError
-from controller.generate import encode_spec, generate
+from controller.explain import explain, render_annotations
+from controller.generate import encode_spec
 from controller.models import decode_request
 
 CASES_DIR = Path(__file__).resolve().parent / "cases"
-OUTPUT_FILES = ("config.json", "links.json", "warnings.json", "error.txt")
+OUTPUT_FILES = ("config.json", "links.json", "warnings.json", "explain.txt", "error.txt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +68,11 @@ def actual_outputs(case: Case) -> dict[str, bytes]:
     """The output files the generator gives for a case's request today."""
     try:
         # A document the decoder refuses (S12: empty layerFolders) is an outcome like any other.
-        generated = generate(decode_request((case.path / "request.json").read_bytes()))
+        generated, annotations = explain(decode_request((case.path / "request.json").read_bytes()))
     except PermanentError as exc:
         return {"error.txt": (str(exc) + "\n").encode()}
     out = {"config.json": encode_spec(generated.spec)}
+    out["explain.txt"] = render_annotations(annotations).encode()
     if generated.links:
         # The same bytes the bundle's links.json carries.
         out["links.json"] = msgspec.json.encode(LinksDocument(links=generated.links))
