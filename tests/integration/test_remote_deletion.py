@@ -240,9 +240,14 @@ async def test_a_recreated_agent_pod_is_followed_without_a_failed_call(
         new = win.new_agent(tmp_path / "agent2" / "bundles")
         await eventually(lambda: (win.bundle(ns, "web", new) / "config.json").is_file(), within=20)
 
-        obj = kube.api("GET", wc_path(ns, "web"))
-        obj["spec"]["args"] = ["echo changed"]
-        await api(kube, "PUT", wc_path(ns, "web"), obj)
+        # A merge patch, not GET + PUT: the controller's own status writes may land in between.
+        await api(
+            kube,
+            "PATCH",
+            wc_path(ns, "web"),
+            {"spec": {"args": ["echo changed"]}},
+            content_type="application/merge-patch+json",
+        )
         obj = await eventually(ready_object(kube, ns, "web", generation=2), within=20)
         digest = (win.bundle(ns, "web", new) / ".digest").read_text().strip()
         assert obj["status"]["digest"] == digest
@@ -278,9 +283,14 @@ async def test_agent_pods_are_still_found_while_their_watch_is_refused(
         win.delete_pod()
         new = win.new_agent(tmp_path / "agent2" / "bundles")
 
-        obj = kube.api("GET", wc_path(ns, "web"))
-        obj["spec"]["args"] = ["echo changed"]
-        await api(kube, "PUT", wc_path(ns, "web"), obj)
+        # A merge patch, not GET + PUT: the controller's own status writes may land in between.
+        await api(
+            kube,
+            "PATCH",
+            wc_path(ns, "web"),
+            {"spec": {"args": ["echo changed"]}},
+            content_type="application/merge-patch+json",
+        )
         await eventually(ready_object(kube, ns, "web", generation=2), within=30)
         assert (win.bundle(ns, "web", new) / "config.json").is_file()
 
