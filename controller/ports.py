@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from controller.bundle import BundleContent
+from controller.bundle import BundleContent, WriteOutcome
 from controller.models import Request
 
 
@@ -29,8 +29,9 @@ class RequestResolver(Protocol):
 class BundleWriter(Protocol):
     """Makes bundles durable where the container will run."""
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Write the bundle atomically; ``False`` when the same content was already there."""
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
+        """Write the bundle atomically; false when the same content was already there (a
+        :class:`~controller.bundle.WriteOutcome` also says what drift the write repaired)."""
         ...
 
     async def remove(self, bundle_id: str) -> bool:

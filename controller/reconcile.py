@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from controller.bundle import build_bundle, check_bundle_id
+from controller.bundle import build_bundle, check_bundle_id, drift_of
 from controller.errors import PermanentError, WinspecError, WithdrawError, reason_of
 from controller.generate import generate
 from controller.loop import Result
@@ -44,6 +44,7 @@ class BundleReconciler:
         self._unchanged = metrics.bundles_written.labels(result=BUNDLE_UNCHANGED)
         self._removed = metrics.bundles_written.labels(result=BUNDLE_REMOVED)
         self._write_seconds = metrics.bundle_write_seconds
+        self._drift = metrics.bundle_drift
 
     async def reconcile(self, key: str) -> Result:
         """Bring the bundle of ``key`` in line with the current state of its object."""
@@ -93,10 +94,19 @@ class BundleReconciler:
         started = loop.time()
         changed = await self._writer.write(key, content)
         self._write_seconds.observe(loop.time() - started)
+        drift = drift_of(changed)
+        if drift:
+            for kind in sorted(drift):
+                self._drift.labels(kind=kind).inc()
+            kinds = ", ".join(sorted(drift))
+            _log.warning(
+                "bundle drift repaired: the bundle on disk differed from its content",
+                extra={"key": key, "drift": kinds, "digest": content.digest},
+            )
         if changed:
             self._written.inc()
             _log.info("bundle written", extra={"key": key, "digest": content.digest})
-            message = "bundle written"
+            message = f"bundle rewritten: drift repaired ({kinds})" if drift else "bundle written"
         else:
             self._unchanged.inc()
             message = "bundle up to date"

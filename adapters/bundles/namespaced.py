@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from adapters.bundles.local import DIGEST_FILE, LocalBundleWriter
-from controller.bundle import BundleContent, is_valid_bundle_id, split_key
+from controller.bundle import BundleContent, WriteOutcome, is_valid_bundle_id, split_key
 from controller.errors import TransientError
 from controller.names import is_dns1123_label
 
@@ -48,8 +48,9 @@ class NamespacedBundleWriter:
             self._writers[namespace] = writer
         return writer
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Write ``<root>/<namespace>/<name>`` atomically; False when unchanged."""
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
+        """Write ``<root>/<namespace>/<name>`` atomically; false when unchanged and intact
+        (the outcome says what drift was repaired)."""
         namespace, name = split_key(bundle_id)
         writer = self._writer(namespace)
         changed = await writer.write(name, content)
