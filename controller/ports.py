@@ -104,7 +104,8 @@ class StatusReporter(Protocol):
         """Record the outcome of reconciling ``key``; ``message`` is shown to users.
 
         ``stage`` says where a failure happened (``done`` on success), ``reason`` is its
-        CamelCase reason, ``digest`` the bundle's content digest once it was built, and
+        CamelCase reason (on success, set only for one worth telling: the bundle's drift
+        repaired), ``digest`` the bundle's content digest once it was built, and
         ``permanent`` whether the failure will not be retried.
         """
         ...

@@ -22,6 +22,9 @@ from controller.ports import BundleWriter, RequestResolver, Stage, StatusReporte
 
 _log = logging.getLogger(__name__)
 
+#: The reason of a success worth an Event: the bundle on disk had drifted and was rewritten.
+DRIFT_REPAIRED = "BundleDriftRepaired"
+
 
 class BundleReconciler:
     """Reconciles one key: resolve, generate, write (or remove) its bundle, report."""
@@ -70,7 +73,13 @@ class BundleReconciler:
         if message is None:
             return Result(gone=True)
         if self._status is not None:
-            await self._status.report(key, ok=True, message=message, digest=progress.digest)
+            await self._status.report(
+                key,
+                ok=True,
+                message=message,
+                digest=progress.digest,
+                reason=DRIFT_REPAIRED if progress.drift else "",
+            )
         return Result()
 
     async def _reconcile(self, key: str, progress: _Progress) -> str | None:
@@ -94,7 +103,7 @@ class BundleReconciler:
         started = loop.time()
         changed = await self._writer.write(key, content)
         self._write_seconds.observe(loop.time() - started)
-        drift = drift_of(changed)
+        drift = progress.drift = drift_of(changed)
         if drift:
             for kind in sorted(drift):
                 self._drift.labels(kind=kind).inc()
@@ -140,11 +149,12 @@ class BundleReconciler:
 class _Progress:
     """How far one reconcile got, for the status of a failure."""
 
-    __slots__ = ("digest", "stage")
+    __slots__ = ("digest", "drift", "stage")
 
     def __init__(self) -> None:
         self.stage: Stage = "resolve"
         self.digest: str | None = None
+        self.drift: frozenset[str] = frozenset()
 
 
 def _user_message(exc: Exception) -> str:
