@@ -476,6 +476,38 @@ def find_drift(bundle_dir: Path, files: Mapping[str, bytes]) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def is_intact(bundle_dir: Path, digest: str, key: bytes) -> bool:
+    """Whether the files in ``bundle_dir`` are exactly a content whose digest under ``key`` is
+    ``digest`` (its ``.digest``): every file read back and hashed, for when the content itself
+    is not at hand (the agent's listing). Blocking; raises :class:`OSError` when it cannot read.
+    """
+    files: dict[str, bytes] = {}
+    try:
+        with os.scandir(bundle_dir) as entries:
+            top = list(entries)
+        for entry in top:
+            if entry.name == DIGEST_FILE:
+                continue
+            if entry.name in _PAYLOAD_DIRS and entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inner:
+                    for leaf in inner:
+                        if not leaf.is_file(follow_symlinks=False):
+                            return False
+                        files[f"{entry.name}/{leaf.name}"] = _read_file(leaf.path)
+            elif entry.name in (CONFIG_FILE, LINKS_FILE) and entry.is_file(follow_symlinks=False):
+                files[entry.name] = _read_file(entry.path)
+            else:
+                return False
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return BundleContent(files=files).keyed_digest(key) == digest
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _read_digest(bundle_dir: Path) -> str | None:
     try:
         with open(bundle_dir / DIGEST_FILE, "rb") as f:
