@@ -263,7 +263,8 @@ async def _put(request: web.Request) -> web.Response:
     metrics = app[METRICS_KEY]
     metrics.bundles.labels("written" if changed else "unchanged").inc()
     metrics.received_bytes.inc(len(body))
-    if drift := drift_of(changed):
+    drift = drift_of(changed)
+    if drift:
         log.warning(
             "bundle drift repaired: the bundle on disk differed from its content",
             extra={"bundle": bundle_id, "drift": ", ".join(sorted(drift))},
@@ -272,7 +273,9 @@ async def _put(request: web.Request) -> web.Response:
         "bundle written" if changed else "bundle unchanged",
         extra={"bundle": bundle_id, "identity": request.get(IDENTITY_KEY, "")},
     )
-    return _json(BundleState(id=bundle_id, digest=digest, changed=bool(changed)))
+    return _json(
+        BundleState(id=bundle_id, digest=digest, changed=bool(changed), drift=sorted(drift))
+    )
 
 
 async def _delete(request: web.Request) -> web.Response:
