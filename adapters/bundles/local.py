@@ -314,7 +314,9 @@ def write_bundle_outcome_sync(
         _finish_carry(root, live, tmp, carried, fsync_executor)
         return WriteOutcome(changed=True, drift=drift) if drift else True
     try:
-        if carried and _in_place_possible(live, payloads, carried):
+        # In place, an entry the content lacks would stay: drift of that kind needs a new
+        # directory.
+        if carried and DRIFT_EXTRA not in drift and _in_place_possible(live, payloads, carried):
             _replace_in_place(live, tmp, content.files)
         else:
             _install(root, live, tmp, bundle_id, carried)

@@ -871,3 +871,19 @@ def test_reader_never_sees_a_torn_bundle_while_drift_is_repaired(tmp_path: Path)
         reader.join()
     assert problems == []
     assert _tree(live) == _expected_tree(content, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["edited", "added-top", "added"])
+async def test_drift_is_repaired_without_an_atomic_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory, how: str
+) -> None:
+    """Without an exchange a drifted bundle is repaired too, a stray entry included, at once."""
+    monkeypatch.setattr(fsops, "exchange", lambda first, second: False)
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    _damage(tmp_path / BUNDLE_ID, how)
+
+    assert drift_of(await writer.write(BUNDLE_ID, _content()))
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
+    assert _entries(tmp_path) == [BUNDLE_ID]
+    assert await writer.write(BUNDLE_ID, _content()) is False
