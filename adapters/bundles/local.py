@@ -457,7 +457,10 @@ def find_drift(bundle_dir: Path, files: Mapping[str, bytes]) -> frozenset[str]:
     for entry in top:
         if entry.name not in wanted_top:
             kinds.add(DRIFT_EXTRA)
-        elif entry.name in _PAYLOAD_DIRS and entry.is_dir(follow_symlinks=False):
+        elif entry.name in _PAYLOAD_DIRS:
+            if not entry.is_dir(follow_symlinks=False):
+                kinds.add(DRIFT_MODIFIED)  # a link or a file where the directory belongs
+                continue
             with os.scandir(entry.path) as inner:
                 if any(f"{entry.name}/{e.name}" not in files for e in inner):
                     kinds.add(DRIFT_EXTRA)

@@ -776,6 +776,12 @@ def _damage(bundle: Path, how: str) -> None:
     elif how == "replaced-by-link":
         (bundle / "config.json").unlink()
         (bundle / "config.json").symlink_to(bundle / "links.json")
+    elif how == "payloads-linked":
+        # The same bytes, but elsewhere: what the directory shows can change behind its back.
+        elsewhere = bundle.parent.parent / "elsewhere"
+        shutil.copytree(bundle / "secrets", elsewhere)
+        shutil.rmtree(bundle / "secrets")
+        (bundle / "secrets").symlink_to(elsewhere)
 
 
 @pytest.mark.parametrize(
@@ -887,3 +893,18 @@ async def test_drift_is_repaired_without_an_atomic_exchange(
     assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
     assert _entries(tmp_path) == [BUNDLE_ID]
     assert await writer.write(BUNDLE_ID, _content()) is False
+
+
+async def test_a_linked_payload_directory_is_drift_and_repaired(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
+    """A payload directory swapped for a link to the same bytes is drift; a write repairs it."""
+    root = tmp_path / "bundles"
+    writer = make_writer(root)
+    await writer.write(BUNDLE_ID, _content())
+    _damage(root / BUNDLE_ID, "payloads-linked")
+
+    assert find_drift(root / BUNDLE_ID, _content().files) == {"modified"}
+    assert await writer.write(BUNDLE_ID, _content())
+    assert not (root / BUNDLE_ID / "secrets").is_symlink()
+    assert _tree(root / BUNDLE_ID) == _expected_tree(_content(), root)
