@@ -26,7 +26,7 @@ from tests.clustermode import (
     windows_container,
 )
 from tests.kube import KubeCluster
-from tests.kubeproxy import FaultProxy
+from tests.kubeproxy import FaultProxy, is_watch
 
 pytestmark = pytest.mark.kube
 
@@ -440,3 +440,30 @@ async def test_drift_of_a_local_bundle_is_repaired_with_a_warning_event(
         assert event["type"] == "Warning"
         assert event["involvedObject"]["name"] == "drift"
         assert event["message"] == "bundle rewritten: drift repaired (extra, missing, modified)"
+
+
+async def test_drift_of_a_local_bundle_is_repaired_by_a_relist(
+    kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A local bundle damaged while winspec runs is repaired by the next relist (after 410)."""
+    ns = kube_namespace
+    kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
+    async with running(kubeconfig, tmp_path, namespace=[ns]) as mode:
+        await api(kube, "POST", wc_path(ns), windows_container("relisted"))
+        await eventually(ready_object(kube, ns, "relisted"), what="Ready")
+        directory = bundle(tmp_path, ns, "relisted")
+        intact = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")}
+        _damage(directory)
+        kube_proxy.fail(410, count=1, when=lambda m, p: is_watch(m, p) and "windowscontainers" in p)
+        assert kube_proxy.drop_watches() >= 1
+
+        def counted() -> bool:
+            kinds = ("modified", "missing", "extra")
+            return all(metric(mode, "winspec_bundle_drift_total", kind=k) == 1 for k in kinds)
+
+        await eventually(counted, within=30, what="the drift to be repaired by the relist")
+        current = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")}
+        assert current == intact
+        assert (
+            metric(mode, "winspec_watch_restarts_total", source="kubernetes", reason="expired") >= 1
+        )
