@@ -264,6 +264,8 @@ async def _put(request: web.Request) -> web.Response:
     metrics.bundles.labels("written" if changed else "unchanged").inc()
     metrics.received_bytes.inc(len(body))
     drift = drift_of(changed)
+    for kind in drift:
+        metrics.bundle_drift.labels(kind).inc()
     if drift:
         log.warning(
             "bundle drift repaired: the bundle on disk differed from its content",
