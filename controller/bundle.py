@@ -26,10 +26,37 @@ LINKS_FILE = "links.json"
 SECRETS_DIR = "secrets"
 CONFIGS_DIR = "configs"
 
+# How a bundle on disk can differ from the content its ``.digest`` names (drift): a file with
+# other bytes (or not a file), a file of the content absent, an entry the content does not have.
+DRIFT_MODIFIED = "modified"
+DRIFT_MISSING = "missing"
+DRIFT_EXTRA = "extra"
+DRIFT_KINDS = (DRIFT_MODIFIED, DRIFT_MISSING, DRIFT_EXTRA)
+
 # A Docker container id (64 lower-case hex digits), or a Kubernetes object name
 # (DNS-1123 subdomain); nothing that could climb out of the bundle root.
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$")
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a write did, when a writer knows more than "changed or not": true when it wrote.
+
+    ``drift``: the kinds of damage (:data:`DRIFT_KINDS`) found in a bundle whose ``.digest``
+    named the content already, and repaired by rewriting it; empty when none.
+    """
+
+    changed: bool
+    drift: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return self.changed
+
+
+def drift_of(outcome: bool | WriteOutcome) -> frozenset[str]:
+    """The drift a writer's answer says it repaired (a plain bool: none)."""
+    return outcome.drift if isinstance(outcome, WriteOutcome) else frozenset()
 
 
 def is_valid_bundle_id(bundle_id: str) -> bool:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from controller.bundle import DRIFT_KINDS
+
 # controller_runtime_reconcile_total{result}
 RESULT_SUCCESS = "success"
 RESULT_ERROR = "error"
@@ -246,6 +248,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.bundle_drift = Counter(
+            "winspec_bundle_drift",
+            "Bundles found on disk differing from the content their .digest names (edited or "
+            "damaged on the node) and rewritten, by kind: modified, missing, extra",
+            ["kind"],
+            registry=r,
+        )
         self.bundle_write_seconds = Histogram(
             "winspec_bundle_write_seconds",
             "Time to write one bundle atomically (or find it unchanged)",
@@ -282,6 +291,8 @@ class Metrics:
         )
         for result in BUNDLE_RESULTS:
             self.bundles_written.labels(result=result)
+        for kind in DRIFT_KINDS:
+            self.bundle_drift.labels(kind=kind)
 
     def queue_metrics(self, name: str) -> QueueMetrics:
         """The ``workqueue_*`` series of the queue called ``name`` (created at 0 on first use)."""

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from controller.bundle import BundleContent
+from controller.bundle import BundleContent, WriteOutcome
 from controller.models import Request
 
 
@@ -29,8 +29,9 @@ class RequestResolver(Protocol):
 class BundleWriter(Protocol):
     """Makes bundles durable where the container will run."""
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Write the bundle atomically; ``False`` when the same content was already there."""
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
+        """Write the bundle atomically; false when the same content was already there (a
+        :class:`~controller.bundle.WriteOutcome` also says what drift the write repaired)."""
         ...
 
     async def remove(self, bundle_id: str) -> bool:
@@ -103,7 +104,8 @@ class StatusReporter(Protocol):
         """Record the outcome of reconciling ``key``; ``message`` is shown to users.
 
         ``stage`` says where a failure happened (``done`` on success), ``reason`` is its
-        CamelCase reason, ``digest`` the bundle's content digest once it was built, and
+        CamelCase reason (on success, set only for one worth telling: the bundle's drift
+        repaired), ``digest`` the bundle's content digest once it was built, and
         ``permanent`` whether the failure will not be retried.
         """
         ...

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from controller.bundle import build_bundle, check_bundle_id
+from controller.bundle import build_bundle, check_bundle_id, drift_of
 from controller.errors import PermanentError, WinspecError, WithdrawError, reason_of
 from controller.generate import generate
 from controller.loop import Result
@@ -21,6 +21,9 @@ from controller.metrics import BUNDLE_REMOVED, BUNDLE_UNCHANGED, BUNDLE_WRITTEN,
 from controller.ports import BundleWriter, RequestResolver, Stage, StatusReporter
 
 _log = logging.getLogger(__name__)
+
+#: The reason of a success worth an Event: the bundle on disk had drifted and was rewritten.
+DRIFT_REPAIRED = "BundleDriftRepaired"
 
 
 class BundleReconciler:
@@ -44,6 +47,7 @@ class BundleReconciler:
         self._unchanged = metrics.bundles_written.labels(result=BUNDLE_UNCHANGED)
         self._removed = metrics.bundles_written.labels(result=BUNDLE_REMOVED)
         self._write_seconds = metrics.bundle_write_seconds
+        self._drift = metrics.bundle_drift
 
     async def reconcile(self, key: str) -> Result:
         """Bring the bundle of ``key`` in line with the current state of its object."""
@@ -69,7 +73,13 @@ class BundleReconciler:
         if message is None:
             return Result(gone=True)
         if self._status is not None:
-            await self._status.report(key, ok=True, message=message, digest=progress.digest)
+            await self._status.report(
+                key,
+                ok=True,
+                message=message,
+                digest=progress.digest,
+                reason=DRIFT_REPAIRED if progress.drift else "",
+            )
         return Result()
 
     async def _reconcile(self, key: str, progress: _Progress) -> str | None:
@@ -93,10 +103,19 @@ class BundleReconciler:
         started = loop.time()
         changed = await self._writer.write(key, content)
         self._write_seconds.observe(loop.time() - started)
+        drift = progress.drift = drift_of(changed)
+        if drift:
+            for kind in sorted(drift):
+                self._drift.labels(kind=kind).inc()
+            kinds = ", ".join(sorted(drift))
+            _log.warning(
+                "bundle drift repaired: the bundle on disk differed from its content",
+                extra={"key": key, "drift": kinds, "digest": content.digest},
+            )
         if changed:
             self._written.inc()
             _log.info("bundle written", extra={"key": key, "digest": content.digest})
-            message = "bundle written"
+            message = f"bundle rewritten: drift repaired ({kinds})" if drift else "bundle written"
         else:
             self._unchanged.inc()
             message = "bundle up to date"
@@ -130,11 +149,12 @@ class BundleReconciler:
 class _Progress:
     """How far one reconcile got, for the status of a failure."""
 
-    __slots__ = ("digest", "stage")
+    __slots__ = ("digest", "drift", "stage")
 
     def __init__(self) -> None:
         self.stage: Stage = "resolve"
         self.digest: str | None = None
+        self.drift: frozenset[str] = frozenset()
 
 
 def _user_message(exc: Exception) -> str:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from controller.bundle import DRIFT_KINDS
+
 #: What a request asked for (``other``: any path outside the bundle API).
 OPERATIONS = ("put", "delete", "list", "node", "other")
 #: How a request ended.
@@ -54,6 +56,7 @@ class AgentMetrics:
     ready: Gauge
     connections: Gauge
     connections_refused: Counter
+    bundle_drift: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AgentMetrics:
@@ -122,6 +125,15 @@ class AgentMetrics:
             cache.labels(result)
         for reason in CONNECTION_REFUSALS:
             refused.labels(reason)
+        drift = Counter(
+            "winspec_agent_bundle_drift_total",
+            "Bundles found on disk differing from their content on an upload of it, and "
+            "rewritten, by kind: modified, missing, extra",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in DRIFT_KINDS:
+            drift.labels(kind)
         return cls(
-            requests, seconds, bundles, received, reviews, cache, ready, connections, refused
+            requests, seconds, bundles, received, reviews, cache, ready, connections, refused, drift
         )

@@ -55,7 +55,7 @@ from adapters.agentapi.wire import (
     parse_issued,
 )
 from adapters.http import build_app
-from controller.bundle import split_key
+from controller.bundle import drift_of, split_key
 from controller.errors import PermanentError, TransientError
 from controller.health import HealthState
 
@@ -263,11 +263,21 @@ async def _put(request: web.Request) -> web.Response:
     metrics = app[METRICS_KEY]
     metrics.bundles.labels("written" if changed else "unchanged").inc()
     metrics.received_bytes.inc(len(body))
+    drift = drift_of(changed)
+    for kind in drift:
+        metrics.bundle_drift.labels(kind).inc()
+    if drift:
+        log.warning(
+            "bundle drift repaired: the bundle on disk differed from its content",
+            extra={"bundle": bundle_id, "drift": ", ".join(sorted(drift))},
+        )
     log.info(
         "bundle written" if changed else "bundle unchanged",
         extra={"bundle": bundle_id, "identity": request.get(IDENTITY_KEY, "")},
     )
-    return _json(BundleState(id=bundle_id, digest=digest, changed=changed))
+    return _json(
+        BundleState(id=bundle_id, digest=digest, changed=bool(changed), drift=sorted(drift))
+    )
 
 
 async def _delete(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from adapters.bundles.namespaced import NamespacedBundleWriter
-from controller.bundle import BundleContent, split_key
+from controller.bundle import BundleContent, WriteOutcome, split_key
 from controller.errors import TransientError
 
 
@@ -39,8 +39,10 @@ class AgentStore:
         bundle_id: str,
         files: Mapping[str, bytes],
         admit: Callable[[], None] | None = None,
-    ) -> tuple[bool, str]:
-        """Write the bundle; whether anything changed, and the digest now kept for it.
+    ) -> tuple[bool | WriteOutcome, str]:
+        """Write the bundle; whether anything changed (and what drift of the bundle on disk
+        was repaired: unchanged content is read back, not trusted to ``.digest``), and the
+        digest now kept for it.
 
         ``admit`` runs under the bundle's lock before the write (nothing written if it raises),
         so uploads of one id are admitted in the order they are written.

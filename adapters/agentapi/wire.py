@@ -91,9 +91,14 @@ class BundleEntry(msgspec.Struct, kw_only=True):
 
 
 class BundleState(BundleEntry, kw_only=True):
-    """The answer of a PUT: the bundle now in place, and whether this request wrote it."""
+    """The answer of a PUT: the bundle now in place, and whether this request wrote it.
+
+    ``drift``: the kinds of damage (modified, missing, extra) this write found in a bundle of
+    the same content and repaired (absent from older agents' answers: none).
+    """
 
     changed: bool
+    drift: list[str] = []
 
 
 class Removal(msgspec.Struct, kw_only=True):

@@ -33,9 +33,13 @@ from adapters.bundles.digestkey import load_digest_key
 from controller.bundle import (
     CONFIG_FILE,
     CONFIGS_DIR,
+    DRIFT_EXTRA,
+    DRIFT_MISSING,
+    DRIFT_MODIFIED,
     LINKS_FILE,
     SECRETS_DIR,
     BundleContent,
+    WriteOutcome,
     check_bundle_id,
     is_valid_bundle_id,
 )
@@ -100,15 +104,19 @@ class LocalBundleWriter:
         """The directory that holds one subdirectory per bundle."""
         return self._root
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Write the bundle atomically; ``False`` when the same content was already there."""
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
+        """Write the bundle atomically; ``False`` when the same content was already there, intact.
+
+        A bundle whose ``.digest`` names the content is read back and rewritten when it
+        differs (:func:`find_drift`): then a :class:`WriteOutcome` says what drift was repaired.
+        """
         check_bundle_id(bundle_id)
         _check_file_names(content.files)  # refused before anything is created, the key included
         try:
             key = await self._digest_key()
             async with self._lock(leftover_tag(bundle_id)):
                 return await _in_thread(
-                    write_bundle_sync,
+                    write_bundle_outcome_sync,
                     self._root,
                     bundle_id,
                     content,
@@ -245,7 +253,27 @@ def write_bundle_sync(
     fsync_executor: Executor | None = None,
     key: bytes | None = None,
 ) -> bool:
+    """Write one bundle atomically and durably; ``False`` when the same content is there
+    (:func:`write_bundle_outcome_sync`, which also says what drift it repaired). Blocking."""
+    return bool(
+        write_bundle_outcome_sync(root, bundle_id, content, fsync_executor=fsync_executor, key=key)
+    )
+
+
+def write_bundle_outcome_sync(
+    root: Path,
+    bundle_id: str,
+    content: BundleContent,
+    *,
+    fsync_executor: Executor | None = None,
+    key: bytes | None = None,
+) -> bool | WriteOutcome:
     """Write one bundle atomically and durably; ``False`` when the same content is there.
+
+    A bundle whose ``.digest`` names the content already is read back, file by file, and
+    rewritten when it differs (drift: a file edited, truncated, deleted or added on the node);
+    then a :class:`WriteOutcome` says which kinds (:data:`~controller.bundle.DRIFT_KINDS`)
+    were found; otherwise a plain bool.
 
     Blocking. With ``fsync_executor`` (not the executor running this call) the fsyncs of the
     new files and directories run at once, so the file system can commit them together
@@ -261,8 +289,11 @@ def write_bundle_sync(
     live = root / bundle_id
     for holder in _restore_carried(root, bundle_id):
         fsops.discard(holder)
+    drift: frozenset[str] = frozenset()
     if _read_digest(live) == digest:
-        return False
+        drift = find_drift(live, content.files)
+        if not drift:
+            return False
     fsops.ensure_dir(root)
     payloads = _payload_sets(content.files)
     carried = [name for name in _PAYLOAD_DIRS if payloads[name] and _holds(live / name, payloads)]
@@ -281,9 +312,11 @@ def write_bundle_sync(
         raise
     if swapped:
         _finish_carry(root, live, tmp, carried, fsync_executor)
-        return True
+        return WriteOutcome(changed=True, drift=drift) if drift else True
     try:
-        if carried and _in_place_possible(live, payloads, carried):
+        # In place, an entry the content lacks would stay: drift of that kind needs a new
+        # directory.
+        if carried and DRIFT_EXTRA not in drift and _in_place_possible(live, payloads, carried):
             _replace_in_place(live, tmp, content.files)
         else:
             _install(root, live, tmp, bundle_id, carried)
@@ -291,7 +324,7 @@ def write_bundle_sync(
         # Holds nothing after a first install, stand-ins at most after an update in place,
         # the old version after an exchange, or a partial new version after a failure.
         fsops.discard(tmp)
-    return True
+    return WriteOutcome(changed=True, drift=drift) if drift else True
 
 
 def remove_bundle_sync(root: Path, bundle_id: str) -> bool:
@@ -407,6 +440,77 @@ def _holds(directory: Path, payloads: Mapping[str, Mapping[str, bytes]]) -> bool
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
+
+
+def find_drift(bundle_dir: Path, files: Mapping[str, bytes]) -> frozenset[str]:
+    """How the bundle in ``bundle_dir`` differs from ``files`` (its content); empty: not at all.
+
+    Every file is read back and compared byte for byte (``.digest`` alone proves nothing of
+    the files beside it); nothing is written or fsynced. Kinds: ``modified`` (other bytes, or
+    not a regular file), ``missing`` (a file of the content absent) and ``extra`` (an entry
+    the content does not have, ``.digest`` aside). Blocking.
+    """
+    kinds: set[str] = set()
+    wanted_top = {name.partition("/")[0] for name in files} | {DIGEST_FILE}
+    with os.scandir(bundle_dir) as entries:
+        top = list(entries)
+    for entry in top:
+        if entry.name not in wanted_top:
+            kinds.add(DRIFT_EXTRA)
+        elif entry.name in _PAYLOAD_DIRS:
+            if not entry.is_dir(follow_symlinks=False):
+                kinds.add(DRIFT_MODIFIED)  # a link or a file where the directory belongs
+                continue
+            with os.scandir(entry.path) as inner:
+                if any(f"{entry.name}/{e.name}" not in files for e in inner):
+                    kinds.add(DRIFT_EXTRA)
+    for name, data in files.items():
+        try:
+            fd = os.open(bundle_dir / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            kinds.add(DRIFT_MISSING)
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            kinds.add(DRIFT_MODIFIED)  # a symbolic link, or a file where a directory belongs
+            continue
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or f.read(len(data) + 1) != data:
+                kinds.add(DRIFT_MODIFIED)
+    return frozenset(kinds)
+
+
+def is_intact(bundle_dir: Path, digest: str, key: bytes) -> bool:
+    """Whether the files in ``bundle_dir`` are exactly a content whose digest under ``key`` is
+    ``digest`` (its ``.digest``): every file read back and hashed, for when the content itself
+    is not at hand (the agent's listing). Blocking; raises :class:`OSError` when it cannot read.
+    """
+    files: dict[str, bytes] = {}
+    try:
+        with os.scandir(bundle_dir) as entries:
+            top = list(entries)
+        for entry in top:
+            if entry.name == DIGEST_FILE:
+                continue
+            if entry.name in _PAYLOAD_DIRS and entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inner:
+                    for leaf in inner:
+                        if not leaf.is_file(follow_symlinks=False):
+                            return False
+                        files[f"{entry.name}/{leaf.name}"] = _read_file(leaf.path)
+            elif entry.name in (CONFIG_FILE, LINKS_FILE) and entry.is_file(follow_symlinks=False):
+                files[entry.name] = _read_file(entry.path)
+            else:
+                return False
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return BundleContent(files=files).keyed_digest(key) == digest
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _read_digest(bundle_dir: Path) -> str | None:

@@ -11,16 +11,20 @@ and each bundle's digest is kept in ``.digest`` under that directory's own key.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from adapters.bundles.local import DIGEST_FILE, LocalBundleWriter
-from controller.bundle import BundleContent, is_valid_bundle_id, split_key
+from adapters.bundles.digestkey import load_digest_key
+from adapters.bundles.local import DIGEST_FILE, LocalBundleWriter, is_intact
+from controller.bundle import BundleContent, WriteOutcome, is_valid_bundle_id, split_key
 from controller.errors import TransientError
 from controller.names import is_dns1123_label
 
 _DIGEST_MAX_BYTES = 200
+
+log = logging.getLogger("winspec")
 
 #: Which leftovers of interrupted writes a sweep may delete in one namespace: the names whose
 #: leftovers go (None: all of them; empty: none, the namespace is skipped).
@@ -48,8 +52,9 @@ class NamespacedBundleWriter:
             self._writers[namespace] = writer
         return writer
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Write ``<root>/<namespace>/<name>`` atomically; False when unchanged."""
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
+        """Write ``<root>/<namespace>/<name>`` atomically; false when unchanged and intact
+        (the outcome says what drift was repaired)."""
         namespace, name = split_key(bundle_id)
         writer = self._writer(namespace)
         changed = await writer.write(name, content)
@@ -83,8 +88,10 @@ class NamespacedBundleWriter:
     async def list_digests(self) -> list[tuple[str, str]]:
         """Every bundle present with a digest, as ``(key, digest)`` sorted by key.
 
-        A bundle caught without ``.digest`` (an interrupted in-place update, which the next
-        write repairs) is left out.
+        Each bundle is read back and hashed (:func:`~adapters.bundles.local.is_intact`): one
+        whose files do not match its ``.digest`` (drift: edited, truncated, deleted or added
+        on the node) is left out and logged, as is one caught without ``.digest`` (an
+        interrupted in-place update); the next write of its content repairs it.
         """
         try:
             return await asyncio.to_thread(_list_digests, self._root)
@@ -150,10 +157,20 @@ def _list_digests(root: Path) -> list[tuple[str, str]]:
                 names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
             continue
+        key: bytes | None = None
         for name in sorted(names):
             if not is_valid_bundle_id(name):
                 continue  # temporary and leftover entries
             digest = _read_digest(base / name)
-            if digest is not None:
-                found.append((f"{namespace}/{name}", digest))
+            if digest is None:
+                continue
+            key = load_digest_key(base) if key is None else key
+            if not is_intact(base / name, digest, key):
+                log.warning(
+                    "bundle drift found: its files differ from its .digest; left out of the "
+                    "listing, so that it is delivered and rewritten",
+                    extra={"bundle": f"{namespace}/{name}"},
+                )
+                continue
+            found.append((f"{namespace}/{name}", digest))
     return found

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from adapters.bundles.namespaced import Owned
 from adapters.kubernetes.client import MERGE_PATCH, KubeClient
-from controller.bundle import BundleContent
+from controller.bundle import BundleContent, WriteOutcome
 from controller.cluster import (
     FINALIZER,
     GROUP,
@@ -135,7 +135,7 @@ class FinalizingWriter:
         self._remember = remember
         self._released: MutableMapping[str, ObjectMeta] = released if released is not None else {}
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
         """Add the finalizer if missing, then write the bundle."""
         wc = self._cache.get(bundle_id)
         if isinstance(wc, WindowsContainer) and FINALIZER not in wc.metadata.finalizers:

@@ -56,7 +56,7 @@ from adapters.kubernetes.bundles import BundleAbandonedError
 from adapters.kubernetes.client import KubeClient
 from adapters.kubernetes.reflector import Reflector, WatchSettings
 from adapters.kubernetes.status import KeptDigestStatus
-from controller.bundle import BundleContent
+from controller.bundle import DRIFT_KINDS, BundleContent, WriteOutcome
 from controller.cluster import WindowsContainer
 from controller.errors import PermanentError, RequestDecodeError, TransientError
 from controller.metrics import ABANDON_AGENT_UNREACHABLE, ABANDON_NODE_DELETED
@@ -469,8 +469,9 @@ class RemoteBundleWriter:
 
         return await self._on_node(node, "asking for its bundle root", ask)
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        """Deliver the bundle to its node's agent; False when the agent had it already."""
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
+        """Deliver the bundle to its node's agent; False when the agent had it already, intact
+        (a :class:`WriteOutcome` when the agent repaired drift of it)."""
         node = self.node_of(bundle_id)
         if node is None:
             raise TransientError(f"{bundle_id}: its resource is not known yet (no node)")
@@ -478,7 +479,8 @@ class RemoteBundleWriter:
             node, f"delivering {bundle_id}", lambda c: c.put(bundle_id, content.files)
         )
         self.delivered[bundle_id] = (node, state.digest)
-        return bool(state.changed)
+        drift = frozenset(state.drift) & frozenset(DRIFT_KINDS)
+        return WriteOutcome(changed=state.changed, drift=drift) if drift else bool(state.changed)
 
     async def remove(self, bundle_id: str) -> bool:
         """Remove the bundle from its node's agent; False when it had none (or no node known)."""

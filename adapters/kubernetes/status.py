@@ -206,10 +206,10 @@ class StatusWriter:
         permanent: bool = False,
     ) -> None:
         """Write the outcome into the resource's status (and an Event for a new permanent
-        failure). A resource that is gone gets nothing; one being deleted only what its
-        deletion waits for (a removal that failed). One whose spec does not decode is
-        reported on through its metadata; when the server refuses any write to it as stored
-        (its CRD now rejects it), the Event is all there is."""
+        failure, or a success with a reason: drift repaired). A resource that is gone gets
+        nothing; one being deleted only what its deletion waits for (a removal that failed).
+        One whose spec does not decode is reported on through its metadata; when the server
+        refuses any write to it as stored (its CRD now rejects it), the Event is all there is."""
         wc = self._cache.get(key)
         if not isinstance(wc, WindowsContainer | InvalidObjectError):
             return
@@ -247,6 +247,9 @@ class StatusWriter:
         if not permanent:
             # The failure is over (or another one stands): its return deserves an Event again.
             self._evented.pop(key, None)
+            if ok and reason:
+                # A success worth telling (drift of the bundle on disk repaired): each one.
+                await self.event(wc.metadata, reason, message)
             return
         text = message[:_MAX_MESSAGE]
         seen = (wc.metadata.uid, text)

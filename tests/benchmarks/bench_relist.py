@@ -13,7 +13,10 @@ and removes it afterwards).
    generate, write.
 2. **winspec, warm**: the same again over the bundles of phase 1 (a restart with nothing
    changed): timed to the ``N``-th write that found its bundle up to date.
-3. **floor**: the least a relist must do: list the containers, then with ``W`` concurrent
+3. **verify**: every bundle of phase 2 read back and compared with its content
+   (:func:`adapters.bundles.local.find_drift`, drift repair's check, which phase 2 already
+   included), alone, on ``W`` threads: its rate beside the floor's write rate.
+4. **floor**: the least a relist must do: list the containers, then with ``W`` concurrent
    workers inspect each one (``GET /containers/{id}/json``) and write a file of the size of
    winspec's median ``config.json`` durably (write, fsync, rename, directory fsync), one
    aiohttp session; and the same without the writes (inspect only, the warm floor).
@@ -34,7 +37,7 @@ from unittest import mock
 import aiohttp
 
 import adapters.docker.mode as docker_mode
-from adapters.bundles.local import LocalBundleWriter
+from adapters.bundles.local import LocalBundleWriter, find_drift
 from controller.bundle import CONFIG_FILE, BundleContent
 from controller.settings import load_settings
 from tests.benchmarks.bench_docker import floor_write
@@ -50,12 +53,14 @@ class _CountingWriter(LocalBundleWriter):
     changed = 0
     finished: asyncio.Event | None = None
     sizes: list[int] = []  # noqa: RUF012 - shared on purpose: DockerMode builds the writer
+    contents: dict[str, BundleContent] = {}  # noqa: RUF012 - the same
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
-        written = await super().write(bundle_id, content)
+        written = bool(await super().write(bundle_id, content))
         cls = _CountingWriter
         cls.done += 1
         cls.changed += written
+        cls.contents[bundle_id] = content
         if written:
             cls.sizes.append(len(content.files[CONFIG_FILE]))
         if cls.done >= cls.target and cls.finished is not None:
@@ -122,6 +127,17 @@ async def run_floor(daemon: DockerDaemon, directory: Path, workers: int, size: i
     return time.perf_counter() - began
 
 
+def run_verify(root: Path, workers: int) -> float:
+    """Read back every bundle below ``root`` and compare it with its content (no drift expected)."""
+    contents = _CountingWriter.contents
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        drift = list(pool.map(lambda i: find_drift(root / i, contents[i].files), contents))
+    took = time.perf_counter() - began
+    assert not any(drift), "drift in bundles nobody touched"
+    return took
+
+
 def _line(name: str, seconds: float, count: int) -> str:
     return f"{name:34} {seconds:8.2f} s  {count / seconds:9.0f} containers/s"
 
@@ -142,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         assert _CountingWriter.changed == n, _CountingWriter.changed
         warm = asyncio.run(run_winspec(daemon, scratch, n, args.workers))
         assert _CountingWriter.changed == 0, _CountingWriter.changed
+        verify = run_verify(scratch / "bundles", args.workers)
         size = int(statistics.median(_CountingWriter.sizes))
         (scratch / "floor").mkdir()
         floor = asyncio.run(run_floor(daemon, scratch / "floor", args.workers, size))
@@ -155,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_line("floor: list + inspect + write", floor, n))
     print(_line("winspec warm (all up to date)", warm, n))
     print(_line("floor: list + inspect", inspect_only, n))
+    print(_line("verify only (read back, compare)", verify, n))
     print(f"ratio cold/floor {cold / floor:.2f}x, warm/inspect-only {warm / inspect_only:.2f}x")
     return 0
 

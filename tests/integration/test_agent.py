@@ -256,6 +256,44 @@ async def test_put_writes_the_bundle_byte_identical_and_again_rewrites_nothing(
         await client.close()
 
 
+def _damage(directory: Path, kind: str) -> None:
+    """Drift of ``kind`` in a bundle on the node, its .digest untouched."""
+    if kind == "modified":
+        with open(directory / "secrets" / "db-password", "r+b") as f:
+            f.truncate(3)
+    elif kind == "missing":
+        (directory / "links.json").unlink()
+    else:
+        (directory / "configs" / "stray.toml").write_bytes(b"")
+
+
+@pytest.mark.parametrize("kind", ["modified", "missing", "extra"])
+async def test_a_drifted_bundle_leaves_the_listing_and_the_same_put_repairs_it(
+    cluster: Cluster, agent: AgentProcess, http: aiohttp.ClientSession, kind: str
+) -> None:
+    """A bundle damaged on the node is not listed; the same PUT again rewrites it, counted."""
+    bundle_id = f"{cluster.namespace}/drift-{kind}"
+    client = cluster.client(agent)
+    sample = f'winspec_agent_bundle_drift_total{{kind="{kind}"}}'
+    try:
+        before = await _metric(http, agent, sample)
+        first = await client.put(bundle_id, _files())
+        _damage(agent.root / bundle_id, kind)
+        # Left out, so the controller's resync (which enqueues what a node lacks) delivers it.
+        assert bundle_id not in await client.list_bundles()
+        again = await client.put(bundle_id, _files())
+        assert again.changed
+        assert again.drift == [kind]
+        assert await _metric(http, agent, sample) == before + 1
+        assert again.digest == first.digest
+        assert _on_disk(agent.root, bundle_id) == _files()
+        assert (await client.list_bundles())[bundle_id] == first.digest
+        assert not (await client.put(bundle_id, _files())).changed
+    finally:
+        await client.delete(bundle_id)
+        await client.close()
+
+
 async def test_changed_content_is_rewritten_and_gets_a_new_digest(
     cluster: Cluster, agent: AgentProcess
 ) -> None:

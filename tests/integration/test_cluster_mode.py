@@ -26,7 +26,7 @@ from tests.clustermode import (
     windows_container,
 )
 from tests.kube import KubeCluster
-from tests.kubeproxy import FaultProxy
+from tests.kubeproxy import FaultProxy, is_watch
 
 pytestmark = pytest.mark.kube
 
@@ -398,3 +398,72 @@ async def test_a_status_conflict_is_re_read_and_retried(
         assert kube_proxy.count(lambda e: e.injected) == 1
         assert metric(mode, "controller_runtime_reconcile_errors_total",
                       controller="windowscontainer-bundles") == 0  # fmt: skip
+
+
+def _damage(directory: Path) -> None:
+    """Drift of every kind under an intact .digest: config.json edited, links.json deleted, a
+    stray file added."""
+    edited = (directory / "config.json").read_bytes().replace(b"{", b'{"edited": 1, ', 1)
+    (directory / "edit.tmp").write_bytes(edited)
+    (directory / "edit.tmp").rename(directory / "config.json")
+    (directory / "links.json").unlink()
+    (directory / "stray.json").write_bytes(b"{}")
+
+
+async def test_drift_of_a_local_bundle_is_repaired_with_a_warning_event(
+    kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
+) -> None:
+    """A local bundle damaged while winspec was down is repaired at start-up, with an Event."""
+    ns = kube_namespace
+    async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]):
+        await api(kube, "POST", wc_path(ns), windows_container("drift"))
+        await eventually(ready_object(kube, ns, "drift"), what="Ready")
+    directory = bundle(tmp_path, ns, "drift")
+    intact = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")}
+    _damage(directory)
+
+    def drift_events() -> list[dict[str, Any]]:
+        events = kube.api("GET", f"/api/v1/namespaces/{ns}/events")["items"]
+        return [e for e in events if e["reason"] == "BundleDriftRepaired"]
+
+    async with running(kube.admin_kubeconfig, tmp_path, namespace=[ns]) as m:
+        kinds = ("modified", "missing", "extra")
+
+        def counted(times: int) -> bool:
+            return all(metric(m, "winspec_bundle_drift_total", kind=k) == times for k in kinds)
+
+        await eventually(lambda: counted(1), what="the drift at start-up to be counted")
+        current = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")}
+        assert current == intact
+        await eventually(lambda: len(drift_events()) == 1, what="an Event")
+        (event,) = drift_events()
+        assert event["type"] == "Warning"
+        assert event["involvedObject"]["name"] == "drift"
+        assert event["message"] == "bundle rewritten: drift repaired (extra, missing, modified)"
+
+
+async def test_drift_of_a_local_bundle_is_repaired_by_a_relist(
+    kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A local bundle damaged while winspec runs is repaired by the next relist (after 410)."""
+    ns = kube_namespace
+    kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
+    async with running(kubeconfig, tmp_path, namespace=[ns]) as mode:
+        await api(kube, "POST", wc_path(ns), windows_container("relisted"))
+        await eventually(ready_object(kube, ns, "relisted"), what="Ready")
+        directory = bundle(tmp_path, ns, "relisted")
+        intact = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")}
+        _damage(directory)
+        kube_proxy.fail(410, count=1, when=lambda m, p: is_watch(m, p) and "windowscontainers" in p)
+        assert kube_proxy.drop_watches() >= 1
+
+        def counted() -> bool:
+            kinds = ("modified", "missing", "extra")
+            return all(metric(mode, "winspec_bundle_drift_total", kind=k) == 1 for k in kinds)
+
+        await eventually(counted, within=30, what="the drift to be repaired by the relist")
+        current = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")}
+        assert current == intact
+        assert (
+            metric(mode, "winspec_watch_restarts_total", source="kubernetes", reason="expired") >= 1
+        )

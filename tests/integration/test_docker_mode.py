@@ -634,6 +634,61 @@ async def test_periodic_resync_restores_a_bundle_deleted_out_of_band(
             await h.remove_container(cid)
 
 
+def _damage_bundle(bundle: Path, kind: str) -> None:
+    """Damage a written bundle on disk, its .digest untouched, with drift of ``kind``."""
+    if kind == "modified":
+        # A hand edit, saved the way an editor saves: a new file renamed over the old.
+        edited = (bundle / "config.json").read_bytes().replace(b"{", b'{"edited": 1, ', 1)
+        (bundle / "edit.tmp").write_bytes(edited)
+        (bundle / "edit.tmp").rename(bundle / "config.json")
+    elif kind == "missing":
+        (bundle / "links.json").unlink()
+    else:
+        (bundle / "stray.json").write_bytes(b"{}")
+
+
+@pytest.mark.parametrize("kind", ["modified", "missing", "extra"])
+async def test_drift_is_repaired_at_start_up_and_at_resync(
+    dockerd: DockerDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A bundle damaged on disk is repaired at start-up and at resync, counted by kind, logged."""
+    # Damaged (its .digest intact) first while winspec is stopped, then while it runs.
+    cid = await asyncio.to_thread(dockerd.create_container, _unique(f"drift-{kind}"))
+    try:
+        async with running(dockerd, tmp_path) as h:
+            bundle = await h.bundle_written(cid)
+            await h.settled()
+        intact = {name: path.read_bytes() for name, path in _files(bundle).items()}
+        _damage_bundle(bundle, kind)
+        caplog.set_level(logging.WARNING, logger="controller.reconcile")
+        async with running(dockerd, tmp_path, resync_interval=0.5) as h:
+            await h.settled()
+            await eventually(
+                lambda: h.metric("winspec_bundle_drift_total", kind=kind) >= 1,
+                within=15,
+                what="the drift at start-up to be counted",
+            )
+            assert {name: path.read_bytes() for name, path in _files(bundle).items()} == intact
+            _damage_bundle(bundle, kind)
+            await eventually(
+                lambda: h.metric("winspec_bundle_drift_total", kind=kind) >= 2,
+                within=15,
+                what="the drift at resync to be counted",
+            )
+            await h.settled()
+            assert {name: path.read_bytes() for name, path in _files(bundle).items()} == intact
+            others = {"modified", "missing", "extra"} - {kind}
+            assert all(h.metric("winspec_bundle_drift_total", kind=k) == 0 for k in others)
+        repairs = [
+            (getattr(r, "key", None), getattr(r, "drift", None))
+            for r in caplog.records
+            if r.getMessage().startswith("bundle drift repaired")
+        ]
+        assert repairs == [(cid, kind)] * 2
+    finally:
+        await asyncio.to_thread(dockerd.remove_container, cid)
+
+
 async def test_idle_watchdog_restarts_the_stream_without_losing_events(
     dockerd: DockerDaemon, tmp_path: Path
 ) -> None:

@@ -238,6 +238,18 @@ def _not_ready(kube: KubeCluster, ns: str, name: str) -> Callable[[], dict[str, 
     return probe
 
 
+async def _scraped(mode: ClusterMode, name: str, label: str) -> dict[str, float]:
+    """The samples called ``name`` on the controller's /metrics, by the value of ``label``."""
+    url = f"http://127.0.0.1:{mode.http_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    return {
+        s.labels[label]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name
+    }
+
+
 async def test_bundle_reaches_the_agent_of_its_node(
     kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None, tmp_path: Path
 ) -> None:
@@ -273,14 +285,7 @@ async def test_a_dead_agent_holds_back_only_its_node(
     ready = await eventually(_not_ready(kube, ns, "dead-0"), within=30)
     assert ready["reason"] == "TransientError"
     assert b.name in ready["message"]
-    url = f"http://127.0.0.1:{central.http_port}/metrics"
-    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
-    failures = {
-        s.labels["node"]: s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "winspec_delivery_failures_total"
-    }
+    failures = await _scraped(central, "winspec_delivery_failures_total", "node")
     assert failures[b.name] >= 1
     assert failures[a.name] == 0  # delivered to: its series exists, at zero
 
@@ -457,3 +462,28 @@ async def test_restart_over_delivered_resources_writes_no_status(
         obj = await api(kube, "GET", wc_path(ns, name))
         on_agent = (_on_agent(nodes[i % 2], ns, name) / ".digest").read_text().strip()
         assert obj["status"]["digest"] == digests[name] == on_agent
+
+
+async def test_drift_on_an_agent_is_repaired_by_the_resync_counted_with_an_event(
+    kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: ClusterMode
+) -> None:
+    """A bundle damaged on its node is delivered again by the resync, repaired, counted, told."""
+    ns = kube_namespace
+    a, _ = nodes
+    await api(kube, "POST", wc_path(ns), _resource("drift", a.name))
+    await eventually(ready_object(kube, ns, "drift"), within=30)
+    bundle = _on_agent(a, ns, "drift")
+    intact = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*")}
+    (bundle / "links.json").unlink()
+    (bundle / "stray.json").write_bytes(b"{}")
+
+    def events() -> list[dict[str, Any]]:
+        items = kube.api("GET", f"/api/v1/namespaces/{ns}/events")["items"]
+        return [e for e in items if e["reason"] == "BundleDriftRepaired"]
+
+    await eventually(lambda: len(events()) == 1, within=30, what="the repair's Event")
+    assert {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*")} == intact
+    assert events()[0]["message"] == "bundle rewritten: drift repaired (extra, missing)"
+    assert events()[0]["involvedObject"]["name"] == "drift"
+    drift = await _scraped(central, "winspec_bundle_drift_total", "kind")
+    assert drift == {"modified": 0, "missing": 1, "extra": 1}

@@ -23,10 +23,11 @@ from adapters.bundles.local import (
     KEY_FILE,
     LocalBundleWriter,
     atomic_replace_supported,
+    find_drift,
     remove_bundle_sync,
     write_bundle_sync,
 )
-from controller.bundle import BundleContent
+from controller.bundle import BundleContent, WriteOutcome, drift_of
 from controller.errors import PermanentError, TransientError
 
 BUNDLE_ID = "3f" * 32
@@ -474,7 +475,7 @@ async def test_cancelled_write_holds_the_id_until_its_thread_ends(
             running -= 1
         return True
 
-    monkeypatch.setattr(local, "write_bundle_sync", slow_write)
+    monkeypatch.setattr(local, "write_bundle_outcome_sync", slow_write)
     writer = make_writer(tmp_path)
     first = asyncio.create_task(writer.write(BUNDLE_ID, _content()))
     await asyncio.to_thread(started.wait, 10)
@@ -755,3 +756,155 @@ def test_fallback_swap_that_fails_puts_the_old_bundle_back(
     assert _tree(bundle) == _expected_tree(old, tmp_path)
     assert _inode(bundle / "configs") == configs_before
     assert _leftovers(tmp_path) == []
+
+
+def _damage(bundle: Path, how: str) -> None:
+    """Damage ``bundle`` on disk as a hand edit, a crash or a stray tool would."""
+    if how == "edited":
+        (bundle / "config.json").write_bytes(b'{"ociVersion": "1.1.0", "edited": true}')
+    elif how == "truncated":
+        with open(bundle / "secrets" / "s1", "r+b") as f:
+            f.truncate(2)
+    elif how == "deleted":
+        (bundle / "links.json").unlink()
+    elif how == "deleted-payloads":
+        shutil.rmtree(bundle / "configs")
+    elif how == "added":
+        (bundle / "secrets" / "stray").write_bytes(b"not ours")
+    elif how == "added-top":
+        (bundle / "notes.txt").write_bytes(b"not ours")
+    elif how == "replaced-by-link":
+        (bundle / "config.json").unlink()
+        (bundle / "config.json").symlink_to(bundle / "links.json")
+    elif how == "payloads-linked":
+        # The same bytes, but elsewhere: what the directory shows can change behind its back.
+        elsewhere = bundle.parent.parent / "elsewhere"
+        shutil.copytree(bundle / "secrets", elsewhere)
+        shutil.rmtree(bundle / "secrets")
+        (bundle / "secrets").symlink_to(elsewhere)
+
+
+@pytest.mark.parametrize(
+    ("how", "kinds"),
+    [
+        ("edited", {"modified"}),
+        ("truncated", {"modified"}),
+        ("deleted", {"missing"}),
+        ("deleted-payloads", {"missing"}),
+        ("added", {"extra"}),
+        ("added-top", {"extra"}),
+        ("replaced-by-link", {"modified"}),
+    ],
+)
+async def test_drift_under_an_unchanged_digest_is_found_and_repaired(
+    tmp_path: Path, make_writer: WriterFactory, how: str, kinds: set[str]
+) -> None:
+    """Unchanged content over a damaged bundle (its .digest intact) rewrites it whole, says how."""
+    writer = make_writer(tmp_path)
+    content = _content()
+    await writer.write(BUNDLE_ID, content)
+    _damage(tmp_path / BUNDLE_ID, how)
+
+    outcome = await writer.write(BUNDLE_ID, content)
+
+    assert outcome == WriteOutcome(changed=True, drift=frozenset(kinds))
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(content, tmp_path)
+    assert _entries(tmp_path) == [BUNDLE_ID]
+    assert await writer.write(BUNDLE_ID, content) is False
+
+
+async def test_several_kinds_of_drift_are_all_reported(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
+    """A bundle edited, missing a file and holding a stray one reports all three kinds."""
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    for how in ("edited", "deleted", "added"):
+        _damage(tmp_path / BUNDLE_ID, how)
+
+    outcome = await writer.write(BUNDLE_ID, _content())
+
+    assert drift_of(outcome) == {"modified", "missing", "extra"}
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
+
+
+async def test_an_intact_bundle_is_read_back_but_not_touched(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
+    """Verification of an intact bundle finds no drift and changes no inode, mtime or ctime."""
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    before = _snapshot(tmp_path / BUNDLE_ID)
+
+    assert find_drift(tmp_path / BUNDLE_ID, _content().files) == frozenset()
+    assert await writer.write(BUNDLE_ID, _content()) is False
+    assert _snapshot(tmp_path / BUNDLE_ID) == before
+
+
+@posix_only
+def test_reader_never_sees_a_torn_bundle_while_drift_is_repaired(tmp_path: Path) -> None:
+    """A reader polling a bundle repaired 200 times sees whole files only, never a missing one."""
+    # config.json is edited (atomically, as an editor saves) and repaired each time.
+    content = _content()
+    intended = content.files["config.json"]
+    edit = b'{"edited": true}'
+    live = tmp_path / BUNDLE_ID
+    write_bundle_sync(tmp_path, BUNDLE_ID, content)
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def read_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                data = (live / "config.json").read_bytes()
+            except FileNotFoundError:
+                problems.append("config.json missing")
+                continue
+            if data not in (intended, edit):
+                problems.append(f"torn config.json: {data[:40]!r}")
+
+    reader = threading.Thread(target=read_until_stopped)
+    reader.start()
+    try:
+        for _ in range(200):
+            # The edit itself is atomic (a rename), as an editor saving a file makes it.
+            (live / "edit.tmp").write_bytes(edit)
+            os.replace(live / "edit.tmp", live / "config.json")
+            outcome = local.write_bundle_outcome_sync(tmp_path, BUNDLE_ID, content)
+            assert drift_of(outcome) == {"modified"}
+    finally:
+        stop.set()
+        reader.join()
+    assert problems == []
+    assert _tree(live) == _expected_tree(content, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["edited", "added-top", "added"])
+async def test_drift_is_repaired_without_an_atomic_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory, how: str
+) -> None:
+    """Without an exchange a drifted bundle is repaired too, a stray entry included, at once."""
+    monkeypatch.setattr(fsops, "exchange", lambda first, second: False)
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    _damage(tmp_path / BUNDLE_ID, how)
+
+    assert drift_of(await writer.write(BUNDLE_ID, _content()))
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
+    assert _entries(tmp_path) == [BUNDLE_ID]
+    assert await writer.write(BUNDLE_ID, _content()) is False
+
+
+async def test_a_linked_payload_directory_is_drift_and_repaired(
+    tmp_path: Path, make_writer: WriterFactory
+) -> None:
+    """A payload directory swapped for a link to the same bytes is drift; a write repairs it."""
+    root = tmp_path / "bundles"
+    writer = make_writer(root)
+    await writer.write(BUNDLE_ID, _content())
+    _damage(root / BUNDLE_ID, "payloads-linked")
+
+    assert find_drift(root / BUNDLE_ID, _content().files) == {"modified"}
+    assert await writer.write(BUNDLE_ID, _content())
+    assert not (root / BUNDLE_ID / "secrets").is_symlink()
+    assert _tree(root / BUNDLE_ID) == _expected_tree(_content(), root)

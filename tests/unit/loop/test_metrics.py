@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from controller.bundle import DRIFT_KINDS
 from controller.metrics import (
     ABANDON_REASONS,
     BUNDLE_RESULTS,
@@ -44,6 +45,8 @@ def test_known_label_values_start_at_zero() -> None:
         assert get(name, {"name": "c"}) == 0, name
     for result in BUNDLE_RESULTS:
         assert get("winspec_bundles_written_total", {"result": result}) == 0
+    for kind in DRIFT_KINDS:
+        assert get("winspec_bundle_drift_total", {"kind": kind}) == 0
     for state in RESOURCE_STATES:
         assert get("winspec_resources", {"controller": "c", "state": state}) == 0
     assert get("winspec_bundle_write_seconds_count") == 0
