@@ -305,7 +305,7 @@ def write_bundle_outcome_sync(
                 # Relative to the new version's directory; once the versions are swapped this
                 # name is the old version's, which then still holds the original.
                 os.symlink(f"../{tmp.name}/{name}", tmp / name)
-        fsops.sync_all(syncs, fsync_executor)
+        fsops.make_durable(root, syncs, fsync_executor)
         swapped = bool(carried) and fsops.exchange(tmp, live)
     except BaseException:
         fsops.discard(tmp)
@@ -338,7 +338,7 @@ def remove_bundle_sync(root: Path, bundle_id: str) -> bool:
         os.rename(root / bundle_id, aside)
     except FileNotFoundError:
         return False
-    fsops.fsync_dir(root)
+    fsops.make_durable(root, [partial(fsops.fsync_dir, root)])
     fsops.discard(aside)
     return True
 
@@ -555,7 +555,9 @@ def _finish_carry(
             raise OSError(errno.ENOENT, "cannot move the payload directory back", str(tmp / name))
     try:
         # Every order in which these two become durable is one of the documented crash states.
-        fsops.sync_all([partial(fsops.fsync_dir, root), partial(fsops.fsync_dir, live)], executor)
+        fsops.make_durable(
+            root, [partial(fsops.fsync_dir, root), partial(fsops.fsync_dir, live)], executor
+        )
     finally:
         fsops.discard(tmp)  # the old version, with the stand-ins
 
@@ -594,11 +596,11 @@ def _install(root: Path, live: Path, tmp: Path, bundle_id: str, carried: list[st
     fallback (rename aside, move, rename in), as no stand-in keeps the old version whole.
     """
     if not carried and fsops.exchange(tmp, live):
-        fsops.fsync_dir(root)
+        fsops.make_durable(root, [partial(fsops.fsync_dir, root)])
         return
     if not os.path.lexists(live):
         os.rename(tmp, live)
-        fsops.fsync_dir(root)
+        fsops.make_durable(root, [partial(fsops.fsync_dir, root)])
         return
     aside = root / f"{OLD_PREFIX}{leftover_tag(bundle_id)}-{token_hex(_RANDOM_CHARS // 2)}"
     os.rename(live, aside)
@@ -616,9 +618,8 @@ def _install(root: Path, live: Path, tmp: Path, bundle_id: str, carried: list[st
                 os.rename(tmp / name, aside / name)
             os.rename(aside, live)
         raise
-    if moved:
-        fsops.fsync_dir(live)
-    fsops.fsync_dir(root)
+    syncs = [partial(fsops.fsync_dir, live)] if moved else []
+    fsops.make_durable(root, [*syncs, partial(fsops.fsync_dir, root)])
     fsops.discard(aside)
 
 

@@ -166,9 +166,23 @@ class ClusterStore:
                 last = exc
             self._forget(f"{meta.namespace}/{meta.name}", last)
             return
+        if self._known(raw):
+            return
         key, matters = self._store(raw)
         if key is not None and matters:
             self._enqueue(key)
+
+    def _known(self, raw: msgspec.Raw) -> bool:
+        """Whether the cache already holds this version of the object, or a newer one: most
+        often the echo of winspec's own write, whose answer :meth:`remember` cached. Only the
+        metadata is read then; the whole object is decoded only when it is news."""
+        meta = object_meta(raw)
+        cached = self.cache.get(f"{meta.namespace}/{meta.name}") if meta.name else None
+        return (
+            isinstance(cached, WindowsContainer | InvalidObjectError)
+            and bool(meta.resource_version)
+            and not _newer(meta.resource_version, cached.metadata.resource_version)
+        )
 
     def _forget(self, key: str, last: WindowsContainer | RequestDecodeError | None) -> None:
         """A resource left the watched set: deleted, or no longer matching the selector (a

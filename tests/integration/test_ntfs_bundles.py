@@ -72,9 +72,11 @@ def _expected(bundle_content: BundleContent, root: Path) -> dict[str, bytes]:
 
 
 async def test_ntfs_has_no_exchange_so_the_writer_takes_the_windows_path(ntfs: Path) -> None:
-    """On NTFS the probe finds no exchange; rewrites go in place or aside-then-in, whole."""
+    """On NTFS the probe finds no exchange, and no group commit (FUSE: every path is fsynced);
+    rewrites go in place or aside-then-in, whole."""
     root = ntfs / "bundles"
     assert atomic_replace_supported(root) is False
+    assert fsops.group_sync(root) is None
     first, second = root / "first", root / "second"
     first.mkdir()
     second.mkdir()
