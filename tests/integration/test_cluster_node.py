@@ -278,13 +278,13 @@ class FailoverWrites:
         self.tls = ssl.create_default_context(cadata=ca)
         self.tls.check_hostname = False
         self.before: dict[Path, Version] = watch.snapshot()
-        self.written = self.agent_written()
+        self.written = self.agent_bundles("written")
+        self.unchanged = self.agent_bundles("unchanged")
 
-    def agent_written(self) -> float:
-        """Bundles the agent has written (a removal or an unchanged upload is not a write)."""
-        return _sample(
-            self.agent_metrics, "winspec_agent_bundles_total", self.tls, result="written"
-        )
+    def agent_bundles(self, result: str) -> float:
+        """Uploads the agent has answered with ``result``: ``written`` (a write on disk; a
+        removal is not one) or ``unchanged`` (the bundle on disk was current)."""
+        return _sample(self.agent_metrics, "winspec_agent_bundles_total", self.tls, result=result)
 
     def check(self, new_leader: str, changed: set[Path]) -> str:
         """Once the new leader has reconciled every resource there is: the bundles in
@@ -305,7 +305,8 @@ class FailoverWrites:
                      f"the new leader {new_leader} through all {total} resources")  # fmt: skip
         (agent,) = self.deployed.ready_pods(AGENT)
         assert agent["metadata"]["uid"] == self.agent_uid  # the same agent, its counter kept
-        written = self.agent_written() - self.written
+        written = self.agent_bundles("written") - self.written
+        unchanged = self.agent_bundles("unchanged") - self.unchanged
         after = self.watch.snapshot()
         rewritten = sorted(
             str(b)
@@ -317,10 +318,14 @@ class FailoverWrites:
         # Any write puts a new version in place, so the unchanged ones were not written: the
         # agent's writes are the changed ones', one each.
         assert written == len(changed)
+        # The new leader did send every current bundle again (its first pass): the agent
+        # found each one current.
+        kept = len(self.before) - len(changed & set(self.before))
+        assert unchanged >= kept
         return (
             f"{len(after)} bundles on the node, {total} resources reconciled by the new leader; "
-            f"{len(self.before) - len(changed & set(self.before))} unchanged ones not rewritten, "
-            f"{len(changed)} changed ones written {written:g} times in all"
+            f"{kept} unchanged ones uploaded again ({unchanged:g} uploads found current) and "
+            f"not rewritten, {len(changed)} changed ones written {written:g} times in all"
         )
 
 
