@@ -15,10 +15,12 @@ names and the fixed value sets below.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from controller.bundle import DRIFT_KINDS
 
@@ -80,6 +82,44 @@ _RECONCILE_BUCKETS = (
 _QUEUE_BUCKETS = tuple(1e-8 * 10**i for i in range(12))
 # Remote calls and atomic writes: milliseconds to tens of seconds.
 _IO_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+#: winspec_delivery_agent_missing{node}: cluster mode's --delivery agent.
+AGENT_MISSING = "winspec_delivery_agent_missing"
+
+
+class AgentsMissing(Collector):
+    """``winspec_delivery_agent_missing{node}``, read when scraped from what :meth:`report`
+    was given: per node that bundles go to, 1 when no agent can be found there, else 0. No
+    series until then (Docker mode, a standby replica), only the family."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[], Mapping[str, bool]] | None = None
+
+    def report(self, read: Callable[[], Mapping[str, bool]]) -> None:
+        """Export ``read()`` (node to whether its agent is missing) from now on."""
+        self._read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The family, without reading anything."""
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The family with one sample per node ``read()`` names."""
+        family = self._family()
+        if self._read is not None:
+            for node, missing in sorted(self._read().items()):
+                family.add_metric([node], 1.0 if missing else 0.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            AGENT_MISSING,
+            "1 for each node that resources are delivered to whose agent cannot be found (no "
+            "running agent pod with an address there), 0 for those whose agent is found",
+            labels=["node"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +322,8 @@ class Metrics:
             ["node"],
             registry=r,
         )
+        self.agents_missing = AgentsMissing()
+        r.register(self.agents_missing)
         self.bundle_removals_abandoned = Counter(
             "winspec_bundle_removals_abandoned",
             "Bundles of deleted resources left on their node because it could not be reached "

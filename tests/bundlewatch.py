@@ -4,6 +4,13 @@
 ``<root>/<namespace>/.digest-key``) over and over in a thread; :class:`TreeWatch` does it for
 every bundle that appears below a root (the agent's layout). A read that saw one version whole
 and found it incomplete or not matching its ``.digest`` is kept as torn.
+
+Each also keeps the versions of a bundle it read: every write puts a new ``.digest`` file in
+place (in a new directory swapped in, or replacing the old file in an update in place), so that
+file's inode and modification time (:func:`version_of`) name the version. Reads every few
+milliseconds can miss a version replaced again before the next read; :meth:`TreeWatch.snapshot`
+compares two moments exactly (a bundle written in between is at another version, whatever the
+reads missed).
 """
 
 from __future__ import annotations
@@ -18,6 +25,22 @@ from adapters.bundles.local import DIGEST_FILE, KEY_FILE, TEMP_PREFIX
 from controller.bundle import CONFIG_FILE, CONFIGS_DIR, LINKS_FILE, SECRETS_DIR, BundleContent
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+
+#: Which version of a bundle is in place: its ``.digest`` file's inode and modification time.
+Version = tuple[int, int]
+
+
+def version_of(bundle: Path, *, dir_fd: int | None = None) -> Version | None:
+    """The version of ``bundle`` in place now (None: no bundle, or one without ``.digest``);
+    with ``dir_fd``, of the bundle directory open there (``bundle`` is then ignored)."""
+    try:
+        if dir_fd is None:
+            st = os.stat(bundle / DIGEST_FILE)
+        else:
+            st = os.stat(DIGEST_FILE, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_ino, st.st_mtime_ns)
 
 
 class _Repeated:
@@ -55,6 +78,8 @@ class BundleWatch(_Repeated):
     bundle: Path
     whole: int = 0
     torn: list[str] = field(default_factory=list)
+    #: The versions read whole, in the order read, each once.
+    versions: list[Version] = field(default_factory=list)
 
     def check(self) -> str:
         """Read the bundle once; count it as whole, or keep what is wrong with it. The outcome:
@@ -67,6 +92,7 @@ class BundleWatch(_Repeated):
             inode = os.fstat(fd).st_ino
             files, digest, extra = _read_version(fd)
             key = (self.bundle.parent / KEY_FILE).read_bytes()
+            version = version_of(self.bundle, dir_fd=fd)
         except OSError:
             return "moved"  # this version was swapped out (and deleted) while being read
         finally:
@@ -83,6 +109,8 @@ class BundleWatch(_Repeated):
             self.torn.append(f"files {sorted(files)} do not match their .digest")
             return "torn"
         self.whole += 1
+        if version is not None and version not in self.versions[-1:]:
+            self.versions.append(version)
         return "whole"
 
 
@@ -142,6 +170,16 @@ class TreeWatch(_Repeated):
         """How many whole reads of ``bundle`` there were."""
         watch = self.watches.get(bundle)
         return 0 if watch is None else watch.whole
+
+    def versions(self, bundle: Path) -> list[Version]:
+        """The versions of ``bundle`` read whole so far, in the order read."""
+        watch = self.watches.get(bundle)
+        return [] if watch is None else list(watch.versions)
+
+    def snapshot(self) -> dict[Path, Version]:
+        """The version of every bundle below the root now (read directly, not by the thread)."""
+        found = {bundle: version_of(bundle) for bundle in _bundles(self.root)}
+        return {bundle: version for bundle, version in found.items() if version is not None}
 
 
 def _bundles(root: Path) -> list[Path]:

@@ -10,7 +10,8 @@ pods (:meth:`AgentLocator.watcher`) has listed them, the locator follows them: a
 or recreated changes the node's address as soon as the watch says so (no call goes to a pod
 that is gone), and a node's agent appearing or moving re-queues that node's resources
 (``on_found``). Until then (or without the watch) the address is listed per node, cached, and
-forgotten when a call to it fails.
+forgotten when a call to it fails. :meth:`RemoteBundleWriter.agents_missing` says, per node
+that resources are on, whether the watch finds no agent there (``winspec_delivery_agent_missing``).
 
 Deletion never wedges: a removal that fails because the node's agent cannot be reached is
 retried until no call to that agent has succeeded for ``removal_grace`` (the resource is
@@ -167,6 +168,13 @@ class AgentLocator:
     def known(self) -> dict[str, str]:
         """Every node whose agent was found: node to base URL."""
         return dict(self._cache)
+
+    def serving_nodes(self) -> set[str] | None:
+        """The nodes with a running agent pod, as the watch last saw them (kept while it
+        fails: its last word); None until it has listed."""
+        if self._pods is None:
+            return None
+        return {node for node, pods in self._pods.items() if any(map(_serving, pods.values()))}
 
     def forget(self, node: str) -> None:
         """Drop the cached address (a call to it failed; the pod may have moved). A working
@@ -468,6 +476,18 @@ class RemoteBundleWriter:
             return root
 
         return await self._on_node(node, "asking for its bundle root", ask)
+
+    def agents_missing(self) -> dict[str, bool]:
+        """Every node that resources are on, whether its agent is missing: the watch of
+        agent pods finds no running one there. Nodes known to be deleted are left out; empty
+        until that watch has listed."""
+        serving = self._locator.serving_nodes()
+        if serving is None:
+            return {}
+        nodes = {
+            wc.spec.node_name for wc in self._cache.values() if isinstance(wc, WindowsContainer)
+        }
+        return {n: n not in serving for n in sorted(nodes) if n and not self._node_deleted(n)}
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
         """Deliver the bundle to its node's agent; False when the agent had it already, intact

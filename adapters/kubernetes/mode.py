@@ -314,6 +314,7 @@ class ClusterMode(Runtime):
         status: StatusReporter = status_writer
         if remote is not None:
             m.declare_abandon_reasons()
+            m.agents_missing.report(remote.agents_missing)
             status = NodeDigestStatus(status, remote)
             manager.add_task(
                 "agent-resync",

@@ -9,7 +9,10 @@ root a hostPath on the node.
 The WindowsContainers are made here in the README's shape; the node is labelled with the
 Windows build a Windows kubelet would label it with. Throughout the module a thread reads every
 bundle on the node's hostPath (tests/bundlewatch.py): no read may ever find one torn, and each
-Ready resource's status digest is the one its bundle on the node has.
+Ready resource's status digest is the one its bundle on the node has. Across each failover,
+every bundle's version on the node and the agent's count of bundles written
+(``winspec_agent_bundles_total{result="written"}``, read from its /metrics) say that nothing was
+written twice: the new leader's first pass over every resource rewrote none that was current.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ import base64
 import json
 import os
 import shlex
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent import make_tls
-from tests.bundlewatch import TreeWatch
+from tests.bundlewatch import TreeWatch, Version
 from tests.clustermode import secret, wc_path
 from tests.dashboard_picture import panel_queries, variables
 from tests.images import IMAGE, Built
@@ -72,6 +78,8 @@ LEASE_DURATION = 15.0
 AGENT_DOWN_FOR = "4s"
 #: Where the node test draws the dashboard with its scenario's data (docs/metrics.md).
 PICTURE_ENV = "WINSPEC_DASHBOARD_PNG"
+#: Resources made Ready on the node before each failover, beside those earlier tests left.
+FAILOVER_RESOURCES = 20
 
 
 @pytest.fixture(scope="module")
@@ -240,16 +248,115 @@ def test_windowscontainer_becomes_ready_with_its_bundle_on_the_node(
     assert node_bundles.whole(bundle) > 0
 
 
+def _samples(url: str, name: str, context: ssl.SSLContext | None = None) -> list[Any]:
+    """The samples called ``name`` on the /metrics at ``url``."""
+    with urllib.request.urlopen(url, timeout=10, context=context) as answer:
+        text = answer.read().decode()
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def _sample(url: str, name: str, context: ssl.SSLContext | None = None, **labels: str) -> float:
+    """The one sample called ``name`` with ``labels`` on the /metrics at ``url``."""
+    (value,) = [s.value for s in _samples(url, name, context) if labels.items() <= s.labels.items()]
+    return float(value)
+
+
+class FailoverWrites:
+    """What is on the node before a failover, to check after it that nothing was written twice:
+    every bundle's version (tests/bundlewatch.py) and the agent's count of bundles it wrote,
+    read from its /metrics (over HTTPS, the certificate checked against the agents' CA, not
+    for its name: it names the Service, the agent is reached at its pod's address)."""
+
+    def __init__(self, deployed: Deployed, watch: TreeWatch) -> None:
+        self.deployed = deployed
+        self.watch = watch
+        (agent,) = deployed.ready_pods(AGENT)
+        self.agent_uid = agent["metadata"]["uid"]
+        self.agent_metrics = f"https://{agent['status']['podIP']}:8443/metrics"
+        secret = f"/api/v1/namespaces/{NAMESPACE}/secrets/winspec-agent-tls"
+        ca = base64.b64decode(deployed.kube.api("GET", secret)["data"]["ca.crt"]).decode()
+        self.tls = ssl.create_default_context(cadata=ca)
+        self.tls.check_hostname = False
+        self.before: dict[Path, Version] = watch.snapshot()
+        self.written = self.agent_bundles("written")
+        self.unchanged = self.agent_bundles("unchanged")
+
+    def agent_bundles(self, result: str) -> float:
+        """Uploads the agent has answered with ``result``: ``written`` (a write on disk; a
+        removal is not one) or ``unchanged`` (the bundle on disk was current)."""
+        return _sample(self.agent_metrics, "winspec_agent_bundles_total", self.tls, result=result)
+
+    def check(self, new_leader: str, changed: set[Path]) -> str:
+        """Once the new leader has reconciled every resource there is: the bundles in
+        ``changed`` (changed or created during the failover, once each) are each at a new
+        version, every other one at the version it had before, and the agent wrote exactly
+        one bundle per change. What was measured, as a sentence."""
+        pod = self.deployed.kube.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{new_leader}")
+        url = f"http://{pod['status']['podIP']}:8080/metrics"
+        items = self.deployed.kube.api("GET", "/apis/winspec.io/v1alpha1/windowscontainers")
+        total = len(items["items"])
+
+        def first_pass_done() -> bool:
+            # Every resource's last reconcile by the new leader succeeded; none waits for one.
+            states = {s.labels["state"]: s.value for s in _samples(url, "winspec_resources")}
+            return states.get("ready") == total and states.get("pending") == 0
+
+        wait_or_fail(self.deployed, first_pass_done, 90,
+                     f"the new leader {new_leader} through all {total} resources")  # fmt: skip
+        (agent,) = self.deployed.ready_pods(AGENT)
+        assert agent["metadata"]["uid"] == self.agent_uid  # the same agent, its counter kept
+        written = self.agent_bundles("written") - self.written
+        unchanged = self.agent_bundles("unchanged") - self.unchanged
+        after = self.watch.snapshot()
+        rewritten = sorted(
+            str(b)
+            for b, version in self.before.items()
+            if b not in changed and after.get(b) != version
+        )
+        assert rewritten == [], "bundles rewritten though nothing in them changed"
+        assert all(after.get(b) not in (None, self.before.get(b)) for b in changed), changed
+        # Any write puts a new version in place, so the unchanged ones were not written: the
+        # agent's writes are the changed ones', one each.
+        assert written == len(changed)
+        # The new leader did send every current bundle again (its first pass): the agent
+        # found each one current.
+        kept = len(self.before) - len(changed & set(self.before))
+        assert unchanged >= kept
+        return (
+            f"{len(after)} bundles on the node, {total} resources reconciled by the new leader; "
+            f"{kept} unchanged ones uploaded again ({unchanged:g} uploads found current) and "
+            f"not rewritten, {len(changed)} changed ones written {written:g} times in all"
+        )
+
+
+def _failover_resources(deployed: Deployed, namespace: str) -> list[str]:
+    """:data:`FAILOVER_RESOURCES` resources Ready on the node, in ``namespace``: their names."""
+    names = [f"r{i}" for i in range(FAILOVER_RESOURCES)]
+    for name in names:
+        create_on_node(deployed, namespace, name)
+    for name in names:
+        ready_on_node(deployed, namespace, name)
+    return names
+
+
+def _change(deployed: Deployed, namespace: str, name: str, line: str) -> None:
+    """Change the resource's arguments to ``line``."""
+    deployed.kube.api("PATCH", wc_path(namespace, name), {"spec": {"args": [line]}},
+                      content_type="application/merge-patch+json")  # fmt: skip
+
+
 def test_leader_pod_deleted_the_other_replica_leads_within_the_lease(
-    deployed: Deployed, app_namespace: str
+    deployed: Deployed, node_bundles: TreeWatch, app_namespace: str
 ) -> None:
-    """The leader's pod deleted: the standby leads within the lease duration and reconciles."""
-    create_on_node(deployed, app_namespace, "before")
-    ready_on_node(deployed, app_namespace, "before")
+    """Leader pod deleted: the standby leads within the lease, nothing written twice or lost."""
+    ns = app_namespace
+    names = _failover_resources(deployed, ns)
     holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
     leader_pod = holder.rsplit("_", 1)[0]
+    writes = FailoverWrites(deployed, node_bundles)
     deleted_at = time.monotonic()
     deployed.kube.api("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{leader_pod}", expect=(200,))
+    _change(deployed, ns, names[0], "echo changed")  # while the Lease changes hands
     new_holder = wait_or_fail(
         deployed,
         lambda: (h := deployed.leader()) and h != holder and h,
@@ -259,9 +366,13 @@ def test_leader_pod_deleted_the_other_replica_leads_within_the_lease(
     # A graceful stop hands the Lease over at once; at worst it expires.
     assert time.monotonic() - deleted_at <= LEASE_DURATION + 10
     assert new_holder.rsplit("_", 1)[0] != leader_pod
-    create_on_node(deployed, app_namespace, "after")
-    ready_on_node(deployed, app_namespace, "after")
-    assert command_line(app_namespace, "after").endswith("echo hello")
+    create_on_node(deployed, ns, "after")
+    ready_on_node(deployed, ns, "after")
+    assert command_line(ns, "after").endswith("echo hello")
+    ready_on_node(deployed, ns, names[0], generation=2)
+    assert command_line(ns, names[0]).endswith("echo changed")
+    changed = {node_bundle(ns, names[0]), node_bundle(ns, "after")}
+    print(f"leader pod deleted: {writes.check(new_holder.rsplit('_', 1)[0], changed)}")
     # The Deployment replaces the deleted replica.
     wait_or_fail(deployed, lambda: len(deployed.ready_pods(CONTROLLER)) == 2, START_TIMEOUT,
           "two controller replicas again")  # fmt: skip
@@ -300,11 +411,11 @@ def test_agent_pod_deleted_the_daemonset_brings_it_back_and_deliveries_resume(
 
 
 def test_leader_container_killed_through_the_runtime_the_other_replica_leads(
-    deployed: Deployed, app_namespace: str
+    deployed: Deployed, node_bundles: TreeWatch, app_namespace: str
 ) -> None:
-    """The leader's container killed through the CRI: the standby leads once the Lease expires."""
-    create_on_node(deployed, app_namespace, "before")
-    ready_on_node(deployed, app_namespace, "before")
+    """Leader's container killed via the CRI: the standby leads, nothing written twice or lost."""
+    ns = app_namespace
+    names = _failover_resources(deployed, ns)
     holder = wait_or_fail(deployed, deployed.leader, 60, "a leader")
     leader_pod = holder.rsplit("_", 1)[0]
     restarts = _restarts(deployed, leader_pod)
@@ -313,19 +424,25 @@ def test_leader_container_killed_through_the_runtime_the_other_replica_leads(
         for line in deployed.node.cri("containers").splitlines()
         if line.split()[1:4] == ["CONTAINER_RUNNING", f"{NAMESPACE}/{leader_pod}", "winspec"]
     ]
+    writes = FailoverWrites(deployed, node_bundles)
     killed_at = time.monotonic()
     deployed.node.cri("stop-container", container)
-    wait_or_fail(
+    _change(deployed, ns, names[0], "echo changed")  # while nobody leads
+    new_holder = wait_or_fail(
         deployed,
-        lambda: (h := deployed.leader()) and h != holder,
+        lambda: (h := deployed.leader()) and h != holder and h,
         LEASE_DURATION + 30,
         "a new leader",
     )
     # The Lease expires at most LEASE_DURATION after the last renewal; the standby tries
     # every retry period (2 s) after that.
     assert time.monotonic() - killed_at <= LEASE_DURATION + 10
-    create_on_node(deployed, app_namespace, "after")
-    ready_on_node(deployed, app_namespace, "after")
+    create_on_node(deployed, ns, "after")
+    ready_on_node(deployed, ns, "after")
+    ready_on_node(deployed, ns, names[0], generation=2)
+    assert command_line(ns, names[0]).endswith("echo changed")
+    changed = {node_bundle(ns, names[0]), node_bundle(ns, "after")}
+    print(f"leader container killed: {writes.check(new_holder.rsplit('_', 1)[0], changed)}")
     wait_or_fail(deployed, lambda: _restarts(deployed, leader_pod) > restarts, START_TIMEOUT,
           "the killed container restarted")  # fmt: skip
     wait_or_fail(deployed, lambda: len(deployed.ready_pods(CONTROLLER)) == 2, START_TIMEOUT,
@@ -417,6 +534,65 @@ def test_readme_example_commands_bring_examples_cluster_to_ready_on_the_node(
     credential_spec = json.loads(config["windows"]["credentialSpec"])
     assert credential_spec["DomainJoinConfig"]["MachineAccountName"] == "WebApp01"
     assert b"change-me" in mounted_payloads("apps", "web")
+
+
+def _agent_down(prometheus: Prometheus) -> list[dict[str, str]]:
+    """The labels of each WinspecAgentDown alert firing now."""
+    alerts = prometheus.api("alerts")["alerts"]
+    return [
+        a["labels"]
+        for a in alerts
+        if a["labels"]["alertname"] == "WinspecAgentDown" and a["state"] == "firing"
+    ]
+
+
+def _schedule_agents(deployed: Deployed, nowhere: bool) -> None:
+    """Make the agent DaemonSet's nodeSelector match no node (its pods go), or undo that."""
+    selector = {"winspec.test/nowhere": "true" if nowhere else None}
+    deployed.kube.api(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/winspec-agent",
+        {"spec": {"template": {"spec": {"nodeSelector": selector}}}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def test_agent_pod_gone_altogether_fires_its_alert_from_the_controllers_gauge(
+    deployed: Deployed, prometheus: Prometheus, app_namespace: str
+) -> None:
+    """No agent pod at all (no `up` series): WinspecAgentDown fires for the node all the same."""
+    ns = app_namespace
+    node = deployed.node.name
+    create_on_node(deployed, ns, "web")
+    ready_on_node(deployed, ns, "web")
+    pods = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={AGENT}"
+    _schedule_agents(deployed, nowhere=True)
+    try:
+        wait_or_fail(deployed, lambda: not deployed.kube.api("GET", pods)["items"],
+                     START_TIMEOUT, "the agent pod gone")  # fmt: skip
+
+        def firing() -> list[dict[str, str]] | None:
+            # Nothing scrapes an agent any more (no `up` series): only the controller's
+            # gauge can say so.
+            if prometheus.query('up{job="winspec-agent"}'):
+                return None
+            return [a for a in _agent_down(prometheus) if a.get("node") == node] or None
+
+        try:
+            alerts = wait_for(firing, 90, interval=1, what="WinspecAgentDown firing, no `up`")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}: {prometheus.api('alerts')}\n{prometheus.targets()}")
+        assert alerts == [{"alertname": "WinspecAgentDown", "severity": "critical",
+                           "namespace": NAMESPACE, "node": node}]  # fmt: skip
+    finally:
+        _schedule_agents(deployed, nowhere=False)
+    wait_or_fail(deployed, lambda: len(deployed.ready_pods(AGENT)) == 1, START_TIMEOUT,
+                 "the agent back")  # fmt: skip
+    # The agent back: the alert resolves, and a change reaches the node again.
+    wait_for(lambda: not _agent_down(prometheus), 90, interval=1, what="WinspecAgentDown resolved")
+    _change(deployed, ns, "web", "echo back")
+    ready_on_node(deployed, ns, "web", generation=2)
+    assert command_line(ns, "web").endswith("echo back")
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,7 @@ def test_docker_mode_says_when_existing_containers_are_reconciled(
         # Docker mode's dependency kinds only; no cluster-mode series, not even at zero.
         assert kinds(samples) == set(DOCKER_KINDS)
         assert "winspec_delivery_failures_total" not in names(samples)
+        assert "winspec_delivery_agent_missing" not in names(samples)
         assert "leader_election_master_status" not in names(samples)
         assert proc.stop() == 0
     finally:

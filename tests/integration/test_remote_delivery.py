@@ -290,6 +290,50 @@ async def test_a_dead_agent_holds_back_only_its_node(
     assert failures[a.name] == 0  # delivered to: its series exists, at zero
 
 
+async def test_nodes_without_a_running_agent_pod_are_reported_missing(
+    kube: KubeCluster,
+    kube_namespace: str,
+    delivery: Delivery,
+    nodes: list[Node],
+    central: ClusterMode,
+) -> None:
+    """winspec_delivery_agent_missing: per Node with resources, 1 while no agent pod runs there."""
+    ns = kube_namespace
+    a, b = nodes
+    lone = f"win-{secrets.token_hex(3)}-lone"
+    _node(kube, lone)  # a Node whose agent never came
+    try:
+        for name, node in (("on-a", a.name), ("on-b", b.name), ("on-lone", lone),
+                           ("on-no-node", "win-no-such-node")):  # fmt: skip
+            await api(kube, "POST", wc_path(ns), _resource(name, node))
+        await eventually(ready_object(kube, ns, "on-b"), within=30)
+        url = f"http://127.0.0.1:{central.http_port}/metrics"
+
+        def missing(expected: dict[str, float]) -> Callable[[], dict[str, float] | None]:
+            def probe() -> dict[str, float] | None:
+                text = urllib.request.urlopen(url, timeout=10).read().decode()
+                found = {
+                    s.labels["node"]: s.value
+                    for f in text_string_to_metric_families(text)
+                    for s in f.samples
+                    if s.name == "winspec_delivery_agent_missing"
+                }
+                return found if found == expected else None
+
+            return probe
+
+        # A node with no Node object is not reported (its resources wait for the Node).
+        await eventually(missing({a.name: 0, b.name: 0, lone: 1}), within=30)
+        # b's agent pod deleted: b is missing at once, its resources still there.
+        kube.api("DELETE", f"/api/v1/namespaces/{delivery.namespace}/pods/agent-{b.name}")
+        await eventually(missing({a.name: 0, b.name: 1, lone: 1}), within=30)
+        # The resource on the lone node deleted: nothing goes there any more.
+        kube.api("DELETE", wc_path(ns, "on-lone"))
+        await eventually(missing({a.name: 0, b.name: 1}), within=60)
+    finally:
+        kube.api("DELETE", f"/api/v1/nodes/{lone}", expect=(200, 404))
+
+
 async def test_agent_restarted_delivery_completes_untorn(
     kube: KubeCluster, kube_namespace: str, nodes: list[Node], central: None
 ) -> None:

@@ -111,3 +111,20 @@ def test_queue_metrics_are_shared_per_name() -> None:
     metrics = Metrics(CollectorRegistry(), controller="c")
     assert metrics.queue_metrics("x") is metrics.queue_metrics("x")
     assert metrics.queue_metrics("x") is not metrics.queue_metrics("y")
+
+
+def test_agents_missing_exports_what_it_is_given_per_node_when_scraped() -> None:
+    """winspec_delivery_agent_missing: no series until reported, then 1/0 per node, read anew."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, controller="c")
+    families = {f.name: f for f in registry.collect()}
+    assert families["winspec_delivery_agent_missing"].samples == []
+    nodes = {"win-1": True, "win-2": False}
+    metrics.agents_missing.report(lambda: nodes)
+    get = registry.get_sample_value
+    assert get("winspec_delivery_agent_missing", {"node": "win-1"}) == 1
+    assert get("winspec_delivery_agent_missing", {"node": "win-2"}) == 0
+    nodes["win-1"] = False
+    del nodes["win-2"]
+    assert get("winspec_delivery_agent_missing", {"node": "win-1"}) == 0
+    assert get("winspec_delivery_agent_missing", {"node": "win-2"}) is None
