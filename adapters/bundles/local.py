@@ -525,7 +525,8 @@ def _fill(
     directory: Path, files: Mapping[str, bytes], digest: str, *, skip: Collection[str] = ()
 ) -> list[Callable[[], None]]:
     """Create every file and subdirectory not in ``skip``; the fsyncs that make them durable."""
-    syncs: list[Callable[[], None]] = [partial(fsops.fsync_dir, directory)]
+    base = os.fspath(directory)  # joined as strings: this runs for every bundle written
+    syncs: list[Callable[[], None]] = [partial(fsops.fsync_dir, base)]
     subdirs: set[str] = set()
     for name in sorted(files):
         parent, slash, _ = name.rpartition("/")
@@ -533,12 +534,15 @@ def _fill(
             continue
         if slash and parent not in subdirs:
             subdirs.add(parent)
-            os.mkdir(directory / parent, fsops.DIR_MODE)
-            syncs.append(partial(fsops.fsync_dir, directory / parent))
-        fsops.write_file(directory / name, files[name])
-        syncs.append(partial(fsops.fsync_file, directory / name))
-    fsops.write_file(directory / DIGEST_FILE, f"{digest}\n".encode("ascii"))
-    syncs.append(partial(fsops.fsync_file, directory / DIGEST_FILE))
+            subdir = os.path.join(base, parent)
+            os.mkdir(subdir, fsops.DIR_MODE)
+            syncs.append(partial(fsops.fsync_dir, subdir))
+        path = os.path.join(base, name)
+        fsops.write_file(path, files[name])
+        syncs.append(partial(fsops.fsync_file, path))
+    path = os.path.join(base, DIGEST_FILE)
+    fsops.write_file(path, f"{digest}\n".encode("ascii"))
+    syncs.append(partial(fsops.fsync_file, path))
     return syncs
 
 
