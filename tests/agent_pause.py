@@ -8,9 +8,9 @@ step every run: no sleep decides where the kill lands.
 
 The points, in a write's order (see :mod:`adapters.bundles.local`):
 
-* ``_sync_all`` (:func:`adapters.bundles.fsops.sync_all`): the new version is complete in its
-  ``.tmp-`` directory, not yet fsynced and not yet swapped in; the old version (if any) is
-  still at ``<root>/<id>``.
+* ``_make_durable`` (:func:`adapters.bundles.fsops.make_durable`, its first call): the new
+  version is complete in its ``.tmp-`` directory, not yet made durable (neither synced nor
+  fsynced) and not yet swapped in; the old version (if any) is still at ``<root>/<id>``.
 * ``_finish_carry``: an update that carries payload directories over has been swapped in, its
   payload directories still stand-in links into the old version, now under ``.tmp-``.
 * ``answer``: the write is complete and durable, the agent has not answered yet (it is about to
@@ -30,7 +30,7 @@ from adapters.bundles import fsops, local, namespaced
 
 #: Point name: (module, function) patched.
 POINTS: dict[str, tuple[Any, str]] = {
-    "_sync_all": (fsops, "sync_all"),
+    "_make_durable": (fsops, "make_durable"),
     "_finish_carry": (local, "_finish_carry"),
     "answer": (namespaced, "_read_digest"),
 }

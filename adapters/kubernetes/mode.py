@@ -296,6 +296,7 @@ class ClusterMode(Runtime):
             pod_security_default=s.pod_security_default,
             grace_period=s.dependency_grace_period,
             enqueue_after=queue.add_after,
+            payloads=source.store.payloads,
         )
         status_writer = StatusWriter(
             client,

@@ -39,16 +39,21 @@ import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import msgspec
 
 from adapters.kubernetes.client import KubeClient
+from adapters.kubernetes.payloads import PayloadCache
 from controller.cluster import (
+    CONFIG_MAP,
     NODE_LABEL,
+    SECRET,
     ConfigMapKeyRef,
     Dependencies,
     InvalidObjectError,
+    Ref,
     SecretKeyRef,
     WindowsContainer,
     credential_spec_names,
@@ -69,6 +74,8 @@ LCOW_ANNOTATION = "winspec.io/lcow"
 ISOLATION_ANNOTATION = "winspec.io/default-isolation"
 WINDOWS_BUILD_LABEL = "node.kubernetes.io/windows-build"
 NODE_CACHE_SECONDS = 30.0
+
+_T = TypeVar("_T")
 
 
 class DependencyMissingError(TransientError):
@@ -221,10 +228,14 @@ class KubernetesResolver:
         pod_security_default: Level = "privileged",
         grace_period: float = 30.0,
         enqueue_after: Callable[[str, float], None] | None = None,
+        payloads: PayloadCache[Any] | None = None,
     ) -> None:
         """``bundle_root`` gives a node's bundle root, as that node names it (a Windows path on
-        a Windows node): the directory its bundles ``<namespace>/<name>/`` are written below."""
+        a Windows node): the directory its bundles ``<namespace>/<name>/`` are written below.
+        ``payloads`` keeps the Secrets and ConfigMaps read, for as long as the source's watches
+        report no change of them (without it, each resolve reads them again)."""
         self._client = client
+        self._payloads = payloads
         self._bundle_root = bundle_root
         #: A namespace's labels (None when it has not been seen in time).
         self._namespaces = namespaces
@@ -336,18 +347,42 @@ class KubernetesResolver:
                 self._observe(kind, loop.time() - started)
 
     async def _secret(self, ns: str, name: str) -> dict[str, str]:
-        path = f"/api/v1/namespaces/{quote(ns, safe='')}/secrets/{quote(name, safe='')}"
-        body = await self._get(path, kind="secret", missing=f"Secret {ns}/{name} not found")
-        secret = _decode(body, _Secret, f"Secret {ns}/{name}")
-        assert isinstance(secret, _Secret)
-        return secret.data or {}
+        async def read() -> dict[str, str]:
+            path = f"/api/v1/namespaces/{quote(ns, safe='')}/secrets/{quote(name, safe='')}"
+            body = await self._get(path, kind="secret", missing=f"Secret {ns}/{name} not found")
+            secret = _decode(body, _Secret, f"Secret {ns}/{name}")
+            assert isinstance(secret, _Secret)
+            return secret.data or {}
+
+        data: dict[str, str] = await self._kept((SECRET, ns, name), read)
+        return data
 
     async def _config_map(self, ns: str, name: str) -> tuple[dict[str, str], dict[str, str]]:
-        path = f"/api/v1/namespaces/{quote(ns, safe='')}/configmaps/{quote(name, safe='')}"
-        body = await self._get(path, kind="config", missing=f"ConfigMap {ns}/{name} not found")
-        cm = _decode(body, _ConfigMap, f"ConfigMap {ns}/{name}")
-        assert isinstance(cm, _ConfigMap)
-        return cm.data or {}, cm.binary_data or {}
+        async def read() -> tuple[dict[str, str], dict[str, str]]:
+            path = f"/api/v1/namespaces/{quote(ns, safe='')}/configmaps/{quote(name, safe='')}"
+            body = await self._get(path, kind="config", missing=f"ConfigMap {ns}/{name} not found")
+            cm = _decode(body, _ConfigMap, f"ConfigMap {ns}/{name}")
+            assert isinstance(cm, _ConfigMap)
+            return cm.data or {}, cm.binary_data or {}
+
+        data: tuple[dict[str, str], dict[str, str]] = await self._kept((CONFIG_MAP, ns, name), read)
+        return data
+
+    async def _kept(self, ref: Ref, read: Callable[[], Awaitable[_T]]) -> _T:
+        """``read()``'s answer for the object ``ref``, from the payload cache while the watch
+        has reported no change of it."""
+        if self._payloads is None:
+            return await read()
+        kept = self._payloads.get(ref)
+        if kept is not None:
+            return cast(_T, kept)
+        self._payloads.begin(ref)
+        value: _T | None = None
+        try:
+            value = await read()
+        finally:
+            self._payloads.end(ref, value)
+        return value
 
     async def _credential_spec(self, wc: WindowsContainer, name: str) -> str:
         ns, account = wc.metadata.namespace, wc.spec.service_account_name

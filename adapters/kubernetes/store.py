@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.kubernetes.payloads import PayloadCache
 from adapters.kubernetes.reflector import object_meta
 from controller.cluster import (
     FINALIZER,
@@ -101,6 +102,9 @@ class ClusterStore:
         self._namespaces_changed = asyncio.Event()
         #: The names of the Nodes that exist (None until the Nodes are first listed).
         self.nodes: set[str] | None = None
+        #: Secrets and ConfigMaps as the resolver last read them, dropped at each change the
+        #: watches report.
+        self.payloads: PayloadCache[Any] = PayloadCache()
 
     # -- WindowsContainers -------------------------------------------------------------------
 
@@ -266,6 +270,7 @@ class ClusterStore:
         first = [True]
 
         def listed(items: list[msgspec.Raw]) -> None:
+            self.payloads.clear(kind)
             if first[0]:
                 # The first list of the containers enqueues every one of them anyway.
                 first[0] = False
@@ -323,6 +328,7 @@ class ClusterStore:
         def changed(event_type: str, raw: msgspec.Raw) -> None:
             meta = object_meta(raw)
             ns = "" if kind == GMSA_CREDENTIAL_SPEC else meta.namespace
+            self.payloads.changed((kind, ns, meta.name))
             for key in self.index.keys_for((kind, ns, meta.name)):
                 self._enqueue(key)
 

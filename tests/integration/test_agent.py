@@ -622,7 +622,7 @@ async def test_agent_killed_mid_delivery_leaves_nothing_torn_and_a_retry_complet
         # Stopped (deterministically, see tests/agent_pause.py) with the new version complete in
         # its .tmp- directory, before the swap.
         marker = tmp_path / "paused"
-        await asyncio.to_thread(process.start, pause=("_sync_all", marker))
+        await asyncio.to_thread(process.start, pause=("_make_durable", marker))
         once = cluster.client(process, attempts=1)
         put = asyncio.create_task(once.put(bundle_id, new))
         try:

@@ -202,7 +202,7 @@ async def test_agent_killed_inside_its_write_before_the_swap(
 ) -> None:
     """Agent SIGKILLed with the new version in .tmp-: never visible, swept, the retry delivers."""
     ns, name = kube_namespace, "mid-write"
-    async with _watched(kube, delivery, node, ns, name, tmp_path, pause="_sync_all") as run:
+    async with _watched(kube, delivery, node, ns, name, tmp_path, pause="_make_durable") as run:
         await eventually(run.marker.exists, within=60)
         killed = _leftovers(node.root)
         assert [n for n in killed if n.startswith(f"{TEMP_PREFIX}{name}-")]

@@ -72,8 +72,7 @@ def _expected(bundle_content: BundleContent, root: Path) -> dict[str, bytes]:
 
 
 async def test_ntfs_has_no_exchange_so_the_writer_takes_the_windows_path(ntfs: Path) -> None:
-    """On NTFS the probe finds no exchange, and no group commit (FUSE: every path is fsynced);
-    rewrites go in place or aside-then-in, whole."""
+    """On NTFS (FUSE) there is no exchange and no group commit; rewrites stay whole."""
     root = ntfs / "bundles"
     assert atomic_replace_supported(root) is False
     assert fsops.group_sync(root) is None

@@ -36,8 +36,7 @@ class _Recorder:
 
 
 def test_concurrent_waiters_share_syncs_and_each_is_covered() -> None:
-    """Sixteen concurrent barriers cost fewer syncs than barriers, and each returns only once a
-    sync that began after it was called has finished."""
+    """Concurrent barriers share syncs; each returns after a sync begun after its call."""
     group = fsops.GroupSync()
     sync = _Recorder()
     failures: list[str] = []

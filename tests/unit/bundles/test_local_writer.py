@@ -503,8 +503,7 @@ def test_sync_write_without_fsync_threads(tmp_path: Path) -> None:
 async def test_failed_write_keeps_the_old_bundle_and_no_leftovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory, durability: str
 ) -> None:
-    """When making the files durable fails (a syncfs, or an fsync where there is no group
-    commit), the old bundle stays whole, the write is transient, nothing is left."""
+    """A failed syncfs or fsync keeps the old bundle whole and leaves nothing; transient."""
     if durability == "fsync":
         monkeypatch.setattr(fsops, "SYNCFS_FILESYSTEMS", frozenset())
     elif fsops.group_sync(tmp_path) is None:

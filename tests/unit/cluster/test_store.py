@@ -20,8 +20,7 @@ def _object(version: str, **spec: Any) -> bytes:
 
 
 def test_the_echo_of_winspecs_own_write_queues_nothing() -> None:
-    """An event carrying the version winspec's write already cached (or an older one) changes
-    nothing and queues nothing; a newer version with another spec is cached and queued."""
+    """An event of a version already cached (or older) queues nothing; a newer one is queued."""
     queued: list[str] = []
     store = ClusterStore(enqueue=queued.append)
     store.remember(_object("10"))
