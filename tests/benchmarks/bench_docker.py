@@ -58,6 +58,7 @@ import adapters.docker.mode as docker_mode
 from adapters.bundles.local import LocalBundleWriter
 from controller.bundle import CONFIG_FILE, BundleContent
 from controller.settings import load_settings
+from tests.benchmarks.floor_client import floor_write
 from tests.dockerd import DockerDaemon, dockerd_unavailable_reason
 
 CREATE_FILTERS = json.dumps({"type": ["container"], "event": ["create"]})
@@ -258,25 +259,6 @@ async def run_winspec(
 
 
 # -- phase 2: the floor ----------------------------------------------------------------------
-
-
-def floor_write(directory: Path, name: str, data: bytes) -> None:
-    """One file, durably and atomically: write, fsync, rename, fsync the directory."""
-    tmp = directory / f".tmp-{name}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, directory / name)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 async def run_floor(
