@@ -27,12 +27,17 @@ imports and the connection are in every figure, winspec's and the floor's alike)
    directory fsync); and the same without the writes (inspect only, the warm floor).
 5. **start-up**: ``winspec --version`` and a bare ``python -c pass``, each the median of 5.
 
-Printed: each phase's time and rate, the start-ups, and the ratios cold/floor and
-warm/inspect-only floor.
+winspec's packages are byte-compiled first, as an installation compiles them: no process
+compiles a module of winspec (or of a library) while it is timed.
+
+Printed: each phase's time and rate and the CPU time its process had used by then (every
+thread, user and system: steadier than the time on a loaded machine), the start-ups, and the
+ratios cold/floor and warm/inspect-only floor.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import signal
 import statistics
@@ -49,25 +54,31 @@ from tests.dockerd import DockerDaemon
 
 
 class Timed:
-    """One phase's process: seconds from just before its start to its first and last item."""
+    """One phase's process: seconds from just before its start to its first and last item, and
+    the CPU time it had used by its last (all its threads, user and system)."""
 
-    def __init__(self, first: float, done: float) -> None:
+    def __init__(self, first: float, done: float, cpu: float) -> None:
         self.first = first
         self.done = done
+        self.cpu = cpu
 
 
 def _timed_process(argv: list[str], log: Path, *, stop: bool) -> Timed:
     """Start ``argv``, read its ``first``/``done`` lines; SIGTERM it after ``done`` if ``stop``."""
     marks: dict[str, float] = {}
+    cpu = 0.0
     with open(log, "ab") as err:
         began = time.time()
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err)
         try:
             assert process.stdout is not None
             for line in process.stdout:
-                word, _, value = line.decode().partition(" ")
-                marks[word] = float(value) - began
+                word, *values = line.decode().split()
+                if word not in ("first", "done"):
+                    continue  # not ours (a profiler's, say)
+                marks[word] = float(values[0]) - began
                 if word == "done":
+                    cpu = float(values[1])
                     break
             if stop:
                 process.send_signal(signal.SIGTERM)
@@ -79,7 +90,7 @@ def _timed_process(argv: list[str], log: Path, *, stop: bool) -> Timed:
                 process.wait()
     if "done" not in marks:
         raise RuntimeError(f"{argv[2]} ended before it was done; see {log}")
-    return Timed(marks["first"], marks["done"])
+    return Timed(marks["first"], marks["done"], cpu)
 
 
 def run_winspec(daemon: DockerDaemon, scratch: Path, count: int, workers: int) -> Timed:
@@ -131,6 +142,15 @@ def run_verify(root: Path, workers: int) -> tuple[float, int]:
     return took, int(statistics.median(len(f[CONFIG_FILE]) for f in bundles.values()))
 
 
+def compile_sources() -> None:
+    """Byte-compile winspec's packages (and these benchmarks), as installing it does, so that no
+    process started here compiles them, whatever ``PYTHONDONTWRITEBYTECODE`` says (aiohttp and
+    the other libraries were compiled when installed)."""
+    repo = Path(__file__).resolve().parents[2]
+    for package in ("adapters", "controller", "tests"):
+        compileall.compile_dir(repo / package, quiet=1)
+
+
 def median_run(argv: list[str], times: int = 5) -> float:
     """Median seconds of ``argv`` run to its exit (output discarded)."""
     took = []
@@ -141,8 +161,9 @@ def median_run(argv: list[str], times: int = 5) -> float:
     return statistics.median(took)
 
 
-def _line(name: str, seconds: float, count: int) -> str:
-    return f"{name:34} {seconds:8.2f} s  {count / seconds:9.0f} containers/s"
+def _line(name: str, seconds: float, count: int, cpu: float | None = None) -> str:
+    used = f"  CPU {cpu:5.2f} s" if cpu is not None else ""
+    return f"{name:34} {seconds:8.2f} s  {count / seconds:9.0f} containers/s{used}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--containers", type=int, default=1000, help="default 1000")
     parser.add_argument("--workers", type=int, default=4, help="winspec workers (default 4)")
     args = parser.parse_args(argv)
+    compile_sources()
     with private_engine("bench-relist", args.dir) as (daemon, scratch):
         (scratch / "secrets").mkdir()
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -175,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f}"
     )
     print("every figure from just before its process started (start-up included)")
-    print(_line("winspec cold (no bundles yet)", cold.done, n))
-    print(_line("floor: list + inspect + write", floor.done, n))
-    print(_line("winspec warm (all up to date)", warm.done, n))
-    print(_line("floor: list + inspect", inspect_only.done, n))
+    print(_line("winspec cold (no bundles yet)", cold.done, n, cold.cpu))
+    print(_line("floor: list + inspect + write", floor.done, n, floor.cpu))
+    print(_line("winspec warm (all up to date)", warm.done, n, warm.cpu))
+    print(_line("floor: list + inspect", inspect_only.done, n, inspect_only.cpu))
     print(_line("verify only (read back, compare)", verify, n))
     print(
         f"start-up to the first container done: winspec cold {cold.first:.2f} s, warm "
@@ -194,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"ratio cold/floor {cold.done / floor.done:.2f}x, "
-        f"warm/inspect-only {warm.done / inspect_only.done:.2f}x"
+        f"warm/inspect-only {warm.done / inspect_only.done:.2f}x; "
+        f"CPU {cold.cpu / floor.cpu:.2f}x, {warm.cpu / inspect_only.cpu:.2f}x"
     )
     return 0
 

@@ -5,8 +5,9 @@ Run by :mod:`tests.benchmarks.bench_relist` as
 ``python -m tests.benchmarks.observed_run COUNT [winspec run options]``: the ordinary
 ``winspec run`` (``adapters.cli.main``), except that Docker mode's bundle writer is a subclass
 that notes when each write returned (changed or not: a write that found its bundle up to date
-counts too). It prints ``first TIME`` when the first write returned and ``done TIME`` when the
-``COUNT``-th did (wall clock, seconds) on standard output, and runs on until stopped (SIGTERM).
+counts too). It prints ``first TIME`` when the first write returned and ``done TIME CPU`` when
+the ``COUNT``-th did (wall clock, seconds; the CPU time the process had used, every thread) on
+standard output, and runs on until stopped (SIGTERM).
 
 Nothing else changes: the imports, the settings, the logging and the start-up are those of
 ``winspec run``. Importing :mod:`adapters.docker.mode` here first (to install the subclass)
@@ -38,7 +39,7 @@ class _ObservedWriter(LocalBundleWriter):
         if cls.done == 1:
             print(f"first {time.time()!r}", flush=True)
         if cls.done == cls.target:
-            print(f"done {time.time()!r}", flush=True)
+            print(f"done {time.time()!r} {time.process_time()!r}", flush=True)
         return written
 
 
