@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         (scratch / "floor").mkdir()
         floor = run_floor(daemon, scratch / "floor", w, size)
         inspect_only = run_floor(daemon, scratch / "floor", w, 0)
-        winspec_cli = str(Path(sys.executable).with_name("winspec"))
-        version_run = median_run([winspec_cli, "--version"])
+        # `python -m adapters.cli`, not the console script: the code of the working directory.
+        version_run = median_run([sys.executable, "-m", "adapters.cli", "--version"])
         bare = median_run([sys.executable, "-c", "pass"])
         version = daemon.call("GET", "/version")
     print(
