@@ -91,7 +91,10 @@ def test_docker_mode_imports_no_kubernetes_client(dockerd: DockerDaemon, tmp_pat
         *("--docker-host", dockerd.host, "--bundle-root", str(root)),
         *("--secrets-dir", str(tmp_path / "secrets"), "--listen", f"127.0.0.1:{free_port()}"),
     )
-    modules = _run_until(command, root / cid / "config.json", tmp_path / "winspec.log")
+    try:
+        modules = _run_until(command, root / cid / "config.json", tmp_path / "winspec.log")
+    finally:
+        dockerd.remove_container(cid)
     assert "adapters.docker.mode" in modules
     assert among(modules, (*KUBERNETES, *AGENT)) == []
 
