@@ -13,15 +13,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import msgspec
-
-from adapters.credspecs import NodeCredentialSpecReader
 from adapters.version import version
 from controller.errors import PermanentError, RequestDecodeError, WinspecError
-from controller.generate import encode_spec, generate
-from controller.models import MAX_REQUEST_BYTES, Request, decode_request
+
+if TYPE_CHECKING:
+    from controller.models import Request
+
+# Each command imports what it runs on when it runs (the generator, a mode's clients): the
+# command line, `--help` and `--version` are read without them.
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -85,8 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of the request document `winspec generate` reads.",
     )
 
-    from adapters.agent.command import add_agent_parser
-    from adapters.explain import add_explain_parsers
+    from adapters.agent.options import add_agent_parser
+    from adapters.explain_options import add_explain_parsers
     from adapters.run import add_run_parser
 
     add_explain_parsers(sub)
@@ -119,6 +120,8 @@ _IMAGE_MEMBERS = frozenset({"RootFS", "RepoTags", "RepoDigests"})
 def _pasted_inspect(data: bytes) -> str | None:
     """What was pasted, when a document that is not a request is `docker inspect` output: the
     array it prints, or one inspect object; None otherwise."""
+    import msgspec
+
     top_level = list[dict[str, msgspec.Raw]] | dict[str, msgspec.Raw]
     try:
         top = msgspec.json.decode(data, type=top_level)
@@ -137,6 +140,8 @@ def _pasted_inspect(data: bytes) -> str | None:
 
 def _read_request(source: str) -> Request:
     """The request document from ``source`` (``-``: standard input), read up to its limit."""
+    from controller.models import MAX_REQUEST_BYTES, decode_request
+
     if source == "-":
         data = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
     else:
@@ -213,6 +218,11 @@ def _write_outputs(outputs: list[tuple[str, bytes]]) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from adapters.credspecs import NodeCredentialSpecReader
+    from controller.generate import encode_spec, generate
+
     if args.request is None:
         if sys.stdin.isatty():
             # Nothing piped in: waiting silently for a document typed by hand helps nobody.
@@ -292,6 +302,10 @@ def request_schema() -> bytes:
     :func:`~controller.models.decode_request` accepts: the one-element array ``docker inspect``
     prints, for ``container`` and ``image``, and base64 payloads only in the form decoded.
     """
+    import msgspec
+
+    from controller.models import Request
+
     schema = msgspec.json.schema(Request)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "winspec request document"

@@ -14,21 +14,19 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import prometheus_client
-
-from adapters.docker.client import parse_host
-from adapters.logs import configure_logging
-from adapters.runtime import (
-    SHUTDOWN_MARGIN_SECONDS,
-    Runtime,
-    StartupError,
-    run_loop,
-    run_until_signalled,
-)
+from adapters.shutdown import SHUTDOWN_MARGIN_SECONDS
 from controller.errors import PermanentError, TransientError, WinspecError
 from controller.settings import Settings, env_settings, load_settings
+
+if TYPE_CHECKING:
+    from adapters.runtime import Runtime
+
+# What only a running controller needs (aiohttp, prometheus_client, structlog, each mode's
+# client) is imported once the command runs, and each mode imports only its own adapters: the
+# command line, `--help` and `--version` are read without them, cluster mode without the Docker
+# client and Docker mode without the Kubernetes client.
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -442,6 +440,8 @@ def run_command(args: argparse.Namespace) -> int:
             file_layer, env_settings(os.environ), flags, origins=("file", "env", "flag")
         )
         if settings.source == "docker":
+            from adapters.docker.client import parse_host
+
             # The engine endpoints are parsed by the client's own parser, before anything starts.
             parse_host(settings.docker_host)
             if settings.swarm_host:
@@ -452,6 +452,11 @@ def run_command(args: argparse.Namespace) -> int:
     except PermanentError as exc:
         print(f"winspec: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    import prometheus_client
+
+    from adapters.logs import configure_logging
+    from adapters.runtime import StartupError, run_loop, run_until_signalled
+
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     # controller-runtime exports no *_created series; dashboards built for it expect none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream

@@ -39,6 +39,10 @@ from adapters.http import (
     start_http_server,
     stop_http_server,
 )
+from adapters.shutdown import CANCEL_GRACE_SECONDS as CANCEL_GRACE_SECONDS
+from adapters.shutdown import CLOSE_SECONDS as CLOSE_SECONDS
+from adapters.shutdown import SHUTDOWN_MARGIN_SECONDS as SHUTDOWN_MARGIN_SECONDS
+from adapters.shutdown import SOURCE_STOP_SECONDS as SOURCE_STOP_SECONDS
 from adapters.threads import DaemonThreadPool
 from controller.errors import WinspecError
 from controller.health import HealthState
@@ -50,19 +54,6 @@ from controller.settings import Settings, split_listen
 log = logging.getLogger("winspec")
 
 T = TypeVar("T")
-
-#: How long a source gets to return after being asked to stop.
-SOURCE_STOP_SECONDS = 1.0
-#: How long a task that overran its step gets to unwind once cancelled, before it is abandoned.
-CANCEL_GRACE_SECONDS = 0.5
-#: How long closing the HTTP server, a client or a background task may take.
-CLOSE_SECONDS = 1.0
-#: A shutdown ends within ``shutdown_timeout`` plus this. The steps, each bounded and cancelled
-#: (then given CANCEL_GRACE_SECONDS) when it overruns: the sources (SOURCE_STOP_SECONDS) and the
-#: background tasks (cancelled: a grace) beside the controller (its stop: ``shutdown_timeout`` +
-#: a grace; its workers: a grace); then the HTTP server beside the mode's clients
-#: (CLOSE_SECONDS each).
-SHUTDOWN_MARGIN_SECONDS = 4 * CANCEL_GRACE_SECONDS + CLOSE_SECONDS + CANCEL_GRACE_SECONDS
 
 
 class StartupError(WinspecError):

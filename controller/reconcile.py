@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from controller.bundle import build_bundle, check_bundle_id, drift_of
+from controller.bundle import BundleContent, build_bundle, check_bundle_id, drift_of
 from controller.errors import PermanentError, WinspecError, WithdrawError, reason_of
 from controller.generate import generate
 from controller.loop import Result
@@ -97,7 +97,7 @@ class BundleReconciler:
         for warning in generated.warnings:
             _log.warning("spec generated with a warning", extra={"key": key, "warning": warning})
         content = build_bundle(request, generated)
-        progress.stage, progress.digest = "write", content.digest
+        progress.stage, progress.content = "write", content
 
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -114,7 +114,8 @@ class BundleReconciler:
             )
         if changed:
             self._written.inc()
-            _log.info("bundle written", extra={"key": key, "digest": content.digest})
+            if _log.isEnabledFor(logging.INFO):
+                _log.info("bundle written", extra={"key": key, "digest": content.digest})
             message = f"bundle rewritten: drift repaired ({kinds})" if drift else "bundle written"
         else:
             self._unchanged.inc()
@@ -149,12 +150,18 @@ class BundleReconciler:
 class _Progress:
     """How far one reconcile got, for the status of a failure."""
 
-    __slots__ = ("digest", "drift", "stage")
+    __slots__ = ("content", "drift", "stage")
 
     def __init__(self) -> None:
         self.stage: Stage = "resolve"
-        self.digest: str | None = None
+        self.content: BundleContent | None = None
         self.drift: frozenset[str] = frozenset()
+
+    @property
+    def digest(self) -> str | None:
+        """The content's digest, once it was built: hashed only when a status asks for it (a
+        mode without one, or a reconcile that logs none, hashes nothing more than the writer)."""
+        return self.content.digest if self.content is not None else None
 
 
 def _user_message(exc: Exception) -> str:

@@ -25,11 +25,15 @@ What is measured, per container, the same way in both phases:
   returns (files and directories fsynced, the directory renamed into place, the root fsynced);
   it changes nothing else. Polling for ``config.json`` would see the rename before the last
   fsync and be up to a polling interval late, so it is not used.
+* *write time*: when the write was called (winspec's bundle writer, the floor's file write),
+  so that the latency splits into what came before the write (event delivery, for winspec
+  also the queue, the inspect and the generator) and the write itself.
 
 Printed: p50/p99/max latency (durable − event) and the throughput (containers over the time
-from the first event to the last durable write), for both, and their ratios. Throughput cannot
-exceed the offered rate ``R``; raise ``--rate`` to look for the ceiling. Each phase is bounded:
-it gives up ``--timeout`` seconds after its last create and reports what was missing.
+from the first event to the last durable write), for both, and their ratios; then each phase's
+latency split at the write. Throughput cannot exceed the offered rate ``R``; raise ``--rate`` to
+look for the ceiling. Each phase is bounded: it gives up ``--timeout`` seconds after its last
+create and reports what was missing.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import adapters.docker.mode as docker_mode
 from adapters.bundles.local import LocalBundleWriter
 from controller.bundle import CONFIG_FILE, BundleContent
 from controller.settings import load_settings
+from tests.benchmarks.floor_client import floor_write
 from tests.dockerd import DockerDaemon, dockerd_unavailable_reason
 
 CREATE_FILTERS = json.dumps({"type": ["container"], "event": ["create"]})
@@ -71,16 +76,17 @@ class Phase:
     event_at: dict[str, float] = field(default_factory=dict)
     durable_at: dict[str, float] = field(default_factory=dict)
     received_at: dict[str, float] = field(default_factory=dict)
+    write_at: dict[str, float] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
 
     def latencies(self) -> list[float]:
         """Durable − event, in seconds, for every container with both."""
-        return [
-            self.durable_at[cid] - self.event_at[cid]
-            for cid in self.created
-            if cid in self.durable_at and cid in self.event_at
-        ]
+        return self.spans(self.event_at, self.durable_at)
+
+    def spans(self, start: dict[str, float], end: dict[str, float]) -> list[float]:
+        """``end`` − ``start``, in seconds, for every container with both."""
+        return [end[cid] - start[cid] for cid in self.created if cid in start and cid in end]
 
     def throughput(self) -> float:
         """Containers made durable per second, from the first event to the last write."""
@@ -189,10 +195,12 @@ class _ObservedWriter(LocalBundleWriter):
     phase: Phase | None = None
 
     async def write(self, bundle_id: str, content: BundleContent) -> bool:
+        started = time.time()
         written = await super().write(bundle_id, content)
         phase = _ObservedWriter.phase
         if written and phase is not None and bundle_id not in phase.durable_at:
             phase.durable_at[bundle_id] = time.time()
+            phase.write_at[bundle_id] = started
             phase.sizes.append(len(content.files[CONFIG_FILE]))
         return written
 
@@ -260,25 +268,6 @@ async def run_winspec(
 # -- phase 2: the floor ----------------------------------------------------------------------
 
 
-def floor_write(directory: Path, name: str, data: bytes) -> None:
-    """One file, durably and atomically: write, fsync, rename, fsync the directory."""
-    tmp = directory / f".tmp-{name}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, directory / name)
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 async def run_floor(
     daemon: DockerDaemon,
     scratch: Path,
@@ -295,6 +284,7 @@ async def run_floor(
     async def handle(cid: str, event_at: float, received: float) -> None:
         phase.event_at[cid] = event_at
         phase.received_at[cid] = received
+        phase.write_at[cid] = time.time()
         await asyncio.to_thread(floor_write, directory, f"{cid}.json", data)
         phase.durable_at[cid] = time.time()
 
@@ -374,6 +364,14 @@ def report(
         f"creates made by the engine (its event timestamps): winspec phase "
         f"{made['winspec']:.1f}/s, floor phase {made['floor']:.1f}/s (offered {args.rate:g}/s)"
     )
+    print("where the time goes (p50 / p99): event -> write called | the write (called -> durable)")
+    for phase in phases:
+        before = _percentiles(phase.spans(phase.event_at, phase.write_at))
+        writing = _percentiles(phase.spans(phase.write_at, phase.durable_at))
+        print(
+            f"{phase.name:10} {_ms(before[0])} / {_ms(before[1])} | "
+            f"{_ms(writing[0])} / {_ms(writing[1])}"
+        )
     delivery = [floor.received_at[c] - floor.event_at[c] for c in floor.received_at]
     if delivery:
         p50, p99, _ = _percentiles(delivery)

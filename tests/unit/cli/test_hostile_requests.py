@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from adapters import cli
+import controller.generate
 from adapters.cli import main
 from adapters.credspecs import NodeCredentialSpecReader
 from controller.errors import PermanentError, TransientError
@@ -267,7 +267,8 @@ def test_a_failure_that_is_not_the_inputs_fault_exits_1_with_one_line(
     def failing(*_args: object, **_kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(cli, "generate", failing)
+    # `winspec generate` imports the generator when it runs: the module's function is replaced.
+    monkeypatch.setattr(controller.generate, "generate", failing)
     path = tmp_path / "request.json"
     path.write_text(json.dumps(windows_request()))
     assert main(["generate", str(path)]) == 1

@@ -108,7 +108,7 @@ def _raise_boom() -> None:
 _STUCK_SCRIPT = textwrap.dedent(
     """
     import asyncio, threading, time
-    from adapters.run import run_loop
+    from adapters.runtime import run_loop
 
     async def main():
         loop = asyncio.get_running_loop()
