@@ -112,8 +112,9 @@ class Reflector:
     """List, then watch, one collection forever; hands every object to the callbacks.
 
     ``on_list(items)`` gets every object of a (re)list at once (each passed through ``decode``
-    page by page, when given); ``on_event(type, raw)`` each ADDED/MODIFIED/DELETED event's
-    object, undecoded (the owner decides how to decode it).
+    page by page, when given), and ``on_first_page(items)``, when given, each page of the first
+    list as it arrives (before ``on_list`` gets them all); ``on_event(type, raw)`` each
+    ADDED/MODIFIED/DELETED event's object, undecoded (the owner decides how to decode it).
     With ``metadata_only`` the server sends each object's metadata alone
     (``PartialObjectMetadata``): what a change of a Secret needs to re-queue its users, without
     its data crossing the wire or being decoded.
@@ -133,9 +134,11 @@ class Reflector:
         optional: bool = False,
         metadata_only: bool = False,
         decode: Callable[[msgspec.Raw], Any] | None = None,
+        on_first_page: Callable[[list[Any]], None] | None = None,
     ) -> None:
         self._client = client
         self._decode = decode
+        self._on_first_page = on_first_page
         self._path = path
         self._accept = (METADATA_LIST, METADATA_WATCH) if metadata_only else (JSON, JSON)
         # An optional collection may not exist (a CRD not installed): that is waited out.
@@ -175,11 +178,15 @@ class Reflector:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise RequestDecodeError(f"invalid list of {self.what}: {exc}") from exc
             if self._decode is None:
-                items.extend(page.items or ())
+                decoded: list[Any] = list(page.items or ())
             else:
                 # Each page decoded as it comes: no page's bytes outlive it, so a relist of
                 # thousands of objects never holds them all twice (as bytes and as objects).
-                items.extend(map(self._decode, page.items or ()))
+                decoded = list(map(self._decode, page.items or ()))
+            items.extend(decoded)
+            if self._on_first_page is not None and not self.synced.is_set():
+                # The first list: its objects can be worked on while the next page is fetched.
+                self._on_first_page(decoded)
             token = page.metadata.continue_
             if not token:
                 self._resource_version = page.metadata.resource_version

@@ -79,6 +79,7 @@ class ClusterSource:
                 label_selector,
                 metadata_only=False,
                 decode=decode_container,
+                on_first_page=store.on_containers_page,
             )
             for kind, plural in ((SECRET, "secrets"), (CONFIG_MAP, "configmaps")):
                 self._add(
@@ -146,6 +147,7 @@ class ClusterSource:
         optional: bool = False,
         metadata_only: bool = True,
         decode: Callable[[msgspec.Raw], Any] | None = None,
+        on_first_page: Callable[[list[Any]], None] | None = None,
     ) -> None:
         """One more reflector. Only the WindowsContainers are needed whole
         (``metadata_only=False``); of everything else (Secrets above all) a change is all
@@ -170,6 +172,7 @@ class ClusterSource:
                 optional=optional,
                 metadata_only=metadata_only,
                 decode=decode,
+                on_first_page=on_first_page,
             )
         )
 

@@ -105,6 +105,8 @@ class ClusterStore:
         #: Secrets and ConfigMaps as the resolver last read them, dropped at each change the
         #: watches report.
         self.payloads: PayloadCache[Any] = PayloadCache()
+        #: Keys the pages of a first list queued, until that whole list is in.
+        self._paged: set[str] = set()
 
     # -- WindowsContainers -------------------------------------------------------------------
 
@@ -144,6 +146,15 @@ class ClusterStore:
         self.cache[key] = wc
         return key, matters
 
+    def on_containers_page(self, items: list[Any]) -> None:
+        """One page of a first list: cached and queued at once, so the workers start on it
+        while the next page is fetched (the whole list still comes to ``listed``)."""
+        for decoded in items:
+            key, _ = self._store_decoded(decoded)
+            if key is not None and key not in self._paged:
+                self._paged.add(key)
+                self._enqueue(key)
+
     def on_containers_listed(self, namespace: str | None) -> Callable[[list[Any]], None]:
         def listed(items: list[Any]) -> None:
             before = {
@@ -153,10 +164,15 @@ class ClusterStore:
             for decoded in items:  # decoded page by page (decode_container)
                 key, _ = self._store_decoded(decoded)
                 if key is not None:
-                    # Every listed key: a relist is how anything missed is caught up.
+                    # Every listed key: a relist is how anything missed is caught up (a key
+                    # its page already queued is not queued twice).
                     seen.add(key)
-                    self._enqueue(key)
+                    if key in self._paged:
+                        self._paged.discard(key)
+                    else:
+                        self._enqueue(key)
             for key in before - seen:  # deleted, or out of the selector, while nobody watched
+                self._paged.discard(key)
                 self._forget(key, self.cache.get(key))
 
         return listed
