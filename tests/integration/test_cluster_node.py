@@ -291,8 +291,17 @@ class FailoverWrites:
         ``changed`` (changed or created during the failover, once each) are each at a new
         version, every other one at the version it had before, and the agent wrote exactly
         one bundle per change. What was measured, as a sentence."""
-        pod = self.deployed.kube.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{new_leader}")
-        url = f"http://{pod['status']['podIP']}:8080/metrics"
+        # The lease can change hands before the kubelet has reported the new leader's address.
+        ip = wait_for(
+            lambda: (
+                self.deployed.kube.api("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{new_leader}")
+                .get("status", {})
+                .get("podIP")
+            ),
+            within=60,
+            what=f"an address for {new_leader}",
+        )
+        url = f"http://{ip}:8080/metrics"
         items = self.deployed.kube.api("GET", "/apis/winspec.io/v1alpha1/windowscontainers")
         total = len(items["items"])
 
