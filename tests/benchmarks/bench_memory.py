@@ -149,16 +149,17 @@ def report(readings: list[Reading]) -> None:
         base, low, high = [r for r in readings if r.shape == shape]
         slope = (high.rss_mb - low.rss_mb) * MIB / (high.watched - low.watched)
         start = (low.rss_mb - base.rss_mb) * MIB / low.watched
+        # The line through the two sizes, at no resource: the idle process plus what its first
+        # reconciles load once (modules, caches); projections follow that line.
+        fixed = low.rss_mb - low.watched * slope / MIB
         print(f"{shape}: {slope:,.0f} bytes per watched resource from {low.watched:,} to "
               f"{high.watched:,} ({start:,.0f} from none to {low.watched:,}); "
-              f"{base.rss_mb:.1f} MB watching none")  # fmt: skip
-        if shape == "central":
-            projected = high.rss_mb + (PROJECTED - high.watched) * slope / MIB
-            print(f"central, projected at {PROJECTED:,} resources: {projected:,.0f} MB")
-        else:
-            print("node-local, projected per instance: "
-                  + ", ".join(f"{base.rss_mb + k * slope / MIB:.0f} MB with {k:,} resources"
-                              for k in (100, 1000)))  # fmt: skip
+              f"{base.rss_mb:.1f} MB watching none, {fixed:.1f} MB where the line through the "
+              f"two sizes meets none")  # fmt: skip
+        sizes = (PROJECTED,) if shape == "central" else (100, 1000)
+        print(f"{shape}, projected per process: "
+              + ", ".join(f"{fixed + k * slope / MIB:,.0f} MB with {k:,} resources"
+                          for k in sizes))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

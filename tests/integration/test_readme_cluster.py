@@ -103,8 +103,6 @@ _PHASES = {
         "restart",
         "list",
     ),
-    ".venv/bin/python -m tests.benchmarks.bench_kubernetes --resources 10000 --skip-kopf "
-    "--skip-controller-floor": ("floor", "winspec", "restart", "list"),
     ".venv/bin/python -m tests.benchmarks.bench_delivery": ("central", "node-local"),
     ".venv/bin/python -m tests.benchmarks.bench_memory": ("central", "node-local"),
 }
