@@ -24,7 +24,10 @@ API calls and disk work:
    two fields (larger writes, larger ``managedFields``).
 2. **client-go**: a controller written the usual Go way (.ci/informer/main.go: client-go's
    dynamic shared informer, a rate-limited work queue, 16 workers) doing the same calls and
-   writing winspec's status (the three conditions), built from the Kubernetes 1.20 tree.
+   writing winspec's status (the three conditions), built from the Kubernetes 1.20 tree. Its
+   cache can be a step behind its own patches: a patch from a stale resourceVersion gets 409
+   Conflict and is retried through the queue, as in any such controller (the few writes above
+   two per resource).
 3. **winspec**: ``winspec run --source kubernetes`` as a child process (default settings apart
    from paths, no leader election, ``--workers 16``): list+watch, resolve (GET the Secret, the
    Node once), generate, finalizer, bundle (atomic, fsynced), status.
