@@ -11,7 +11,10 @@
 # The binaries go to a cache directory outside the clone, so a fresh clone (or `git clean`) does
 # not pay the build again (about 5 minutes for the first two, 3 more for the node's):
 #     ${WINSPEC_KUBE_CACHE:-/var/cache/winspec/kube-v1.20.2}/bin/
-# tests/kube.py and tests/node.py look there (or at $WINSPEC_KUBE_BIN). Idempotent: only what is
+# tests/kube.py and tests/node.py look there (or at $WINSPEC_KUBE_BIN). With --bench (or
+# WINSPEC_BUILD_BENCH=1) it also builds winspec-informer (.ci/informer/main.go, the client-go
+# controller tests/benchmarks/bench_kubernetes.py compares winspec with; a few minutes more, not
+# needed by the tests). Idempotent: only what is
 # missing (or, for winspec-cri, changed) is built; otherwise it only makes sure the Debian
 # packages are installed. Needs root or sudo -n for apt.
 #
@@ -31,6 +34,9 @@ BIN=$CACHE/bin
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 HERE=$(cd "$(dirname "$0")" && pwd)
 CRI_SOURCE=$HERE/cri/main.go
+INFORMER_SOURCE=$HERE/informer/main.go
+BENCH=${WINSPEC_BUILD_BENCH:-0}
+[ "${1:-}" = --bench ] && BENCH=1
 START=$(date +%s)
 say() { echo "install-kube-apiserver [+$(($(date +%s) - START))s]: $*"; }
 
@@ -46,15 +52,19 @@ apt_install() {
 }
 
 # What is not in $BIN yet (or is stale): Kubernetes components not reporting $VERSION, pause,
-# and winspec-cri when .ci/cri/main.go changed since it was built.
+# and winspec-cri when .ci/cri/main.go changed since it was built (with --bench, the same for
+# winspec-informer).
+fresh() { # NAME SOURCE
+    [ -x "$BIN/$1" ] && [ "$(cat "$BIN/$1.sha256" 2>/dev/null)" = "$(sha256sum <"$2")" ]
+}
 missing() {
     local c
     for c in "${COMPONENTS[@]}"; do
         "$BIN/$c" --version 2>/dev/null | grep -q "$VERSION" || echo "$c"
     done
     [ -x "$BIN/pause" ] || echo pause
-    [ -x "$BIN/winspec-cri" ] && [ "$(cat "$BIN/winspec-cri.sha256" 2>/dev/null)" = "$(sha256sum <"$CRI_SOURCE")" ] \
-        || echo winspec-cri
+    fresh winspec-cri "$CRI_SOURCE" || echo winspec-cri
+    [ "$BENCH" != 1 ] || fresh winspec-informer "$INFORMER_SOURCE" || echo winspec-informer
 }
 
 # Debian packages the tests run: etcd and openssl (API server); the node's container runtime,
@@ -138,7 +148,12 @@ if ! grep -q 'modern-go/reflect2 v1.0.2' "$SRC/vendor/modules.txt"; then
 fi
 
 export GOPROXY=off GOFLAGS= GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE=$WORK/gocache
-if [ ! -s "$SRC/pkg/generated/openapi/zz_generated.openapi.go" ]; then
+# Only the Kubernetes components need the generated OpenAPI code.
+needs_openapi=0
+for c in "${COMPONENTS[@]}"; do
+    case " $TODO" in *" $c "*) needs_openapi=1 ;; esac
+done
+if [ "$needs_openapi" = 1 ] && [ ! -s "$SRC/pkg/generated/openapi/zz_generated.openapi.go" ]; then
     say "make gen_openapi"
     rm -rf "$SRC/_output"
     (cd "$SRC" && make gen_openapi >/dev/null)
@@ -164,13 +179,15 @@ for c in $TODO; do
         gcc -Os -Wall -Werror -static -DVERSION="$VERSION" -o "$BIN/.pause.partial" build/pause/linux/pause.c
         strip "$BIN/.pause.partial"
         ;;
-    winspec-cri)
+    winspec-cri | winspec-informer)
         # GOPATH mode sees vendor/ only from inside k8s.io/kubernetes: build it from there.
-        say "go build winspec-cri (.ci/cri/main.go)"
-        mkdir -p cmd/winspec-cri
-        cp "$CRI_SOURCE" cmd/winspec-cri/main.go
-        go build -trimpath -ldflags "-s -w" -o "$BIN/.$c.partial" ./cmd/winspec-cri
-        sha256sum <"$CRI_SOURCE" >"$BIN/winspec-cri.sha256"
+        source=$CRI_SOURCE
+        [ "$c" = winspec-cri ] || source=$INFORMER_SOURCE
+        say "go build $c (.ci/${source#"$HERE/"})"
+        mkdir -p "cmd/$c"
+        cp "$source" "cmd/$c/main.go"
+        go build -trimpath -ldflags "-s -w" -o "$BIN/.$c.partial" "./cmd/$c"
+        sha256sum <"$source" >"$BIN/$c.sha256"
         ;;
     *)
         say "go build ./cmd/$c"

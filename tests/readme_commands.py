@@ -102,10 +102,8 @@ RUN_STUCK_DELETE: tuple[str, ...] = (
 #: test's run of it small.
 BENCH_KUBE: dict[str, tuple[str, ...]] = {
     ".venv/bin/python -m tests.benchmarks.bench_kubernetes": ("--resources", "10", "--skip-kopf"),
-    # The 10,000 run of the table, at the small size (the last --resources counts).
-    ".venv/bin/python -m tests.benchmarks.bench_kubernetes --resources 10000 --skip-kopf "
-    "--skip-controller-floor": ("--resources", "10"),
     ".venv/bin/python -m tests.benchmarks.bench_delivery": ("--nodes", "2", "--resources", "10"),
+    ".venv/bin/python -m tests.benchmarks.bench_memory": ("--sizes", "10", "20"),
 }
 #: The deployment commands: tests/integration/test_manifests.py runs the kustomize builds as
 #: they are and the apply with --dry-run=server against the fixtures' real kube-apiserver.

@@ -1,10 +1,15 @@
 """Cluster mode against a real kube-apiserver: N resources that already exist → all reconciled,
-beside the floor and a minimal kopf operator doing the same work, in the same run.
+beside the floor, a client-go controller and a minimal kopf operator doing the same work, in the
+same run; then winspec restarted on its finished resources, beside a bare list of them.
 
 Run: ``python -m tests.benchmarks.bench_kubernetes [--resources N] [--skip-kopf]
-[--skip-controller-floor]`` (needs the
-binaries of .ci/install-kube-apiserver.sh; kopf, for the comparison, is not a dependency of
-winspec: ``pip install kopf``). It starts its own etcd + kube-apiserver (tests/kube.py).
+[--skip-controller-floor] [--watch-cache both|on|off]`` (needs the binaries of
+.ci/install-kube-apiserver.sh; the client-go controller is built only by
+``.ci/install-kube-apiserver.sh --bench``, and its phase is skipped without it; kopf, for the
+comparison, is not a dependency of winspec: ``pip install kopf``). It starts its own etcd +
+kube-apiserver (tests/kube.py), once per server configuration: by default both, one after the
+other, each with its own table — the watch cache on (the API server's default, as clusters run
+it) and ``--watch-cache=false``.
 
 Each phase gets its own namespace holding N WindowsContainers, each referring to one key of
 one Secret (shared), created before the phase starts. Per resource, every phase does the same
@@ -17,22 +22,35 @@ API calls and disk work:
    of the server beyond those calls: a watch of the collection open throughout (every patch
    comes back as an event, decoded) and a status with winspec's three conditions instead of
    two fields (larger writes, larger ``managedFields``).
-2. **winspec**: ``winspec run --source kubernetes`` as a child process (default settings apart
+2. **client-go**: a controller written the usual Go way (.ci/informer/main.go: client-go's
+   dynamic shared informer, a rate-limited work queue, 16 workers) doing the same calls and
+   writing winspec's status (the three conditions), built from the Kubernetes 1.20 tree. Its
+   cache can be a step behind its own patches: a patch from a stale resourceVersion gets 409
+   Conflict and is retried through the queue, as in any such controller (the few writes above
+   two per resource).
+3. **winspec**: ``winspec run --source kubernetes`` as a child process (default settings apart
    from paths, no leader election, ``--workers 16``): list+watch, resolve (GET the Secret, the
    Node once), generate, finalizer, bundle (atomic, fsynced), status.
-3. **kopf**: a minimal kopf operator as a child process (``tests/benchmarks/kopf_operator.py``),
+4. **restart**: winspec stopped (SIGTERM) and started again on the same bundle root and
+   namespace: every resource is up to date, so it must write nothing (no status, no bundle, no
+   event). Done when its /metrics count N successful reconciles (each one read the resource,
+   checked its bundle against the digest the status names and found nothing to write); the
+   API writes (POST, PUT, PATCH, DELETE the server counted, but for its own housekeeping) are
+   counted until 2 s after that. **list**: beside it, a bare paginated list (pages of 500) of
+   the same N resources by a raw aiohttp client: what knowing the resources costs at least.
+5. **kopf**: a minimal kopf operator as a child process (``tests/benchmarks/kopf_operator.py``),
    the same calls: GET the Secret, PATCH the finalizer (kopf's own), write + fsync, status.
 
 Measured: time from the child's start (or the floor's first call) until every resource is done
 (its status written), reconciles per second, and the child's peak RSS (``VmHWM``, sampled every
-0.2 s). Where the time goes is printed too, per resource: the CPU the client used (the floor's
+0.1 s). Where the time goes is printed too, per resource: the CPU the client used (the floor's
 from this process's own usage, the children's from /proc), the CPU etcd and the API server used
 in the same phase, and the API requests the server counted (``apiserver_request_total``), so a
 difference to the floor shows whether it is the client's work or extra work it asks of the
 server. winspec's completion is read from its bundles on disk, then its /metrics (successful
-reconciles, each ending with its status write); kopf's from its files, then one list of the
-statuses. Child start-up (Python
-imports, about a second) counts against winspec and kopf, not the floor.
+reconciles, each ending with its status write); client-go's and kopf's from their files, then
+one list of the statuses. Child start-up (Python imports, about a second) counts against
+winspec and kopf, not the floor.
 """
 
 from __future__ import annotations
@@ -53,7 +71,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +83,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.cluster import FINALIZER
 from tests.clustermode import ensure_node, windows_container
-from tests.kube import KubeCluster, process_cpu_seconds
+from tests.kube import KubeCluster, kube_bin_dir, process_cpu_seconds
 from tests.processes import REPO, clean_env, free_port, winspec_run_command
 
 IN_FLIGHT = 16
 #: Resources the API server reads and writes for itself (not the phases' requests).
 _HOUSEKEEPING = frozenset({"namespaces", "services", "endpoints", "leases"})
+#: The verbs that write (``apiserver_request_total``'s ``verb`` label).
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION"})
+#: The client-go controller (.ci/informer/main.go), built by install-kube-apiserver.sh --bench.
+INFORMER = "winspec-informer"
+POLL = 0.1  # seconds between two looks at a child's progress
 BUNDLE_BYTES = 4200  # winspec's bundle: config.json, links.json and one secret (bench_bundle_write)
 
 
@@ -84,8 +108,12 @@ class Figures:
     #: CPU seconds of the client (the floor: this process) and of etcd + the API server.
     client_cpu: float | None = None
     server_cpu: float | None = None
-    #: API requests the server counted during the phase.
+    #: API requests the server counted during the phase, and how many of them wrote.
     requests: int | None = None
+    writes: int | None = None
+    #: Seconds from the child's start until its progress could first be read (winspec: its
+    #: /metrics answered): interpreter start-up and imports.
+    up_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -93,23 +121,36 @@ class Figures:
         return self.resources / self.seconds if self.seconds else 0.0
 
 
-def populate(kube: KubeCluster, ns: str, count: int) -> None:
-    """A namespace with one Secret and ``count`` WindowsContainers referring to it."""
-    kube.create_namespace(ns)
-    kube.api(
-        "POST",
-        f"/api/v1/namespaces/{ns}/secrets",
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
-         "data": {"password": base64.b64encode(b"s3cr3t").decode()}},
-    )  # fmt: skip
+def populate(
+    kube: KubeCluster,
+    ns: str,
+    count: int,
+    *,
+    first: int = 0,
+    labels: Callable[[int], dict[str, str]] | None = None,
+) -> None:
+    """A namespace with one Secret and ``count`` WindowsContainers referring to it (with
+    ``first``, resources ``first`` … ``first + count - 1`` added to the existing namespace;
+    ``labels`` gives the labels of resource ``i``)."""
+    if first == 0:
+        kube.create_namespace(ns)
+        kube.api(
+            "POST",
+            f"/api/v1/namespaces/{ns}/secrets",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+             "data": {"password": base64.b64encode(b"s3cr3t").decode()}},
+        )  # fmt: skip
     path = f"/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
     ref = [{"secretName": "db", "key": "password", "target": "db-password"}]
 
     def create(i: int) -> None:
-        kube.api("POST", path, windows_container(f"r{i:05d}", secrets=ref))
+        body = windows_container(f"r{i:05d}", secrets=ref)
+        if labels is not None:
+            body["metadata"]["labels"] = labels(i)
+        kube.api("POST", path, body)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, range(count)))
+        list(pool.map(create, range(first, first + count)))
 
 
 def done_count(kube: KubeCluster, ns: str, is_done: Callable[[dict[str, Any]], bool]) -> int:
@@ -141,8 +182,11 @@ async def run_child(
     count: int,
     name: str,
     env: dict[str, str] | None = None,
+    linger: float = 0.0,
 ) -> Figures:
-    """Start a child, poll ``finished()`` (in a thread) until it reaches ``count``; figures."""
+    """Start a child, poll ``finished()`` (in a thread) until it reaches ``count``; figures.
+    ``finished()`` is negative while the child cannot tell yet. The child is stopped
+    ``linger`` seconds after that (outside the time measured)."""
     started = time.monotonic()
     child = await asyncio.create_subprocess_exec(
         *argv,
@@ -151,15 +195,21 @@ async def run_child(
         stderr=asyncio.subprocess.DEVNULL,
     )
     peak: float | None = None
+    up: float | None = None
     try:
         while True:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(POLL)
             peak = max(peak or 0.0, peak_rss_mb(child.pid) or 0.0)
             if child.returncode is not None:
                 raise RuntimeError(f"{name} exited with {child.returncode}")
-            if await asyncio.to_thread(finished) >= count:
+            done = await asyncio.to_thread(finished)
+            if up is None and done >= 0:
+                up = time.monotonic() - started
+            if done >= count:
                 seconds = time.monotonic() - started
-                return Figures(name, seconds, count, peak, process_cpu_seconds(child.pid))
+                cpu = process_cpu_seconds(child.pid)
+                await asyncio.sleep(linger)
+                return Figures(name, seconds, count, peak, cpu, up_seconds=up)
     finally:
         if child.returncode is None:
             child.terminate()
@@ -178,30 +228,31 @@ def winspec_finished(port: int, bundles: Path, count: int) -> int:
 
 def winspec_successes(port: int) -> int:
     """Successful reconciles so far (the status write is part of one), from winspec's /metrics:
-    cheap to poll, unlike listing every resource."""
+    cheap to poll, unlike listing every resource. -1 while /metrics does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
             text = answer.read().decode()
     except OSError:
-        return 0
+        return -1
     for line in text.splitlines():
         if line.startswith("controller_runtime_reconcile_total{") and 'result="success"' in line:
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
 
 
-def kopf_finished(kube: KubeCluster, ns: str, out: Path, count: int) -> int:
-    """kopf's finished resources: its files first (cheap), then one list for the statuses."""
+def files_then_statuses(kube: KubeCluster, ns: str, out: Path, count: int) -> int:
+    """kopf's or client-go's finished resources: their files first (cheap), then one list for
+    the statuses."""
     try:
         written = len(os.listdir(out))
     except OSError:
         return 0
     if written < count:
         return 0
-    return done_count(kube, ns, _kopf_done)
+    return done_count(kube, ns, _status_done)
 
 
-def _kopf_done(item: dict[str, Any]) -> bool:
+def _status_done(item: dict[str, Any]) -> bool:
     return bool((item.get("status") or {}).get("digest"))
 
 
@@ -300,68 +351,136 @@ async def run_floor(
     return Figures("floor+w" if controller else "floor", seconds, len(items), None, cpu)
 
 
-def api_requests(kube: KubeCluster) -> int:
-    """Every request the API server has counted so far (``apiserver_request_total``), but for
-    the server's own housekeeping (namespaces, services, endpoints, leases)."""
+def api_requests(kube: KubeCluster) -> Counter[str]:
+    """Every request the API server has counted so far (``apiserver_request_total``) by verb,
+    but for the server's own housekeeping (namespaces, services, endpoints, leases)."""
     context = ssl.create_default_context(cafile=str(kube.ca))
     request = urllib.request.Request(
         f"{kube.url}/metrics", headers={"Authorization": f"Bearer {kube.admin_token}"}
     )
     with urllib.request.urlopen(request, context=context, timeout=10) as answer:
         text = answer.read().decode()
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "apiserver_request"
-            for sample in family.samples
-            if sample.name == "apiserver_request_total"
-            and sample.labels.get("resource") not in _HOUSEKEEPING
-        )
-    )
+    verbs: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            if (
+                sample.name == "apiserver_request_total"
+                and sample.labels.get("resource") not in _HOUSEKEEPING
+            ):
+                verbs[sample.labels.get("verb", "")] += int(sample.value)
+    return verbs
 
 
 async def measured(kube: KubeCluster, phase: Any) -> Figures:
     """Run one phase (an awaitable giving its Figures) with the server's CPU and requests."""
     cpu, calls = kube.cpu_seconds(), await asyncio.to_thread(api_requests, kube)
     figures: Figures = await phase
+    server_cpu = kube.cpu_seconds() - cpu
+    made = await asyncio.to_thread(api_requests, kube)
+    made.subtract(calls)
     return dataclasses.replace(
         figures,
-        server_cpu=kube.cpu_seconds() - cpu,
-        requests=await asyncio.to_thread(api_requests, kube) - calls,
+        server_cpu=server_cpu,
+        requests=sum(made.values()),
+        writes=sum(n for verb, n in made.items() if verb in WRITES),
     )
 
 
-async def run_all(
-    kube: KubeCluster, count: int, scratch: Path, skip_kopf: bool, skip_controller_floor: bool
-) -> list[Figures]:
-    """The phases, one after the other, each on its own namespace."""
+async def run_list(kube: KubeCluster, ns: str) -> Figures:
+    """A bare paginated list (pages of 500) of a namespace's resources, raw aiohttp, from a new
+    connection: what any client pays at least to know them all."""
+    context = ssl.create_default_context(cafile=str(kube.ca))
+    headers = {"Authorization": f"Bearer {kube.admin_token}"}
+    wc = f"{kube.url}/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
+    started = time.monotonic()
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    count, token = 0, ""
+    async with aiohttp.ClientSession(
+        headers=headers, connector=aiohttp.TCPConnector(ssl=context)
+    ) as http:
+        while True:
+            async with http.get(f"{wc}?limit=500" + (f"&continue={token}" if token else "")) as r:
+                page = await r.json()
+            count += len(page["items"])
+            token = page["metadata"].get("continue", "")
+            if not token:
+                break
+    seconds = time.monotonic() - started
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    return Figures("list", seconds, count, None, cpu)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run (the command line)."""
+
+    count: int
+    skip_kopf: bool
+    skip_controller_floor: bool
+
+
+def informer_binary() -> Path | None:
+    """The client-go controller, when .ci/install-kube-apiserver.sh --bench has built it."""
+    path = kube_bin_dir() / INFORMER
+    return path if os.access(path, os.X_OK) else None
+
+
+def winspec_argv(kube: KubeCluster, ns: str, bundles: Path, port: int) -> list[str]:
+    """``winspec run`` on one namespace, default settings apart from paths and workers."""
+    return winspec_run_command(
+        "--source", "kubernetes", "--kubeconfig", str(kube.admin_kubeconfig),
+        "--bundle-root", str(bundles), "--listen", f"127.0.0.1:{port}",
+        "--namespace", ns, "--no-leader-elect", "--workers", str(IN_FLIGHT),
+        "--log-level", "warning",
+    )  # fmt: skip
+
+
+async def run_all(kube: KubeCluster, options: Options, scratch: Path) -> list[Figures]:
+    """The phases, one after the other, each on its own namespace (restart and list: on
+    winspec's)."""
+    count = options.count
     results: list[Figures] = []
+    informer = informer_binary()
     namespaces = ["bench-floor", "bench-winspec"]
-    namespaces += [] if skip_controller_floor else ["bench-floor-w"]
-    namespaces += [] if skip_kopf else ["bench-kopf"]
+    namespaces += [] if options.skip_controller_floor else ["bench-floor-w"]
+    namespaces += [] if informer is None else ["bench-client-go"]
+    namespaces += [] if options.skip_kopf else ["bench-kopf"]
     for ns in namespaces:
         print(f"creating {count} resources in {ns} ...", file=sys.stderr)
         await asyncio.to_thread(populate, kube, ns, count)
     print("floor ...", file=sys.stderr)
     results.append(await measured(kube, run_floor(kube, "bench-floor", count, scratch / "floor")))
-    if not skip_controller_floor:
+    if not options.skip_controller_floor:
         print("controller floor ...", file=sys.stderr)
         phase = run_floor(kube, "bench-floor-w", count, scratch / "floor-w", controller=True)
         results.append(await measured(kube, phase))
+    if informer is not None:
+        print("client-go ...", file=sys.stderr)
+        out = scratch / "client-go"
+        argv = [
+            str(informer), "--kubeconfig", str(kube.admin_kubeconfig),
+            "--namespace", "bench-client-go", "--out", str(out), "--workers", str(IN_FLIGHT),
+        ]  # fmt: skip
+        finished = functools.partial(files_then_statuses, kube, "bench-client-go", out, count)
+        results.append(await measured(kube, run_child(argv, finished, count, "client-go")))
     print("winspec ...", file=sys.stderr)
+    bundles = scratch / "winspec"
     port = free_port()
-    argv = winspec_run_command(
-        "--source", "kubernetes", "--kubeconfig", str(kube.admin_kubeconfig),
-        "--bundle-root", str(scratch / "winspec"), "--listen", f"127.0.0.1:{port}",
-        "--namespace", "bench-winspec", "--no-leader-elect", "--workers", str(IN_FLIGHT),
-        "--log-level", "warning",
-    )  # fmt: skip
-    finished = functools.partial(
-        winspec_finished, port, scratch / "winspec" / "bench-winspec", count
-    )
+    argv = winspec_argv(kube, "bench-winspec", bundles, port)
+    finished = functools.partial(winspec_finished, port, bundles / "bench-winspec", count)
     results.append(await measured(kube, run_child(argv, finished, count, "winspec")))
-    if not skip_kopf:
+    print("restart ...", file=sys.stderr)
+    port = free_port()
+    argv = winspec_argv(kube, "bench-winspec", bundles, port)
+    finished = functools.partial(winspec_successes, port)
+    phase = run_child(argv, finished, count, "restart", linger=2.0)
+    results.append(await measured(kube, phase))
+    print("list ...", file=sys.stderr)
+    results.append(await measured(kube, run_list(kube, "bench-winspec")))
+    if not options.skip_kopf:
         print("kopf ...", file=sys.stderr)
         env = clean_env() | {
             "KUBECONFIG": str(kube.admin_kubeconfig),
@@ -371,38 +490,89 @@ async def run_all(
             sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", "bench-kopf",
             "--quiet", str(REPO / "tests" / "benchmarks" / "kopf_operator.py"),
         ]  # fmt: skip
-        finished = functools.partial(kopf_finished, kube, "bench-kopf", scratch / "kopf", count)
+        finished = functools.partial(
+            files_then_statuses, kube, "bench-kopf", scratch / "kopf", count
+        )
         results.append(await measured(kube, run_child(argv, finished, count, "kopf", env)))
     return results
 
 
-def report(results: list[Figures]) -> None:
-    """Print the figures side by side, with ratios to the floor and to kopf, and where the
-    time went: CPU per resource of the client and of the server side, requests per resource."""
-    floor = results[0]
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a is not None and b else "-"
+
+
+def report(title: str, results: list[Figures]) -> None:
+    """Print one server configuration's figures side by side: time, rate and peak RSS, ratios
+    to the floor and to the client-go controller; where the time went (CPU per resource of the
+    client and of the server side, its ratio to the floor's, requests and writes per resource);
+    then the comparisons the targets are stated in."""
     by_name = {r.name: r for r in results}
+    floor, winspec, go = by_name["floor"], by_name["winspec"], by_name.get("client-go")
+    print(f"API server: {title}")
     print(
-        f"{'phase':8} {'resources':>9} {'seconds':>8} {'per s':>7} {'peak RSS':>9} {'× floor':>8}"
-        f" {'client CPU':>11} {'server CPU':>11} {'requests':>9}"
+        f"{'phase':9} {'resources':>9} {'seconds':>8} {'per s':>7} {'peak RSS':>9} {'× floor':>8}"
+        f" {'× go':>6} {'client CPU':>11} {'× floor':>8} {'server CPU':>11} {'requests':>9}"
+        f" {'writes':>7}"
     )
 
     def per(value: float | None, r: Figures, unit: str, scale: float = 1000.0) -> str:
         return "-" if value is None else f"{value / r.resources * scale:.2f} {unit}".rstrip()
 
+    def cpu(r: Figures) -> float | None:
+        return None if r.client_cpu is None else r.client_cpu / r.resources
+
+    go_seconds = go.seconds if go else None
     for r in results:
         rss = f"{r.peak_rss_mb:.0f} MB" if r.peak_rss_mb else "-"
-        print(f"{r.name:8} {r.resources:9d} {r.seconds:8.1f} {r.rate:7.0f} {rss:>9} "
-              f"{r.seconds / floor.seconds:8.2f} {per(r.client_cpu, r, 'ms'):>11} "
-              f"{per(r.server_cpu, r, 'ms'):>11} {per(r.requests, r, '', 1.0):>9}")  # fmt: skip
-    print("(CPU and requests per resource; server: etcd + kube-apiserver in the same phase)")
-    kopf, winspec = by_name.get("kopf"), by_name["winspec"]
-    controller_floor = by_name.get("floor+w")
-    if controller_floor:
+        print(f"{r.name:9} {r.resources:9d} {r.seconds:8.2f} {r.rate:7.0f} {rss:>9} "
+              f"{r.seconds / floor.seconds:8.2f} {_ratio(r.seconds, go_seconds):>6} "
+              f"{per(r.client_cpu, r, 'ms'):>11} {_ratio(cpu(r), cpu(floor)):>8} "
+              f"{per(r.server_cpu, r, 'ms'):>11} {per(r.requests, r, '', 1.0):>9} "
+              f"{r.writes if r.writes is not None else '-':>7}")  # fmt: skip
+    print("(per resource: CPU and requests; writes: in all. server: etcd + kube-apiserver in the "
+          "same phase)")  # fmt: skip
+    print(f"winspec: time {_ratio(winspec.seconds, floor.seconds)} the floor, client CPU per "
+          f"resource {_ratio(cpu(winspec), cpu(floor))} the floor's")  # fmt: skip
+    if controller_floor := by_name.get("floor+w"):
         print(f"winspec / controller floor (floor+w): time "
               f"{winspec.seconds / controller_floor.seconds:.2f}×")  # fmt: skip
+    if go is not None:
+        print(f"winspec / client-go: time {_ratio(winspec.seconds, go.seconds)}, client CPU "
+              f"{_ratio(cpu(winspec), cpu(go))}, peak RSS {winspec.peak_rss_mb or 0:.0f} MB "
+              f"beside {go.peak_rss_mb or 0:.0f} MB "
+              f"({_ratio(winspec.peak_rss_mb, go.peak_rss_mb)})")  # fmt: skip
+    else:
+        print(f"client-go: not built ({INFORMER} is not in {kube_bin_dir()}: "
+              "bash .ci/install-kube-apiserver.sh --bench builds it)")  # fmt: skip
+    restart, listed = by_name["restart"], by_name["list"]
+    print(f"restart / list: time {_ratio(restart.seconds, listed.seconds)} (of the restart's "
+          f"{restart.seconds:.2f} s, {restart.up_seconds or 0:.2f} s until its /metrics answered: "
+          f"interpreter start-up and imports); API writes during the restart: "
+          f"{restart.writes}")  # fmt: skip
+    kopf = by_name.get("kopf")
     if kopf and kopf.peak_rss_mb and winspec.peak_rss_mb:
         print(f"winspec / kopf: time {winspec.seconds / kopf.seconds:.2f}×, "
               f"peak RSS {winspec.peak_rss_mb / kopf.peak_rss_mb:.2f}×")  # fmt: skip
+
+
+#: The server configurations: the API server's default (watch cache on), and without the cache.
+CONFIGURATIONS = {"on": "watch cache on (default settings)", "off": "--watch-cache=false"}
+
+
+@contextlib.contextmanager
+def bench_cluster(*, watch_cache: bool) -> Iterator[tuple[KubeCluster, Path]]:
+    """A started etcd + kube-apiserver with the CRDs and the Node, and a scratch directory;
+    both gone when the block ends."""
+    kube = KubeCluster(watch_cache=watch_cache)
+    try:
+        kube.start()
+        kube.apply_crd()
+        kube.apply_gmsa_crd()
+        ensure_node(kube)
+        with tempfile.TemporaryDirectory(prefix="winspec-bench-") as scratch:
+            yield kube, Path(scratch)
+    finally:
+        kube.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,27 +581,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resources", type=int, default=5000)
     parser.add_argument("--skip-kopf", action="store_true")
     parser.add_argument("--skip-controller-floor", action="store_true")
+    parser.add_argument(
+        "--watch-cache",
+        choices=("both", "on", "off"),
+        default="both",
+        help="the API server configurations to run (default: both, one after the other)",
+    )
     args = parser.parse_args(argv)
     if not args.skip_kopf and importlib.util.find_spec("kopf") is None:
         print("kopf is not installed (pip install kopf): its phase is skipped", file=sys.stderr)
         args.skip_kopf = True
+    options = Options(args.resources, args.skip_kopf, args.skip_controller_floor)
     # SIGTERM too stops the API server and etcd this started (through the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    kube = KubeCluster()
-    try:
-        kube.start()
-        kube.apply_crd()
-        kube.apply_gmsa_crd()
-        ensure_node(kube)
-        with tempfile.TemporaryDirectory(prefix="winspec-bench-") as scratch:
-            results = asyncio.run(
-                run_all(
-                    kube, args.resources, Path(scratch), args.skip_kopf, args.skip_controller_floor
-                )
-            )
-        report(results)
-    finally:
-        kube.stop()
+    configurations = ("on", "off") if args.watch_cache == "both" else (args.watch_cache,)
+    for n, configuration in enumerate(configurations):
+        if n:
+            print(flush=True)
+        print(f"API server: {CONFIGURATIONS[configuration]} ...", file=sys.stderr)
+        with bench_cluster(watch_cache=configuration == "on") as (kube, scratch):
+            results = asyncio.run(run_all(kube, options, scratch))
+        report(CONFIGURATIONS[configuration], results)
     return 0
 
 

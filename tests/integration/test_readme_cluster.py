@@ -96,10 +96,15 @@ def test_cluster_run_command_becomes_ready_and_stops(kube: KubeCluster, tmp_path
 
 #: What each cluster benchmark's table must name: its phases.
 _PHASES = {
-    ".venv/bin/python -m tests.benchmarks.bench_kubernetes": ("floor", "floor+w", "winspec"),
-    ".venv/bin/python -m tests.benchmarks.bench_kubernetes --resources 10000 --skip-kopf "
-    "--skip-controller-floor": ("floor", "winspec"),
+    ".venv/bin/python -m tests.benchmarks.bench_kubernetes": (
+        "floor",
+        "floor+w",
+        "winspec",
+        "restart",
+        "list",
+    ),
     ".venv/bin/python -m tests.benchmarks.bench_delivery": ("central", "node-local"),
+    ".venv/bin/python -m tests.benchmarks.bench_memory": ("central", "node-local"),
 }
 
 
