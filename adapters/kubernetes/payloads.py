@@ -10,6 +10,7 @@ again. At most :data:`MAX_ENTRIES` objects are kept (the oldest go first).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from controller.cluster import Ref
@@ -19,14 +20,21 @@ MAX_ENTRIES = 4096
 _V = TypeVar("_V")
 
 
+@dataclass(slots=True)
+class _Reads:
+    """The reads of one object in flight: how many, and whether a change overtook them."""
+
+    count: int = 0
+    overtaken: bool = False
+
+
 class PayloadCache(Generic[_V]):
     """Decoded payload objects by :data:`~controller.cluster.Ref` ``(kind, namespace, name)``."""
 
     def __init__(self, *, max_entries: int = MAX_ENTRIES) -> None:
         self._max = max_entries
         self._entries: dict[Ref, _V] = {}
-        #: Reads in flight per object: how many, and whether a change overtook them.
-        self._reading: dict[Ref, list[int | bool]] = {}
+        self._reading: dict[Ref, _Reads] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -37,8 +45,7 @@ class PayloadCache(Generic[_V]):
 
     def begin(self, ref: Ref) -> None:
         """A read of ``ref`` begins; :meth:`end` says how it ended."""
-        entry = self._reading.setdefault(ref, [0, False])
-        entry[0] = int(entry[0]) + 1
+        self._reading.setdefault(ref, _Reads()).count += 1
 
     def end(self, ref: Ref, value: _V | None) -> None:
         """A read of ``ref`` ended with ``value`` (None: it failed); the value is kept unless a
@@ -46,11 +53,10 @@ class PayloadCache(Generic[_V]):
         entry = self._reading.get(ref)
         if entry is None:
             return
-        entry[0] = int(entry[0]) - 1
-        overtaken = bool(entry[1])
-        if entry[0] <= 0:
+        entry.count -= 1
+        if entry.count <= 0:
             del self._reading[ref]
-        if value is None or overtaken:
+        if value is None or entry.overtaken:
             return
         self._entries.pop(ref, None)
         while len(self._entries) >= self._max:
@@ -62,7 +68,7 @@ class PayloadCache(Generic[_V]):
         self._entries.pop(ref, None)
         entry = self._reading.get(ref)
         if entry is not None:
-            entry[1] = True
+            entry.overtaken = True
 
     def clear(self, kind: str) -> None:
         """Forget every object of ``kind`` (a list of that kind: changes may have gone unseen),
@@ -71,4 +77,4 @@ class PayloadCache(Generic[_V]):
             del self._entries[ref]
         for ref, entry in self._reading.items():
             if ref[0] == kind:
-                entry[1] = True
+                entry.overtaken = True
