@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.crd import CRD_PATH, load_crd
-from tests.processes import free_port
+from tests.processes import clean_env, free_port
 from tests.support.errors import APIStatusError, FixtureError
 from tests.support.processes import log_tail, terminate
 from tests.support.waiting import wait_for
@@ -539,6 +539,19 @@ class KubeCluster:
     def admin_kubeconfig(self) -> Path:
         """The admin's kubeconfig."""
         return self.dir / "admin.kubeconfig"
+
+    def kubectl_env(self) -> dict[str, str]:
+        """The environment for a kubectl run as this cluster's admin.
+
+        kubectl caches discovery per host and port for hours; a fresh server on a port an
+        earlier one used would be answered from that server's cache (a CRD it had, this one
+        lacks), so each cluster has a cache of its own.
+        """
+        return {
+            **clean_env(),
+            "KUBECONFIG": str(self.admin_kubeconfig),
+            "KUBECACHEDIR": str(self.dir / "kubectl-cache"),
+        }
 
 
 def resource_path(obj: Mapping[str, Any], *, namespace: str | None = None) -> str:

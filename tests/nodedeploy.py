@@ -50,6 +50,7 @@ class Deployed:
         proc = subprocess.run(
             [required_tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
             cwd=ROOT,  # the README's relative paths
+            env=self.kube.kubectl_env() | {"KUBECONFIG": str(self.kubeconfig)},
             capture_output=True,
             text=True,
             timeout=120,

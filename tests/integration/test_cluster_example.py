@@ -52,7 +52,7 @@ def _kubectl(kube: KubeCluster, command: str) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [found, *words[1:]],
         cwd=ROOT,
-        env={**clean_env(), "KUBECONFIG": str(kube.admin_kubeconfig)},
+        env=kube.kubectl_env(),
         capture_output=True,
         text=True,
         timeout=90,

@@ -34,7 +34,6 @@ from tests.manifests import (
     render,
     required_tool,
 )
-from tests.processes import clean_env
 from tests.readme_commands import ROOT, RUN_MANIFESTS
 
 _DURATION = {"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"}
@@ -470,7 +469,7 @@ def test_readme_apply_of_node_local_passes_a_server_dry_run(kube: KubeCluster) -
     kube.create_namespace("winspec-system")
     proc = subprocess.run(
         [required_tool("kubectl"), *words[1:], "--dry-run=server"],
-        cwd=ROOT, env={**clean_env(), "KUBECONFIG": str(kube.admin_kubeconfig)},
+        cwd=ROOT, env=kube.kubectl_env(),
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -42,7 +42,7 @@ def _apply(kube: KubeCluster) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [_kubectl(), *words[1:]],
         cwd=ROOT,
-        env={**clean_env(), "KUBECONFIG": str(kube.admin_kubeconfig)},
+        env=kube.kubectl_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -38,7 +38,6 @@ from tests.integration.test_readme_cluster import _kubectl
 from tests.integration.test_remote_delivery import Delivery, _agent_pod, _node, make_delivery
 from tests.kube import KubeCluster
 from tests.kubeproxy import FaultProxy, is_watch
-from tests.processes import clean_env
 from tests.readme_commands import ROOT, RUN_STUCK_DELETE
 
 pytestmark = pytest.mark.kube
@@ -303,7 +302,7 @@ def _readme_patch(kube: KubeCluster, ns: str, name: str) -> subprocess.Completed
     return subprocess.run(
         [_kubectl(), *words[1:]],
         cwd=ROOT,
-        env={**clean_env(), "KUBECONFIG": str(kube.admin_kubeconfig)},
+        env=kube.kubectl_env(),
         capture_output=True,
         text=True,
         timeout=60,
