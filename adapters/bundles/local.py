@@ -51,6 +51,7 @@ TEMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 
 _PAYLOAD_DIRS = (SECRETS_DIR, CONFIGS_DIR)
+_READ_NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
 # A leftover is "<TEMP_PREFIX or OLD_PREFIX><tag>-<random>", random 8 characters without a dash
 # (tempfile's or token_hex(4)); it fits in one file name (255 bytes: NTFS, ext4, XFS) whenever
 # the bundle id does, because a tag is never longer than _TAG_MAX.
@@ -88,6 +89,7 @@ class LocalBundleWriter:
         self._locks: dict[str, _IdLock] = {}
         self._key: bytes | None = None
         self._key_lock = asyncio.Lock()
+        self._inline: bool | None = None
         self._fsync_pool = (
             ThreadPoolExecutor(fsync_threads, thread_name_prefix="winspec-bundle-fsync")
             if fsync_threads > 0
@@ -115,6 +117,13 @@ class LocalBundleWriter:
         try:
             key = await self._digest_key()
             async with self._lock(leftover_tag(bundle_id)):
+                # Most writes find their bundle current (every relist, every resync). On a
+                # local disk that check is a few reads from the page cache, far cheaper than a
+                # thread: each system call a thread makes hands the GIL to and from this loop
+                # while it is busy. Anything else (a write, a repair, a network or FUSE file
+                # system) goes to a thread, which checks again.
+                if self._reads_inline() and _is_current(self._root, bundle_id, content, key):
+                    return False
                 return await _in_thread(
                     write_bundle_outcome_sync,
                     self._root,
@@ -126,6 +135,18 @@ class LocalBundleWriter:
         except OSError as exc:
             self._refuse_windows_name(bundle_id, exc)
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
+
+    def _reads_inline(self) -> bool:
+        """Whether this root is on a local disk's kernel file system (one of
+        :data:`fsops.SYNCFS_FILESYSTEMS`), where reading a small file back costs microseconds,
+        not a round trip to a FUSE daemon or a server. Known once the root exists, then kept:
+        it decides only where the up-to-date check runs, not what it finds."""
+        if self._inline is None:
+            kind = fsops.filesystem_type(self._root)
+            if kind is None:
+                return False
+            self._inline = kind in fsops.SYNCFS_FILESYSTEMS
+        return self._inline
 
     async def digest(self, content: BundleContent) -> str:
         """The digest this writer keeps in ``.digest`` for ``content``: keyed under the root's
@@ -243,6 +264,20 @@ async def _in_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
         if not future.cancelled():
             future.exception()  # retrieved: the caller sees the cancellation instead
         raise
+
+
+def _is_current(root: Path, bundle_id: str, content: BundleContent, key: bytes) -> bool:
+    """Whether the bundle is exactly ``content`` and nothing awaits repair: its ``.digest``
+    names the content and every file reads back the same (a crash's stand-in for a payload
+    directory is a link, so drift too). What :func:`write_bundle_outcome_sync` checks before it
+    writes; read-only, ``False`` also when something cannot be read, for it to find out what."""
+    live = os.path.join(root, bundle_id)
+    try:
+        return _read_digest(live) == content.keyed_digest(key) and not find_drift(
+            live, content.files
+        )
+    except OSError:
+        return False
 
 
 def write_bundle_sync(
@@ -442,7 +477,7 @@ def _holds(directory: Path, payloads: Mapping[str, Mapping[str, bytes]]) -> bool
     return True
 
 
-def find_drift(bundle_dir: Path, files: Mapping[str, bytes]) -> frozenset[str]:
+def find_drift(bundle_dir: str | Path, files: Mapping[str, bytes]) -> frozenset[str]:
     """How the bundle in ``bundle_dir`` differs from ``files`` (its content); empty: not at all.
 
     Every file is read back and compared byte for byte (``.digest`` alone proves nothing of
@@ -466,7 +501,7 @@ def find_drift(bundle_dir: Path, files: Mapping[str, bytes]) -> frozenset[str]:
                     kinds.add(DRIFT_EXTRA)
     for name, data in files.items():
         try:
-            fd = os.open(bundle_dir / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(os.path.join(bundle_dir, name), _READ_NOFOLLOW)
         except FileNotFoundError:
             kinds.add(DRIFT_MISSING)
             continue
@@ -513,9 +548,9 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _read_digest(bundle_dir: Path) -> str | None:
+def _read_digest(bundle_dir: str | Path) -> str | None:
     try:
-        with open(bundle_dir / DIGEST_FILE, "rb") as f:
+        with open(os.path.join(bundle_dir, DIGEST_FILE), "rb") as f:
             return f.read(100).decode("ascii", "replace").strip()
     except (FileNotFoundError, NotADirectoryError):
         return None

@@ -144,6 +144,48 @@ async def test_same_content_is_not_rewritten(tmp_path: Path, make_writer: Writer
     assert _snapshot(tmp_path / BUNDLE_ID) == before
 
 
+def _count_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every function the writer hands to a thread (and still run it)."""
+    calls: list[str] = []
+    real = local._in_thread
+
+    async def counted(fn: Callable[..., object], /, *args: object, **kwargs: object) -> object:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(local, "_in_thread", counted)
+    return calls
+
+
+async def test_an_up_to_date_bundle_on_a_local_disk_is_checked_without_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+) -> None:
+    """On a local disk an unchanged write is checked on the loop; a changed one goes to a thread."""
+    if fsops.filesystem_type(tmp_path) not in fsops.SYNCFS_FILESYSTEMS:
+        pytest.skip(f"{tmp_path} is not on a local disk's file system")
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    calls = _count_thread_calls(monkeypatch)
+
+    assert await writer.write(BUNDLE_ID, _content()) is False
+    assert calls == []
+    assert await writer.write(BUNDLE_ID, _content(1)) is True
+    assert calls == ["write_bundle_outcome_sync"]
+
+
+async def test_elsewhere_even_an_up_to_date_bundle_is_checked_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+) -> None:
+    """On a file system that is not a local disk's (FUSE here), the loop never reads a bundle."""
+    monkeypatch.setattr(fsops, "filesystem_type", lambda path: 0x65735546)  # FUSE_SUPER_MAGIC
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    calls = _count_thread_calls(monkeypatch)
+
+    assert await writer.write(BUNDLE_ID, _content()) is False
+    assert calls == ["write_bundle_outcome_sync"]
+
+
 async def test_changed_content_replaces_the_whole_bundle(
     tmp_path: Path, make_writer: WriterFactory
 ) -> None:
