@@ -37,7 +37,9 @@ API calls and disk work:
    checked its bundle against the digest the status names and found nothing to write); the
    API writes (POST, PUT, PATCH, DELETE the server counted, but for its own housekeeping) are
    counted until 2 s after that. **list**: beside it, a bare paginated list (pages of 500) of
-   the same N resources by a raw aiohttp client: what knowing the resources costs at least.
+   the same N resources by a raw aiohttp client (:mod:`tests.benchmarks.list_client`): what
+   knowing the resources costs at least; in this warm process, and again as a process of its
+   own timed from its start (**list proc**), as the restart is.
 5. **kopf**: a minimal kopf operator as a child process (``tests/benchmarks/kopf_operator.py``),
    the same calls: GET the Secret, PATCH the finalizer (kopf's own), write + fsync, status.
 
@@ -82,6 +84,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.cluster import FINALIZER
+from tests.benchmarks.list_client import bare_list
 from tests.clustermode import ensure_node, windows_container
 from tests.kube import KubeCluster, kube_bin_dir, process_cpu_seconds
 from tests.processes import REPO, clean_env, free_port, winspec_run_command
@@ -389,28 +392,34 @@ async def measured(kube: KubeCluster, phase: Any) -> Figures:
 
 
 async def run_list(kube: KubeCluster, ns: str) -> Figures:
-    """A bare paginated list (pages of 500) of a namespace's resources, raw aiohttp, from a new
-    connection: what any client pays at least to know them all."""
-    context = ssl.create_default_context(cafile=str(kube.ca))
-    headers = {"Authorization": f"Bearer {kube.admin_token}"}
-    wc = f"{kube.url}/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
+    """A bare paginated list of a namespace's resources (:mod:`tests.benchmarks.list_client`)
+    in this warm process, from a new connection: what any client pays at least to know them."""
     started = time.monotonic()
     used = resource.getrusage(resource.RUSAGE_SELF)
-    count, token = 0, ""
-    async with aiohttp.ClientSession(
-        headers=headers, connector=aiohttp.TCPConnector(ssl=context)
-    ) as http:
-        while True:
-            async with http.get(f"{wc}?limit=500" + (f"&continue={token}" if token else "")) as r:
-                page = await r.json()
-            count += len(page["items"])
-            token = page["metadata"].get("continue", "")
-            if not token:
-                break
+    count = await bare_list(kube.url, kube.admin_token, str(kube.ca), ns)
     seconds = time.monotonic() - started
     now = resource.getrusage(resource.RUSAGE_SELF)
     cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     return Figures("list", seconds, count, None, cpu)
+
+
+async def run_list_process(kube: KubeCluster, ns: str) -> Figures:
+    """The same list as a process of its own, timed from its start (interpreter start-up and
+    aiohttp's import included, as they are in a restart's time)."""
+    argv = [sys.executable, "-m", "tests.benchmarks.list_client"]
+    argv += [kube.url, kube.admin_token, str(kube.ca), ns]
+    started = time.monotonic()
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = await asyncio.create_subprocess_exec(
+        *argv, cwd=REPO, env=clean_env(), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await child.communicate()
+    seconds = time.monotonic() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"the list process failed ({child.returncode})")
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    return Figures("list proc", seconds, int(out), None, cpu)
 
 
 @dataclass(frozen=True)
@@ -480,6 +489,7 @@ async def run_all(kube: KubeCluster, options: Options, scratch: Path) -> list[Fi
     results.append(await measured(kube, phase))
     print("list ...", file=sys.stderr)
     results.append(await measured(kube, run_list(kube, "bench-winspec")))
+    results.append(await measured(kube, run_list_process(kube, "bench-winspec")))
     if not options.skip_kopf:
         print("kopf ...", file=sys.stderr)
         env = clean_env() | {
@@ -544,11 +554,15 @@ def report(title: str, results: list[Figures]) -> None:
     else:
         print(f"client-go: not built ({INFORMER} is not in {kube_bin_dir()}: "
               "bash .ci/install-kube-apiserver.sh --bench builds it)")  # fmt: skip
-    restart, listed = by_name["restart"], by_name["list"]
+    restart, listed, process = by_name["restart"], by_name["list"], by_name["list proc"]
     print(f"restart / list: time {_ratio(restart.seconds, listed.seconds)} (of the restart's "
           f"{restart.seconds:.2f} s, {restart.up_seconds or 0:.2f} s until its /metrics answered: "
           f"interpreter start-up and imports); API writes during the restart: "
           f"{restart.writes}")  # fmt: skip
+    print(f"restart / list as a process of its own, start-up in both: time "
+          f"{_ratio(restart.seconds, process.seconds)} (the list process: "
+          f"{process.seconds:.2f} s, {process.seconds - listed.seconds:.2f} s more than the "
+          f"list in this process)")  # fmt: skip
     kopf = by_name.get("kopf")
     if kopf and kopf.peak_rss_mb and winspec.peak_rss_mb:
         print(f"winspec / kopf: time {winspec.seconds / kopf.seconds:.2f}×, "

@@ -8,6 +8,7 @@ the test cluster's admin kubeconfig, also as ``KUBECONFIG`` for kubectl), the bu
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -102,6 +103,7 @@ _PHASES = {
         "winspec",
         "restart",
         "list",
+        "list proc",
     ),
     ".venv/bin/python -m tests.benchmarks.bench_delivery": ("central", "node-local"),
     ".venv/bin/python -m tests.benchmarks.bench_memory": ("central", "node-local"),
@@ -122,6 +124,7 @@ def test_the_cluster_benchmark_runs(kube: KubeCluster, command: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    # A row is its phase's name (which may hold a space: "list proc"), then a count.
     for phase in _PHASES[command]:
-        assert phase in rows, proc.stdout
+        row = re.compile(rf"{re.escape(phase)} +\d")
+        assert any(row.match(line) for line in proc.stdout.splitlines()), proc.stdout
