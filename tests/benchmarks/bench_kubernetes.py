@@ -117,6 +117,9 @@ class Figures:
     #: Seconds from the child's start until its progress could first be read (winspec: its
     #: /metrics answered): interpreter start-up and imports.
     up_seconds: float | None = None
+    #: CPU seconds of the child's threads other than its main thread (winspec: the bundle
+    #: files and their syncs, which run in worker threads; the event loop is the main thread).
+    thread_cpu: float | None = None
 
     @property
     def rate(self) -> float:
@@ -211,12 +214,19 @@ async def run_child(
             if done >= count:
                 seconds = time.monotonic() - started
                 cpu = process_cpu_seconds(child.pid)
+                threads = cpu - thread_cpu_seconds(child.pid, child.pid)
                 await asyncio.sleep(linger)
-                return Figures(name, seconds, count, peak, cpu, up_seconds=up)
+                return Figures(name, seconds, count, peak, cpu, up_seconds=up, thread_cpu=threads)
     finally:
         if child.returncode is None:
             child.terminate()
             await child.wait()
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """CPU time (user + system) one live thread of a process has used, from /proc."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def winspec_finished(port: int, bundles: Path, count: int) -> int:
@@ -543,6 +553,11 @@ def report(title: str, results: list[Figures]) -> None:
           "same phase)")  # fmt: skip
     print(f"winspec: time {_ratio(winspec.seconds, floor.seconds)} the floor, client CPU per "
           f"resource {_ratio(cpu(winspec), cpu(floor))} the floor's")  # fmt: skip
+    if winspec.thread_cpu is not None and winspec.client_cpu is not None:
+        loop = winspec.client_cpu - winspec.thread_cpu
+        print(f"winspec's client CPU per resource: event loop (main thread) "
+              f"{per(loop, winspec, 'ms')}, worker threads (bundle files and their syncs) "
+              f"{per(winspec.thread_cpu, winspec, 'ms')}")  # fmt: skip
     if controller_floor := by_name.get("floor+w"):
         print(f"winspec / controller floor (floor+w): time "
               f"{winspec.seconds / controller_floor.seconds:.2f}×")  # fmt: skip
