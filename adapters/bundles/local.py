@@ -77,10 +77,11 @@ _T = TypeVar("_T")
 class LocalBundleWriter:
     """Writes bundles below ``root`` on this host; a :class:`controller.ports.BundleWriter`.
 
-    Blocking file work runs in a thread. Calls for one bundle id are serialised (the work queue
-    already runs one key at a time; this holds even without it). Failures of the file system
-    raise :class:`~controller.errors.TransientError`; a bad bundle id or file name raises
-    :class:`~controller.errors.PermanentError` before any path is built.
+    Blocking file work runs in a thread, but for the check of a bundle found current on a
+    local disk, which runs on the loop (:meth:`write`). Calls for one bundle id are serialised
+    (the work queue already runs one key at a time; this holds even without it). Failures of
+    the file system raise :class:`~controller.errors.TransientError`; a bad bundle id or file
+    name raises :class:`~controller.errors.PermanentError` before any path is built.
     """
 
     def __init__(self, root: Path, *, fsync_threads: int = 8) -> None:
