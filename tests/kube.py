@@ -96,7 +96,13 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def process_cpu_seconds(pid: int) -> float:
     """CPU time (user + system, all threads) a live process has used, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """CPU time (user + system) in a /proc ``stat`` file: a process's, or one thread's
+    (``/proc/<pid>/task/<tid>/stat``)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -86,7 +86,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.cluster import FINALIZER
 from tests.benchmarks.list_client import bare_list
 from tests.clustermode import ensure_node, windows_container
-from tests.kube import KubeCluster, kube_bin_dir, process_cpu_seconds
+from tests.kube import KubeCluster, kube_bin_dir, process_cpu_seconds, stat_cpu_seconds
 from tests.processes import REPO, clean_env, free_port, winspec_run_command
 
 IN_FLIGHT = 16
@@ -214,19 +214,13 @@ async def run_child(
             if done >= count:
                 seconds = time.monotonic() - started
                 cpu = process_cpu_seconds(child.pid)
-                threads = cpu - thread_cpu_seconds(child.pid, child.pid)
+                threads = cpu - stat_cpu_seconds(Path(f"/proc/{child.pid}/task/{child.pid}/stat"))
                 await asyncio.sleep(linger)
                 return Figures(name, seconds, count, peak, cpu, up_seconds=up, thread_cpu=threads)
     finally:
         if child.returncode is None:
             child.terminate()
             await child.wait()
-
-
-def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """CPU time (user + system) one live thread of a process has used, from /proc."""
-    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def winspec_finished(port: int, bundles: Path, count: int) -> int:
@@ -281,6 +275,12 @@ CONDITIONS = [
 ]  # fmt: skip
 
 
+def used_cpu(who: int) -> float:
+    """CPU seconds (user + system) that ``getrusage(who)`` reports so far."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def run_floor(
     kube: KubeCluster, ns: str, count: int, out: Path, *, controller: bool = False
 ) -> Figures:
@@ -303,7 +303,7 @@ async def run_floor(
             os.close(fd)
 
     started = time.monotonic()
-    used = resource.getrusage(resource.RUSAGE_SELF)
+    used = used_cpu(resource.RUSAGE_SELF)
     async with aiohttp.ClientSession(
         headers=headers, connector=aiohttp.TCPConnector(ssl=context, limit=IN_FLIGHT)
     ) as http:
@@ -359,8 +359,7 @@ async def run_floor(
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
     seconds = time.monotonic() - started
-    now = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    cpu = used_cpu(resource.RUSAGE_SELF) - used
     return Figures("floor+w" if controller else "floor", seconds, len(items), None, cpu)
 
 
@@ -405,11 +404,10 @@ async def run_list(kube: KubeCluster, ns: str) -> Figures:
     """A bare paginated list of a namespace's resources (:mod:`tests.benchmarks.list_client`)
     in this warm process, from a new connection: what any client pays at least to know them."""
     started = time.monotonic()
-    used = resource.getrusage(resource.RUSAGE_SELF)
+    used = used_cpu(resource.RUSAGE_SELF)
     count = await bare_list(kube.url, kube.admin_token, str(kube.ca), ns)
     seconds = time.monotonic() - started
-    now = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    cpu = used_cpu(resource.RUSAGE_SELF) - used
     return Figures("list", seconds, count, None, cpu)
 
 
@@ -419,7 +417,7 @@ async def run_list_process(kube: KubeCluster, ns: str) -> Figures:
     argv = [sys.executable, "-m", "tests.benchmarks.list_client"]
     argv += [kube.url, kube.admin_token, str(kube.ca), ns]
     started = time.monotonic()
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = used_cpu(resource.RUSAGE_CHILDREN)
     child = await asyncio.create_subprocess_exec(
         *argv, cwd=REPO, env=clean_env(), stdout=asyncio.subprocess.PIPE
     )
@@ -427,8 +425,7 @@ async def run_list_process(kube: KubeCluster, ns: str) -> Figures:
     seconds = time.monotonic() - started
     if child.returncode != 0:
         raise RuntimeError(f"the list process failed ({child.returncode})")
-    now = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    cpu = used_cpu(resource.RUSAGE_CHILDREN) - used
     return Figures("list proc", seconds, int(out), None, cpu)
 
 
