@@ -139,6 +139,9 @@ async def load_api_client(
 
     A kubeconfig that cannot be used is a :class:`PermanentError` naming it.
     """
+    from adapters.kubernetes.libimport import import_light
+
+    import_light()
     from kubernetes_asyncio import client, config
     from kubernetes_asyncio.config.config_exception import ConfigException
 

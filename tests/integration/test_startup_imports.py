@@ -28,6 +28,8 @@ from tests.support.waiting import wait_for
 DOCKER = ("adapters.docker",)
 #: The Kubernetes client library, winspec's client on it and everything of cluster mode.
 KUBERNETES = ("kubernetes_asyncio", "adapters.kubernetes")
+#: kubernetes-asyncio's API and model classes, which winspec does not import.
+LIBRARY_CLASSES = ("kubernetes_asyncio.client.api", "kubernetes_asyncio.client.models")
 #: The node agent's server (the agent command alone uses it).
 AGENT = ("adapters.agent.command", "adapters.agent.server", "adapters.agent.auth")
 
@@ -103,7 +105,7 @@ def test_docker_mode_imports_no_kubernetes_client(dockerd: DockerDaemon, tmp_pat
 def test_cluster_mode_imports_no_docker_client(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """Cluster mode, up to its first bundle and its stop, imports nothing of Docker."""
+    """Cluster mode, to its first bundle and stop, imports no Docker, no client API or model class."""
     ns = kube_namespace
     kube.api("POST", wc_path(ns), windows_container("first"))
     root = tmp_path / "bundles"
@@ -114,5 +116,7 @@ def test_cluster_mode_imports_no_docker_client(
         *("--listen", f"127.0.0.1:{free_port()}"),
     )
     modules = _run_until(command, root / ns / "first" / "config.json", tmp_path / "winspec.log")
-    assert "kubernetes_asyncio" in modules
+    assert "kubernetes_asyncio.config.kube_config" in modules
     assert among(modules, (*DOCKER, *AGENT)) == []
+    # The library's API and model classes are never used (adapters/kubernetes/libimport.py).
+    assert among(modules, LIBRARY_CLASSES) == []

@@ -1,0 +1,91 @@
+"""kubernetes-asyncio imported without its API and model classes (adapters/kubernetes/libimport.py).
+
+Each check runs in a fresh interpreter: the test process has the whole library imported already,
+and there the shim rightly leaves it as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.processes import REPO, clean_env
+
+_PRELUDE = """
+import asyncio, sys
+from adapters.kubernetes.libimport import import_light
+def classes():
+    return sorted(m for m in sys.modules
+                  if m.startswith(("kubernetes_asyncio.client.api.", "kubernetes_asyncio.client.models.")))
+"""
+
+
+def _python(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", _PRELUDE + code],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _kubeconfig(path: Path) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t0k3n"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_loading_a_kubeconfig_imports_no_api_or_model_class(tmp_path: Path) -> None:
+    """winspec's client from a kubeconfig comes with none of the library's API or model modules."""
+    out = _python(f"""
+from adapters.kubernetes.client import load_api_client
+async def main():
+    api = await load_api_client({str(_kubeconfig(tmp_path / "config"))!r})
+    token = (await api.configuration.auth_settings())["BearerToken"]["value"]
+    print(type(api).__name__, api.configuration.host, token)
+    await api.close()
+asyncio.run(main())
+print(classes())
+""")
+    assert out.splitlines() == ["ApiClient https://127.0.0.1:6443 Bearer t0k3n", "[]"]
+
+
+def test_everything_else_the_library_offers_still_imports() -> None:
+    """After the shim, API classes, models, the version and submodules import as they always do."""
+    out = _python("""
+import_light()
+import kubernetes_asyncio
+from kubernetes_asyncio.client.models import V1ObjectMeta
+print(V1ObjectMeta(name="a").name, classes())
+from kubernetes_asyncio import client, watch
+print(client.CustomObjectsApi.__name__, watch.Watch.__name__, kubernetes_asyncio.__version__)
+print("kubernetes_asyncio.client.api.custom_objects_api" in classes())
+""")
+    first, second, third = out.splitlines()
+    assert first == "a ['kubernetes_asyncio.client.models.v1_object_meta']"
+    assert second.startswith("CustomObjectsApi Watch ") and second.split()[2][0].isdigit()
+    assert third == "True"
+
+
+def test_a_library_imported_already_is_left_as_it_is() -> None:
+    """Where kubernetes-asyncio was imported the usual way, the shim changes nothing."""
+    out = _python("""
+import kubernetes_asyncio.client as before
+import_light()
+import kubernetes_asyncio.client as after
+print(before is after, "__getattr__" in vars(after), len(classes()) > 100)
+""")
+    assert out.split() == ["True", "False", "True"]
