@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import pty
 import subprocess
@@ -28,13 +29,19 @@ def test_license_is_an_spdx_expression() -> None:
 
 
 def test_version_flag_prints_the_installed_version() -> None:
-    """`winspec --version` prints `winspec <version>` from the installed metadata, exit 0."""
+    """`winspec --version` prints `winspec <version>`, the installed distribution's, exit 0."""
     proc = subprocess.run(
         [*CLI, "--version"], capture_output=True, env=clean_env(), timeout=60, check=False
     )
     assert proc.returncode == 0
-    assert proc.stdout.decode() == f"winspec {PYPROJECT['project']['version']}\n"
-    assert version() == PYPROJECT["project"]["version"]
+    installed = importlib.metadata.version("winspec")
+    assert proc.stdout.decode() == f"winspec {installed}\n"
+    assert version() == installed
+    # pyproject.toml takes the version from the one constant, which --version prints.
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "adapters.version.VERSION"
+    }
 
 
 def test_generate_without_argument_on_a_terminal_prints_usage() -> None:
