@@ -245,16 +245,25 @@ def filesystem_type(path: Path) -> int | None:
     return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
 
 
-def group_sync(directory: Path) -> GroupSync | None:
-    """The group commit of the file system holding ``directory``, shared by every directory
-    on it, or None where syncfs is not known to make writes durable (each path is fsynced
-    there). Raises :class:`OSError` when ``directory`` cannot be examined."""
+def syncfs_device(directory: Path) -> int | None:
+    """The device of the file system holding ``directory`` when its syncfs is known to make
+    writes durable (the group commit applies), else None (each path is fsynced there). Raises
+    :class:`OSError` when ``directory`` cannot be examined."""
     if _syncfs is None:
         return None
     # Asked every time (one statfs): a mount point can change file systems under a process.
     if filesystem_type(directory) not in SYNCFS_FILESYSTEMS:
         return None
-    device = os.stat(directory).st_dev
+    return os.stat(directory).st_dev
+
+
+def group_sync(directory: Path) -> GroupSync | None:
+    """The group commit of the file system holding ``directory``, shared by every directory
+    on it, or None where syncfs is not known to make writes durable (each path is fsynced
+    there). Raises :class:`OSError` when ``directory`` cannot be examined."""
+    device = syncfs_device(directory)
+    if device is None:
+        return None
     with _groups_lock:
         return _groups.setdefault(device, GroupSync())
 

@@ -30,6 +30,7 @@ from typing import ParamSpec, TypeVar
 from adapters.bundles import fsops
 from adapters.bundles.digestkey import KEY_FILE as KEY_FILE
 from adapters.bundles.digestkey import load_digest_key
+from adapters.bundles.loopsync import LoopGroupSync
 from controller.bundle import (
     CONFIG_FILE,
     CONFIGS_DIR,
@@ -72,13 +73,15 @@ _WINDOWS_DEVICES = frozenset(
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_UNKNOWN = LoopGroupSync(lambda: None)  # a device not examined yet
 
 
 class LocalBundleWriter:
     """Writes bundles below ``root`` on this host; a :class:`controller.ports.BundleWriter`.
 
-    Blocking file work runs in a thread, but for the check of a bundle found current on a
-    local disk, which runs on the loop (:meth:`write`). Calls for one bundle id are serialised
+    Blocking file work runs in a thread, but on a local disk the check of a bundle found
+    current and the making of a new bundle run on the loop, the waits for the disk excepted
+    (:meth:`write`, ``docs/bundles.md``). Calls for one bundle id are serialised
     (the work queue already runs one key at a time; this holds even without it). Failures of
     the file system raise :class:`~controller.errors.TransientError`; a bad bundle id or file
     name raises :class:`~controller.errors.PermanentError` before any path is built.
@@ -91,6 +94,8 @@ class LocalBundleWriter:
         self._key: bytes | None = None
         self._key_lock = asyncio.Lock()
         self._inline: bool | None = None
+        # By device; None: the group commit does not apply there.
+        self._loop_syncs: dict[int, LoopGroupSync | None] = {}
         self._fsync_pool = (
             ThreadPoolExecutor(fsync_threads, thread_name_prefix="winspec-bundle-fsync")
             if fsync_threads > 0
@@ -118,13 +123,17 @@ class LocalBundleWriter:
         try:
             key = await self._digest_key()
             async with self._lock(leftover_tag(bundle_id)):
-                # Most writes find their bundle current (every relist, every resync). On a
-                # local disk that check is a few reads from the page cache, far cheaper than a
+                # On a local disk, file system calls cost microseconds, far less than a
                 # thread: each system call a thread makes hands the GIL to and from this loop
-                # while it is busy. Anything else (a write, a repair, a network or FUSE file
+                # while it is busy. So there most writes run here: the check of a bundle found
+                # current (every relist, every resync), and a new bundle built, but for the
+                # waits for the disk. Anything else (a change, a repair, a network or FUSE file
                 # system) goes to a thread, which checks again.
-                if self._reads_inline() and _is_current(self._root, bundle_id, content, key):
-                    return False
+                if self._reads_inline():
+                    if _absent(self._root, bundle_id):
+                        return await self._write_new(bundle_id, content, key)
+                    if _is_current(self._root, bundle_id, content, key):
+                        return False
                 return await _in_thread(
                     write_bundle_outcome_sync,
                     self._root,
@@ -136,6 +145,45 @@ class LocalBundleWriter:
         except OSError as exc:
             self._refuse_windows_name(bundle_id, exc)
             raise TransientError(f"cannot write bundle {bundle_id}: {exc}") from exc
+
+    async def _write_new(self, bundle_id: str, content: BundleContent, key: bytes) -> bool:
+        """Write a bundle where there is none: built and renamed into place on the loop, the
+        two waits for the disk (its files durable; the rename durable) in a thread.
+
+        The steps, and so the crash states, of :func:`write_bundle_outcome_sync` for a bundle
+        not there yet. Should one appear meanwhile (not by this writer, which holds the id's
+        lock), the rename fails and the retry takes the thread's way, which handles that.
+        """
+        root = self._root
+        tmp, syncs = _build(root, bundle_id, content, key)
+        try:
+            await self._make_durable(syncs)
+            _publish(root, tmp, bundle_id)
+        except BaseException:
+            fsops.discard(tmp)
+            raise
+        await self._make_durable([partial(fsops.fsync_dir, root)])
+        return True
+
+    async def _make_durable(self, syncs: list[Callable[[], None]]) -> None:
+        """:func:`fsops.make_durable` for the root, awaited: where the group commit applies,
+        the loop's own (:class:`LoopGroupSync`, one thread hand-off per syncfs for every
+        writer waiting); else every path fsynced in a thread."""
+        device = _device(self._root)
+        group = self._loop_syncs.get(device, _UNKNOWN)
+        if group is _UNKNOWN:
+            # The root's device is asked every time (a mount point can change file systems
+            # under a process), the file system's type once per device: a device keeps its
+            # file system while it is mounted.
+            if fsops.syncfs_device(self._root) == device:
+                group = LoopGroupSync(partial(fsops.syncfs, self._root))
+            else:
+                group = None
+            self._loop_syncs[device] = group
+        if group is None:
+            await _in_thread(fsops.sync_all, syncs, self._fsync_pool)
+        else:
+            await group.wait()
 
     def _reads_inline(self) -> bool:
         """Whether this root is on a local disk's kernel file system (one of
@@ -265,6 +313,40 @@ async def _in_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
         if not future.cancelled():
             future.exception()  # retrieved: the caller sees the cancellation instead
         raise
+
+
+def _device(path: Path) -> int:
+    """The device of the file system holding ``path``."""
+    return os.stat(path).st_dev
+
+
+def _absent(root: Path, bundle_id: str) -> bool:
+    """Whether nothing is at the bundle's path (not even a broken link)."""
+    return not os.path.lexists(os.path.join(root, bundle_id))
+
+
+def _build(
+    root: Path, bundle_id: str, content: BundleContent, key: bytes
+) -> tuple[Path, list[Callable[[], None]]]:
+    """A new version of the bundle in a new ``.tmp-`` directory of ``root`` (made first if
+    needed): that directory, and the fsyncs that would make it durable."""
+    fsops.ensure_dir(root)
+    tmp = root / f"{TEMP_PREFIX}{leftover_tag(bundle_id)}-{token_hex(_RANDOM_CHARS // 2)}"
+    os.mkdir(tmp, fsops.DIR_MODE)
+    try:
+        return tmp, _fill(tmp, content.files, content.keyed_digest(key))
+    except BaseException:
+        fsops.discard(tmp)
+        raise
+
+
+def _publish(root: Path, tmp: Path, bundle_id: str) -> None:
+    """Rename the new version ``tmp`` to the bundle's path, where there was nothing.
+
+    Should something have appeared there meanwhile, the rename fails (a directory with entries,
+    a file) or replaces an empty directory, which held nothing of a bundle.
+    """
+    os.rename(tmp, root / bundle_id)
 
 
 def _is_current(root: Path, bundle_id: str, content: BundleContent, key: bytes) -> bool:

@@ -4,7 +4,7 @@ Run: ``python -m tests.benchmarks.bench_docker [--containers N] [--rate R] [--di
 root, with Debian's docker.io installed; it starts its own private dockerd from tests/dockerd.py
 and removes it afterwards).
 
-Two phases on the same engine and the same file system, one after the other:
+Three phases on the same engine and the same file system, one after the other:
 
 1. **winspec**: :class:`adapters.docker_mode.DockerMode` runs in this process (its default settings
    apart from the paths). ``N`` containers are created at a steady ``R`` per second from a
@@ -14,6 +14,10 @@ Two phases on the same engine and the same file system, one after the other:
    the size of winspec's median ``config.json``, fsyncs it, renames it into place and fsyncs the
    directory; one event at a time. It inspects nothing and generates nothing. ``N`` new
    containers are created at the same rate.
+3. **floor-b**: the same client writing a bundle's shape instead of the file (a new directory
+   with ``config.json`` and ``.digest``, made durable, renamed into place, the rename made
+   durable, with winspec's own barriers: :func:`tests.benchmarks.floor_client.floor_bundle_write`),
+   the least any writer of such bundles pays; ``N`` more containers at the same rate.
 
 What is measured, per container, the same way in both phases:
 
@@ -30,7 +34,7 @@ What is measured, per container, the same way in both phases:
   also the queue, the inspect and the generator) and the write itself.
 
 Printed: p50/p99/max latency (durable − event) and the throughput (containers over the time
-from the first event to the last durable write), for both, and their ratios; then each phase's
+from the first event to the last durable write), for each, and their ratios; then each phase's
 latency split at the write. Throughput cannot exceed the offered rate ``R``; raise ``--rate`` to
 look for the ceiling. Each phase is bounded: it gives up ``--timeout`` seconds after its last
 create and reports what was missing.
@@ -61,9 +65,9 @@ import aiohttp
 import adapters.docker.mode as docker_mode
 from adapters.bundles.local import LocalBundleWriter
 from adapters.docker.client import DockerClient
-from controller.bundle import CONFIG_FILE, BundleContent
+from controller.bundle import CONFIG_FILE, BundleContent, WriteOutcome
 from controller.settings import load_settings
-from tests.benchmarks.floor_client import floor_write
+from tests.benchmarks.floor_client import floor_bundle_write, floor_write
 from tests.dockerd import DockerDaemon, dockerd_unavailable_reason
 
 CREATE_FILTERS = json.dumps({"type": ["container"], "event": ["create"]})
@@ -197,7 +201,7 @@ class _ObservedWriter(LocalBundleWriter):
 
     phase: Phase | None = None
 
-    async def write(self, bundle_id: str, content: BundleContent) -> bool:
+    async def write(self, bundle_id: str, content: BundleContent) -> bool | WriteOutcome:
         started = time.time()
         written = await super().write(bundle_id, content)
         phase = _ObservedWriter.phase
@@ -293,10 +297,13 @@ async def run_floor(
     args: argparse.Namespace,
     pool: ThreadPoolExecutor,
     size: int,
+    *,
+    bundle: bool = False,
 ) -> Phase:
-    """Phase 2: the minimal client; N new containers at the same rate; times per container."""
-    phase = Phase("floor")
-    directory = scratch / "floor"
+    """Phase 2 (or with ``bundle`` 3): the minimal client; N new containers at the same rate;
+    times per container."""
+    phase = Phase("floor-b" if bundle else "floor")
+    directory = scratch / phase.name
     directory.mkdir()
     data = b"f" * size
 
@@ -304,14 +311,17 @@ async def run_floor(
         phase.event_at[cid] = event_at
         phase.received_at[cid] = received
         phase.write_at[cid] = time.time()
-        await asyncio.to_thread(floor_write, directory, f"{cid}.json", data)
+        if bundle:
+            await asyncio.to_thread(floor_bundle_write, directory, cid, data)
+        else:
+            await asyncio.to_thread(floor_write, directory, f"{cid}.json", data)
         phase.durable_at[cid] = time.time()
 
     opened = asyncio.Event()
     with background(stream_creates(daemon, handle, opened)) as client:
         await wait_open(opened, client)
         phase.created = await create_steadily(
-            daemon, "bench-floor", args.containers, args.rate, pool
+            daemon, f"bench-{phase.name}", args.containers, args.rate, pool
         )
         await wait_all(phase, within=args.timeout)
     return phase
@@ -349,7 +359,7 @@ def report(
 ) -> None:
     """Print the set-up, one line per phase and the ratios."""
     version = daemon.call("GET", "/version")
-    winspec, floor = phases
+    winspec, floor, _ = phases
     size = int(statistics.median(winspec.sizes)) if winspec.sizes else 0
     print(
         f"engine: dockerd {version.get('Version')} (API {version.get('ApiVersion')}, vfs), "
@@ -372,16 +382,18 @@ def report(
             f"{phase.throughput():10.1f} /s  {done}/{len(phase.created)}"
         )
     w, f = rows["winspec"], rows["floor"]
-    ratio = [w[i] / f[i] if f[i] else float("nan") for i in range(4)]
-    print(
-        f"{'ratio':10} {ratio[0]:10.2f}x {ratio[1]:10.2f}x {ratio[2]:10.2f}x "
-        f"{ratio[3]:12.2f}x   (winspec / floor)"
-    )
+    for name, of in (("floor", f), ("floor-b", rows["floor-b"])):
+        ratio = [w[i] / of[i] if of[i] else float("nan") for i in range(4)]
+        print(
+            f"{'ratio':10} {ratio[0]:10.2f}x {ratio[1]:10.2f}x {ratio[2]:10.2f}x "
+            f"{ratio[3]:12.2f}x   (winspec / {name})"
+        )
     # What the engine managed: the offered rate is an upper bound, not a guarantee.
     made = {phase.name: phase.create_rate() for phase in phases}
     print(
         f"creates made by the engine (its event timestamps): winspec phase "
-        f"{made['winspec']:.1f}/s, floor phase {made['floor']:.1f}/s (offered {args.rate:g}/s)"
+        f"{made['winspec']:.1f}/s, floor phases {made['floor']:.1f}/s and "
+        f"{made['floor-b']:.1f}/s (offered {args.rate:g}/s)"
     )
     print("where the time goes (p50 / p99): event -> write called | the write (called -> durable)")
     for phase in phases:
@@ -412,8 +424,10 @@ def report(
         print(
             f"of which winspec's container inspect (the floor makes none): p50 "
             f"{_ms(p50).strip()}, p99 {_ms(p99).strip()}; winspec's latency less its inspect: "
-            f"p50 {_ms(without[0]).strip()} ({without[0] / f[0]:.2f}x the floor), "
-            f"p99 {_ms(without[1]).strip()} ({without[1] / f[1]:.2f}x)"
+            f"p50 {_ms(without[0]).strip()} ({without[0] / f[0]:.2f}x the floor, "
+            f"{without[0] / rows['floor-b'][0]:.2f}x floor-b), "
+            f"p99 {_ms(without[1]).strip()} ({without[1] / f[1]:.2f}x, "
+            f"{without[1] / rows['floor-b'][1]:.2f}x)"
         )
 
 
@@ -422,7 +436,8 @@ async def _run(daemon: DockerDaemon, scratch: Path, args: argparse.Namespace) ->
         winspec = await run_winspec(daemon, scratch, args, pool)
         size = int(statistics.median(winspec.sizes)) if winspec.sizes else 4096
         floor = await run_floor(daemon, scratch, args, pool, size)
-    return [winspec, floor]
+        shape = await run_floor(daemon, scratch, args, pool, size, bundle=True)
+    return [winspec, floor, shape]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ and removes it afterwards).
 
 ``N`` containers are created first (not timed). Then, on the same engine and file system, each
 phase a new process, timed from just before it is started (so the interpreter's start, the
-imports and the connection are in every figure, winspec's and the floor's alike):
+imports and the connection are in every figure, winspec's and the floor's alike), and each
+after an ``os.sync()``, so that none waits for data an earlier step left dirty (a ``syncfs``
+barrier would):
 
 1. **winspec, cold**: ``winspec run`` (:mod:`tests.benchmarks.observed_run`: the real command
    with its bundle writer observed) with an empty bundle root, its default settings apart from
@@ -24,7 +26,11 @@ imports and the connection are in every figure, winspec's and the floor's alike)
    (:mod:`tests.benchmarks.floor_client`): start Python, import aiohttp, list the containers,
    then with ``W`` concurrent workers inspect each one (``GET /containers/{id}/json``) and write
    a file of the size of winspec's median ``config.json`` durably (write, fsync, rename,
-   directory fsync); and the same without the writes (inspect only, the warm floor).
+   directory fsync); the same without the writes (inspect only, the warm floor); and the same
+   writing a bundle's shape instead of the file (a new directory with ``config.json`` and
+   ``.digest``, made durable, renamed into place, the rename made durable, with winspec's own
+   barriers: :func:`tests.benchmarks.floor_client.floor_bundle_write`), the least any writer of
+   such bundles pays, which bounds the cold ratio.
 5. **start-up**: ``winspec --version`` and a bare ``python -c pass``, each the median of 5.
 
 winspec's packages are byte-compiled first, as an installation compiles them: no process
@@ -32,7 +38,7 @@ compiles a module of winspec (or of a library) while it is timed.
 
 Printed: each phase's time and rate and the CPU time its process had used by then (every
 thread, user and system: steadier than the time on a loaded machine), the start-ups, and the
-ratios cold/floor and warm/inspect-only floor.
+ratios cold/floor, warm/inspect-only floor and cold/floor with bundle.
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ def _timed_process(argv: list[str], log: Path, *, stop: bool) -> Timed:
         try:
             assert process.stdout is not None
             for line in process.stdout:
-                word, *values = line.decode().split()
+                word, *values = line.decode().split() or [""]
                 if word not in ("first", "done"):
                     continue  # not ours (a profiler's, say)
                 marks[word] = float(values[0]) - began
@@ -109,10 +115,15 @@ def run_winspec(daemon: DockerDaemon, scratch: Path, count: int, workers: int) -
     return _timed_process(argv, scratch / "winspec.log", stop=True)
 
 
-def run_floor(daemon: DockerDaemon, directory: Path, workers: int, size: int) -> Timed:
-    """The floor client's process: list, inspect (and write ``size`` bytes unless 0) each."""
+def run_floor(
+    daemon: DockerDaemon, directory: Path, workers: int, size: int, *, bundle: bool = False
+) -> Timed:
+    """The floor client's process: list, inspect (and write ``size`` bytes unless 0, as a file
+    or with ``bundle`` as a bundle's shape) each."""
+    directory.mkdir()
     argv = [sys.executable, "-m", "tests.benchmarks.floor_client"]
     argv += [daemon.socket_path, str(directory), str(workers), str(size)]
+    argv += ["bundle"] if bundle else []
     return _timed_process(argv, directory.parent / "floor.log", stop=False)
 
 
@@ -179,14 +190,21 @@ def main(argv: list[str] | None = None) -> int:
             names = [f"relist-{i:05d}" for i in range(args.containers)]
             list(pool.map(daemon.create_container, names))
         n, w = args.containers, args.workers
+        # Every phase starts with nothing dirty on the file system (os.sync() first): a syncfs
+        # barrier waits for all of it, and the engine's 1,000 new containers are a lot.
+        os.sync()
         cold = run_winspec(daemon, scratch, n, w)
         written = len(list((scratch / "bundles").iterdir()))
         assert written >= n, written
+        os.sync()
         warm = run_winspec(daemon, scratch, n, w)
         verify, size = run_verify(scratch / "bundles", w)
-        (scratch / "floor").mkdir()
+        os.sync()
         floor = run_floor(daemon, scratch / "floor", w, size)
-        inspect_only = run_floor(daemon, scratch / "floor", w, 0)
+        os.sync()
+        inspect_only = run_floor(daemon, scratch / "floor-inspect", w, 0)
+        os.sync()
+        shape = run_floor(daemon, scratch / "floor-bundle", w, size, bundle=True)
         # `python -m adapters.cli`, not the console script: the code of the working directory.
         version_run = median_run([sys.executable, "-m", "adapters.cli", "--version"])
         bare = median_run([sys.executable, "-c", "pass"])
@@ -201,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_line("floor: list + inspect + write", floor.done, n, floor.cpu))
     print(_line("winspec warm (all up to date)", warm.done, n, warm.cpu))
     print(_line("floor: list + inspect", inspect_only.done, n, inspect_only.cpu))
+    print(_line("floor: list + inspect + bundle", shape.done, n, shape.cpu))
     print(_line("verify only (read back, compare)", verify, n))
     print(
         f"start-up to the first container done: winspec cold {cold.first:.2f} s, warm "
@@ -225,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         f"warm (every bundle read back and compared) / floor with write "
         f"{warm.done / floor.done:.2f}x; the writes (cold - warm) {cold.done - warm.done:.2f} s "
         f"beside the floor's (with write - inspect-only) {floor.done - inspect_only.done:.2f} s"
+    )
+    # What a bundle costs over one file, whoever writes it: the bound of the cold ratio.
+    bundles, files = shape.done - inspect_only.done, floor.done - inspect_only.done
+    print(
+        f"the bundle's shape: cold / floor with bundle {cold.done / shape.done:.2f}x "
+        f"(CPU {cold.cpu / shape.cpu:.2f}x); the floor's bundles (with bundle - inspect-only) "
+        f"{bundles:.2f} s, {bundles / max(files, 1e-9):.2f}x its files'"
     )
     return 0
 

@@ -105,7 +105,7 @@ def test_docker_mode_imports_no_kubernetes_client(dockerd: DockerDaemon, tmp_pat
 def test_cluster_mode_imports_no_docker_client(
     kube: KubeCluster, kube_namespace: str, node: str, tmp_path: Path
 ) -> None:
-    """Cluster mode, to its first bundle and stop, imports no Docker, no client API or model class."""
+    """Cluster mode, to its first bundle and stop, imports no Docker, no client API or model."""
     ns = kube_namespace
     kube.api("POST", wc_path(ns), windows_container("first"))
     root = tmp_path / "bundles"

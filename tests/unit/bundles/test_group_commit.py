@@ -1,8 +1,10 @@
-"""The bundle writer's group commit (adapters.bundles.fsops): one syncfs shared by concurrent
-writers where the file system supports it, every fsync elsewhere."""
+"""The bundle writer's group commit (adapters.bundles.fsops, and adapters.bundles.loopsync for
+writers on the event loop): one syncfs shared by concurrent writers where the file system
+supports it, every fsync elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import threading
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.bundles import fsops
+from adapters.bundles.loopsync import LoopGroupSync
 
 
 class _Recorder:
@@ -96,3 +99,63 @@ def test_make_durable_fsyncs_every_path_without_the_group_commit(
 def test_filesystem_type_of_a_missing_path_is_unknown(tmp_path: Path) -> None:
     """A path statfs cannot examine has no file-system type (and so no group commit)."""
     assert fsops.filesystem_type(tmp_path / "absent") is None
+
+
+async def test_loop_waiters_share_syncs_and_each_is_covered() -> None:
+    """Coroutines' barriers share syncs; each returns after a sync begun after its call."""
+    sync = _Recorder()
+    group = LoopGroupSync(sync)
+    failures: list[str] = []
+
+    async def writer() -> None:
+        for _ in range(5):
+            begun_before = sync.started
+            await group.wait()
+            if sync.finished <= begun_before:
+                failures.append(f"back after {sync.finished} syncs, {begun_before} begun before")
+
+    await asyncio.gather(*(writer() for _ in range(16)))
+    assert failures == []
+    assert group.syncs == sync.started == sync.finished
+    assert group.syncs <= 2 * 5 + 1  # 16 writers, 5 rounds: the first, then one per round
+
+
+async def test_a_waiter_arriving_during_a_sync_waits_for_the_next() -> None:
+    """A barrier asked for while a sync runs is not answered by that sync, but by the next."""
+    sync = _Recorder(seconds=0.05)
+    group = LoopGroupSync(sync)
+    first = asyncio.create_task(group.wait())
+    await asyncio.sleep(0.01)  # the first sync is running now
+    assert sync.started == 1
+    await group.wait()
+    assert (sync.started, sync.finished, first.done()) == (2, 2, True)
+
+
+async def test_a_failed_loop_sync_fails_the_barriers_it_covered_only() -> None:
+    """A failed sync raises in every coroutine it covered; the next barrier runs a new sync."""
+    sync = _Recorder(seconds=0.02, fail={2})
+    group = LoopGroupSync(sync)
+    first = asyncio.create_task(group.wait())
+    await asyncio.sleep(0.005)
+    covered = [asyncio.create_task(group.wait()) for _ in range(3)]  # all share sync 2
+    results = await asyncio.gather(first, *covered, return_exceptions=True)
+    assert results[0] is None
+    assert [type(r) for r in results[1:]] == [OSError] * 3
+    assert all(isinstance(r, OSError) and r.errno == errno.EIO for r in results[1:])
+    await group.wait()  # a new sync, which succeeds
+    assert (group.syncs, sync.started) == (3, 3)
+
+
+async def test_a_cancelled_loop_waiter_leaves_the_others_sync_alone() -> None:
+    """Cancelling one coroutine's barrier neither stops the sync nor fails the others sharing it."""
+    sync = _Recorder(seconds=0.05)
+    group = LoopGroupSync(sync)
+    opener = asyncio.create_task(group.wait())
+    await asyncio.sleep(0.01)  # sync 1 runs; the next two share sync 2
+    first = asyncio.create_task(group.wait())
+    other = asyncio.create_task(group.wait())
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.gather(opener, other)
+    assert first.cancelled()
+    assert (group.syncs, sync.finished) == (2, 2)

@@ -144,6 +144,15 @@ async def test_same_content_is_not_rewritten(tmp_path: Path, make_writer: Writer
     assert _snapshot(tmp_path / BUNDLE_ID) == before
 
 
+@pytest.fixture
+def disk_writer(tmp_path: Path, make_writer: WriterFactory) -> LocalBundleWriter:
+    """A writer of ``tmp_path``; the test is skipped unless that is on a local disk's file system,
+    where the writer works on the loop."""
+    if fsops.filesystem_type(tmp_path) not in fsops.SYNCFS_FILESYSTEMS:
+        pytest.skip(f"{tmp_path} is not on a local disk's file system")
+    return make_writer(tmp_path)
+
+
 def _count_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record the name of every function the writer hands to a thread (and still run it)."""
     calls: list[str] = []
@@ -158,12 +167,10 @@ def _count_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def test_an_up_to_date_bundle_on_a_local_disk_is_checked_without_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_writer: WriterFactory
+    monkeypatch: pytest.MonkeyPatch, disk_writer: LocalBundleWriter
 ) -> None:
     """On a local disk an unchanged write is checked on the loop; a changed one goes to a thread."""
-    if fsops.filesystem_type(tmp_path) not in fsops.SYNCFS_FILESYSTEMS:
-        pytest.skip(f"{tmp_path} is not on a local disk's file system")
-    writer = make_writer(tmp_path)
+    writer = disk_writer
     await writer.write(BUNDLE_ID, _content())
     calls = _count_thread_calls(monkeypatch)
 
@@ -171,6 +178,56 @@ async def test_an_up_to_date_bundle_on_a_local_disk_is_checked_without_a_thread(
     assert calls == []
     assert await writer.write(BUNDLE_ID, _content(1)) is True
     assert calls == ["write_bundle_outcome_sync"]
+
+
+async def test_a_new_bundle_on_a_local_disk_is_built_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_writer: LocalBundleWriter
+) -> None:
+    """On a local disk a new bundle is built without a thread call, behind two shared barriers."""
+    syncs: list[str] = []
+    real = fsops.syncfs
+    monkeypatch.setattr(fsops, "syncfs", lambda path: (syncs.append("syncfs"), real(path))[1])
+    writer = disk_writer
+    await writer.write(OTHER_ID, _content())  # makes the root and its key
+    calls = _count_thread_calls(monkeypatch)
+    syncs.clear()
+    content = _content(1, secret="s2", config="c2")
+
+    results = await asyncio.gather(
+        writer.write(BUNDLE_ID, content), writer.write(LONGEST_ID, content)
+    )
+
+    assert results == [True, True]
+    assert calls == []
+    assert 2 <= len(syncs) <= 4  # two barriers each, shared where they met
+    for bundle_id in (BUNDLE_ID, LONGEST_ID):
+        assert _tree(tmp_path / bundle_id) == _expected_tree(content, tmp_path)
+    assert _entries(tmp_path) == sorted([OTHER_ID, BUNDLE_ID, LONGEST_ID])
+
+
+async def test_a_bundle_appearing_while_a_new_one_is_built_is_left_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_writer: LocalBundleWriter
+) -> None:
+    """Something appearing at a new bundle's path fails the write, leaves nothing; a retry works."""
+    writer = disk_writer
+    await writer.write(OTHER_ID, _content())
+    real = writer._make_durable
+
+    async def intruding(syncs: list[Callable[[], None]]) -> None:
+        (tmp_path / BUNDLE_ID).mkdir(exist_ok=True)
+        (tmp_path / BUNDLE_ID / "config.json").write_text("{}")
+        await real(syncs)
+
+    monkeypatch.setattr(writer, "_make_durable", intruding)
+    with pytest.raises(TransientError, match=BUNDLE_ID):
+        await writer.write(BUNDLE_ID, _content())
+    assert _entries(tmp_path) == sorted([OTHER_ID, BUNDLE_ID])
+    assert _tree(tmp_path / BUNDLE_ID) == {"config.json": b"{}"}
+
+    monkeypatch.undo()
+    assert await writer.write(BUNDLE_ID, _content()) is True
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
+    assert _entries(tmp_path) == sorted([OTHER_ID, BUNDLE_ID])
 
 
 async def test_elsewhere_even_an_up_to_date_bundle_is_checked_in_a_thread(
@@ -517,12 +574,13 @@ async def test_cancelled_write_holds_the_id_until_its_thread_ends(
             running -= 1
         return True
 
-    monkeypatch.setattr(local, "write_bundle_outcome_sync", slow_write)
     writer = make_writer(tmp_path)
-    first = asyncio.create_task(writer.write(BUNDLE_ID, _content()))
+    await writer.write(BUNDLE_ID, _content())  # a change, not a new bundle: written in a thread
+    monkeypatch.setattr(local, "write_bundle_outcome_sync", slow_write)
+    first = asyncio.create_task(writer.write(BUNDLE_ID, _content(1)))
     await asyncio.to_thread(started.wait, 10)
     first.cancel()
-    second = asyncio.create_task(writer.write(BUNDLE_ID, _content()))
+    second = asyncio.create_task(writer.write(BUNDLE_ID, _content(1)))
     await asyncio.sleep(0.1)
     assert most == 1
     assert not second.done()

@@ -16,9 +16,9 @@ from tests.processes import REPO, clean_env
 _PRELUDE = """
 import asyncio, sys
 from adapters.kubernetes.libimport import import_light
+LIBRARY = ("kubernetes_asyncio.client.api.", "kubernetes_asyncio.client.models.")
 def classes():
-    return sorted(m for m in sys.modules
-                  if m.startswith(("kubernetes_asyncio.client.api.", "kubernetes_asyncio.client.models.")))
+    return sorted(m for m in sys.modules if m.startswith(LIBRARY))
 """
 
 
@@ -76,7 +76,8 @@ print("kubernetes_asyncio.client.api.custom_objects_api" in classes())
 """)
     first, second, third = out.splitlines()
     assert first == "a ['kubernetes_asyncio.client.models.v1_object_meta']"
-    assert second.startswith("CustomObjectsApi Watch ") and second.split()[2][0].isdigit()
+    assert second.startswith("CustomObjectsApi Watch ")
+    assert second.split()[2][0].isdigit()
     assert third == "True"
 
 
