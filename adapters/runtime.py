@@ -71,9 +71,10 @@ async def finish(task: asyncio.Future[Any], *, within: float, what: str) -> Base
     if not task.done():
         await asyncio.wait({task}, timeout=max(within, 0.0))
     if not task.done():
-        log.warning(
-            "cancelling a shutdown step that overran", extra={"step": what, "seconds": within}
-        )
+        if within > 0:  # with no time given, cancelling at once is the plan, not an overrun
+            log.warning(
+                "cancelling a shutdown step that overran", extra={"step": what, "seconds": within}
+            )
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
         if not task.done():

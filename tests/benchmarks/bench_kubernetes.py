@@ -76,9 +76,9 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -120,6 +120,8 @@ class Figures:
     #: CPU seconds of the child's threads other than its main thread (winspec: the bundle
     #: files and their syncs, which run in worker threads; the event loop is the main thread).
     thread_cpu: float | None = None
+    #: The warnings and errors the child logged (winspec): each message and how often.
+    problems: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -182,6 +184,25 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def logged_problems(log: Path) -> dict[str, int]:
+    """The warnings and errors in a winspec log (JSON lines): each message, how often."""
+    problems: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("level") in ("warning", "error", "critical"):
+            event = f"{record['level']}: {record.get('event')}"
+            problems[event] = problems.get(event, 0) + 1
+    return problems
+
+
+def _log_file(log: Path | None) -> BinaryIO:
+    """``log`` opened for a child's standard error (nowhere when None)."""
+    return open(log or os.devnull, "wb")  # closed by the caller
+
+
 async def run_child(
     argv: list[str],
     finished: Callable[[], int],
@@ -189,17 +210,35 @@ async def run_child(
     name: str,
     env: dict[str, str] | None = None,
     linger: float = 0.0,
+    log: Path | None = None,
 ) -> Figures:
     """Start a child, poll ``finished()`` (in a thread) until it reaches ``count``; figures.
     ``finished()`` is negative while the child cannot tell yet. The child is stopped
-    ``linger`` seconds after that (outside the time measured)."""
+    ``linger`` seconds after that (outside the time measured). Its standard error goes to
+    ``log`` when given (a winspec log: its warnings and errors are in the figures)."""
     started = time.monotonic()
-    child = await asyncio.create_subprocess_exec(
-        *argv,
-        env=env or clean_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    err = _log_file(log)
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *argv, env=env or clean_env(), stdout=asyncio.subprocess.DEVNULL, stderr=err
+        )
+    finally:
+        err.close()  # the child has its own descriptor
+    figures = await _follow(child, started, finished, count, name, linger)
+    if log is not None:
+        figures.problems = logged_problems(log)
+    return figures
+
+
+async def _follow(
+    child: asyncio.subprocess.Process,
+    started: float,
+    finished: Callable[[], int],
+    count: int,
+    name: str,
+    linger: float,
+) -> Figures:
+    """Poll ``finished()`` until ``count``; the figures of ``child``, started at ``started``."""
     peak: float | None = None
     up: float | None = None
     try:
@@ -487,12 +526,13 @@ async def run_all(kube: KubeCluster, options: Options, scratch: Path) -> list[Fi
     port = free_port()
     argv = winspec_argv(kube, "bench-winspec", bundles, port)
     finished = functools.partial(winspec_finished, port, bundles / "bench-winspec", count)
-    results.append(await measured(kube, run_child(argv, finished, count, "winspec")))
+    phase = run_child(argv, finished, count, "winspec", log=scratch / "winspec.log")
+    results.append(await measured(kube, phase))
     print("restart ...", file=sys.stderr)
     port = free_port()
     argv = winspec_argv(kube, "bench-winspec", bundles, port)
     finished = functools.partial(winspec_successes, port)
-    phase = run_child(argv, finished, count, "restart", linger=2.0)
+    phase = run_child(argv, finished, count, "restart", linger=2.0, log=scratch / "restart.log")
     results.append(await measured(kube, phase))
     print("list ...", file=sys.stderr)
     results.append(await measured(kube, run_list(kube, "bench-winspec")))
@@ -575,6 +615,10 @@ def report(title: str, results: list[Figures]) -> None:
           f"{_ratio(restart.seconds, process.seconds)} (the list process: "
           f"{process.seconds:.2f} s, {process.seconds - listed.seconds:.2f} s more than the "
           f"list in this process)")  # fmt: skip
+    for phase in (winspec, restart):
+        # An outlier explains itself: a retried failure, a stream re-opened after silence.
+        logged = ", ".join(f"{event} ({n}×)" for event, n in sorted(phase.problems.items()))
+        print(f"{phase.name}'s log: {logged or 'no warning or error'}")
     kopf = by_name.get("kopf")
     if kopf and kopf.peak_rss_mb and winspec.peak_rss_mb:
         print(f"winspec / kopf: time {winspec.seconds / kopf.seconds:.2f}×, "

@@ -8,6 +8,7 @@ its own registry, a temporary bundle root and HTTP on 127.0.0.1 at a free port.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -213,6 +214,17 @@ async def test_finish_cancels_a_task_that_overruns() -> None:
     assert await finish(task, within=0.05, what="test") is None
     assert task.cancelled()
     assert loop.time() - began < 0.05 + CANCEL_GRACE_SECONDS
+
+
+async def test_finish_warns_of_an_overrun_but_not_of_a_cancel_asked_for_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An overrun step is logged as a warning; a step given no time is cancelled quietly."""
+    with caplog.at_level(logging.DEBUG, logger="winspec"):
+        await finish(asyncio.ensure_future(asyncio.sleep(60)), within=0.01, what="slow")
+        await finish(asyncio.ensure_future(asyncio.sleep(60)), within=0, what="at-once")
+    overruns = [r for r in caplog.records if r.getMessage().startswith("cancelling a shutdown")]
+    assert [(r.levelno, getattr(r, "step", None)) for r in overruns] == [(logging.WARNING, "slow")]
 
 
 async def test_finish_abandons_a_task_that_ignores_cancellation() -> None:
