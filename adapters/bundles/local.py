@@ -230,9 +230,12 @@ class LocalBundleWriter:
             raise TransientError(f"cannot probe the bundle root {self._root}: {exc}") from exc
 
     async def sweep(
-        self, live_ids: Collection[str], *, owned: Collection[str] | None = None
+        self, live_ids: Collection[str] | None, *, owned: Collection[str] | None = None
     ) -> list[str]:
         """Delete bundles not in ``live_ids`` and every temporary leftover; their names, sorted.
+
+        With ``live_ids`` None no bundle is deleted, only leftovers: what a sweep beside
+        writers needs, as a bundle a write publishes after any list of ids was taken is live.
 
         With ``owned``, only bundles with those ids and the leftovers of those ids are
         candidates: another process sharing the root writes the rest (a leftover of an id
@@ -242,7 +245,7 @@ class LocalBundleWriter:
         each id's entries are handled under that id's lock, so a write in progress never loses
         its temporary directory.
         """
-        live = frozenset(live_ids)
+        live = None if live_ids is None else frozenset(live_ids)
         mine = None if owned is None else frozenset(owned)
         try:
             # The key first: its temporary file is never a leftover of this sweep's scan.
@@ -800,10 +803,10 @@ def leftover_tag(bundle_id: str) -> str:
 
 
 def _sweep_candidates(
-    root: Path, live: frozenset[str], owned: frozenset[str] | None
+    root: Path, live: frozenset[str] | None, owned: frozenset[str] | None
 ) -> dict[str, tuple[list[str], list[str]]]:
     """Entries of ``root`` to delete, grouped by tag: the bundle ids present with that tag (to
-    repair before anything goes) and the names to delete."""
+    repair before anything goes) and the names to delete (no bundle when ``live`` is None)."""
     try:
         with os.scandir(root) as entries:
             names = [entry.name for entry in entries]
@@ -826,6 +829,8 @@ def _sweep_candidates(
                     add(tag, name)
                 break
         else:
+            if live is None:
+                continue
             if name in tags and name not in live and (owned is None or name in owned):
                 add(tags[name], name)
     for bundle_id in ids:

@@ -107,7 +107,8 @@ class NamespacedBundleWriter:
             if names is not None and not names:
                 continue
             writer = self._writer(namespace)
-            swept = await writer.sweep(await writer.list_ids(), owned=names)
+            # None, not a list of the bundles there: workers may publish new ones meanwhile.
+            swept = await writer.sweep(None, owned=names)
             removed += [f"{namespace}/{n}" for n in swept]
         return removed
 

@@ -196,7 +196,7 @@ class DockerMode(Runtime):
         writer = LocalBundleWriter(root)
         # Leftover temp directories from a crash go now; dead bundles go through the
         # relist, which enqueues every bundle whose container no longer exists.
-        removed = await writer.sweep(set(await writer.list_ids()))
+        removed = await writer.sweep(None)
         if removed:
             log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
         if not await writer.atomic_replace_supported():

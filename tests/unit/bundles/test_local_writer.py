@@ -27,6 +27,7 @@ from adapters.bundles.local import (
     remove_bundle_sync,
     write_bundle_sync,
 )
+from adapters.bundles.namespaced import NamespacedBundleWriter
 from controller.bundle import BundleContent, WriteOutcome, drift_of
 from controller.errors import PermanentError, TransientError
 
@@ -447,6 +448,29 @@ async def test_the_longest_id_is_written_replaced_removed_and_swept(
     assert await writer.sweep({LONGEST_ID}) == sorted(leftovers)
     assert await writer.remove(LONGEST_ID) is True
     assert _entries(tmp_path) == []
+
+
+async def test_a_sweep_beside_writers_keeps_every_bundle_they_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A namespaced sweep deletes leftovers only: a bundle published while it runs stays."""
+    writers = NamespacedBundleWriter(tmp_path, fsync_threads=0)
+    await writers.write(f"ns/{BUNDLE_ID}", _content())
+    (tmp_path / "ns" / f".tmp-{OTHER_ID}-abcd1234").mkdir()
+    real = local._sweep_candidates
+
+    def published_meanwhile(root: Path, *args: object) -> object:
+        # A worker publishes a new bundle after the sweep began, before it scans the directory.
+        write_bundle_sync(root, OTHER_ID, _content(1))
+        return real(root, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "_sweep_candidates", published_meanwhile)
+
+    assert await writers.sweep() == [f"ns/.tmp-{OTHER_ID}-abcd1234"]
+
+    assert _entries(tmp_path / "ns") == sorted([BUNDLE_ID, OTHER_ID])
+    assert _tree(tmp_path / "ns" / OTHER_ID) == _expected_tree(_content(1), tmp_path / "ns")
+    writers.close()
 
 
 async def test_a_scoped_sweep_leaves_what_it_does_not_own(
