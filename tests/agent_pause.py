@@ -8,9 +8,11 @@ step every run: no sleep decides where the kill lands.
 
 The points, in a write's order (see :mod:`adapters.bundles.local`):
 
-* ``_make_durable`` (:func:`adapters.bundles.fsops.make_durable`, its first call): the new
-  version is complete in its ``.tmp-`` directory, not yet made durable (neither synced nor
-  fsynced) and not yet swapped in; the old version (if any) is still at ``<root>/<id>``.
+* ``_make_durable`` (the first call of :func:`adapters.bundles.fsops.make_durable`, in a
+  thread's write, or of ``LocalBundleWriter._make_durable``, in a new bundle's write on the
+  loop): the new version is complete in its ``.tmp-`` directory, not yet made durable (neither
+  synced nor fsynced) and not yet swapped in; the old version (if any) is still at
+  ``<root>/<id>``.
 * ``_finish_carry``: an update that carries payload directories over has been swapped in, its
   payload directories still stand-in links into the old version, now under ``.tmp-``.
 * ``answer``: the write is complete and durable, the agent has not answered yet (it is about to
@@ -19,7 +21,9 @@ The points, in a write's order (see :mod:`adapters.bundles.local`):
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import sys
 import threading
 from collections.abc import Callable
@@ -28,30 +32,49 @@ from typing import Any
 
 from adapters.bundles import fsops, local, namespaced
 
-#: Point name: (module, function) patched.
-POINTS: dict[str, tuple[Any, str]] = {
-    "_make_durable": (fsops, "make_durable"),
-    "_finish_carry": (local, "_finish_carry"),
-    "answer": (namespaced, "_read_digest"),
+#: Point name: the (module or class, function) pairs patched; the first call of any pauses.
+POINTS: dict[str, list[tuple[Any, str]]] = {
+    "_make_durable": [(fsops, "make_durable"), (local.LocalBundleWriter, "_make_durable")],
+    "_finish_carry": [(local, "_finish_carry")],
+    "answer": [(namespaced, "_read_digest")],
 }
 
 
 def pause_at(point: str, marker: Path) -> None:
-    """Make the first call of the function at ``point`` create ``marker`` and never return."""
+    """Make the first call of a function at ``point`` create ``marker`` and never return."""
     if point not in POINTS:
         raise SystemExit(f"unknown pause point {point!r}; one of {', '.join(POINTS)}")
-    module, function = POINTS[point]
-    original: Callable[..., Any] = getattr(module, function)
     first = threading.Lock()
+    for owner, function in POINTS[point]:
+        setattr(owner, function, _paused(getattr(owner, function), first, point, marker))
+
+
+def _mark(marker: Path, point: str) -> None:
+    """Tell the test where the process stopped."""
+    marker.write_text(point)
+
+
+def _paused(original: Callable[..., Any], first: threading.Lock, point: str, marker: Path) -> Any:
+    """``original``, but for its first call (of all sharing ``first``), which never returns."""
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def paused_coroutine(*args: Any, **kwargs: Any) -> Any:
+            if first.acquire(blocking=False):
+                _mark(marker, point)
+                await asyncio.Event().wait()  # until the process is killed; the loop runs on
+            return await original(*args, **kwargs)
+
+        return paused_coroutine
 
     @functools.wraps(original)
     def paused(*args: Any, **kwargs: Any) -> Any:
         if first.acquire(blocking=False):
-            marker.write_text(point)
+            _mark(marker, point)
             threading.Event().wait()  # until the process is killed
         return original(*args, **kwargs)
 
-    setattr(module, function, paused)
+    return paused
 
 
 def main(argv: list[str]) -> int:
