@@ -73,7 +73,6 @@ _WINDOWS_DEVICES = frozenset(
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-_UNKNOWN = LoopGroupSync(lambda: None)  # a device not examined yet
 
 
 class LocalBundleWriter:
@@ -170,16 +169,15 @@ class LocalBundleWriter:
         the loop's own (:class:`LoopGroupSync`, one thread hand-off per syncfs for every
         writer waiting); else every path fsynced in a thread."""
         device = _device(self._root)
-        group = self._loop_syncs.get(device, _UNKNOWN)
-        if group is _UNKNOWN:
+        if device not in self._loop_syncs:
             # The root's device is asked every time (a mount point can change file systems
             # under a process), the file system's type once per device: a device keeps its
             # file system while it is mounted.
-            if fsops.syncfs_device(self._root) == device:
-                group = LoopGroupSync(partial(fsops.syncfs, self._root))
-            else:
-                group = None
-            self._loop_syncs[device] = group
+            applies = fsops.syncfs_device(self._root) == device
+            self._loop_syncs[device] = (
+                LoopGroupSync(partial(fsops.syncfs, self._root)) if applies else None
+            )
+        group = self._loop_syncs[device]
         if group is None:
             await _in_thread(fsops.sync_all, syncs, self._fsync_pool)
         else:
@@ -829,9 +827,8 @@ def _sweep_candidates(
                     add(tag, name)
                 break
         else:
-            if live is None:
-                continue
-            if name in tags and name not in live and (owned is None or name in owned):
+            dead = live is not None and name in tags and name not in live
+            if dead and (owned is None or name in owned):
                 add(tags[name], name)
     for bundle_id in ids:
         if tags[bundle_id] in by_tag:
