@@ -36,7 +36,7 @@ from adapters.bundles import fsops, local, namespaced
 POINTS: dict[str, list[tuple[Any, str]]] = {
     "_make_durable": [(fsops, "make_durable"), (local.LocalBundleWriter, "_make_durable")],
     "_finish_carry": [(local, "_finish_carry")],
-    "answer": [(namespaced, "_read_digest")],
+    "answer": [(namespaced, "read_digest")],
 }
 
 

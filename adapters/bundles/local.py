@@ -52,7 +52,13 @@ TEMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 
 _PAYLOAD_DIRS = (SECRETS_DIR, CONFIGS_DIR)
-_READ_NOFOLLOW = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+# Files of a bundle are read without following a link and without blocking: anyone who can
+# write in the bundle root could leave a FIFO where a file belongs, whose open would otherwise
+# wait for a writer (for ever, and on the loop when the check runs there).
+_READ_FILE = (
+    os.O_RDONLY | fsops.O_BINARY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+)
+_DIGEST_MAX = 100  # bytes of .digest read: a digest is far shorter
 # A leftover is "<TEMP_PREFIX or OLD_PREFIX><tag>-<random>", random 8 characters without a dash
 # (tempfile's or token_hex(4)); it fits in one file name (255 bytes: NTFS, ext4, XFS) whenever
 # the bundle id does, because a tag is never longer than _TAG_MAX.
@@ -129,9 +135,10 @@ class LocalBundleWriter:
                 # waits for the disk. Anything else (a change, a repair, a network or FUSE file
                 # system) goes to a thread, which checks again.
                 if self._reads_inline():
-                    if _absent(self._root, bundle_id):
+                    current = _check_current(self._root, bundle_id, content, key)
+                    if current is None:
                         return await self._write_new(bundle_id, content, key)
-                    if _is_current(self._root, bundle_id, content, key):
+                    if current:
                         return False
                 return await _in_thread(
                     write_bundle_outcome_sync,
@@ -321,11 +328,6 @@ def _device(path: Path) -> int:
     return os.stat(path).st_dev
 
 
-def _absent(root: Path, bundle_id: str) -> bool:
-    """Whether nothing is at the bundle's path (not even a broken link)."""
-    return not os.path.lexists(os.path.join(root, bundle_id))
-
-
 def _build(
     root: Path, bundle_id: str, content: BundleContent, key: bytes
 ) -> tuple[Path, list[Callable[[], None]]]:
@@ -350,16 +352,18 @@ def _publish(root: Path, tmp: Path, bundle_id: str) -> None:
     os.rename(tmp, root / bundle_id)
 
 
-def _is_current(root: Path, bundle_id: str, content: BundleContent, key: bytes) -> bool:
+def _check_current(root: Path, bundle_id: str, content: BundleContent, key: bytes) -> bool | None:
     """Whether the bundle is exactly ``content`` and nothing awaits repair: its ``.digest``
     names the content and every file reads back the same (a crash's stand-in for a payload
-    directory is a link, so drift too). What :func:`write_bundle_outcome_sync` checks before it
-    writes; read-only, ``False`` also when something cannot be read, for it to find out what."""
+    directory is a link, so drift too). ``None`` when nothing is at its path (not even a broken
+    link). What :func:`write_bundle_outcome_sync` checks before it writes; read-only, ``False``
+    also when something cannot be read, for it to find out what."""
     live = os.path.join(root, bundle_id)
     try:
-        return _read_digest(live) == content.keyed_digest(key) and not find_drift(
-            live, content.files
-        )
+        digest = read_digest(live)
+        if digest is None:
+            return None if not os.path.lexists(live) else False
+        return digest == content.keyed_digest(key) and not find_drift(live, content.files)
     except OSError:
         return False
 
@@ -409,7 +413,7 @@ def write_bundle_outcome_sync(
     for holder in _restore_carried(root, bundle_id):
         fsops.discard(holder)
     drift: frozenset[str] = frozenset()
-    if _read_digest(live) == digest:
+    if read_digest(live) == digest:
         drift = find_drift(live, content.files)
         if not drift:
             return False
@@ -553,9 +557,8 @@ def _holds(directory: Path, payloads: Mapping[str, Mapping[str, bytes]]) -> bool
             ).st_size != len(wanted[name]):
                 return False
         for name, data in wanted.items():
-            with open(directory / name, "rb") as f:
-                if f.read(len(data) + 1) != data:
-                    return False
+            if _read_regular(directory / name, len(data)) != data:
+                return False
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
@@ -585,19 +588,48 @@ def find_drift(bundle_dir: str | Path, files: Mapping[str, bytes]) -> frozenset[
                     kinds.add(DRIFT_EXTRA)
     for name, data in files.items():
         try:
-            fd = os.open(os.path.join(bundle_dir, name), _READ_NOFOLLOW)
+            if _read_regular(os.path.join(bundle_dir, name), len(data)) != data:
+                kinds.add(DRIFT_MODIFIED)
         except FileNotFoundError:
             kinds.add(DRIFT_MISSING)
-            continue
         except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
                 raise
-            kinds.add(DRIFT_MODIFIED)  # a symbolic link, or a file where a directory belongs
-            continue
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or f.read(len(data) + 1) != data:
-                kinds.add(DRIFT_MODIFIED)
+            # A symbolic link, a file where a directory belongs, or a socket.
+            kinds.add(DRIFT_MODIFIED)
     return frozenset(kinds)
+
+
+def _open_regular(path: str | Path) -> tuple[int, int] | None:
+    """A descriptor of the regular file at ``path`` (opened not through a link, never waiting on
+    a FIFO) and its size; ``None``, nothing left open, when it is no regular file (a FIFO, a
+    device, a directory)."""
+    fd = os.open(path, _READ_FILE)
+    try:
+        status = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if stat.S_ISREG(status.st_mode):
+        return fd, status.st_size
+    os.close(fd)
+    return None
+
+
+def _read_regular(path: str | Path, size: int | None = None) -> bytes | None:
+    """The bytes of the regular file at ``path`` (:func:`_open_regular`): whole, or when
+    ``size`` is given, ``None`` unless it is of ``size`` bytes (read as far as one more: it
+    may grow meanwhile)."""
+    opened = _open_regular(path)
+    if opened is None:
+        return None
+    fd, actual = opened
+    try:
+        if size is not None and actual != size:
+            return None
+        return os.read(fd, actual + 1)
+    finally:
+        os.close(fd)
 
 
 def is_intact(bundle_dir: Path, digest: str, key: bytes) -> bool:
@@ -617,9 +649,15 @@ def is_intact(bundle_dir: Path, digest: str, key: bytes) -> bool:
                     for leaf in inner:
                         if not leaf.is_file(follow_symlinks=False):
                             return False
-                        files[f"{entry.name}/{leaf.name}"] = _read_file(leaf.path)
+                        data = _read_regular(leaf.path)
+                        if data is None:
+                            return False
+                        files[f"{entry.name}/{leaf.name}"] = data
             elif entry.name in (CONFIG_FILE, LINKS_FILE) and entry.is_file(follow_symlinks=False):
-                files[entry.name] = _read_file(entry.path)
+                data = _read_regular(entry.path)
+                if data is None:
+                    return False
+                files[entry.name] = data
             else:
                 return False
     except (FileNotFoundError, NotADirectoryError):
@@ -627,17 +665,24 @@ def is_intact(bundle_dir: Path, digest: str, key: bytes) -> bool:
     return BundleContent(files=files).keyed_digest(key) == digest
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _read_digest(bundle_dir: str | Path) -> str | None:
+def read_digest(bundle_dir: str | Path) -> str | None:
+    """What the bundle's ``.digest`` holds; None when there is none (no bundle, no file, an
+    empty one, or one that is no regular file)."""
     try:
-        with open(os.path.join(bundle_dir, DIGEST_FILE), "rb") as f:
-            return f.read(100).decode("ascii", "replace").strip()
+        opened = _open_regular(os.path.join(bundle_dir, DIGEST_FILE))
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            return None
+        raise
+    if opened is None:
+        return None
+    fd, _ = opened
+    try:
+        return os.read(fd, _DIGEST_MAX).decode("ascii", "replace").strip() or None
+    finally:
+        os.close(fd)
 
 
 def _fill(

@@ -17,12 +17,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from adapters.bundles.digestkey import load_digest_key
-from adapters.bundles.local import DIGEST_FILE, LocalBundleWriter, is_intact
+from adapters.bundles.local import LocalBundleWriter, is_intact, read_digest
 from controller.bundle import BundleContent, WriteOutcome, is_valid_bundle_id, split_key
 from controller.errors import TransientError
 from controller.names import is_dns1123_label
-
-_DIGEST_MAX_BYTES = 200
 
 log = logging.getLogger("winspec")
 
@@ -76,7 +74,7 @@ class NamespacedBundleWriter:
     async def digest_on_disk(self, bundle_id: str) -> str | None:
         """What ``.digest`` of the bundle holds now (None: no bundle, or none with a digest)."""
         namespace, name = split_key(bundle_id)
-        return await asyncio.to_thread(_read_digest, self._root / namespace / name)
+        return await asyncio.to_thread(read_digest, self._root / namespace / name)
 
     async def list_ids(self) -> list[str]:
         """Every bundle present, as ``<namespace>/<name>``."""
@@ -128,15 +126,6 @@ class NamespacedBundleWriter:
             writer.close()
 
 
-def _read_digest(bundle_dir: Path) -> str | None:
-    try:
-        with open(bundle_dir / DIGEST_FILE, "rb") as f:
-            text = f.read(_DIGEST_MAX_BYTES).decode("ascii", "replace").strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return text or None
-
-
 def _namespaces(root: Path) -> list[str]:
     names: list[str] = []
     try:
@@ -162,7 +151,7 @@ def _list_digests(root: Path) -> list[tuple[str, str]]:
         for name in sorted(names):
             if not is_valid_bundle_id(name):
                 continue  # temporary and leftover entries
-            digest = _read_digest(base / name)
+            digest = read_digest(base / name)
             if digest is None:
                 continue
             key = load_digest_key(base) if key is None else key

@@ -20,6 +20,7 @@ import pytest
 
 from adapters.bundles import fsops, local
 from adapters.bundles.local import (
+    DIGEST_FILE,
     KEY_FILE,
     LocalBundleWriter,
     atomic_replace_supported,
@@ -906,6 +907,10 @@ def _damage(bundle: Path, how: str) -> None:
     elif how == "replaced-by-link":
         (bundle / "config.json").unlink()
         (bundle / "config.json").symlink_to(bundle / "links.json")
+    elif how == "replaced-by-fifo":
+        # Its open would wait for a writer if the check did not open without blocking.
+        (bundle / "config.json").unlink()
+        os.mkfifo(bundle / "config.json")
     elif how == "payloads-linked":
         # The same bytes, but elsewhere: what the directory shows can change behind its back.
         elsewhere = bundle.parent.parent / "elsewhere"
@@ -924,6 +929,7 @@ def _damage(bundle: Path, how: str) -> None:
         ("added", {"extra"}),
         ("added-top", {"extra"}),
         ("replaced-by-link", {"modified"}),
+        ("replaced-by-fifo", {"modified"}),
     ],
 )
 async def test_drift_under_an_unchanged_digest_is_found_and_repaired(
@@ -941,6 +947,49 @@ async def test_drift_under_an_unchanged_digest_is_found_and_repaired(
     assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(content, tmp_path)
     assert _entries(tmp_path) == [BUNDLE_ID]
     assert await writer.write(BUNDLE_ID, content) is False
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "link"])
+async def test_a_digest_that_is_no_regular_file_is_rewritten_without_blocking(
+    tmp_path: Path, make_writer: WriterFactory, kind: str
+) -> None:
+    """A .digest swapped for a FIFO, a directory or a link names no content: the bundle is
+    rewritten, and nothing waits on the FIFO."""
+    writer = make_writer(tmp_path)
+    await writer.write(BUNDLE_ID, _content())
+    digest = tmp_path / BUNDLE_ID / DIGEST_FILE
+    kept = digest.read_bytes()
+    digest.unlink()
+    if kind == "fifo":
+        os.mkfifo(digest)
+    elif kind == "directory":
+        digest.mkdir()
+    else:
+        (tmp_path / "elsewhere").write_bytes(kept)  # the right digest, but not in the bundle
+        digest.symlink_to(tmp_path / "elsewhere")
+
+    assert await asyncio.wait_for(writer.write(BUNDLE_ID, _content()), timeout=10)
+    assert _tree(tmp_path / BUNDLE_ID) == _expected_tree(_content(), tmp_path)
+    assert await writer.write(BUNDLE_ID, _content()) is False
+
+
+@pytest.mark.parametrize("where", [DIGEST_FILE, "config.json", "secrets/s1"])
+async def test_the_listing_leaves_out_a_bundle_holding_a_fifo_without_waiting_on_it(
+    tmp_path: Path, where: str
+) -> None:
+    """The agent's listing skips a bundle with a FIFO for a file and returns the rest at once."""
+    writers = NamespacedBundleWriter(tmp_path, fsync_threads=0)
+    await writers.write(f"ns/{BUNDLE_ID}", _content())
+    await writers.write(f"ns/{OTHER_ID}", _content(1))
+    (tmp_path / "ns" / BUNDLE_ID / where).unlink()
+    os.mkfifo(tmp_path / "ns" / BUNDLE_ID / where)
+
+    listed = await asyncio.wait_for(writers.list_digests(), timeout=10)
+
+    assert [key for key, _ in listed] == [f"ns/{OTHER_ID}"]
+    kept = writers.kept_digest(f"ns/{BUNDLE_ID}")
+    expected = None if where == DIGEST_FILE else kept
+    assert await writers.digest_on_disk(f"ns/{BUNDLE_ID}") == expected
 
 
 async def test_several_kinds_of_drift_are_all_reported(
