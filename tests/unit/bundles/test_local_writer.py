@@ -953,8 +953,7 @@ async def test_drift_under_an_unchanged_digest_is_found_and_repaired(
 async def test_a_digest_that_is_no_regular_file_is_rewritten_without_blocking(
     tmp_path: Path, make_writer: WriterFactory, kind: str
 ) -> None:
-    """A .digest swapped for a FIFO, a directory or a link names no content: the bundle is
-    rewritten, and nothing waits on the FIFO."""
+    """A .digest that is a FIFO, a directory or a link names no content: rewritten, no wait."""
     writer = make_writer(tmp_path)
     await writer.write(BUNDLE_ID, _content())
     digest = tmp_path / BUNDLE_ID / DIGEST_FILE
