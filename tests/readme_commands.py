@@ -104,6 +104,13 @@ BENCH_KUBE: dict[str, tuple[str, ...]] = {
     ".venv/bin/python -m tests.benchmarks.bench_kubernetes": ("--resources", "10", "--skip-kopf"),
     ".venv/bin/python -m tests.benchmarks.bench_delivery": ("--nodes", "2", "--resources", "10"),
     ".venv/bin/python -m tests.benchmarks.bench_memory": ("--sizes", "10", "20"),
+    ".venv/bin/python -m tests.benchmarks.bench_memory "
+    "--sizes 1000 2000 4000 8000 --node-share 1": (
+        "--sizes",
+        "10",
+        "20",
+        "40",
+    ),
 }
 #: The deployment commands: tests/integration/test_manifests.py runs the kustomize builds as
 #: they are and the apply with --dry-run=server against the fixtures' real kube-apiserver.

@@ -107,6 +107,11 @@ _PHASES = {
     ),
     ".venv/bin/python -m tests.benchmarks.bench_delivery": ("central", "node-local"),
     ".venv/bin/python -m tests.benchmarks.bench_memory": ("central", "node-local"),
+    ".venv/bin/python -m tests.benchmarks.bench_memory "
+    "--sizes 1000 2000 4000 8000 --node-share 1": (
+        "central",
+        "node-local",
+    ),
 }
 
 
