@@ -39,7 +39,9 @@ API calls and disk work:
    counted until 2 s after that. **list**: beside it, a bare paginated list (pages of 500) of
    the same N resources by a raw aiohttp client (:mod:`tests.benchmarks.list_client`): what
    knowing the resources costs at least; in this warm process, and again as a process of its
-   own timed from its start (**list proc**), as the restart is.
+   own timed from its start (**list proc**), as the restart is. Beside the two, the CPU each
+   used with the server's (cores kept busy on average): on a small machine, what bounds the
+   restart.
 5. **kopf**: a minimal kopf operator as a child process (``tests/benchmarks/kopf_operator.py``),
    the same calls: GET the Secret, PATCH the finalizer (kopf's own), write + fsync, status.
 
@@ -558,6 +560,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×" if a is not None and b else "-"
 
 
+def _cores(phase: Figures) -> str:
+    """The CPU a phase's client and server used, and how many cores that kept busy on average."""
+    used = (phase.client_cpu or 0.0) + (phase.server_cpu or 0.0)
+    return (f"{phase.client_cpu or 0:.2f} s client + {phase.server_cpu or 0:.2f} s server in "
+            f"{phase.seconds:.2f} s ({used / phase.seconds:.2f} cores busy)")  # fmt: skip
+
+
 def report(title: str, results: list[Figures]) -> None:
     """Print one server configuration's figures side by side: time, rate and peak RSS, ratios
     to the floor and to the client-go controller; where the time went (CPU per resource of the
@@ -615,6 +624,9 @@ def report(title: str, results: list[Figures]) -> None:
           f"{_ratio(restart.seconds, process.seconds)} (the list process: "
           f"{process.seconds:.2f} s, {process.seconds - listed.seconds:.2f} s more than the "
           f"list in this process)")  # fmt: skip
+    print(f"restart / list process, CPU on the machine's {os.cpu_count()} cores: "
+          f"{_cores(restart)} against {_cores(process)}: the restart's checks share the cores "
+          f"with the API server serving its list")  # fmt: skip
     for phase in (winspec, restart):
         # An outlier explains itself: a retried failure, a stream re-opened after silence.
         logged = ", ".join(f"{event} ({n}×)" for event, n in sorted(phase.problems.items()))
