@@ -592,19 +592,20 @@ def find_drift(bundle_dir: str | Path, files: Mapping[str, bytes]) -> frozenset[
                 kinds.add(DRIFT_MODIFIED)
         except FileNotFoundError:
             kinds.add(DRIFT_MISSING)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
-                raise
-            # A symbolic link, a file where a directory belongs, or a socket.
-            kinds.add(DRIFT_MODIFIED)
     return frozenset(kinds)
 
 
 def _open_regular(path: str | Path) -> tuple[int, int] | None:
     """A descriptor of the regular file at ``path`` (opened not through a link, never waiting on
-    a FIFO) and its size; ``None``, nothing left open, when it is no regular file (a FIFO, a
-    device, a directory)."""
-    fd = os.open(path, _READ_FILE)
+    a FIFO) and its size; ``None``, nothing left open, when it is no regular file (a link, a
+    FIFO, a socket, a device, a directory, a file where a directory belongs on the way).
+    :class:`FileNotFoundError` when nothing is there."""
+    try:
+        fd = os.open(path, _READ_FILE)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.ENOTDIR):
+            return None
+        raise
     try:
         status = os.fstat(fd)
     except BaseException:
@@ -670,12 +671,8 @@ def read_digest(bundle_dir: str | Path) -> str | None:
     empty one, or one that is no regular file)."""
     try:
         opened = _open_regular(os.path.join(bundle_dir, DIGEST_FILE))
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENXIO):
-            return None
-        raise
     if opened is None:
         return None
     fd, _ = opened
