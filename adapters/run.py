@@ -263,6 +263,14 @@ def _add_cluster_options(g: Any) -> None:
         help=f"server-side timeout of each watch {_default('watch_timeout')}",
     )
     g.add_argument(
+        "--list-from-cache",
+        action=argparse.BooleanOptionalAction,
+        help="let the first list of each collection come from the API server's watch cache "
+        "(resourceVersion=0, as client-go does: one cheap response; it may lag etcd for a "
+        "moment, which the watch then makes up); --no-list-from-cache reads etcd page by page "
+        f"{_default('list_from_cache')}",
+    )
+    g.add_argument(
         "--pod-security-default",
         choices=["privileged", "baseline", "restricted"],
         help="the Pod Security level of a namespace without a "

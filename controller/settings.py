@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     selector: str | None = None
     #: Server-side timeout of each watch, in seconds.
     watch_timeout: int = 300
+    #: The first list of each collection may be served from the API server's watch cache
+    #: (resourceVersion=0, as client-go's reflectors ask); False: from etcd, page by page.
+    list_from_cache: bool = True
     #: Reconcile only resources labelled winspec.io/node-name=<this> (one instance per node;
     #: leader election is off then).
     node_name: str | None = None

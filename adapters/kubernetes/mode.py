@@ -22,9 +22,10 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
 
@@ -47,7 +48,7 @@ from adapters.kubernetes.delivery import (
     token_reader,
 )
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
-from adapters.kubernetes.reflector import WatchSettings
+from adapters.kubernetes.reflector import WatchSettings, collection_path
 from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver
 from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
@@ -62,7 +63,7 @@ from adapters.runtime import (
     until_stopped,
 )
 from controller.bundle import check_key
-from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
+from controller.cluster import GROUP, NODE, NODE_LABEL, PLURAL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
 from controller.loop import Controller
 from controller.metrics import Metrics
@@ -257,7 +258,10 @@ class ClusterMode(Runtime):
             # Agent delivery leaves the local root alone (resync cleans the agents instead).
             if s.delivery != "agent":
                 try:
-                    await _clean_local(bundles, scope, source.cache.keys(), queue.add)
+                    await _clean_local(
+                        bundles, scope, source.cache.keys(), queue.add,
+                        _exists_in(client) if s.list_from_cache else None,
+                    )  # fmt: skip
                 except WinspecError as exc:
                     log.warning("start-up clean-up of the bundle root failed",
                                 extra={"error": str(exc)})  # fmt: skip
@@ -270,7 +274,11 @@ class ClusterMode(Runtime):
             enqueue_after=queue.add_after,
             namespaces=s.namespace,
             label_selector=_selector(s.selector, s.node_name),
-            settings=WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
+            settings=WatchSettings(
+                timeout_seconds=s.watch_timeout,
+                idle_timeout=s.idle_timeout,
+                list_from_cache=s.list_from_cache,
+            ),
             hooks=SourceHooks(
                 on_event=lambda kind: m.events_received.labels(source=SOURCE, type=kind).inc(),
                 on_restart=lambda reason: m.watch_restarts.labels(
@@ -324,7 +332,11 @@ class ClusterMode(Runtime):
                 ),
             )
             pods = remote.locator.watcher(
-                WatchSettings(timeout_seconds=s.watch_timeout, idle_timeout=s.idle_timeout),
+                WatchSettings(
+                    timeout_seconds=s.watch_timeout,
+                    idle_timeout=s.idle_timeout,
+                    list_from_cache=s.list_from_cache,
+                ),
                 SourceHooks(
                     on_restart=lambda reason: m.watch_restarts.labels(
                         source=SOURCE, reason=reason
@@ -400,16 +412,44 @@ async def _clean_local(
     scope: BundleScope,
     seen: Collection[str],
     enqueue: Callable[[str], None],
+    exists: Callable[[str], Awaitable[bool]] | None = None,
 ) -> None:
     """Once the first list is in: delete the leftovers of interrupted writes that ``scope``
     owns, and queue the bundles whose resource is gone (deleted while winspec was down) that it
-    owns: their reconcile removes them. What other instances sharing the root own is left."""
+    owns: their reconcile removes them. What other instances sharing the root own is left.
+    ``exists``, when given, is asked first of each such resource (the list may have come from
+    the watch cache): one that exists keeps its bundle."""
     removed = await bundles.sweep(scope.owned(seen))
     if removed:
         log.info("removed leftovers of an earlier run", extra={"count": len(removed)})
     for key in await bundles.list_ids():
         if key not in seen and scope.owns_unseen(key):
+            if exists is not None and await exists(key):
+                # The first list came from the watch cache, which had not caught up: the watch
+                # brings the resource, and the bundle stays.
+                log.info("bundle kept: its resource exists", extra={"key": key})
+                continue
             enqueue(key)
+
+
+def _exists_in(client: KubeClient) -> Callable[[str], Awaitable[bool]]:
+    """Whether the WindowsContainer of a key exists, asked of the API server with a consistent
+    read (what a list served from the watch cache may not show yet). Unsure (the server did not
+    answer) counts as existing: a bundle is never removed on a guess."""
+
+    async def exists(key: str) -> bool:
+        namespace, _, name = key.partition("/")
+        path = collection_path(group=GROUP, version=VERSION, plural=PLURAL, namespace=namespace)
+        try:
+            await client.request("GET", f"{path}/{quote(name, safe='')}", api="resource_get")
+        except NotFoundError:
+            return False
+        except WinspecError as exc:
+            log.warning("bundle kept: cannot tell whether its resource exists",
+                        extra={"key": key, "error": str(exc)})  # fmt: skip
+        return True
+
+    return exists
 
 
 def _abandoned_reporter(m: Metrics, status: StatusWriter) -> OnAbandoned:

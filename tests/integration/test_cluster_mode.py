@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -270,7 +271,7 @@ async def test_watch_faults_through_the_proxy(
 async def test_410_gone_relists_and_loses_nothing(
     kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """410 Gone from the real server (compacted resourceVersion) → relist, nothing missed."""
+    """410 Gone (compacted resourceVersion) → a consistent relist (no version), nothing missed."""
     ns = kube_namespace
     kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
     async with running(kubeconfig, tmp_path, namespace=[ns], idle_timeout=2.0) as mode:
@@ -290,6 +291,17 @@ async def test_410_gone_relists_and_loses_nothing(
         assert (
             metric(mode, "winspec_watch_restarts_total", source="kubernetes", reason="expired") >= 1
         )
+    # The first list may come from the watch cache; the relist must not go back in time.
+    lists = [
+        parse_qs(urlsplit(e.path_qs).query).get("resourceVersion")
+        for e in kube_proxy.log
+        if e.method == "GET"
+        and not is_watch(e.method, e.path_qs)
+        and urlsplit(e.path_qs).path == wc_path(ns)
+    ]
+    assert len(lists) >= 2, lists
+    assert lists[0] == ["0"], lists
+    assert not any(lists[1:]), lists
 
 
 async def test_a_deletion_waits_while_the_bundle_cannot_be_removed(
