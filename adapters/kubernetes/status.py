@@ -133,11 +133,14 @@ def merge_status(
 ) -> WindowsContainerStatus:
     """The new status: conditions keep their transition time while their status holds."""
     previous = {c.type: c for c in current.conditions}
-    now = _now()
+    now = ""  # read once, when a condition changes: a restart's reconciles change none
     merged: list[Condition] = []
     for cond in conditions:
         old = previous.get(cond.type)
-        same = old is not None and old.status == cond.status
+        if old is not None and old.status == cond.status:
+            since = old.last_transition_time
+        else:
+            since = now = now or _now()
         merged.append(
             Condition(
                 type=cond.type,
@@ -145,7 +148,7 @@ def merge_status(
                 reason=cond.reason,
                 message=cond.message,
                 observed_generation=generation,
-                last_transition_time=old.last_transition_time if same and old else now,
+                last_transition_time=since,
             )
         )
     # Conditions others wrote (types winspec does not own) are kept as they are.
