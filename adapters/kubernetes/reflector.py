@@ -5,8 +5,9 @@
 for ``resourceVersion=0``, as client-go's reflector does: an API server with its watch cache
 (every real cluster's default) answers it from memory in one response, not page by page from
 etcd, at a fraction of the cost; the answer may lag etcd by the moment the cache takes to catch
-up, and the watch from its version brings what it missed. Every later list (after 410 Gone) is
-a consistent one, so nothing older than what was seen comes back. A watch the server
+up, and the watch from its version brings what it missed. Every later list (after 410 Gone, or
+after a first list that failed: too large for the time allowed, say) is a consistent one, page by
+page, so nothing older than what was seen comes back. A watch the server
 ends (its ``timeoutSeconds``) is re-opened from the last resourceVersion seen (bookmarks keep it
 fresh); a watch silent for longer than the inactivity watchdog (``idle_timeout``: a dead
 connection that no TCP error reveals) is abandoned and re-opened; a connection error is
@@ -158,8 +159,8 @@ class Reflector:
         self._hooks = hooks
         self._selector = label_selector
         self._resource_version = ""
-        # Whether a list has completed: only the first may come from the watch cache.
-        self._listed = False
+        # Whether a list was asked of the watch cache: only the first may be.
+        self._cache_asked = False
         self.synced = asyncio.Event()
 
     def _query(self) -> list[tuple[str, str]]:
@@ -168,11 +169,12 @@ class Reflector:
     async def relist(self) -> None:
         """List every object (page by page) and hand them over; remember the version.
 
-        The first list of all may come from the watch cache (see the module's text); one after
-        a watch has run never does."""
+        The first list of all may come from the watch cache (see the module's text); any other
+        never does."""
         items: list[msgspec.Raw] = []
         token = ""
-        from_cache = self._settings.list_from_cache and not self._listed
+        from_cache = self._settings.list_from_cache and not self._cache_asked
+        self._cache_asked = True
         while True:
             query = [*self._query(), ("limit", str(self._settings.page_size))]
             if token:
@@ -209,7 +211,6 @@ class Reflector:
             if not token:
                 self._resource_version = page.metadata.resource_version
                 break
-        self._listed = True
         self._on_list(items)
         self.synced.set()
 

@@ -110,3 +110,31 @@ async def test_a_bundle_is_kept_when_the_server_cannot_say_whether_its_resource_
     queued = await _queued_at_start_up(client, tmp_path / "bundles", ns, ("gone",), rounds=2)
     # The first answer was 503: kept. The second, 404: queued for removal.
     assert queued == [[], [f"{ns}/gone"]]
+
+
+async def test_a_first_list_that_fails_is_asked_again_of_etcd(
+    kube: KubeCluster, kube_namespace: str, node: str, kube_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A first list refused beyond its retries (3 × 503) is listed again without the cache."""
+    ns = kube_namespace
+    await api(kube, "POST", wc_path(ns), windows_container("listed"))
+
+    def lists_of_mine(method: str, path_qs: str) -> bool:
+        return (
+            method == "GET"
+            and not is_watch(method, path_qs)
+            and (urlsplit(path_qs).path == wc_path(ns))
+        )
+
+    kube_proxy.fail(503, count=3, when=lists_of_mine)
+    kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
+    async with running(kubeconfig, tmp_path, namespace=[ns]):  # 3 attempts per call
+        await eventually(ready_object(kube, ns, "listed"), within=30, what="Ready")
+    versions = [
+        parse_qs(urlsplit(e.path_qs).query).get("resourceVersion")
+        for e in kube_proxy.log
+        if lists_of_mine(e.method, e.path_qs)
+    ]
+    assert versions[:3] == [["0"]] * 3, versions
+    assert versions[3:], versions
+    assert not any(versions[3:]), versions
