@@ -15,9 +15,10 @@ Three phases on the same engine and the same file system, one after the other:
    directory; one event at a time. It inspects nothing and generates nothing. ``N`` new
    containers are created at the same rate.
 3. **floor-b**: the same client writing a bundle's shape instead of the file (a new directory
-   with ``config.json`` and ``.digest``, made durable, renamed into place, the rename made
-   durable, with winspec's own barriers: :func:`tests.benchmarks.floor_client.floor_bundle_write`),
-   the least any writer of such bundles pays; ``N`` more containers at the same rate.
+   with ``config.json``, ``links.json`` and ``.digest``, made durable, renamed into place, the
+   rename made durable, with winspec's own barriers:
+   :func:`tests.benchmarks.floor_client.floor_bundle_write`), the least any writer of such
+   bundles pays; ``N`` more containers at the same rate.
 
 What is measured, per container, the same way in both phases:
 

@@ -27,10 +27,10 @@ barrier would):
    then with ``W`` concurrent workers inspect each one (``GET /containers/{id}/json``) and write
    a file of the size of winspec's median ``config.json`` durably (write, fsync, rename,
    directory fsync); the same without the writes (inspect only, the warm floor); and the same
-   writing a bundle's shape instead of the file (a new directory with ``config.json`` and
-   ``.digest``, made durable, renamed into place, the rename made durable, with winspec's own
-   barriers: :func:`tests.benchmarks.floor_client.floor_bundle_write`), the least any writer of
-   such bundles pays, which bounds the cold ratio.
+   writing a bundle's shape instead of the file (a new directory with ``config.json``,
+   ``links.json`` and ``.digest``, made durable, renamed into place, the rename made durable,
+   with winspec's own barriers: :func:`tests.benchmarks.floor_client.floor_bundle_write`), the
+   least any writer of such bundles pays, which bounds the cold ratio.
 5. **start-up**: ``winspec --version`` and a bare ``python -c pass``, each the median of 5.
 
 winspec's packages are byte-compiled first, as an installation compiles them: no process

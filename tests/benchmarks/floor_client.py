@@ -48,8 +48,9 @@ def floor_write(directory: Path, name: str, data: bytes) -> None:
 
 
 def floor_bundle_write(directory: Path, name: str, data: bytes) -> None:
-    """A bundle's shape, the least it can cost: a new directory holding ``config.json`` (``data``)
-    and ``.digest`` made durable, renamed into place, the rename made durable.
+    """A bundle's shape, the least it can cost: a new directory holding ``config.json`` (``data``),
+    ``links.json`` (none: every bundle has one) and ``.digest`` made durable, renamed into place,
+    the rename made durable.
 
     The two barriers are those of winspec's writer on this file system: a ``syncfs`` shared by
     concurrent writers (:class:`adapters.bundles.fsops.GroupSync`), or where that is not known
@@ -61,11 +62,13 @@ def floor_bundle_write(directory: Path, name: str, data: bytes) -> None:
     tmp = directory / f".tmp-{name}"
     os.mkdir(tmp, 0o700)
     fsops.write_file(tmp / "config.json", data)
+    fsops.write_file(tmp / "links.json", b'{"links":[]}')
     fsops.write_file(tmp / ".digest", b"0" * 64 + b"\n")
     fsops.make_durable(
         directory,
         [
             partial(fsops.fsync_file, tmp / "config.json"),
+            partial(fsops.fsync_file, tmp / "links.json"),
             partial(fsops.fsync_file, tmp / ".digest"),
             partial(fsops.fsync_dir, tmp),
         ],
