@@ -24,16 +24,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from adapters.bundles.namespaced import Owned
-from adapters.kubernetes.client import MERGE_PATCH, KubeClient
+from adapters.kubernetes.client import MERGE_PATCH, KubeClient, windows_container_path
 from controller.bundle import BundleContent, WriteOutcome
 from controller.cluster import (
     FINALIZER,
-    GROUP,
-    PLURAL,
-    VERSION,
     InvalidObjectError,
     ObjectMeta,
     WindowsContainer,
@@ -201,10 +197,7 @@ class FinalizingWriter:
 
     @staticmethod
     def _path(meta: ObjectMeta) -> str:
-        return (
-            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(meta.namespace, safe='')}/{PLURAL}/"
-            f"{quote(meta.name, safe='')}"
-        )
+        return windows_container_path(meta.namespace, meta.name)
 
     async def _set_finalizers(
         self, meta: ObjectMeta, finalizers: list[str], *, remember: bool = True

@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import msgspec
@@ -39,6 +39,7 @@ import tenacity
 
 from adapters.retry import RetryableError, RetryPolicy, call_with_retries, parse_retry_after
 from adapters.version import user_agent
+from controller.cluster import GROUP, PLURAL, VERSION
 from controller.errors import NotFoundError, PermanentError, TransientError
 
 JSON = "application/json"
@@ -115,6 +116,14 @@ def kubeconfig_path(explicit: str | None, env: Mapping[str, str]) -> str | None:
         return env["KUBECONFIG"].split(os.pathsep)[0]
     default = os.path.expanduser("~/.kube/config")
     return default if os.path.exists(default) else None
+
+
+def windows_container_path(namespace: str, name: str) -> str:
+    """The URL path of one WindowsContainer."""
+    return (
+        f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace, safe='')}/{PLURAL}/"
+        f"{quote(name, safe='')}"
+    )
 
 
 def check_kubeconfig_file(path: str) -> None:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry
 
@@ -37,7 +36,7 @@ from adapters.kubernetes.bundles import (
     FinalizingWriter,
     OnAbandoned,
 )
-from adapters.kubernetes.client import KubeClient, load_api_client
+from adapters.kubernetes.client import KubeClient, load_api_client, windows_container_path
 from adapters.kubernetes.delivery import (
     AgentEndpoint,
     AgentLocator,
@@ -48,7 +47,7 @@ from adapters.kubernetes.delivery import (
     token_reader,
 )
 from adapters.kubernetes.leader import LeaderElector, LeaseSettings
-from adapters.kubernetes.reflector import WatchSettings, collection_path
+from adapters.kubernetes.reflector import WatchSettings
 from adapters.kubernetes.resolver import DEPENDENCY_KINDS, KubernetesResolver
 from adapters.kubernetes.source import EVENT_TYPES, READY_CONDITION, SOURCE, ClusterSource
 from adapters.kubernetes.status import KeptDigestStatus, StatusWriter
@@ -63,7 +62,7 @@ from adapters.runtime import (
     until_stopped,
 )
 from controller.bundle import check_key
-from controller.cluster import GROUP, NODE, NODE_LABEL, PLURAL, VERSION, ObjectMeta
+from controller.cluster import GROUP, NODE, NODE_LABEL, VERSION, ObjectMeta
 from controller.errors import NotFoundError, WinspecError
 from controller.loop import Controller
 from controller.metrics import Metrics
@@ -250,6 +249,11 @@ class ClusterMode(Runtime):
         queue = WorkQueue(CONTROLLER_NAME, metrics=m.queue_metrics(CONTROLLER_NAME))
         bundles = NamespacedBundleWriter(Path(self._bundle_root))
         scope = _scope(s)
+        watch = WatchSettings(
+            timeout_seconds=s.watch_timeout,
+            idle_timeout=s.idle_timeout,
+            list_from_cache=s.list_from_cache,
+        )
         # Set once every resource is in the cache: only then can a bundle be judged an orphan.
         listed = asyncio.Event()
 
@@ -274,11 +278,7 @@ class ClusterMode(Runtime):
             enqueue_after=queue.add_after,
             namespaces=s.namespace,
             label_selector=_selector(s.selector, s.node_name),
-            settings=WatchSettings(
-                timeout_seconds=s.watch_timeout,
-                idle_timeout=s.idle_timeout,
-                list_from_cache=s.list_from_cache,
-            ),
+            settings=watch,
             hooks=SourceHooks(
                 on_event=lambda kind: m.events_received.labels(source=SOURCE, type=kind).inc(),
                 on_restart=lambda reason: m.watch_restarts.labels(
@@ -332,11 +332,7 @@ class ClusterMode(Runtime):
                 ),
             )
             pods = remote.locator.watcher(
-                WatchSettings(
-                    timeout_seconds=s.watch_timeout,
-                    idle_timeout=s.idle_timeout,
-                    list_from_cache=s.list_from_cache,
-                ),
+                watch,
                 SourceHooks(
                     on_restart=lambda reason: m.watch_restarts.labels(
                         source=SOURCE, reason=reason
@@ -439,9 +435,8 @@ def _exists_in(client: KubeClient) -> Callable[[str], Awaitable[bool]]:
 
     async def exists(key: str) -> bool:
         namespace, _, name = key.partition("/")
-        path = collection_path(group=GROUP, version=VERSION, plural=PLURAL, namespace=namespace)
         try:
-            await client.request("GET", f"{path}/{quote(name, safe='')}", api="resource_get")
+            await client.request("GET", windows_container_path(namespace, name), api="resource_get")
         except NotFoundError:
             return False
         except WinspecError as exc:

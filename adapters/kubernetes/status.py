@@ -45,16 +45,19 @@ from urllib.parse import quote
 
 import msgspec
 
-from adapters.kubernetes.client import MERGE_PATCH, ConflictError, KubeClient
+from adapters.kubernetes.client import (
+    MERGE_PATCH,
+    ConflictError,
+    KubeClient,
+    windows_container_path,
+)
 from controller.cluster import (
     API_VERSION,
     BUNDLE_WRITTEN,
     GROUP,
     KIND,
-    PLURAL,
     READY,
     SPEC_GENERATED,
-    VERSION,
     Condition,
     InvalidObjectError,
     ObjectMeta,
@@ -266,11 +269,7 @@ class StatusWriter:
             await self.event(wc.metadata, reason or "Failed", message)
 
     def _path(self, wc: _Target) -> str:
-        meta = wc.metadata
-        return (
-            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(meta.namespace, safe='')}/{PLURAL}/"
-            f"{quote(meta.name, safe='')}"
-        )
+        return windows_container_path(wc.metadata.namespace, wc.metadata.name)
 
     async def _patch(self, wc: _Target, status: WindowsContainerStatus) -> None:
         body = {
