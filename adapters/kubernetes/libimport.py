@@ -2,15 +2,18 @@
 
 kubernetes-asyncio's package ``__init__`` files import every API class and every model class
 (about 850 modules, 0.2–0.3 s of a cluster-mode start-up, a quarter of a restart that finds
-nothing to do). Winspec needs its configuration loaders (kubeconfig, in-cluster, exec and OIDC
-credentials), its ``Configuration`` and its ``ApiClient``: about 15 modules.
+nothing to do), and ``kubernetes_asyncio.config`` imports the kubeconfig loader (with YAML and
+the exec, OIDC and Google credential providers) where a controller in a pod uses the in-cluster
+one. Winspec needs one configuration loader (kubeconfig, with its exec and OIDC credentials, or
+in-cluster), the ``Configuration`` and the ``ApiClient``: about 15 modules.
 
-:func:`import_light` puts the packages ``kubernetes_asyncio``, ``kubernetes_asyncio.client``
-and ``kubernetes_asyncio.client.models`` in place without running their ``__init__``. Each
-answers a name its ``__init__`` imports (``from kubernetes_asyncio.client.api_client import
-ApiClient``) by importing that one module; its submodules import as usual; any other name
-runs the real ``__init__`` first. So everything the library offers still works, the classes
-not used are just never imported. Where a package is imported already, it is left as it is.
+:func:`import_light` puts the packages ``kubernetes_asyncio``, ``kubernetes_asyncio.client``,
+``kubernetes_asyncio.client.models`` and ``kubernetes_asyncio.config`` in place without running
+their ``__init__``. Each answers a name its ``__init__`` imports (``from
+kubernetes_asyncio.client.api_client import ApiClient``) by importing that one module; its
+submodules import as usual; any other name runs the real ``__init__`` first. So everything the
+library offers still works, the classes not used are just never imported. Where a package is
+imported already, it is left as it is.
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ import threading
 from typing import Any
 
 #: The packages whose ``__init__`` imports what winspec does not need.
-PACKAGES = ("kubernetes_asyncio", "kubernetes_asyncio.client", "kubernetes_asyncio.client.models")
+PACKAGES = (
+    "kubernetes_asyncio",
+    "kubernetes_asyncio.client",
+    "kubernetes_asyncio.client.models",
+    "kubernetes_asyncio.config",
+)
 
-# The generated ``__init__`` files name each class on a line of its own.
+# The generated ``__init__`` files name each class on a line of its own; a name imported in
+# parentheses over several lines is not matched, and asking for it runs the real ``__init__``.
 _FROM_IMPORT = re.compile(r"^from ([\w.]+) import (\w+)$", re.MULTILINE)
 
 

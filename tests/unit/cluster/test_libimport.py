@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.agent import make_tls
 from tests.processes import REPO, clean_env
 
 _PRELUDE = """
@@ -63,6 +64,29 @@ print(classes())
     assert out.splitlines() == ["ApiClient https://127.0.0.1:6443 Bearer t0k3n", "[]"]
 
 
+def test_in_cluster_loading_imports_no_kubeconfig_loader(tmp_path: Path) -> None:
+    """The in-cluster client comes without the kubeconfig loader or a YAML parser."""
+    (tmp_path / "token").write_text("s3cr3t")
+    make_tls(tmp_path)  # writes the ca.crt the service account directory holds
+    out = _python(f"""
+import os
+os.environ.pop("KUBECONFIG", None)
+os.environ["HOME"] = {str(tmp_path)!r}
+os.environ["KUBERNETES_SERVICE_HOST"] = "10.0.0.1"
+os.environ["KUBERNETES_SERVICE_PORT"] = "443"
+from adapters.kubernetes.client import load_api_client
+async def main():
+    api = await load_api_client(service_account_dir={str(tmp_path)!r})
+    token = (await api.configuration.auth_settings())["BearerToken"]["value"]
+    print(type(api).__name__, api.configuration.host, token)
+    await api.close()
+asyncio.run(main())
+print(classes(), sorted(m for m in ("yaml", "kubernetes_asyncio.config.kube_config")
+      if m in sys.modules))
+""")
+    assert out.splitlines() == ["ApiClient https://10.0.0.1:443 Bearer s3cr3t", "[] []"]
+
+
 def test_everything_else_the_library_offers_still_imports() -> None:
     """After the shim, API classes, models, the version and submodules import as they always do."""
     out = _python("""
@@ -73,12 +97,15 @@ print(V1ObjectMeta(name="a").name, classes())
 from kubernetes_asyncio import client, watch
 print(client.CustomObjectsApi.__name__, watch.Watch.__name__, kubernetes_asyncio.__version__)
 print("kubernetes_asyncio.client.api.custom_objects_api" in classes())
+from kubernetes_asyncio import config
+print(config.load_kube_config.__module__, config.load_config.__name__)
 """)
-    first, second, third = out.splitlines()
+    first, second, third, fourth = out.splitlines()
     assert first == "a ['kubernetes_asyncio.client.models.v1_object_meta']"
     assert second.startswith("CustomObjectsApi Watch ")
     assert second.split()[2][0].isdigit()
     assert third == "True"
+    assert fourth == "kubernetes_asyncio.config.kube_config load_config"
 
 
 def test_a_library_imported_already_is_left_as_it_is() -> None:
