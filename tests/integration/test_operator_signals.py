@@ -41,9 +41,12 @@ PROCESS_SERIES = (
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    """Every JSON log line of a process so far (anything else skipped)."""
+    """Every complete JSON log line of a process so far (anything else skipped)."""
     records = []
-    for line in path.read_text(errors="replace").splitlines():
+    # The last piece has no newline yet: a line the process is still writing (a reader can see
+    # part of a write), or nothing.
+    *complete, _ = path.read_text(errors="replace").split("\n")
+    for line in complete:
         if line.startswith("{"):
             records.append(json.loads(line))
     return records
