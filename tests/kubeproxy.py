@@ -184,6 +184,19 @@ class FaultProxy:
         """How many logged requests ``predicate`` matches."""
         return sum(1 for entry in self.log if predicate(entry))
 
+    def list_versions(self) -> dict[str, list[str | None]]:
+        """The ``resourceVersion`` each list asked (None: none, a consistent read), in order,
+        by collection path. A list is a GET with a ``limit`` that is not a watch."""
+        lists: dict[str, list[str | None]] = {}
+        for entry in self.log:
+            parts = urlsplit(entry.path_qs)
+            query = parse_qs(parts.query)
+            is_list = entry.method == "GET" and "limit" in query
+            if is_list and not is_watch(entry.method, entry.path_qs):
+                versions = query.get("resourceVersion")
+                lists.setdefault(parts.path, []).append(versions[0] if versions else None)
+        return lists
+
     # -- forwarding --------------------------------------------------------------------------
 
     def _injected(self, method: str, path_qs: str) -> _Rule | None:

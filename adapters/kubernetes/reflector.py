@@ -6,13 +6,13 @@ for ``resourceVersion=0``, as client-go's reflector does: an API server with its
 (every real cluster's default) answers it from memory in one response, not page by page from
 etcd, at a fraction of the cost; the answer may lag etcd by the moment the cache takes to catch
 up, and the watch from its version brings what it missed. Every later list (after 410 Gone, or
-after a first list that failed: too large for the time allowed, say) is a consistent one, page by
-page, so nothing older than what was seen comes back. A watch the server
-ends (its ``timeoutSeconds``) is re-opened from the last resourceVersion seen (bookmarks keep it
-fresh); a watch silent for longer than the inactivity watchdog (``idle_timeout``: a dead
-connection that no TCP error reveals) is abandoned and re-opened; a connection error is
-retried with exponential backoff; 410 Gone (the resourceVersion compacted away, as an HTTP
-status or a watch ERROR event) means list again. Every restart is counted by reason.
+after a first list that failed: too large for the time allowed, say) is a consistent one, page
+by page, so nothing older than what was seen comes back. A watch the server ends (its
+``timeoutSeconds``) is re-opened from the last resourceVersion seen (bookmarks keep it fresh); a
+watch silent for longer than the inactivity watchdog (``idle_timeout``: a dead connection that
+no TCP error reveals) is abandoned and re-opened; a connection error is retried with exponential
+backoff; 410 Gone (the resourceVersion compacted away, as an HTTP status or a watch ERROR event)
+means list again. Every restart is counted by reason.
 
 It knows nothing of what it watches: what a list or an event means is its owner's business
 (:mod:`adapters.kubernetes.source`, :mod:`adapters.kubernetes.store`).

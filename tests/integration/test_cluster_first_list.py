@@ -5,7 +5,7 @@ reconciled, and that a bundle the list did not show is kept while its resource e
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,17 +30,6 @@ from tests.kubeproxy import FaultProxy, is_watch
 pytestmark = pytest.mark.kube
 
 
-def _lists(proxy: FaultProxy) -> dict[str, list[dict[str, list[str]]]]:
-    """The query of every list (a GET of a collection, not a watch), by collection path."""
-    lists: dict[str, list[dict[str, list[str]]]] = {}
-    for e in proxy.log:
-        parts = urlsplit(e.path_qs)
-        query = parse_qs(parts.query)
-        if e.method == "GET" and not is_watch(e.method, e.path_qs) and "limit" in query:
-            lists.setdefault(parts.path, []).append(query)
-    return lists
-
-
 @pytest.mark.parametrize("from_cache", [True, False], ids=["default", "no-list-from-cache"])
 async def test_the_first_lists_ask_the_watch_cache_unless_told_not_to(
     kube_with_watch_cache: KubeCluster, cache_proxy: FaultProxy, tmp_path: Path, from_cache: bool
@@ -57,12 +46,12 @@ async def test_the_first_lists_ask_the_watch_cache_unless_told_not_to(
     async with running(kubeconfig, tmp_path, namespace=[ns], **overrides):
         for name in ("a", "b", "c"):
             await eventually(ready_object(kube, ns, name), what=f"{name} Ready")
-    lists = _lists(cache_proxy)
+    lists = cache_proxy.list_versions()
     mine = f"/apis/winspec.io/v1alpha1/namespaces/{ns}/windowscontainers"
     assert mine in lists, sorted(lists)
     # Every collection's first list (the WindowsContainers, Secrets, Nodes, ...).
-    firsts = {path: queries[0].get("resourceVersion") for path, queries in lists.items()}
-    expected = ["0"] if from_cache else None
+    firsts = {path: versions[0] for path, versions in lists.items()}
+    expected = "0" if from_cache else None
     assert all(version == expected for version in firsts.values()), firsts
 
 
@@ -130,11 +119,7 @@ async def test_a_first_list_that_fails_is_asked_again_of_etcd(
     kubeconfig = kube.kubeconfig(kube.admin_token, server=kube_proxy.url)
     async with running(kubeconfig, tmp_path, namespace=[ns]):  # 3 attempts per call
         await eventually(ready_object(kube, ns, "listed"), within=30, what="Ready")
-    versions = [
-        parse_qs(urlsplit(e.path_qs).query).get("resourceVersion")
-        for e in kube_proxy.log
-        if lists_of_mine(e.method, e.path_qs)
-    ]
-    assert versions[:3] == [["0"]] * 3, versions
+    versions = kube_proxy.list_versions()[wc_path(ns)]
+    assert versions[:3] == ["0"] * 3, versions
     assert versions[3:], versions
     assert not any(versions[3:]), versions
